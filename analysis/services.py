@@ -1,0 +1,1 @@
+"""Builds vote frames and renders reports (issue: analysis). Not built yet."""

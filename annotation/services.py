@@ -1,0 +1,1 @@
+"""Campaign and assignment operations (issue: annotation). Not built yet."""

@@ -1,0 +1,70 @@
+"""Fixtures shared by every app's tests: tiny real pipelines and a real Celery worker."""
+
+import shutil
+
+import pytest
+from django.conf import settings
+
+from evalsite.workers import WorkerProcess, database_url_for
+
+# Seconds after which the broker hands an unacknowledged task to another
+# worker: short in tests, so the kill test does not wait an hour.
+TEST_VISIBILITY_TIMEOUT = 4
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_media():
+    shutil.rmtree(settings.MEDIA_ROOT, ignore_errors=True)
+    settings.MEDIA_ROOT.mkdir(parents=True, exist_ok=True)
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory):
+    """tiny_pipeline_dir(kind="sd", seed=0) -> a saved random-weight pipeline directory, built once per session."""
+    from generation.tiny_pipelines import save_tiny_pipeline
+
+    built = {}
+
+    def make(kind: str = "sd", seed: int = 0):
+        if (kind, seed) not in built:
+            built[kind, seed] = save_tiny_pipeline(tmp_path_factory.mktemp(f"{kind}-{seed}"), seed=seed, kind=kind)
+        return built[kind, seed]
+
+    return make
+
+
+def _purge_queues():
+    from evalsite.celery import app
+
+    with app.connection_for_write() as conn:
+        for queue in ("generation", "training", "default"):
+            conn.default_channel.queue_purge(queue)
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup, django_db_blocker):
+    """A real worker process consuming the generation queue against the test database.
+
+    Session-wide (starting one imports torch: seconds). Tests that use it need
+    ``transactional_db`` so the worker sees their rows. ``celery_worker.kill()``
+    and ``.start()`` let a test lose and replace it.
+    """
+    from django.db import connection
+
+    with django_db_blocker.unblock():
+        url = database_url_for(connection.settings_dict)
+    try:
+        _purge_queues()
+    except Exception as exc:  # noqa: BLE001 - a missing queue is fine, a dead broker is not
+        if "NOT_FOUND" not in str(exc):
+            raise
+    worker = WorkerProcess(
+        queues="generation",
+        database_url=url,
+        env={"CELERY_VISIBILITY_TIMEOUT": str(TEST_VISIBILITY_TIMEOUT)},
+        log_dir=settings.VAR_DIR / "logs",
+    )
+    worker.start()
+    yield worker
+    worker.stop()

@@ -1,0 +1,95 @@
+import time
+
+from django.core.management.base import BaseCommand, CommandError
+from tqdm import tqdm
+
+from generation import selectors, services
+from generation.models import SCHEDULER_CHOICES, GenerationBatch, PromptSet, TextToImageModel
+
+
+class Command(BaseCommand):
+    help = (
+        "Create a generation batch (models x prompt set x seeds) and queue it for Celery workers, "
+        "or resume one with --resume; shows a progress bar until it is done unless --no-wait."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--models", nargs="+", metavar="NAME")
+        parser.add_argument("--prompt-set")
+        parser.add_argument("--seeds", default="0", help="e.g. '0-3, 10'")
+        parser.add_argument("--name", default="")
+        parser.add_argument("--steps", type=int)
+        parser.add_argument("--guidance-scale", type=float)
+        parser.add_argument("--width", type=int)
+        parser.add_argument("--height", type=int)
+        parser.add_argument("--scheduler", choices=[c for c, _ in SCHEDULER_CHOICES])
+        parser.add_argument("--inference-batch-size", type=int)
+        parser.add_argument("--chunk-size", type=int)
+        parser.add_argument("--resume", type=int, metavar="BATCH_ID", help="queue the missing images of an existing batch")
+        parser.add_argument("--no-wait", action="store_true", help="queue and return at once")
+        parser.add_argument("--timeout", type=float, default=0, help="give up waiting after this many seconds (0: never)")
+
+    def handle(self, *args, **o):
+        try:
+            batch = self._resume(o["resume"]) if o["resume"] else self._create(o)
+            sent = services.dispatch_batch(batch)
+        except services.GenerationError as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(f"Batch {batch.pk}: queued {sent} chunk task(s) on the 'generation' queue.")
+        if o["no_wait"]:
+            return
+        self._wait(batch, o["timeout"])
+
+    def _resume(self, batch_id):
+        try:
+            return GenerationBatch.objects.get(pk=batch_id)
+        except GenerationBatch.DoesNotExist:
+            raise CommandError(f"There is no batch {batch_id}.") from None
+
+    def _create(self, o):
+        if not o["models"] or not o["prompt_set"]:
+            raise CommandError("Give --models and --prompt-set (or --resume BATCH_ID).")
+        models = list(TextToImageModel.objects.filter(name__in=o["models"]))
+        missing = set(o["models"]) - {m.name for m in models}
+        if missing:
+            known = ", ".join(TextToImageModel.objects.values_list("name", flat=True)) or "none registered"
+            raise CommandError(f"Unknown model(s): {', '.join(sorted(missing))} (known: {known}).")
+        models.sort(key=lambda m: o["models"].index(m.name))
+        prompt_set = PromptSet.objects.filter(name=o["prompt_set"]).first()
+        if prompt_set is None:
+            raise CommandError(f"Unknown prompt set {o['prompt_set']!r}.")
+        return services.create_batch(
+            models=models,
+            prompt_set=prompt_set,
+            seeds=services.parse_seeds(o["seeds"]),
+            parameters={
+                "steps": o["steps"],
+                "guidance_scale": o["guidance_scale"],
+                "width": o["width"],
+                "height": o["height"],
+                "scheduler": o["scheduler"],
+            },
+            name=o["name"],
+            inference_batch_size=o["inference_batch_size"],
+            chunk_size=o["chunk_size"],
+        )
+
+    def _wait(self, batch, timeout):
+        started = time.monotonic()
+        progress = selectors.batch_progress(batch)
+        with tqdm(total=progress.total, unit="img", desc=str(batch), file=self.stdout._out) as bar:
+            while True:
+                batch.refresh_from_db()
+                progress = selectors.batch_progress(batch)
+                bar.update(progress.done - bar.n)
+                if batch.error:
+                    raise CommandError(f"Batch {batch.pk} failed: {batch.error}")
+                if progress.complete:
+                    break
+                if timeout and time.monotonic() - started > timeout:
+                    raise CommandError(
+                        f"Gave up after {timeout:.0f}s at {progress.done}/{progress.total}; the workers go on. "
+                        f"Is a worker running? celery -A evalsite worker -Q generation"
+                    )
+                time.sleep(0.5)
+        self.stdout.write(f"Batch {batch.pk} complete: {progress.total} images.")

@@ -1,0 +1,381 @@
+"""Operations of the generation app: register, import, create, dispatch, generate.
+
+Views, admin actions, management commands and Celery tasks call these and
+nothing else, so every entry point validates and behaves the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.files.base import ContentFile
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from . import pipelines
+from .models import (
+    SCHEDULER_CHOICES,
+    BatchModel,
+    GeneratedImage,
+    GenerationBatch,
+    Prompt,
+    PromptSet,
+    TextToImageModel,
+    canonical_parameters,
+    parameters_hash,
+)
+from .prompt_files import ParsedPromptFile, PromptFileError, parse_prompt_file
+from .selectors import ImageKey, batch_keys, batch_progress, chunk_count, images_for
+from .storage import content_addressed_name
+
+logger = logging.getLogger(__name__)
+
+MAX_SEED = 2**63 - 1
+
+
+class GenerationError(Exception):
+    """An operation was refused; the message tells the researcher what to fix."""
+
+
+class ModelRegistrationError(GenerationError):
+    pass
+
+
+class BatchError(GenerationError):
+    pass
+
+
+# --- Model registry ---------------------------------------------------------------------------
+
+
+def register_model(
+    *,
+    name: str,
+    pipeline_path: str,
+    steps: int | None = None,
+    guidance_scale: float | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    scheduler: str = "default",
+    description: str = "",
+    source: str = TextToImageModel.Source.REGISTERED,
+    parent: TextToImageModel | None = None,
+    registered_by=None,
+    inspected: pipelines.PipelineInfo | None = None,
+) -> TextToImageModel:
+    """Validate a local diffusers pipeline directory and record it with its weights' fingerprint.
+
+    Width and height default to the pipeline's native resolution (512 for SD 1.x,
+    768 for SD 2.x, 1024 for SDXL), read from its configs. ``inspected`` is the
+    result of an inspection the caller just made (hashing SDXL takes seconds).
+    """
+    if TextToImageModel.objects.filter(name=name).exists():
+        raise ModelRegistrationError(f"A model named {name!r} already exists; choose another name.")
+    try:
+        info = inspected or pipelines.inspect_pipeline_directory(pipeline_path)
+    except pipelines.PipelineDirectoryError as exc:
+        raise ModelRegistrationError(str(exc)) from None
+    if scheduler not in dict(SCHEDULER_CHOICES):
+        raise ModelRegistrationError(
+            f"Unknown scheduler {scheduler!r}; choose one of {', '.join(dict(SCHEDULER_CHOICES))}."
+        )
+    native = info.native_resolution or 512
+    model = TextToImageModel(
+        name=name,
+        description=description,
+        pipeline_path=str(info.path.resolve()),
+        pipeline_class=info.class_name,
+        weights_fingerprint=info.fingerprint,
+        weights_bytes=info.total_bytes,
+        default_steps=steps if steps is not None else 30,
+        default_guidance_scale=guidance_scale if guidance_scale is not None else 7.5,
+        default_width=width or native,
+        default_height=height or native,
+        default_scheduler=scheduler,
+        source=source,
+        parent=parent,
+        registered_by=registered_by,
+    )
+    try:
+        model.full_clean()
+    except ValidationError as exc:
+        raise ModelRegistrationError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from None
+    try:
+        model.save()
+    except IntegrityError:
+        raise ModelRegistrationError(f"A model named {name!r} already exists; choose another name.") from None
+    logger.info("registered model %s (%s, %s)", name, info.class_name, info.fingerprint[:12])
+    return model
+
+
+# --- Prompt sets --------------------------------------------------------------------------------
+
+
+def import_prompt_set(
+    *, name: str, data: bytes, filename: str, format: str | None = None, description: str = ""
+) -> tuple[PromptSet, ParsedPromptFile]:
+    """Import a whole prompt file or nothing. Raises PromptFileError listing every problem."""
+    name = name.strip()
+    if not name:
+        raise PromptFileError(["the prompt set needs a name"])
+    if PromptSet.objects.filter(name=name).exists():
+        raise PromptFileError([f"a prompt set named {name!r} already exists; choose another name"])
+    parsed = parse_prompt_file(
+        data,
+        filename,
+        format=format,
+        max_bytes=settings.NEEDLE_PROMPT_FILE_MAX_BYTES,
+        max_chars=settings.NEEDLE_PROMPT_MAX_CHARS,
+    )
+    try:
+        with transaction.atomic():
+            prompt_set = PromptSet.objects.create(
+                name=name,
+                description=description,
+                source_filename=filename[-500:],
+                source_sha256=hashlib.sha256(data).hexdigest(),
+            )
+            Prompt.objects.bulk_create(
+                Prompt(
+                    prompt_set=prompt_set,
+                    position=i,
+                    text=p.text,
+                    category=p.category[:200],
+                    challenge=p.challenge[:200],
+                    note=p.note,
+                )
+                for i, p in enumerate(parsed.prompts)
+            )
+    except IntegrityError:
+        raise PromptFileError([f"a prompt set named {name!r} already exists; choose another name"]) from None
+    return prompt_set, parsed
+
+
+# --- Batches --------------------------------------------------------------------------------------
+
+
+def create_batch(
+    *,
+    models: list[TextToImageModel],
+    prompt_set: PromptSet,
+    seeds: list[int],
+    parameters: dict | None = None,
+    name: str = "",
+    inference_batch_size: int | None = None,
+    chunk_size: int | None = None,
+    created_by=None,
+) -> GenerationBatch:
+    """Freeze a batch: each model's parameters are its defaults overridden by ``parameters``.
+
+    Give explicit parameters to compare models at identical settings; the
+    prompt and seed are always shared, so a pair differs only by model (and
+    by any default the models do not share).
+    """
+    models = list(models)
+    if not models:
+        raise BatchError("Choose at least one model.")
+    if len({m.pk for m in models}) != len(models):
+        raise BatchError("A model is listed twice.")
+    seeds = list(seeds)
+    if not seeds:
+        raise BatchError("Give at least one seed.")
+    if any(not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= MAX_SEED for s in seeds):
+        raise BatchError(f"Seeds must be integers from 0 to {MAX_SEED}.")
+    if len(set(seeds)) != len(seeds):
+        raise BatchError("A seed is listed twice.")
+    if not prompt_set.prompts.exists():
+        raise BatchError(f"Prompt set {prompt_set.name!r} has no prompts.")
+    overrides = {k: v for k, v in (parameters or {}).items() if v is not None}
+    unknown = set(overrides) - {"steps", "guidance_scale", "width", "height", "scheduler"}
+    if unknown:
+        raise BatchError(f"Unknown generation parameters: {', '.join(sorted(unknown))}.")
+    if "scheduler" in overrides and overrides["scheduler"] not in dict(SCHEDULER_CHOICES):
+        raise BatchError(f"Unknown scheduler {overrides['scheduler']!r}.")
+    inference_batch_size = inference_batch_size or settings.NEEDLE_INFERENCE_BATCH_SIZE
+    chunk_size = chunk_size or settings.NEEDLE_CHUNK_SIZE
+    if inference_batch_size < 1 or chunk_size < 1:
+        raise BatchError("Batch and chunk sizes must be positive.")
+    # A chunk holds whole forward passes, so a redone chunk regroups images exactly as before.
+    chunk_size = max(inference_batch_size, chunk_size - chunk_size % inference_batch_size)
+
+    resolved = []
+    for model in models:
+        try:
+            params = canonical_parameters({**model.default_parameters, **overrides})
+        except (TypeError, ValueError) as exc:
+            raise BatchError(f"Invalid generation parameters: {exc}.") from None
+        if params["steps"] < 1 or params["width"] % 8 or params["height"] % 8 or params["width"] < 8 or params["height"] < 8:
+            raise BatchError("Steps must be at least 1; width and height positive multiples of 8.")
+        resolved.append((model, params))
+
+    with transaction.atomic():
+        batch = GenerationBatch.objects.create(
+            name=name,
+            prompt_set=prompt_set,
+            seeds=seeds,
+            inference_batch_size=inference_batch_size,
+            chunk_size=chunk_size,
+            created_by=created_by,
+        )
+        BatchModel.objects.bulk_create(
+            BatchModel(batch=batch, model=m, parameters=p, parameters_hash=parameters_hash(p)) for m, p in resolved
+        )
+    return batch
+
+
+def dispatch_batch(batch: GenerationBatch) -> int:
+    """Queue a Celery task for every chunk that still misses images; returns how many.
+
+    Safe to call again at any time (after a crash, to resume): finished
+    chunks are not queued, and a chunk queued twice does its work once.
+    """
+    from .tasks import generate_chunk
+
+    keys = batch_keys(batch)
+    todo = []
+    for bm in batch.batch_models.all():
+        existing = set(images_for(bm, batch).values_list("prompt_id", "seed"))
+        for index in range(chunk_count(batch, len(keys))):
+            chunk = keys[index * batch.chunk_size : (index + 1) * batch.chunk_size]
+            if any((k.prompt_id, k.seed) not in existing for k in chunk):
+                todo.append((batch.pk, bm.model_id, index))
+    GenerationBatch.objects.filter(pk=batch.pk).update(dispatched_at=timezone.now(), error="", completed_at=None)
+    batch.refresh_from_db()
+
+    def send():
+        for args in todo:
+            generate_chunk.delay(*args)
+
+    transaction.on_commit(send)
+    if not todo:
+        mark_complete_if_done(batch.pk)
+    return len(todo)
+
+
+def mark_complete_if_done(batch_id: int) -> bool:
+    batch = GenerationBatch.objects.get(pk=batch_id)
+    if batch.completed_at is None and batch_progress(batch).complete:
+        GenerationBatch.objects.filter(pk=batch_id, completed_at__isnull=True).update(completed_at=timezone.now())
+        return True
+    return False
+
+
+def record_batch_failure(batch_id: int, message: str) -> None:
+    GenerationBatch.objects.filter(pk=batch_id).update(error=message[:5000])
+
+
+# --- Generating ---------------------------------------------------------------------------------------
+
+_pipeline_cache: pipelines.PipelineCache | None = None
+
+
+def pipeline_cache() -> pipelines.PipelineCache:
+    """The worker process's pipelines: each model loads once per process."""
+    global _pipeline_cache
+    if _pipeline_cache is None:
+        _pipeline_cache = pipelines.PipelineCache(settings.NEEDLE_PIPELINE_CACHE_SIZE)
+    return _pipeline_cache
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    passes_run: int
+    passes_skipped: int
+
+
+def generate_chunk(batch_id: int, model_id: int, chunk_index: int) -> ChunkResult:
+    """Make the missing images of one chunk. Idempotent.
+
+    The chunk is cut into forward passes the same way every time; a pass whose
+    images all exist is skipped, and any other pass is run whole, so a redone
+    image is computed in the same company as the first time and comes out
+    byte-identical. Images of a pass are stored, then recorded in one
+    transaction; the unique key turns a concurrent duplicate into a no-op.
+    """
+    batch = GenerationBatch.objects.select_related("prompt_set").filter(pk=batch_id).first()
+    if batch is None:
+        logger.warning("batch %s no longer exists; chunk %s skipped", batch_id, chunk_index)
+        return ChunkResult(0, 0)
+    bm = BatchModel.objects.select_related("model").get(batch_id=batch_id, model_id=model_id)
+    keys = batch_keys(batch)[chunk_index * batch.chunk_size : (chunk_index + 1) * batch.chunk_size]
+    existing = set(
+        images_for(bm, batch).filter(prompt_id__in={k.prompt_id for k in keys}).values_list("prompt_id", "seed")
+    )
+    passes = [keys[i : i + batch.inference_batch_size] for i in range(0, len(keys), batch.inference_batch_size)]
+    pending = [p for p in passes if any((k.prompt_id, k.seed) not in existing for k in p)]
+    if pending:
+        model = bm.model
+        loaded = pipeline_cache().get(
+            model.pipeline_path, model.weights_fingerprint, device=settings.NEEDLE_DEVICE, dtype=settings.NEEDLE_TORCH_DTYPE
+        )
+        for keys_in_pass in pending:
+            _run_pass(batch, bm, loaded, keys_in_pass, existing)
+    mark_complete_if_done(batch_id)
+    return ChunkResult(len(pending), len(passes) - len(pending))
+
+
+def _run_pass(batch, bm: BatchModel, loaded, keys: list[ImageKey], existing: set) -> None:
+    images, seconds = pipelines.render(loaded, [k.prompt_text for k in keys], [k.seed for k in keys], bm.parameters)
+    storage = GeneratedImage._meta.get_field("file").storage
+    rows = []
+    for key, pixels in zip(keys, images):
+        if (key.prompt_id, key.seed) in existing:
+            continue
+        png = pipelines.encode_png(pixels)
+        digest = hashlib.sha256(png).hexdigest()
+        name = storage.save(content_addressed_name(digest), ContentFile(png))
+        rows.append(
+            GeneratedImage(
+                model_id=bm.model_id,
+                prompt_id=key.prompt_id,
+                seed=key.seed,
+                parameters=bm.parameters,
+                parameters_hash=bm.parameters_hash,
+                weights_fingerprint=loaded.fingerprint,
+                file=name,
+                sha256=digest,
+                width=pixels.shape[1],
+                height=pixels.shape[0],
+                seconds=seconds / len(keys),
+                device=loaded.device,
+                batch_id=batch.pk,
+            )
+        )
+    with transaction.atomic():
+        GeneratedImage.objects.bulk_create(rows, ignore_conflicts=True)
+
+
+def generate_batch_in_process(batch: GenerationBatch) -> int:
+    """Run a whole batch in this process, without Celery (notebooks, reference runs); returns passes run."""
+    n_chunks = chunk_count(batch)
+    return sum(
+        generate_chunk(batch.pk, bm.model_id, index).passes_run
+        for bm in batch.batch_models.all()
+        for index in range(n_chunks)
+    )
+
+
+def parse_seeds(spec: str) -> list[int]:
+    """'0-3, 10, 12' -> [0, 1, 2, 3, 10, 12]; raises BatchError on anything else."""
+    seeds: list[int] = []
+    for part in spec.replace(" ", ",").split(","):
+        if not part:
+            continue
+        try:
+            if "-" in part[1:]:
+                lo, hi = part.split("-", 1)
+                lo_i, hi_i = int(lo), int(hi)
+                if hi_i < lo_i or hi_i - lo_i > 100_000:
+                    raise ValueError
+                seeds.extend(range(lo_i, hi_i + 1))
+            else:
+                seeds.append(int(part))
+        except ValueError:
+            raise BatchError(f"Cannot read seeds {part!r}: write integers and ranges, e.g. '0-3, 10'.") from None
+    if not seeds:
+        raise BatchError("Give at least one seed, e.g. '0-3'.")
+    return seeds

@@ -1,0 +1,1 @@
+"""Curation and quality-tuning operations (issue: training). Not built yet."""
