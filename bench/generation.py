@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     parser.add_argument("--chunk-size", type=int, default=64, help="images per Celery task")
+    parser.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"], help="Celery worker pool")
     args = parser.parse_args()
 
     shutil.rmtree(VAR, ignore_errors=True)
@@ -88,12 +89,12 @@ def main() -> None:
     seeds = list(range(n_seeds))
     size = model.default_width
     print(f"{len(prompts) * n_seeds} images of {size}x{size}, {args.steps} steps, batch {args.batch_size}, "
-          f"chunk {args.chunk_size}, broker {settings.CELERY_BROKER_URL.split(':')[0]}, db {connection.vendor}")
+          f"chunk {args.chunk_size}, pool {args.pool}, broker {settings.CELERY_BROKER_URL.split(':')[0]}, db {connection.vendor}")
 
     baseline_before = bare_loop(pipeline_dir, prompts, seeds, args.steps, 5.0, size, args.batch_size)
     print(f"bare diffusers loop (before): {baseline_before:8.1f} images/s")
 
-    worker = WorkerProcess(queues="generation", database_url=database_url_for(connection.settings_dict), log_dir=VAR / "logs")
+    worker = WorkerProcess(queues="generation", database_url=database_url_for(connection.settings_dict), log_dir=VAR / "logs", pool=args.pool)
     worker.start()
     try:
         # Warm-up: the worker loads the pipeline once, as in a long-running deployment.

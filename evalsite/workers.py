@@ -36,8 +36,11 @@ def database_url_for(settings_dict: dict) -> str:
 
 
 class WorkerProcess:
-    def __init__(self, *, queues: str = "generation", database_url: str, env: dict | None = None, log_dir: Path | None = None):
+    def __init__(
+        self, *, queues: str = "generation", database_url: str, env: dict | None = None, log_dir: Path | None = None, pool: str = "prefork"
+    ):
         self.queues = queues
+        self.pool = pool
         self.env = {**os.environ, "DATABASE_URL": database_url, **(env or {})}
         self.log_dir = Path(log_dir or settings.VAR_DIR / "logs")
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -51,7 +54,7 @@ class WorkerProcess:
         self.process = subprocess.Popen(
             [
                 sys.executable, "-m", "celery", "-A", "evalsite", "worker",
-                "-Q", self.queues, "-c", "1", "-n", f"{name}@%h", "-l", "info",
+                "-Q", self.queues, "-c", "1", "--pool", self.pool, "-n", f"{name}@%h", "-l", "info",
                 "--without-gossip", "--without-mingle", "--without-heartbeat",
             ],
             cwd=BASE_DIR,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -295,6 +296,8 @@ def generate_chunk(batch_id: int, model_id: int, chunk_index: int) -> ChunkResul
     image is computed in the same company as the first time and comes out
     byte-identical. Images of a pass are stored, then recorded in one
     transaction; the unique key turns a concurrent duplicate into a no-op.
+    Storing a pass (PNG encoding, fsync) runs on a helper thread while the
+    next pass renders, so the accelerator does not wait for the disk.
     """
     batch = GenerationBatch.objects.select_related("prompt_set").filter(pk=batch_id).first()
     if batch is None:
@@ -312,14 +315,22 @@ def generate_chunk(batch_id: int, model_id: int, chunk_index: int) -> ChunkResul
         loaded = pipeline_cache().get(
             model.pipeline_path, model.weights_fingerprint, device=settings.NEEDLE_DEVICE, dtype=settings.NEEDLE_TORCH_DTYPE
         )
-        for keys_in_pass in pending:
-            _run_pass(batch, bm, loaded, keys_in_pass, existing)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="needle-store") as store:
+            previous = None
+            for keys_in_pass in pending:
+                images, seconds = pipelines.render(
+                    loaded, [k.prompt_text for k in keys_in_pass], [k.seed for k in keys_in_pass], bm.parameters
+                )
+                if previous is not None:
+                    record_images(previous.result())
+                previous = store.submit(store_pass, batch.pk, bm, loaded, keys_in_pass, images, seconds, existing)
+            record_images(previous.result())
     mark_complete_if_done(batch_id)
     return ChunkResult(len(pending), len(passes) - len(pending))
 
 
-def _run_pass(batch, bm: BatchModel, loaded, keys: list[ImageKey], existing: set) -> None:
-    images, seconds = pipelines.render(loaded, [k.prompt_text for k in keys], [k.seed for k in keys], bm.parameters)
+def store_pass(batch_id, bm: BatchModel, loaded, keys: list[ImageKey], images, seconds: float, existing: set) -> list[GeneratedImage]:
+    """Write a pass's images to storage (no database access: safe on a helper thread); returns unsaved rows."""
     storage = GeneratedImage._meta.get_field("file").storage
     rows = []
     for key, pixels in zip(keys, images):
@@ -342,9 +353,14 @@ def _run_pass(batch, bm: BatchModel, loaded, keys: list[ImageKey], existing: set
                 height=pixels.shape[0],
                 seconds=seconds / len(keys),
                 device=loaded.device,
-                batch_id=batch.pk,
+                batch_id=batch_id,
             )
         )
+    return rows
+
+
+def record_images(rows: list[GeneratedImage]) -> None:
+    """Record stored images in one transaction; a key someone else recorded first is left as it is."""
     with transaction.atomic():
         GeneratedImage.objects.bulk_create(rows, ignore_conflicts=True)
 

@@ -83,9 +83,11 @@ def test_a_racing_duplicate_pass_records_nothing_twice(two_models, prompt_set):
     bm = batch.batch_models.get()
     keys = selectors.batch_keys(batch)
     loaded = services.pipeline_cache().get(two_models[0].pipeline_path, two_models[0].weights_fingerprint)
-    services._run_pass(batch, bm, loaded, keys, existing=set())
+    images, seconds = pipelines.render(loaded, [k.prompt_text for k in keys], [k.seed for k in keys], bm.parameters)
+    services.record_images(services.store_pass(batch.pk, bm, loaded, keys, images, seconds, existing=set()))
     before = list(GeneratedImage.objects.values_list("id", "sha256"))
-    services._run_pass(batch, bm, loaded, keys, existing=set())  # as if a second worker had the same chunk
+    # As if a second worker had run the same pass at the same time.
+    services.record_images(services.store_pass(batch.pk, bm, loaded, keys, images, seconds, existing=set()))
     assert list(GeneratedImage.objects.values_list("id", "sha256")) == before and len(before) == 4
 
 
