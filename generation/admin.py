@@ -8,6 +8,12 @@ from .forms import GenerationBatchForm, PromptImportForm, RegisterModelForm
 from .models import GeneratedImage, GenerationBatch, Prompt, PromptSet, TextToImageModel
 
 
+def render_form_page(model_admin, request, form, title: str, intro: str = ""):
+    """The admin page for Needle's service-backed forms (register, import, new batch)."""
+    context = {**model_admin.admin_site.each_context(request), "form": form, "title": title, "intro": intro, "opts": model_admin.model._meta}
+    return render(request, "admin/generation/form_page.html", context)
+
+
 @admin.register(TextToImageModel)
 class TextToImageModelAdmin(admin.ModelAdmin):
     list_display = ["name", "pipeline_class", "source", "short_fingerprint", "default_steps", "default_guidance_scale", "default_width", "default_height", "default_scheduler", "created_at"]
@@ -32,8 +38,7 @@ class TextToImageModelAdmin(admin.ModelAdmin):
             if model is not None:
                 self.message_user(request, f"Registered {model.name} ({model.pipeline_class}, fingerprint {model.weights_fingerprint[:12]}).", messages.SUCCESS)
                 return redirect("admin:generation_texttoimagemodel_changelist")
-        context = {**self.admin_site.each_context(request), "form": form, "title": "Register a text-to-image model", "opts": self.model._meta}
-        return render(request, "admin/generation/form_page.html", context)
+        return render_form_page(self, request, form, "Register a text-to-image model")
 
 
 class PromptInline(admin.TabularInline):
@@ -78,12 +83,11 @@ class PromptSetAdmin(admin.ModelAdmin):
                 if len(parsed.duplicates) > 20:
                     self.message_user(request, f"... and {len(parsed.duplicates) - 20} more duplicates skipped", messages.WARNING)
                 return redirect("admin:generation_promptset_change", prompt_set.pk)
-        context = {
-            **self.admin_site.each_context(request), "form": form, "title": "Import a prompt set", "opts": self.model._meta,
-            "intro": "CSV or JSONL with a 'prompt' column or key (optional category, challenge, note), or a PartiPrompts "
+        return render_form_page(
+            self, request, form, "Import a prompt set",
+            "CSV or JSONL with a 'prompt' column or key (optional category, challenge, note), or a PartiPrompts "
             "TSV. A file with any problem imports nothing; duplicates are skipped and listed.",
-        }
-        return render(request, "admin/generation/form_page.html", context)
+        )
 
 
 @admin.register(Prompt)
@@ -124,12 +128,11 @@ class GenerationBatchAdmin(admin.ModelAdmin):
             if batch is not None:
                 self.message_user(request, f"Created {batch}.", messages.SUCCESS)
                 return redirect("generation:batch_detail", batch.pk)
-        context = {
-            **self.admin_site.each_context(request), "form": form, "title": "New generation batch", "opts": self.model._meta,
-            "intro": "Every model renders every prompt of the set with every seed. Parameters left blank take each "
+        return render_form_page(
+            self, request, form, "New generation batch",
+            "Every model renders every prompt of the set with every seed. Parameters left blank take each "
             "model's defaults; set them to compare models at identical settings.",
-        }
-        return render(request, "admin/generation/form_page.html", context)
+        )
 
     @admin.action(description="Queue the missing images of the selected batches (start or resume)")
     def dispatch(self, request, queryset):

@@ -20,6 +20,7 @@ def _batch_summary(batch):
         "total": progress.total,
         "percent": progress.percent,
         "error": batch.error,
+        "total_keys": batch.prompt_set.prompts.count() * len(batch.seeds),
         "per_model": [{"model": m.model_name, "done": m.done, "total": m.total} for m in progress.per_model],
     }
 

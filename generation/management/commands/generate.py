@@ -75,13 +75,20 @@ class Command(BaseCommand):
         )
 
     def _wait(self, batch, timeout):
-        started = time.monotonic()
+        started = last_change = time.monotonic()
+        warned = False
         progress = selectors.batch_progress(batch)
         with tqdm(total=progress.total, unit="img", desc=str(batch), file=self.stdout._out) as bar:
             while True:
                 batch.refresh_from_db()
                 progress = selectors.batch_progress(batch)
-                bar.update(progress.done - bar.n)
+                if progress.done != bar.n:
+                    bar.update(progress.done - bar.n)
+                    last_change = time.monotonic()
+                elif not warned and time.monotonic() - last_change > 60:
+                    bar.write("No progress for 60 s. Is a worker consuming the 'generation' queue? "
+                              "Start one with: celery -A evalsite worker -Q generation -c 1")
+                    warned = True
                 if batch.error:
                     raise CommandError(f"Batch {batch.pk} failed: {batch.error}")
                 if progress.complete:

@@ -1,0 +1,22 @@
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+
+from generation.models import PromptSet, TextToImageModel
+
+pytestmark = pytest.mark.django_db
+
+
+def test_demo_setup_is_idempotent_and_prints_a_working_login(settings, tmp_path, capsys):
+    settings.VAR_DIR = tmp_path
+    call_command("demo_setup")
+    first = capsys.readouterr().out
+    call_command("demo_setup")
+    second = capsys.readouterr().out
+    password = first.strip().splitlines()[-1].split(" / ")[1]
+    assert f"researcher / {password}" in second  # same login the second time
+    user = get_user_model().objects.get(username="researcher")
+    assert user.is_staff and user.check_password(password)
+    assert set(TextToImageModel.objects.values_list("name", flat=True)) == {"tiny-base", "tiny-tuned"}
+    assert PromptSet.objects.get(name="demo").prompts.count() == 16
+    assert (tmp_path / "demo-login.txt").stat().st_mode & 0o077 == 0
