@@ -68,3 +68,17 @@ def celery_worker(django_db_setup, django_db_blocker):
     worker.start()
     yield worker
     worker.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_stray_test_database_sessions(django_db_setup, django_db_blocker):
+    """Let the test database be dropped at the end: live-server request threads can leave a session open."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
