@@ -303,7 +303,9 @@ def generate_chunk(batch_id: int, model_id: int, chunk_index: int) -> ChunkResul
     if batch is None:
         logger.warning("batch %s no longer exists; chunk %s skipped", batch_id, chunk_index)
         return ChunkResult(0, 0)
-    bm = BatchModel.objects.select_related("model").get(batch_id=batch_id, model_id=model_id)
+    bm = BatchModel.objects.select_related("model").filter(batch_id=batch_id, model_id=model_id).first()
+    if bm is None:
+        raise BatchError(f"Model {model_id} is not part of batch {batch_id}.")
     keys = batch_keys(batch)[chunk_index * batch.chunk_size : (chunk_index + 1) * batch.chunk_size]
     existing = set(
         images_for(bm, batch).filter(prompt_id__in={k.prompt_id for k in keys}).values_list("prompt_id", "seed")

@@ -195,3 +195,12 @@ def test_generate_command_rejects_unknown_names(two_models, prompt_set):
     with pytest.raises(CommandError, match="no batch 999"):
         call_command("generate", "--resume", "999", "--no-wait")
     assert TextToImageModel.objects.count() == 2
+
+
+def test_chunk_tasks_with_stale_or_wrong_ids_do_no_harm(two_models, prompt_set):
+    assert services.generate_chunk(987654, two_models[0].pk, 0) == services.ChunkResult(0, 0)  # batch deleted since
+    batch = services.create_batch(models=[two_models[0]], prompt_set=prompt_set, seeds=[0])
+    with pytest.raises(services.BatchError, match=f"Model {two_models[1].pk} is not part of batch {batch.pk}"):
+        services.generate_chunk(batch.pk, two_models[1].pk, 0)
+    assert services.generate_chunk(batch.pk, two_models[0].pk, 99) == services.ChunkResult(0, 0)  # past the end
+    assert not GeneratedImage.objects.exists()

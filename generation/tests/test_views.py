@@ -80,3 +80,8 @@ def test_admin_creates_a_batch_and_refuses_bad_seeds(staff_client, two_models, p
     response = staff_client.post(url, {**form, "seeds": "0-1"})  # start_now unchecked: created, not queued
     batch = GenerationBatch.objects.get()
     assert response.status_code == 302 and batch.seeds == [0, 1] and batch.dispatched_at is None
+
+
+def test_progress_json_ignores_malformed_ids(staff_client, generated_batch):
+    data = staff_client.get(reverse("generation:progress_json") + f"?id=abc&id=-1&id={generated_batch.pk}&id=1e9").json()
+    assert [b["id"] for b in data["batches"]] == [generated_batch.pk]
