@@ -34,6 +34,34 @@ def tiny_pipeline_dir(tmp_path_factory):
     return make
 
 
+PROMPTS_TSV = (
+    "Prompt\tCategory\tChallenge\tNote\n"
+    "a red apple\tFood\tBasic\t\n"
+    "a lighthouse at dusk\tOutdoor Scenes\tBasic\t\n"
+    "three blue birds\tAnimals\tQuantity\tcounting\n"
+    'a sign that says "hi"\tArtifacts\tWriting & Symbols\t\n'
+)
+
+
+@pytest.fixture
+def two_models(tiny_pipeline_dir):
+    """Two registered tiny SD models with different weights: "base" and "tuned" (4 steps)."""
+    from generation import services as generation_services
+
+    base = generation_services.register_model(name="base", pipeline_path=str(tiny_pipeline_dir("sd", 0)), steps=4, guidance_scale=5.0)
+    tuned = generation_services.register_model(name="tuned", pipeline_path=str(tiny_pipeline_dir("sd", 1)), steps=4, guidance_scale=5.0)
+    return base, tuned
+
+
+@pytest.fixture
+def prompt_set():
+    """A PartiPrompts-style set of four prompts named "four"."""
+    from generation import services as generation_services
+
+    prompt_set, _ = generation_services.import_prompt_set(name="four", data=PROMPTS_TSV.encode(), filename="four.tsv")
+    return prompt_set
+
+
 def _purge_queues():
     from evalsite.celery import app
 

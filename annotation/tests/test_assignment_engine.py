@@ -1,0 +1,147 @@
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from annotation import services
+from annotation.models import Assignment, ComparisonItem, Vote
+
+pytestmark = pytest.mark.django_db
+
+
+def vote_all(campaign, rater, choice="left"):
+    n = 0
+    while (a := services.next_assignment(campaign, rater)) is not None:
+        services.submit_vote(rater, a.token, choice)
+        n += 1
+    return n
+
+
+def test_items_fill_depth_first_and_never_exceed_k(live_campaign, make_rater):
+    raters = [make_rater() for _ in range(7)]
+    first = services.next_assignment(live_campaign, raters[0])
+    services.submit_vote(raters[0], first.token, "left")
+    # The next rater is sent to the item that already has a vote, not to a fresh one.
+    assert services.next_assignment(live_campaign, raters[1]).item_id == first.item_id
+    for rater in raters:
+        vote_all(live_campaign, rater)
+    k = {item.pk: item.criterion.votes_per_item for item in ComparisonItem.objects.select_related("criterion")}
+    votes = Counter(Vote.objects.values_list("assignment__item_id", flat=True))
+    assert all(votes[i] == k[i] for i in k), "with 7 raters every item reaches exactly k votes"
+    assert Vote.objects.count() == 20 * 5 + 20 * 3
+
+
+def test_a_rater_never_sees_an_item_twice_and_is_done_after_every_item(live_campaign, make_rater):
+    rater = make_rater()
+    assert vote_all(live_campaign, rater) == 40
+    assert services.next_assignment(live_campaign, rater) is None
+
+
+def test_next_returns_the_open_task_again_until_it_is_answered(live_campaign, make_rater):
+    rater = make_rater()
+    a = services.next_assignment(live_campaign, rater)
+    assert services.next_assignment(live_campaign, rater).pk == a.pk  # a double click gets the same task
+    services.submit_vote(rater, a.token, "right")
+    assert services.next_assignment(live_campaign, rater).pk != a.pk
+
+
+def test_expired_leases_return_to_the_pool_and_cannot_be_answered(live_campaign, make_rater):
+    live_campaign.lease_seconds = 60
+    live_campaign.save()
+    late, other = make_rater(), make_rater()
+    a = services.next_assignment(live_campaign, late)
+    later = timezone.now() + timedelta(seconds=61)
+    b = services.next_assignment(live_campaign, other, now=later)
+    assert b.item_id == a.item_id  # the abandoned item went back and, being first, is handed out again
+    a.refresh_from_db()
+    assert a.state == Assignment.State.EXPIRED
+    with pytest.raises(services.AnnotationError, match="expired"):
+        services.submit_vote(late, a.token, "left", now=later)
+    assert ComparisonItem.objects.get(pk=a.item_id).open_leases == 1 and not Vote.objects.exists()
+
+
+def test_replayed_vote_counts_once_and_cannot_change(live_campaign, make_rater):
+    rater = make_rater()
+    a = services.next_assignment(live_campaign, rater)
+    first = services.submit_vote(rater, a.token, "left", seconds_on_task=2.5)
+    again = services.submit_vote(rater, a.token, "left")
+    assert not first.duplicate and again.duplicate and again.vote.pk == first.vote.pk
+    with pytest.raises(services.AnnotationError, match="cannot be changed"):
+        services.submit_vote(rater, a.token, "right")
+    assert Vote.objects.count() == 1 and ComparisonItem.objects.get(pk=a.item_id).votes == 1
+
+
+def test_votes_on_someone_elses_or_made_up_tokens_are_refused(live_campaign, make_rater):
+    owner, intruder = make_rater(), make_rater()
+    a = services.next_assignment(live_campaign, owner)
+    for token in (a.token, "made-up", a.token[:-1]):
+        with pytest.raises(services.AnnotationError, match="No such task"):
+            services.submit_vote(intruder, token, "left")
+    assert not Vote.objects.exists()
+
+
+def test_choice_is_mapped_back_to_the_model_through_the_placement(live_campaign, make_rater):
+    rater = make_rater()
+    for _ in range(6):
+        a = services.next_assignment(live_campaign, rater)
+        vote = services.submit_vote(rater, a.token, "left").vote
+        assert vote.winner == ("a" if a.a_on_left else "b")
+    a = services.next_assignment(live_campaign, rater)
+    if "tie" not in a.item.criterion.choices:
+        assert services.submit_vote(rater, a.token, "neither").vote.winner == "tie"
+    else:
+        with pytest.raises(services.AnnotationError, match="not a choice"):
+            services.submit_vote(rater, a.token, "neither")
+
+
+def test_placement_is_balanced_per_rater_within_one(live_campaign, make_rater):
+    raters = [make_rater() for _ in range(3)]
+    for _ in range(13):
+        for rater in raters:
+            a = services.next_assignment(live_campaign, rater)
+            services.submit_vote(rater, a.token, "tie" if "tie" in a.item.criterion.choices else "both")
+            sides = Counter(Assignment.objects.filter(rater=rater).values_list("a_on_left", flat=True))
+            assert abs(sides[True] - sides[False]) <= 1
+    live_campaign.refresh_from_db()
+    sides = Counter(Assignment.objects.values_list("a_on_left", flat=True))
+    assert live_campaign.left_balance == sides[True] - sides[False]
+    assert abs(live_campaign.left_balance) <= len(raters)
+
+
+def test_quota_ends_a_raters_work(live_campaign, make_rater):
+    live_campaign.quota_per_rater = 3
+    live_campaign.save()
+    assert vote_all(live_campaign, make_rater()) == 3
+
+
+def test_closed_or_paused_campaigns_hand_out_nothing(live_campaign, make_rater):
+    rater = make_rater()
+    a = services.next_assignment(live_campaign, rater)
+    services.set_status(live_campaign, "paused")
+    with pytest.raises(services.AnnotationError, match="not open"):
+        services.next_assignment(live_campaign, rater)
+    services.set_status(live_campaign, "closed")
+    with pytest.raises(services.AnnotationError, match="closed"):
+        services.submit_vote(rater, a.token, "left")
+    with pytest.raises(services.AnnotationError, match="cannot become live"):
+        services.set_status(live_campaign, "live")
+    assert not Vote.objects.exists()
+
+
+def test_campaign_creation_refuses_bad_settings(two_models, prompt_set):
+    a, b = two_models
+    with pytest.raises(services.AnnotationError, match="two different models"):
+        services.create_campaign(name="x", model_a=a, model_b=a, prompt_set=prompt_set, seeds=[0])
+    with pytest.raises(services.AnnotationError, match="Unknown criteria"):
+        services.create_campaign(name="x", model_a=a, model_b=b, prompt_set=prompt_set, seeds=[0], criteria={"speed": {}})
+    with pytest.raises(services.AnnotationError, match="Choices must include"):
+        services.create_campaign(name="x", model_a=a, model_b=b, prompt_set=prompt_set, seeds=[0], criteria={"visual_appeal": {"choices": ["left", "maybe"]}})
+    campaign = services.create_campaign(name="x", model_a=a, model_b=b, prompt_set=prompt_set, seeds=[0])
+    assert {(c.criterion, c.votes_per_item, c.show_prompt) for c in campaign.criteria.all()} == {
+        ("visual_appeal", 5, False), ("text_faithfulness", 3, True)
+    }
+    with pytest.raises(services.AnnotationError, match="no comparison items"):
+        services.set_status(campaign, "live")
+    with pytest.raises(services.AnnotationError, match="not ready"):
+        services.build_items(campaign, services.generation_batch_for(campaign))
