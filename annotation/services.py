@@ -11,11 +11,12 @@ SQLite (the demo) writers are serialised by the database instead.
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -170,13 +171,19 @@ def _placement(campaign: Campaign, rater: Rater) -> bool:
 def next_assignment(campaign: Campaign, rater: Rater, now: datetime | None = None) -> Assignment | None:
     """The rater's current task, or a new lease on the fullest item they have not seen; None when done."""
     now = now or timezone.now()
-    for _attempt in range(5):
+    for attempt in range(50):
         try:
             with transaction.atomic():
                 return _next_assignment(campaign, rater, now)
-        except IntegrityError:
-            continue  # the same rater raced themselves past the lock; try again
-    raise AnnotationError("Could not hand out a task; please try again.")
+        except (_ItemsBusy, IntegrityError, OperationalError):
+            # Remaining items locked by others, a rater racing themselves past
+            # the lock, or PostgreSQL breaking a rare deadlock: retry shortly.
+            time.sleep(min(0.2, 0.005 * 2 ** min(attempt, 6)) * random.random())
+    raise AnnotationError("Could not hand out a task right now; please try again.")
+
+
+class _ItemsBusy(Exception):
+    pass
 
 
 def _next_assignment(campaign: Campaign, rater: Rater, now: datetime) -> Assignment | None:
@@ -192,14 +199,18 @@ def _next_assignment(campaign: Campaign, rater: Rater, now: datetime) -> Assignm
         if done >= campaign.quota_per_rater:
             return None
     expire_leases(campaign, now)
-    item = (
-        ComparisonItem.objects.select_for_update(skip_locked=True, of=("self",))
-        .filter(campaign=campaign, votes__lt=F("criterion__votes_per_item") - F("open_leases"))
+    candidates = (
+        ComparisonItem.objects.filter(campaign=campaign, votes__lt=F("criterion__votes_per_item") - F("open_leases"))
         .exclude(assignments__rater=rater)
         .order_by(-(F("votes") + F("open_leases")), "id")  # depth-first
-        .first()
     )
+    item = candidates.select_for_update(skip_locked=True, of=("self",)).first()
     if item is None:
+        if candidates.exists():
+            # What is left is locked by other raters at this instant (the last
+            # items of a campaign). Waiting on those locks here could deadlock;
+            # retry shortly instead of wrongly saying "no more tasks".
+            raise _ItemsBusy
         return None
     a_on_left = _placement(campaign, rater)
     assignment = Assignment.objects.create(

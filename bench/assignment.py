@@ -1,0 +1,150 @@
+"""Rater round trips per second (next task + vote) on PostgreSQL vs bare SQL inserts of the same votes.
+
+A campaign of 1,000 visual-appeal items x 5 raters per item is filled by
+--raters concurrent rater threads, each looping next_assignment + submit_vote
+until it gets no task. The baseline, in the same run, inserts the same number
+of vote rows with one bare autocommitted INSERT each. Images are database rows
+sharing one real PNG: the engine never reads image files.
+
+    python bench/assignment.py [--items 1000] [--raters 8]
+
+Uses BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/needle_bench), dropped and re-created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(BASE_DIR))
+URL = os.environ.get("BENCH_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/needle_bench")
+os.environ["DATABASE_URL"] = URL
+os.environ["NEEDLE_VAR_DIR"] = str(BASE_DIR / "var" / "bench")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "evalsite.settings")
+
+
+def recreate_database(url: str) -> None:
+    import psycopg
+
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--items", type=int, default=1000)
+    parser.add_argument("--raters", type=int, default=8, help="concurrent rater threads")
+    args = parser.parse_args()
+    recreate_database(URL)
+
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection, connections
+
+    from annotation import services
+    from annotation.models import Assignment, ComparisonItem, Rater, Vote
+    from generation.models import GeneratedImage, Prompt, PromptSet, TextToImageModel
+
+    call_command("migrate", verbosity=0)
+    models = [
+        TextToImageModel.objects.create(name=n, pipeline_path="/bench", pipeline_class="StableDiffusionPipeline", weights_fingerprint=n)
+        for n in ("a", "b")
+    ]
+    prompt_set = PromptSet.objects.create(name="bench")
+    prompts = Prompt.objects.bulk_create(Prompt(prompt_set=prompt_set, position=i, text=f"p{i}") for i in range(args.items))
+    images = {
+        m.pk: GeneratedImage.objects.bulk_create(
+            GeneratedImage(model=m, prompt=p, seed=0, parameters={}, parameters_hash="h", weights_fingerprint="f",
+                           file="00/00/x.png", sha256="0" * 64, width=64, height=64, seconds=0, device="cpu")
+            for p in prompts
+        )
+        for m in models
+    }
+    campaign = services.create_campaign(
+        name="bench", model_a=models[0], model_b=models[1], prompt_set=prompt_set, seeds=[0], criteria={"visual_appeal": {}}
+    )
+    criterion = campaign.criteria.get()
+    ComparisonItem.objects.bulk_create(
+        ComparisonItem(campaign=campaign, criterion=criterion, image_a=a, image_b=b) for a, b in zip(images[models[0].pk], images[models[1].pk])
+    )
+    services.set_status(campaign, "live")
+    total = args.items * criterion.votes_per_item
+    raters = [Rater.objects.create() for _ in range(max(args.raters, criterion.votes_per_item))]
+    latencies: list[float] = []
+    lock = threading.Lock()
+    errors = []
+
+    def rate(my_raters):
+        try:
+            for rater in my_raters:
+                while True:
+                    t0 = time.perf_counter()
+                    a = services.next_assignment(campaign, rater)
+                    if a is None:
+                        break
+                    services.submit_vote(rater, a.token, "left", seconds_on_task=1.0)
+                    with lock:
+                        latencies.append(time.perf_counter() - t0)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    # Each thread works through its share of raters one after another, so that
+    # --raters threads are active at any moment and every item can reach k.
+    shares = [raters[i :: args.raters] for i in range(args.raters)]
+    started = time.perf_counter()
+    threads = [threading.Thread(target=rate, args=(s,)) for s in shares]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    needle_seconds = time.perf_counter() - started
+    if errors:
+        raise SystemExit(f"errors: {errors[:3]}")
+    assert Vote.objects.count() == total == len(latencies), (Vote.objects.count(), total, len(latencies))
+
+    # Baseline: the same number of vote rows, one bare autocommitted INSERT each, same thread count.
+    assignment_ids = list(Assignment.objects.values_list("id", flat=True))
+    Vote.objects.all().delete()
+
+    def insert(ids):
+        with connection.cursor() as cursor:  # the thread's own connection
+            for aid in ids:
+                cursor.execute(
+                    "INSERT INTO annotation_vote (assignment_id, choice, winner, seconds_on_task, created_at) "
+                    "VALUES (%s, 'left', 'a', 1.0, now())",
+                    [aid],
+                )
+        connections.close_all()
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=insert, args=(assignment_ids[i :: args.raters],)) for i in range(args.raters)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    bare_seconds = time.perf_counter() - started
+    assert Vote.objects.count() == total
+
+    lat = sorted(latencies)
+    p50 = statistics.median(lat) * 1000
+    p99 = lat[int(0.99 * (len(lat) - 1))] * 1000
+    print(f"{args.items} items x {criterion.votes_per_item} votes = {total} round trips, {args.raters} concurrent raters, PostgreSQL")
+    print(f"Needle round trips (next task + vote): {total / needle_seconds:8.1f}/s   p50 {p50:.1f} ms   p99 {p99:.1f} ms")
+    print(f"bare SQL vote inserts:                 {total / bare_seconds:8.1f}/s")
+    print(f"ratio Needle / bare inserts: {bare_seconds / needle_seconds:.3f}")
+
+
+if __name__ == "__main__":
+    main()
