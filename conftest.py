@@ -62,6 +62,31 @@ def prompt_set():
     return prompt_set
 
 
+
+@pytest.fixture
+def live_campaign(two_models, prompt_set):
+    """A live two-model campaign over 4 prompts x 5 seeds: 20 appeal items (k=5) and 20 faithfulness items (k=3).
+
+    Its images are really generated (in this process) by the tiny pipelines. No gold
+    items, so counts are exact; gold has its own tests.
+    """
+    from annotation import services
+    from generation import services as generation_services
+
+    campaign = services.create_campaign(name="c", models=two_models, prompt_set=prompt_set, seeds=[0, 1, 2, 3, 4], gold_share=0)
+    batch = services.generation_batch_for(campaign)
+    generation_services.generate_batch_in_process(batch)
+    assert services.build_items(campaign, batch) == 40
+    services.set_status(campaign, "live")
+    return campaign
+
+
+@pytest.fixture
+def make_rater():
+    from annotation.models import Rater
+
+    return lambda: Rater.objects.create()
+
 def _purge_queues():
     from evalsite.celery import app
 
@@ -72,7 +97,7 @@ def _purge_queues():
 
 @pytest.fixture(scope="session")
 def celery_worker(django_db_setup, django_db_blocker):
-    """A real worker process consuming the generation queue against the test database.
+    """A real worker process consuming the generation and default queues against the test database.
 
     Session-wide (starting one imports torch: seconds). Tests that use it need
     ``transactional_db`` so the worker sees their rows. ``celery_worker.kill()``
@@ -88,7 +113,7 @@ def celery_worker(django_db_setup, django_db_blocker):
         if "NOT_FOUND" not in str(exc):
             raise
     worker = WorkerProcess(
-        queues="generation",
+        queues="generation,default",
         database_url=url,
         env={"CELERY_VISIBILITY_TIMEOUT": str(TEST_VISIBILITY_TIMEOUT)},
         log_dir=settings.VAR_DIR / "logs",

@@ -1,9 +1,11 @@
-"""Comparison campaigns, the items raters judge, their assignments and votes.
+"""Comparison campaigns, the items raters judge, raters, their assignments and votes.
 
 A comparison item is (prompt, seed, criterion, image of model A, image of
 model B). Raters get items through assignments: a leased, per-rater view of
 one item with its own left/right placement. A vote belongs to exactly one
-assignment, so a replayed submission can never count twice.
+assignment, so a replayed submission can never count twice. Gold items are
+items with a known answer (a campaign image against a visibly degraded copy),
+mixed in to check that raters pay attention.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from __future__ import annotations
 import secrets
 
 from django.conf import settings
+from django.core.files.storage import storages
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django.db.models import F, Q
+from django.db.models import Q
 
 from generation.models import GeneratedImage, PromptSet, TextToImageModel
 
@@ -36,6 +40,7 @@ CRITERION_DEFAULTS = {
         "votes_per_item": 5,
         "choices": ["left", "right", "tie"],
         "show_prompt": False,
+        "question": "Which image is more visually appealing?",
         "instructions": "Which image is more visually appealing? Judge the image alone: composition, lighting, "
         "colour, detail and overall aesthetics. Ignore what it is supposed to show. If they are equally "
         "appealing, choose tie.",
@@ -44,6 +49,7 @@ CRITERION_DEFAULTS = {
         "votes_per_item": 3,
         "choices": ["left", "right", "both", "neither"],
         "show_prompt": True,
+        "question": "Which image matches the text better?",
         "instructions": "Which image matches the text better? Check every object, attribute, count and relation "
         "the text asks for. Ignore how beautiful the images are. Choose both if both match equally well, "
         "neither if neither matches.",
@@ -51,69 +57,155 @@ CRITERION_DEFAULTS = {
 }
 
 
+def _image_storage():
+    return storages["images"]
+
+
 def new_token() -> str:
-    return secrets.token_urlsafe(24)
+    """An unguessable URL token: 32 random bytes (256 bits), so tokens cannot be enumerated."""
+    return secrets.token_urlsafe(32)
+
+
+def new_completion_code() -> str:
+    return secrets.token_hex(4).upper()
 
 
 class Campaign(models.Model):
     class Status(models.TextChoices):
         DRAFT = "draft", "draft"
+        LAUNCHING = "launching", "launching"  # images being generated; goes live by itself when they are ready
         LIVE = "live", "live"
         PAUSED = "paused", "paused"
         CLOSED = "closed", "closed"
 
-    name = models.CharField(max_length=200, unique=True)
+    class Pairing(models.TextChoices):
+        ALL_PAIRS = "all_pairs", "all pairs"
+        VS_BASELINE = "vs_baseline", "each model vs the baseline"
+
+    name = models.CharField(max_length=200, unique=True, help_text="Researchers only; raters never see it.")
+    rater_title = models.CharField(
+        max_length=200, default="Compare two images", help_text="The heading raters see. Never name the models here."
+    )
     prompt_set = models.ForeignKey(PromptSet, on_delete=models.PROTECT, related_name="campaigns")
-    model_a = models.ForeignKey(TextToImageModel, on_delete=models.PROTECT, related_name="+")
-    model_b = models.ForeignKey(TextToImageModel, on_delete=models.PROTECT, related_name="+")
+    compared_models = models.ManyToManyField(TextToImageModel, through="CampaignModel", related_name="campaigns")
+    pairing = models.CharField(max_length=16, choices=Pairing.choices, default=Pairing.ALL_PAIRS)
+    baseline = models.ForeignKey(
+        TextToImageModel, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        help_text="With 'each vs the baseline': the model every other model is compared against.",
+    )
     seeds = models.JSONField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
     lease_seconds = models.PositiveIntegerField(default=600, help_text="An unanswered task returns to the pool after this.")
-    quota_per_rater = models.PositiveIntegerField(default=0, help_text="Tasks per rater; 0 means no limit.")
-    # Placement balance: assignments with model A on the left minus those with B on the left.
-    left_balance = models.IntegerField(default=0, editable=False)
+    quota_per_rater = models.PositiveIntegerField(default=0, help_text="Tasks per rater, gold included; 0 means no limit.")
+    gold_share = models.FloatField(
+        default=0.1, validators=[MinValueValidator(0.0), MaxValueValidator(0.5)],
+        help_text="Share of a rater's tasks that are gold items with a known answer.",
+    )
+    gold_min_accuracy = models.FloatField(
+        default=0.7, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        help_text="Raters below this gold accuracy are excluded automatically (their votes are kept, flagged).",
+    )
+    gold_min_answers = models.PositiveIntegerField(default=4, help_text="Gold answers needed before a rater can be excluded.")
+    completion_code = models.CharField(max_length=64, default=new_completion_code, help_text="Shown to raters when they finish.")
+    completion_url = models.URLField(
+        blank=True, help_text="Where finished raters are sent, e.g. https://app.prolific.com/submissions/complete?cc=CODE",
+    )
+    generation_batch = models.ForeignKey(
+        "generation.GenerationBatch", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    launch_error = models.TextField(blank=True)
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["-created_at"]
-        constraints = [models.CheckConstraint(condition=~Q(model_a=F("model_b")), name="campaign_two_distinct_models")]
 
     def __str__(self) -> str:
         return self.name
+
+    def ordered_models(self) -> list[TextToImageModel]:
+        return [cm.model for cm in self.campaign_models.select_related("model").order_by("position")]
+
+
+class CampaignModel(models.Model):
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="campaign_models")
+    model = models.ForeignKey(TextToImageModel, on_delete=models.PROTECT, related_name="+")
+    position = models.PositiveSmallIntegerField()
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "model"], name="campaign_model_once"),
+            models.UniqueConstraint(fields=["campaign", "position"], name="campaign_model_position_once"),
+        ]
 
 
 class CampaignCriterion(models.Model):
     campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="criteria")
     criterion = models.CharField(max_length=32, choices=Criterion.choices)
+    question = models.CharField(max_length=300)
     instructions = models.TextField()
     votes_per_item = models.PositiveSmallIntegerField()
     choices = models.JSONField()
     show_prompt = models.BooleanField()
 
     class Meta:
+        ordering = ["id"]
         constraints = [models.UniqueConstraint(fields=["campaign", "criterion"], name="campaign_criterion_unique")]
 
     def __str__(self) -> str:
         return f"{self.campaign} / {self.get_criterion_display()}"
 
 
+class GoldImage(models.Model):
+    """A visibly degraded copy of a campaign image: the wrong answer of a gold item."""
+
+    class Degradation(models.TextChoices):
+        BLUR = "blur", "heavy blur"
+        NOISE = "noise", "heavy noise"
+
+    source = models.ForeignKey(GeneratedImage, on_delete=models.PROTECT, related_name="+")
+    degradation = models.CharField(max_length=16, choices=Degradation.choices)
+    file = models.FileField(storage=_image_storage, max_length=200)
+    sha256 = models.CharField(max_length=64)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["source", "degradation"], name="gold_image_once")]
+
+
 class ComparisonItem(models.Model):
     campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="items")
     criterion = models.ForeignKey(CampaignCriterion, on_delete=models.CASCADE, related_name="items")
     image_a = models.ForeignKey(GeneratedImage, on_delete=models.PROTECT, related_name="+")
+    # For a gold item, B is shown as ``gold_image`` (a degraded copy of A) and
+    # image_b repeats image_a, so every item keeps its (prompt, seed) through A.
     image_b = models.ForeignKey(GeneratedImage, on_delete=models.PROTECT, related_name="+")
-    # Kept by the assignment engine under a row lock: votes recorded, and leases
-    # handed out and not yet answered or expired. votes + open_leases <= k.
+    gold_image = models.ForeignKey(GoldImage, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    # Kept by the assignment engine under the item's row lock. ``votes`` counts
+    # the votes that count (excluded raters' votes do not); ``open_leases`` the
+    # tasks handed out and not yet answered or expired; ``remaining`` is
+    # k - votes - open_leases, stored so the depth-first order is one index
+    # scan. Gold items have no k: remaining stays 0 and they are picked apart.
     votes = models.PositiveSmallIntegerField(default=0)
     open_leases = models.PositiveSmallIntegerField(default=0)
+    remaining = models.SmallIntegerField(default=0)
 
     class Meta:
         ordering = ["id"]
         constraints = [
-            models.UniqueConstraint(fields=["criterion", "image_a", "image_b"], name="comparison_item_unique"),
+            models.UniqueConstraint(
+                fields=["criterion", "image_a", "image_b"], condition=Q(gold_image__isnull=True), name="comparison_item_unique"
+            ),
+            models.UniqueConstraint(fields=["criterion", "gold_image"], name="gold_item_unique"),
         ]
-        indexes = [models.Index(fields=["campaign", "votes", "open_leases"])]
+        indexes = [
+            # Depth-first claim: WHERE campaign = ? AND remaining > 0 ORDER BY remaining, id.
+            models.Index(fields=["campaign", "remaining", "id"], condition=Q(remaining__gt=0), name="item_open_depth_first"),
+        ]
+
+    @property
+    def is_gold(self) -> bool:
+        return self.gold_image_id is not None
 
 
 class Rater(models.Model):
@@ -125,6 +217,62 @@ class Rater(models.Model):
 
     def __str__(self) -> str:
         return f"rater {self.pk}"
+
+
+class InviteLink(models.Model):
+    """A shareable link for crowd platforms; whoever opens it becomes a new anonymous rater."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="invite_links")
+    token = models.CharField(max_length=64, unique=True, default=new_token)
+    label = models.CharField(max_length=200, blank=True, help_text="e.g. 'Prolific study 1'")
+    max_raters = models.PositiveIntegerField(default=0, help_text="0 means no limit.")
+    active = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+
+class Participation(models.Model):
+    """A rater in a campaign: how they came, their crowd ids, whether they finished or were excluded."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="participations")
+    rater = models.ForeignKey(Rater, on_delete=models.CASCADE, related_name="participations")
+    # The opaque id in the rater's URLs; it names neither campaign nor models.
+    token = models.CharField(max_length=64, unique=True, default=new_token)
+    invite_link = models.ForeignKey(InviteLink, null=True, blank=True, on_delete=models.SET_NULL, related_name="participations")
+    prolific_pid = models.CharField(max_length=100, blank=True)
+    study_id = models.CharField(max_length=100, blank=True)
+    session_id = models.CharField(max_length=100, blank=True)
+    external_id = models.CharField(max_length=200, blank=True)
+    consented_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    excluded = models.BooleanField(default=False)
+    exclusion_reason = models.CharField(max_length=300, blank=True)
+    excluded_at = models.DateTimeField(null=True, blank=True)
+    # Regular tasks shown with model A on the left minus those with B on the
+    # left; kept under this row's lock by the assignment engine (within +-1).
+    placement_balance = models.SmallIntegerField(default=0, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [models.UniqueConstraint(fields=["campaign", "rater"], name="participation_once")]
+
+
+class PlacementCounter(models.Model):
+    """Left/right balance of a campaign, split over shards so raters do not queue on one row.
+
+    A shard's ``balance`` is assignments with model A on the left minus those
+    with B on the left, for the raters hashed to it; the campaign's balance is
+    the sum, read without locks.
+    """
+
+    SHARDS = 16
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="placement_counters")
+    shard = models.PositiveSmallIntegerField()
+    balance = models.IntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["campaign", "shard"], name="placement_counter_once")]
 
 
 class Assignment(models.Model):
@@ -143,11 +291,15 @@ class Assignment(models.Model):
     expires_at = models.DateTimeField()
 
     class Meta:
+        ordering = ["id"]
         constraints = [
             # A rater never sees an item twice, not even after a lease expired.
             models.UniqueConstraint(fields=["item", "rater"], name="assignment_once_per_rater"),
         ]
-        indexes = [models.Index(fields=["campaign", "state", "expires_at"])]
+        indexes = [
+            models.Index(fields=["campaign", "state", "expires_at"]),
+            models.Index(fields=["rater", "campaign", "state"]),
+        ]
 
 
 class Vote(models.Model):
@@ -160,4 +312,7 @@ class Vote(models.Model):
     choice = models.CharField(max_length=16, choices=Choice.choices, help_text="What the rater clicked, as shown.")
     winner = models.CharField(max_length=8, choices=Winner.choices, help_text="The choice mapped back to models.")
     seconds_on_task = models.FloatField(null=True, blank=True)
+    # Votes are never deleted: an excluded rater's votes stay, flagged, and stop counting.
+    excluded = models.BooleanField(default=False)
+    gold_correct = models.BooleanField(null=True, blank=True, help_text="For gold items: whether the known answer was picked.")
     created_at = models.DateTimeField(auto_now_add=True)

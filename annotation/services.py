@@ -1,39 +1,59 @@
-"""Campaign operations and the assignment engine.
+"""Campaign operations, rater enrolment, the assignment engine, votes and quality control.
 
-The engine hands each rater the next comparison item under three rules that
+The engine hands each rater their next comparison items under three rules that
 must hold with hundreds of raters at once: a rater never sees an item twice,
-an item never collects more than k votes (votes + open leases <= k), and items
-fill depth-first so a campaign stopped early still has complete majorities.
-On PostgreSQL the next item is claimed with ``FOR UPDATE SKIP LOCKED``; on
-SQLite (the demo) writers are serialised by the database instead.
+an item never collects more than k counting votes (votes + open leases <= k),
+and items fill depth-first so a campaign stopped early still has complete
+majorities. On PostgreSQL the next item is claimed with ``FOR UPDATE SKIP
+LOCKED`` along the partial index ``item_open_depth_first``; on SQLite (the
+demo) writers are serialised by the database instead.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import itertools
+import math
 import random
 import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import numpy as np
+from django.core.files.base import ContentFile
+from django.core.files.storage import storages
 from django.db import IntegrityError, OperationalError, transaction
-from django.db.models import F
+from django.db.models import F, Sum
 from django.utils import timezone
+from PIL import Image, ImageFilter
 
 from generation import selectors as generation_selectors
 from generation import services as generation_services
+from generation.pipelines import encode_png
+from generation.storage import content_addressed_name
 
 from .models import (
     CRITERION_DEFAULTS,
     Assignment,
     Campaign,
     CampaignCriterion,
+    CampaignModel,
     Choice,
     ComparisonItem,
     Criterion,
+    GoldImage,
+    InviteLink,
+    Participation,
+    PlacementCounter,
     Rater,
     Vote,
 )
+
+# Tasks a rater holds at once: the one on screen and the next, whose images the
+# page preloads so the switch after a vote is instant.
+LOOKAHEAD = 2
 
 
 class AnnotationError(Exception):
@@ -42,26 +62,30 @@ class AnnotationError(Exception):
 
 # --- Campaigns ---------------------------------------------------------------------------------
 
+# Settings that define what is being measured: frozen once the campaign has items.
+STRUCTURAL_FIELDS = {"prompt_set", "seeds", "pairing", "baseline", "gold_share"}
+# Operational settings: editable until the campaign has votes.
+OPERATIONAL_FIELDS = {"lease_seconds", "quota_per_rater", "gold_min_accuracy", "gold_min_answers", "rater_title"}
+# Always editable.
+FREE_FIELDS = {"name", "completion_url", "completion_code"}
 
-def create_campaign(
-    *,
-    name: str,
-    model_a,
-    model_b,
-    prompt_set,
-    seeds: list[int],
-    criteria: dict[str, dict] | None = None,
-    lease_seconds: int = 600,
-    quota_per_rater: int = 0,
-    created_by=None,
-) -> Campaign:
-    """A draft campaign. ``criteria`` maps criterion -> overrides of CRITERION_DEFAULTS ({} keeps them)."""
-    if model_a.pk == model_b.pk:
-        raise AnnotationError("Choose two different models.")
-    if Campaign.objects.filter(name=name).exists():
-        raise AnnotationError(f"A campaign named {name!r} already exists.")
-    if not seeds:
-        raise AnnotationError("Give at least one seed.")
+
+def _check_settings(*, lease_seconds, quota_per_rater, gold_share, gold_min_accuracy, gold_min_answers, rater_title) -> None:
+    if not 30 <= lease_seconds <= 86_400:
+        raise AnnotationError("The lease must be between 30 seconds and one day.")
+    if quota_per_rater < 0:
+        raise AnnotationError("The quota cannot be negative.")
+    if not 0 <= gold_share <= 0.5:
+        raise AnnotationError("The gold share must be between 0 and 0.5.")
+    if not 0 <= gold_min_accuracy <= 1:
+        raise AnnotationError("The gold accuracy threshold must be between 0 and 1.")
+    if gold_min_answers < 1:
+        raise AnnotationError("At least one gold answer is needed before excluding a rater.")
+    if not rater_title.strip():
+        raise AnnotationError("Give the raters' page a title.")
+
+
+def _resolve_criteria(criteria: dict[str, dict] | None) -> list[tuple[str, dict]]:
     criteria = criteria if criteria is not None else {c.value: {} for c in Criterion}
     if not criteria:
         raise AnnotationError("Choose at least one criterion.")
@@ -70,156 +94,495 @@ def create_campaign(
         raise AnnotationError(f"Unknown criteria: {', '.join(sorted(unknown))}.")
     resolved = []
     for criterion, overrides in criteria.items():
-        spec = {**CRITERION_DEFAULTS[criterion], **(overrides or {})}
-        if not 1 <= int(spec["votes_per_item"]) <= 50:
+        spec = {**CRITERION_DEFAULTS[criterion], **{k: v for k, v in (overrides or {}).items() if v not in (None, "")}}
+        try:
+            k = int(spec["votes_per_item"])
+        except (TypeError, ValueError):
+            raise AnnotationError("Raters per comparison must be a whole number.") from None
+        if not 1 <= k <= 50:
             raise AnnotationError("Raters per comparison must be between 1 and 50.")
-        bad = set(spec["choices"]) - set(Choice.values)
-        if bad or not {"left", "right"} <= set(spec["choices"]):
-            raise AnnotationError(f"Choices must include left and right and come from {', '.join(Choice.values)}.")
-        resolved.append((criterion, spec))
+        choices = list(spec["choices"])
+        bad = set(choices) - set(Choice.values)
+        if bad or not {"left", "right"} <= set(choices) or len(set(choices)) != len(choices):
+            raise AnnotationError(f"Choices must include left and right, once each, and come from {', '.join(Choice.values)}.")
+        resolved.append((criterion, {**spec, "votes_per_item": k, "choices": choices}))
+    return resolved
+
+
+def create_campaign(
+    *,
+    name: str,
+    models: list,
+    prompt_set,
+    seeds: list[int],
+    pairing: str = Campaign.Pairing.ALL_PAIRS,
+    baseline=None,
+    criteria: dict[str, dict] | None = None,
+    lease_seconds: int = 600,
+    quota_per_rater: int = 0,
+    gold_share: float = 0.1,
+    gold_min_accuracy: float = 0.7,
+    gold_min_answers: int = 4,
+    completion_url: str = "",
+    rater_title: str = "Compare two images",
+    created_by=None,
+) -> Campaign:
+    """A draft campaign comparing ``models`` (two, or N paired as ``pairing`` says).
+
+    ``criteria`` maps criterion -> overrides of CRITERION_DEFAULTS ({} keeps the
+    defaults); None means both of Emu's criteria.
+    """
+    name = (name or "").strip()
+    if not name:
+        raise AnnotationError("Give the campaign a name.")
+    models = list(models)
+    if len(models) < 2:
+        raise AnnotationError("Choose at least two models to compare.")
+    if len({m.pk for m in models}) != len(models):
+        raise AnnotationError("A model is listed twice.")
+    if pairing not in Campaign.Pairing.values:
+        raise AnnotationError(f"Pairing must be one of: {', '.join(Campaign.Pairing.values)}.")
+    if pairing == Campaign.Pairing.VS_BASELINE:
+        if baseline is None or baseline.pk not in {m.pk for m in models}:
+            raise AnnotationError("With 'each vs the baseline', choose a baseline among the campaign's models.")
+    else:
+        baseline = None
+    if Campaign.objects.filter(name=name).exists():
+        raise AnnotationError(f"A campaign named {name!r} already exists.")
+    seeds = list(seeds)
+    if not seeds:
+        raise AnnotationError("Give at least one seed.")
+    if len(set(seeds)) != len(seeds):
+        raise AnnotationError("A seed is listed twice.")
+    if not prompt_set.prompts.exists():
+        raise AnnotationError(f"Prompt set {prompt_set.name!r} has no prompts.")
+    _check_settings(
+        lease_seconds=lease_seconds, quota_per_rater=quota_per_rater, gold_share=gold_share,
+        gold_min_accuracy=gold_min_accuracy, gold_min_answers=gold_min_answers, rater_title=rater_title,
+    )
+    resolved = _resolve_criteria(criteria)
     with transaction.atomic():
         campaign = Campaign.objects.create(
-            name=name, model_a=model_a, model_b=model_b, prompt_set=prompt_set, seeds=list(seeds),
-            lease_seconds=lease_seconds, quota_per_rater=quota_per_rater, created_by=created_by,
+            name=name, prompt_set=prompt_set, seeds=seeds, pairing=pairing, baseline=baseline,
+            lease_seconds=lease_seconds, quota_per_rater=quota_per_rater, gold_share=gold_share,
+            gold_min_accuracy=gold_min_accuracy, gold_min_answers=gold_min_answers,
+            completion_url=completion_url, rater_title=rater_title, created_by=created_by,
         )
+        CampaignModel.objects.bulk_create(CampaignModel(campaign=campaign, model=m, position=i) for i, m in enumerate(models))
         CampaignCriterion.objects.bulk_create(
             CampaignCriterion(
-                campaign=campaign, criterion=c, instructions=s["instructions"], votes_per_item=s["votes_per_item"],
-                choices=list(s["choices"]), show_prompt=s["show_prompt"],
+                campaign=campaign, criterion=c, question=s["question"], instructions=s["instructions"],
+                votes_per_item=s["votes_per_item"], choices=s["choices"], show_prompt=s["show_prompt"],
             )
             for c, s in resolved
         )
+        PlacementCounter.objects.bulk_create(PlacementCounter(campaign=campaign, shard=i) for i in range(PlacementCounter.SHARDS))
     return campaign
 
 
+def update_campaign(campaign: Campaign, **changes) -> Campaign:
+    """Change settings; what defines the measurement freezes once items exist, the rest once votes exist."""
+    unknown = set(changes) - STRUCTURAL_FIELDS - OPERATIONAL_FIELDS - FREE_FIELDS
+    if unknown:
+        raise AnnotationError(f"These settings cannot be changed here: {', '.join(sorted(unknown))}.")
+    changed = {k: v for k, v in changes.items() if getattr(campaign, k) != v}
+    if set(changed) & STRUCTURAL_FIELDS and campaign.items.exists():
+        raise AnnotationError("The campaign's comparisons exist: models, prompts, seeds, pairing and gold share are frozen.")
+    if set(changed) & OPERATIONAL_FIELDS and Vote.objects.filter(assignment__campaign=campaign).exists():
+        raise AnnotationError("The campaign has votes: its settings are frozen so every vote was cast under the same rules.")
+    for key, value in changed.items():
+        setattr(campaign, key, value)
+    _check_settings(
+        lease_seconds=campaign.lease_seconds, quota_per_rater=campaign.quota_per_rater, gold_share=campaign.gold_share,
+        gold_min_accuracy=campaign.gold_min_accuracy, gold_min_answers=campaign.gold_min_answers,
+        rater_title=campaign.rater_title,
+    )
+    if "name" in changed and Campaign.objects.filter(name=campaign.name).exclude(pk=campaign.pk).exists():
+        raise AnnotationError(f"A campaign named {campaign.name!r} already exists.")
+    if changed:
+        campaign.save(update_fields=list(changed))
+    return campaign
+
+
+def model_pairs(campaign: Campaign) -> list[tuple]:
+    """The (model A, model B) pairs the campaign compares, A before B in the campaign's order."""
+    models = campaign.ordered_models()
+    if campaign.pairing == Campaign.Pairing.VS_BASELINE:
+        return [(campaign.baseline, m) for m in models if m.pk != campaign.baseline_id]
+    return list(itertools.combinations(models, 2))
+
+
 def generation_batch_for(campaign: Campaign, parameters: dict | None = None):
-    """A generation batch for the campaign's two models, prompts and seeds (images that exist are reused)."""
+    """A generation batch for the campaign's models, prompts and seeds (images that exist are reused)."""
     return generation_services.create_batch(
-        models=[campaign.model_a, campaign.model_b], prompt_set=campaign.prompt_set, seeds=campaign.seeds,
+        models=campaign.ordered_models(), prompt_set=campaign.prompt_set, seeds=campaign.seeds,
         parameters=parameters, name=f"campaign: {campaign.name}",
     )
 
 
 def build_items(campaign: Campaign, batch) -> int:
-    """Create the comparison items from a complete generation batch; idempotent. Returns items created."""
+    """Create the comparison items (and gold items) from a complete generation batch; idempotent.
+
+    Returns the number of regular items created.
+    """
     progress = generation_selectors.batch_progress(batch)
     if not progress.complete:
         raise AnnotationError(f"The images are not ready yet ({progress.done} of {progress.total}).")
     bms = {bm.model_id: bm for bm in batch.batch_models.all()}
     images = {}
-    for model in (campaign.model_a, campaign.model_b):
+    for model in campaign.ordered_models():
+        if model.pk not in bms:
+            raise AnnotationError(f"The generation batch has no images of model {model.name!r}.")
         for image in generation_selectors.images_for(bms[model.pk], batch):
             images[model.pk, image.prompt_id, image.seed] = image
     keys = generation_selectors.batch_keys(batch)
+    pairs = model_pairs(campaign)
+    criteria = list(campaign.criteria.all())
     rows = [
         ComparisonItem(
-            campaign=campaign, criterion=criterion,
-            image_a=images[campaign.model_a_id, k.prompt_id, k.seed], image_b=images[campaign.model_b_id, k.prompt_id, k.seed],
+            campaign=campaign, criterion=criterion, remaining=criterion.votes_per_item,
+            image_a=images[a.pk, k.prompt_id, k.seed], image_b=images[b.pk, k.prompt_id, k.seed],
         )
-        for criterion in campaign.criteria.all()
+        for criterion in criteria
+        for a, b in pairs
         for k in keys
     ]
-    before = campaign.items.count()
+    before = campaign.items.filter(gold_image__isnull=True).count()
     ComparisonItem.objects.bulk_create(rows, ignore_conflicts=True)
-    return campaign.items.count() - before
+    created = campaign.items.filter(gold_image__isnull=True).count() - before
+    _build_gold_items(campaign, criteria, [im for key, im in sorted(images.items())])
+    return created
+
+
+def gold_items_needed(regular_items: int, gold_share: float) -> int:
+    """Enough gold items that a rater who judges every regular item still meets ``gold_share`` of gold tasks."""
+    if gold_share <= 0 or regular_items == 0:
+        return 0
+    return min(regular_items, max(3, math.ceil(regular_items * gold_share / (1 - gold_share))))
+
+
+def degrade(png_bytes: bytes, degradation: str) -> bytes:
+    """A copy any attentive rater rejects: blurred to a smear, or buried in noise. Deterministic."""
+    image = Image.open(io.BytesIO(png_bytes)).convert("RGB")
+    if degradation == GoldImage.Degradation.BLUR:
+        degraded = image.filter(ImageFilter.GaussianBlur(radius=max(2.0, max(image.size) / 10)))
+    else:
+        seed = int.from_bytes(hashlib.sha256(png_bytes).digest()[:8], "big")
+        noise = np.random.default_rng(seed).integers(0, 256, size=(image.height, image.width, 3), dtype=np.uint8)
+        degraded = Image.blend(image, Image.fromarray(noise, "RGB"), 0.65)
+    return encode_png(np.asarray(degraded))
+
+
+def _build_gold_items(campaign: Campaign, criteria, campaign_images) -> None:
+    rng = random.Random(f"gold:{campaign.pk}")  # the same campaign always gets the same gold items
+    storage = storages["images"]
+    for criterion in criteria:
+        regular = campaign.items.filter(criterion=criterion, gold_image__isnull=True).count()
+        needed = gold_items_needed(regular, campaign.gold_share) - campaign.items.filter(criterion=criterion, gold_image__isnull=False).count()
+        if needed <= 0:
+            continue
+        sources = rng.sample(campaign_images, min(needed, len(campaign_images)))
+        for i, source in enumerate(sources):
+            degradation = (GoldImage.Degradation.BLUR, GoldImage.Degradation.NOISE)[i % 2]
+            gold = GoldImage.objects.filter(source=source, degradation=degradation).first()
+            if gold is None:
+                with source.file.open("rb") as handle:
+                    data = degrade(handle.read(), degradation)
+                sha = hashlib.sha256(data).hexdigest()
+                name = storage.save(content_addressed_name(sha), ContentFile(data))
+                gold, _ = GoldImage.objects.get_or_create(source=source, degradation=degradation, defaults={"file": name, "sha256": sha})
+            ComparisonItem.objects.get_or_create(
+                criterion=criterion, gold_image=gold, defaults={"campaign": campaign, "image_a": source, "image_b": source},
+            )
+
+
+_TRANSITIONS = {
+    Campaign.Status.DRAFT: {Campaign.Status.LAUNCHING, Campaign.Status.LIVE},
+    Campaign.Status.LAUNCHING: {Campaign.Status.LIVE, Campaign.Status.DRAFT},
+    Campaign.Status.LIVE: {Campaign.Status.PAUSED, Campaign.Status.CLOSED},
+    Campaign.Status.PAUSED: {Campaign.Status.LIVE, Campaign.Status.CLOSED},
+    Campaign.Status.CLOSED: set(),
+}
 
 
 def set_status(campaign: Campaign, status: str) -> None:
-    allowed = {
-        Campaign.Status.DRAFT: {Campaign.Status.LIVE},
-        Campaign.Status.LIVE: {Campaign.Status.PAUSED, Campaign.Status.CLOSED},
-        Campaign.Status.PAUSED: {Campaign.Status.LIVE, Campaign.Status.CLOSED},
-        Campaign.Status.CLOSED: set(),
-    }
-    if status not in allowed[campaign.status]:
-        raise AnnotationError(f"A {campaign.status} campaign cannot become {status}.")
-    if status == Campaign.Status.LIVE and not campaign.items.exists():
-        raise AnnotationError("The campaign has no comparison items yet: generate its images and build the items first.")
-    Campaign.objects.filter(pk=campaign.pk).update(status=status)
+    """Pause, resume or close (and the launch's own steps). Refuses moves the state machine does not allow."""
+    with transaction.atomic():
+        current = Campaign.objects.select_for_update().values_list("status", flat=True).get(pk=campaign.pk)
+        if status not in _TRANSITIONS[current]:
+            raise AnnotationError(f"A {current} campaign cannot become {status}.")
+        if status == Campaign.Status.LIVE and not campaign.items.exists():
+            raise AnnotationError("The campaign has no comparison items yet: launch it to generate its images first.")
+        Campaign.objects.filter(pk=campaign.pk).update(status=status)
     campaign.status = status
+
+
+def launch_campaign(campaign: Campaign, parameters: dict | None = None) -> None:
+    """Generate any missing images through the generation workers, then go live (by the finish_launch task)."""
+    from . import tasks  # tasks import services
+
+    with transaction.atomic():
+        locked = Campaign.objects.select_for_update().get(pk=campaign.pk)
+        if locked.status != Campaign.Status.DRAFT:
+            raise AnnotationError(f"Only a draft campaign can be launched; this one is {locked.status}.")
+        try:
+            batch = generation_batch_for(locked, parameters)
+        except generation_services.GenerationError as exc:
+            raise AnnotationError(f"Cannot generate the campaign's images: {exc}") from None
+        Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.LAUNCHING, generation_batch=batch, launch_error="")
+        generation_services.dispatch_batch(batch)
+        transaction.on_commit(lambda: tasks.finish_launch.delay(campaign.pk))
+    campaign.refresh_from_db()
+
+
+def finish_launch(campaign_id: int) -> bool:
+    """Go live once the launch's images exist. True when there is nothing left to wait for. Idempotent."""
+    campaign = Campaign.objects.select_related("generation_batch").get(pk=campaign_id)
+    if campaign.status != Campaign.Status.LAUNCHING:
+        return True
+    batch = campaign.generation_batch
+    if batch is None or batch.error:
+        why = batch.error if batch is not None else "its generation batch was deleted"
+        with transaction.atomic():
+            Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.LAUNCHING).update(
+                status=Campaign.Status.DRAFT, launch_error=f"Image generation failed: {why}. Fix it and launch again."
+            )
+        return True
+    if not generation_selectors.batch_progress(batch).complete:
+        return False
+    build_items(campaign, batch)
+    try:
+        set_status(campaign, Campaign.Status.LIVE)
+    except AnnotationError:
+        campaign.refresh_from_db()
+        if campaign.status == Campaign.Status.LAUNCHING:
+            raise
+    return True
+
+
+# The researcher's buttons (dashboard, API, `manage.py campaign`): one verb each, one place that maps them.
+CAMPAIGN_ACTIONS = {"pause": Campaign.Status.PAUSED, "resume": Campaign.Status.LIVE, "close": Campaign.Status.CLOSED}
+
+
+def apply_campaign_action(campaign: Campaign, action: str) -> None:
+    """launch, pause, resume or close ``campaign``; refused moves raise AnnotationError."""
+    if action == "launch":
+        launch_campaign(campaign)
+    elif action in CAMPAIGN_ACTIONS:
+        set_status(campaign, CAMPAIGN_ACTIONS[action])
+    else:
+        raise AnnotationError(f"Unknown action {action!r}: use launch, pause, resume or close.")
+
+
+# --- Raters -----------------------------------------------------------------------------------
+
+CROWD_PARAMETERS = {"PROLIFIC_PID": "prolific_pid", "STUDY_ID": "study_id", "SESSION_ID": "session_id"}
+
+
+def join_with_invite(link_token: str, params: dict) -> Participation:
+    """Enrol whoever opened an invite link. A crowd worker coming back with the same id resumes as the same rater."""
+    link = InviteLink.objects.select_related("campaign").filter(token=link_token).first()
+    if link is None or not link.active:
+        raise AnnotationError("This invitation link is not valid. Check that you copied the whole link.")
+    campaign = link.campaign
+    if campaign.status not in (Campaign.Status.LIVE, Campaign.Status.PAUSED):
+        raise AnnotationError("This study is not open right now.")
+    ids = {field: str(params.get(param, "")).strip()[:100] for param, field in CROWD_PARAMETERS.items()}
+    external_id = str(params.get("external_id", "") or params.get("PROLIFIC_PID", "")).strip()[:200]
+    ids["external_id"] = external_id
+    with transaction.atomic():
+        InviteLink.objects.select_for_update().filter(pk=link.pk).exists()  # serialise the max_raters check
+        if external_id:
+            existing = Participation.objects.filter(campaign=campaign, external_id=external_id).first()
+            if existing is not None:
+                return existing
+        if link.max_raters and link.participations.count() >= link.max_raters:
+            raise AnnotationError("This study is full. Thank you for your interest.")
+        rater = Rater.objects.create(external_id=external_id)
+        return Participation.objects.create(campaign=campaign, rater=rater, invite_link=link, **ids)
+
+
+def invite_account(campaign: Campaign, user) -> Participation:
+    """Let a researcher-invited account vote in ``campaign``; idempotent."""
+    rater, _ = Rater.objects.get_or_create(user=user)
+    participation, _ = Participation.objects.get_or_create(campaign=campaign, rater=rater)
+    return participation
+
+
+def create_invite_link(campaign: Campaign, *, label: str = "", max_raters: int = 0) -> InviteLink:
+    if max_raters < 0:
+        raise AnnotationError("The rater limit cannot be negative.")
+    return InviteLink.objects.create(campaign=campaign, label=label, max_raters=max_raters)
+
+
+def record_consent(participation: Participation) -> None:
+    if participation.consented_at is None:
+        Participation.objects.filter(pk=participation.pk, consented_at__isnull=True).update(consented_at=timezone.now())
+        participation.refresh_from_db(fields=["consented_at"])
 
 
 # --- Assignment engine ------------------------------------------------------------------------
 
+# Sweeping stale leases on every request would rescan the lease index on every
+# round trip; once a few seconds per process is enough (and a claim that finds
+# nothing sweeps at once, so an abandoned last item is never stranded).
+SWEEP_EVERY = timedelta(seconds=5)
+_last_sweep: dict[int, datetime] = {}
 
-def expire_leases(campaign: Campaign, now: datetime) -> int:
+
+def expire_leases(campaign: Campaign | int, now: datetime) -> int:
     """Return abandoned tasks to the pool. Rows another transaction holds are left for it."""
-    stale = list(
-        Assignment.objects.select_for_update(skip_locked=True)
-        .filter(campaign=campaign, state=Assignment.State.LEASED, expires_at__lte=now)
-        .values_list("id", "item_id")
-    )
-    if not stale:
-        return 0
-    Assignment.objects.filter(id__in=[a for a, _ in stale]).update(state=Assignment.State.EXPIRED)
-    for item_id, n in sorted(Counter(item for _, item in stale).items()):
-        ComparisonItem.objects.filter(pk=item_id).update(open_leases=F("open_leases") - n)
+    campaign_id = getattr(campaign, "pk", campaign)
+    with transaction.atomic():
+        stale = list(
+            Assignment.objects.select_for_update(skip_locked=True)
+            .filter(campaign_id=campaign_id, state=Assignment.State.LEASED, expires_at__lte=now)
+            .values_list("id", "item_id")
+        )
+        if not stale:
+            return 0
+        Assignment.objects.filter(id__in=[a for a, _ in stale]).update(state=Assignment.State.EXPIRED)
+        _release_slots(Counter(item for _, item in stale))
     return len(stale)
 
 
-def _placement(campaign: Campaign, rater: Rater) -> bool:
-    """True: model A on the left. Keeps every rater within +-1, and leans toward the campaign's balance."""
-    counts = Counter(Assignment.objects.filter(campaign=campaign, rater=rater).values_list("a_on_left", flat=True))
-    if counts[True] != counts[False]:
-        return counts[True] < counts[False]
-    balance = Campaign.objects.select_for_update().values_list("left_balance", flat=True).get(pk=campaign.pk)
+def _release_slots(per_item: Counter) -> None:
+    # Sorted, so two transactions releasing overlapping items lock them in the same order.
+    for item_id, n in sorted(per_item.items()):
+        ComparisonItem.objects.filter(pk=item_id, gold_image__isnull=True).update(
+            open_leases=F("open_leases") - n, remaining=F("remaining") + n
+        )
+        ComparisonItem.objects.filter(pk=item_id, gold_image__isnull=False).update(open_leases=F("open_leases") - n)
+
+
+def _maybe_sweep(campaign_id: int, now: datetime) -> None:
+    last = _last_sweep.get(campaign_id)
+    if last is None or not last <= now < last + SWEEP_EVERY:
+        _last_sweep[campaign_id] = now
+        expire_leases(campaign_id, now)
+
+
+def _gold_is_due(participation: Participation, tasks_so_far: int, gold_share: float) -> bool:
+    """Exactly ``gold_share`` of a rater's tasks are gold, evenly spread with a per-rater random phase."""
+    if gold_share <= 0:
+        return False
+    phase = int(hashlib.sha256(participation.token.encode()).hexdigest()[:8], 16) / 16**8
+    return math.floor(gold_share * (tasks_so_far + 1) + phase) > math.floor(gold_share * tasks_so_far + phase)
+
+
+def _placement(campaign_id: int, participation: Participation) -> bool:
+    """True: model A on the left. Keeps every rater within +-1, and leans toward the campaign's balance.
+
+    Per rater the balance is exact (+-1 at every moment; the participation row
+    is locked). Per campaign it is a tendency: raters at -1 must each take
+    their A-left turn, so the campaign can drift by up to the number of raters
+    active at once, and the lock-free sharded counter can lag by the
+    transactions in flight.
+    """
+    if participation.placement_balance:
+        return participation.placement_balance < 0
+    balance = PlacementCounter.objects.filter(campaign_id=campaign_id).aggregate(total=Sum("balance"))["total"] or 0
     if balance:
         return balance < 0
     return random.random() < 0.5
-
-
-def next_assignment(campaign: Campaign, rater: Rater, now: datetime | None = None) -> Assignment | None:
-    """The rater's current task, or a new lease on the fullest item they have not seen; None when done."""
-    now = now or timezone.now()
-    for attempt in range(50):
-        try:
-            with transaction.atomic():
-                return _next_assignment(campaign, rater, now)
-        except (_ItemsBusy, IntegrityError, OperationalError):
-            # Remaining items locked by others, a rater racing themselves past
-            # the lock, or PostgreSQL breaking a rare deadlock: retry shortly.
-            time.sleep(min(0.2, 0.005 * 2 ** min(attempt, 6)) * random.random())
-    raise AnnotationError("Could not hand out a task right now; please try again.")
 
 
 class _ItemsBusy(Exception):
     pass
 
 
-def _next_assignment(campaign: Campaign, rater: Rater, now: datetime) -> Assignment | None:
-    Rater.objects.select_for_update().filter(pk=rater.pk).exists()  # one request per rater at a time
-    status = Campaign.objects.values_list("status", flat=True).get(pk=campaign.pk)
-    if status != Campaign.Status.LIVE:
-        raise AnnotationError("This campaign is not open for voting right now.")
-    current = Assignment.objects.filter(campaign=campaign, rater=rater, state=Assignment.State.LEASED, expires_at__gt=now).first()
-    if current is not None:
-        return current
-    if campaign.quota_per_rater:
-        done = Assignment.objects.filter(campaign=campaign, rater=rater).exclude(state=Assignment.State.EXPIRED).count()
-        if done >= campaign.quota_per_rater:
-            return None
-    expire_leases(campaign, now)
-    candidates = (
-        ComparisonItem.objects.filter(campaign=campaign, votes__lt=F("criterion__votes_per_item") - F("open_leases"))
-        .exclude(assignments__rater=rater)
-        .order_by(-(F("votes") + F("open_leases")), "id")  # depth-first
+def open_tasks(campaign: Campaign, rater: Rater, want: int = LOOKAHEAD, now: datetime | None = None) -> list[Assignment]:
+    """The rater's open tasks, oldest first, leasing new ones until there are ``want`` (or none are left)."""
+    now = now or timezone.now()
+    for attempt in range(60):
+        try:
+            with transaction.atomic():
+                return _open_tasks(campaign, rater, want, now)
+        except (_ItemsBusy, IntegrityError, OperationalError):
+            # Remaining items locked by others, a rater racing themselves past
+            # the lock, or PostgreSQL breaking a rare deadlock: retry shortly.
+            time.sleep(min(0.2, 0.005 * 2 ** min(attempt, 6)) * random.random())
+    raise AnnotationError("Could not hand out a task right now; please try again in a moment.")
+
+
+def next_assignment(campaign: Campaign, rater: Rater, now: datetime | None = None) -> Assignment | None:
+    """The rater's current task, or a new lease on the next item for them; None when they are done."""
+    tasks = open_tasks(campaign, rater, want=1, now=now)
+    return tasks[0] if tasks else None
+
+
+def _locked_participation(campaign: Campaign, rater: Rater) -> Participation:
+    participation = Participation.objects.select_for_update().filter(campaign=campaign, rater=rater).first()
+    if participation is None:
+        # Raters normally arrive through an invitation; the engine enrols anyone else on first use.
+        Participation.objects.create(campaign=campaign, rater=rater)
+        participation = Participation.objects.select_for_update().get(campaign=campaign, rater=rater)
+    return participation
+
+
+def _open_tasks(campaign: Campaign, rater: Rater, want: int, now: datetime) -> list[Assignment]:
+    participation = _locked_participation(campaign, rater)  # one request per rater at a time
+    fresh = Campaign.objects.values("status", "quota_per_rater", "gold_share", "lease_seconds").get(pk=campaign.pk)
+    if fresh["status"] != Campaign.Status.LIVE:
+        raise AnnotationError("This study is paused or closed right now; please come back later.")
+    held = list(Assignment.objects.filter(campaign=campaign, rater=rater, state=Assignment.State.LEASED, expires_at__gt=now).order_by("id"))
+    if participation.excluded or len(held) >= want:
+        return held[:want] if not participation.excluded else []
+    _maybe_sweep(campaign.pk, now)
+    taken = (
+        Assignment.objects.filter(campaign=campaign, rater=rater).exclude(state=Assignment.State.EXPIRED).count()
+        if fresh["quota_per_rater"] or fresh["gold_share"]
+        else 0  # only the quota and the gold schedule need it
     )
-    item = candidates.select_for_update(skip_locked=True, of=("self",)).first()
+    while len(held) < want:
+        if fresh["quota_per_rater"] and taken >= fresh["quota_per_rater"]:
+            break
+        assignment = _lease_one(campaign, rater, participation, taken, fresh, now)
+        if assignment is None:
+            break
+        held.append(assignment)
+        taken += 1
+    return held
+
+
+def _lease_one(campaign, rater, participation, taken: int, fresh: dict, now: datetime) -> Assignment | None:
+    expires_at = now + timedelta(seconds=fresh["lease_seconds"])
+    if _gold_is_due(participation, taken, fresh["gold_share"]):
+        gold = (
+            ComparisonItem.objects.filter(campaign=campaign, gold_image__isnull=False)
+            .exclude(assignments__rater=rater)
+            .order_by("?")
+            .first()
+        )
+        if gold is not None:
+            # Gold items have no k: any number of raters may answer them, so no claim is needed.
+            ComparisonItem.objects.filter(pk=gold.pk).update(open_leases=F("open_leases") + 1)
+            return Assignment.objects.create(item=gold, rater=rater, campaign=campaign, a_on_left=random.random() < 0.5, expires_at=expires_at)
+    candidates = (
+        ComparisonItem.objects.filter(campaign=campaign, remaining__gt=0)
+        .exclude(assignments__rater=rater)
+        .order_by("remaining", "id")  # depth-first: the item closest to its k votes
+    )
+    item = candidates.select_for_update(skip_locked=True).only("id").first()
     if item is None:
+        expire_leases(campaign, now)
         if candidates.exists():
             # What is left is locked by other raters at this instant (the last
             # items of a campaign). Waiting on those locks here could deadlock;
             # retry shortly instead of wrongly saying "no more tasks".
             raise _ItemsBusy
         return None
-    a_on_left = _placement(campaign, rater)
-    assignment = Assignment.objects.create(
-        item=item, rater=rater, campaign=campaign, a_on_left=a_on_left,
-        expires_at=now + timedelta(seconds=campaign.lease_seconds),
-    )
-    ComparisonItem.objects.filter(pk=item.pk).update(open_leases=F("open_leases") + 1)
-    Campaign.objects.filter(pk=campaign.pk).update(left_balance=F("left_balance") + (1 if a_on_left else -1))
+    a_on_left = _placement(campaign.pk, participation)
+    step = 1 if a_on_left else -1
+    assignment = Assignment.objects.create(item=item, rater=rater, campaign=campaign, a_on_left=a_on_left, expires_at=expires_at)
+    ComparisonItem.objects.filter(pk=item.pk).update(open_leases=F("open_leases") + 1, remaining=F("remaining") - 1)
+    participation.placement_balance += step
+    Participation.objects.filter(pk=participation.pk).update(placement_balance=participation.placement_balance)
+    PlacementCounter.objects.filter(campaign=campaign, shard=rater.pk % PlacementCounter.SHARDS).update(balance=F("balance") + step)
     return assignment
+
+
+# --- Votes ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -228,37 +591,114 @@ class VoteResult:
     duplicate: bool  # True when this submission repeated one already recorded
 
 
-def submit_vote(rater: Rater, token: str, choice: str, seconds_on_task: float | None = None, now: datetime | None = None) -> VoteResult:
-    """Record the rater's choice for their assignment ``token``, once. A replay returns the first vote."""
+def submit_vote(
+    rater: Rater,
+    token: str,
+    choice: str,
+    seconds_on_task: float | None = None,
+    now: datetime | None = None,
+    campaign: Campaign | None = None,
+) -> VoteResult:
+    """Record the rater's choice for their assignment ``token``, once. A replay returns the first vote.
+
+    ``campaign`` pins the task to one campaign (an invited account may rate in several).
+    """
     now = now or timezone.now()
     with transaction.atomic():
+        assignments = Assignment.objects.filter(token=token, rater=rater)
+        if campaign is not None:
+            assignments = assignments.filter(campaign=campaign)
         assignment = (
-            Assignment.objects.select_for_update(of=("self",))
-            .select_related("item__criterion", "campaign")
-            .filter(token=token, rater=rater)
+            assignments.select_for_update(of=("self",))
+            .select_related("item__criterion", "campaign", "vote")
             .first()
         )
         if assignment is None:
             raise AnnotationError("No such task for you.")  # another rater's token reads the same as a made-up one
-        existing = Vote.objects.filter(assignment=assignment).first()
+        existing = getattr(assignment, "vote", None)
         if existing is not None:
             if existing.choice != choice:
                 raise AnnotationError("You already answered this task; answers cannot be changed.")
             return VoteResult(existing, duplicate=True)
         if assignment.campaign.status == Campaign.Status.CLOSED:
-            raise AnnotationError("This campaign is closed; your answer was not recorded.")
+            raise AnnotationError("This study is closed; your answer was not recorded.")
+        if assignment.campaign.status == Campaign.Status.PAUSED:
+            # A pause stops the study, not only new tasks; leases stay, so the
+            # same task can be answered once it resumes (if still in time).
+            raise AnnotationError("This study is paused right now, so your answer was not recorded. Please come back later.")
         if assignment.state != Assignment.State.LEASED or assignment.expires_at <= now:
             raise AnnotationError("This task expired and went back to the pool; your answer was not recorded.")
-        if choice not in assignment.item.criterion.choices:
+        item = assignment.item
+        if choice not in item.criterion.choices:
             raise AnnotationError(f"{choice!r} is not a choice for this question.")
         if choice in (Choice.LEFT, Choice.RIGHT):
             a_won = (choice == Choice.LEFT) == assignment.a_on_left
             winner = Vote.Winner.A if a_won else Vote.Winner.B
         else:
             winner = Vote.Winner.TIE
-        if seconds_on_task is not None and not 0 <= seconds_on_task < 86_400:
+        if seconds_on_task is not None and not (isinstance(seconds_on_task, (int, float)) and 0 <= seconds_on_task < 86_400):
             seconds_on_task = None
-        vote = Vote.objects.create(assignment=assignment, choice=choice, winner=winner, seconds_on_task=seconds_on_task)
+        excluded = Participation.objects.filter(campaign_id=assignment.campaign_id, rater=rater, excluded=True).exists()
+        vote = Vote.objects.create(
+            assignment=assignment, choice=choice, winner=winner, seconds_on_task=seconds_on_task, excluded=excluded,
+            gold_correct=(winner == Vote.Winner.A) if item.is_gold else None,  # A is the intact image
+        )
         Assignment.objects.filter(pk=assignment.pk).update(state=Assignment.State.VOTED)
-        ComparisonItem.objects.filter(pk=assignment.item_id).update(votes=F("votes") + 1, open_leases=F("open_leases") - 1)
+        if item.is_gold or not excluded:
+            ComparisonItem.objects.filter(pk=item.pk).update(votes=F("votes") + (0 if excluded else 1), open_leases=F("open_leases") - 1)
+        else:
+            # An excluded rater's answer is kept but does not count: its slot goes back to the pool.
+            ComparisonItem.objects.filter(pk=item.pk).update(open_leases=F("open_leases") - 1, remaining=F("remaining") + 1)
+    if item.is_gold and not excluded:
+        _exclude_if_failing_gold(assignment.campaign, rater)
     return VoteResult(vote, duplicate=False)
+
+
+# --- Quality control --------------------------------------------------------------------------
+
+
+def _exclude_if_failing_gold(campaign: Campaign, rater: Rater) -> None:
+    gold = Vote.objects.filter(assignment__campaign=campaign, assignment__rater=rater, gold_correct__isnull=False)
+    answered = gold.count()
+    if answered < campaign.gold_min_answers:
+        return
+    correct = gold.filter(gold_correct=True).count()
+    if correct / answered < campaign.gold_min_accuracy:
+        participation = Participation.objects.get(campaign=campaign, rater=rater)
+        exclude_rater(
+            participation,
+            f"automatic: gold accuracy {correct}/{answered} below {campaign.gold_min_accuracy:.0%}",
+        )
+
+
+def exclude_rater(participation: Participation, reason: str) -> int:
+    """Stop a rater's votes from counting; they are kept, flagged. Their items reopen. Returns votes flagged.
+
+    Idempotent: excluding twice changes nothing.
+    """
+    reason = (reason or "").strip() or "excluded by a researcher"
+    with transaction.atomic():
+        participation = Participation.objects.select_for_update().get(pk=participation.pk)
+        if participation.excluded:
+            return 0
+        Participation.objects.filter(pk=participation.pk).update(excluded=True, exclusion_reason=reason[:300], excluded_at=timezone.now())
+        votes = Vote.objects.filter(
+            assignment__campaign_id=participation.campaign_id, assignment__rater_id=participation.rater_id, excluded=False
+        )
+        counted_items = Counter(votes.filter(assignment__item__gold_image__isnull=True).values_list("assignment__item_id", flat=True))
+        flagged = votes.update(excluded=True)
+        for item_id, n in sorted(counted_items.items()):
+            ComparisonItem.objects.filter(pk=item_id).update(votes=F("votes") - n, remaining=F("remaining") + n)
+        open_leases = Assignment.objects.select_for_update().filter(
+            campaign_id=participation.campaign_id, rater_id=participation.rater_id, state=Assignment.State.LEASED
+        )
+        released = Counter(open_leases.values_list("item_id", flat=True))
+        open_leases.update(state=Assignment.State.EXPIRED)
+        _release_slots(released)
+    return flagged
+
+
+def complete_if_done(participation: Participation) -> None:
+    if participation.completed_at is None:
+        Participation.objects.filter(pk=participation.pk, completed_at__isnull=True).update(completed_at=timezone.now())
+        participation.refresh_from_db(fields=["completed_at"])

@@ -131,6 +131,18 @@ USE_TZ = True
 
 LOGIN_URL = "admin:login"
 
+# --- Cache (rate limits) ------------------------------------------------------------
+# Rate limits count in the cache, so with several web processes it must be shared:
+# production sets NEEDLE_CACHE_URL=redis://host:6379/1. The default is per process.
+_cache_url = os.environ.get("NEEDLE_CACHE_URL", "")
+CACHES = {
+    "default": (
+        {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": _cache_url}
+        if _cache_url
+        else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "needle"}
+    )
+}
+
 # --- Files ----------------------------------------------------------------------
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
@@ -181,7 +193,9 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     BROKER_DIR = Path(os.environ.get("NEEDLE_BROKER_DIR", VAR_DIR / "broker"))
     (BROKER_DIR / "queue").mkdir(parents=True, exist_ok=True)
     (BROKER_DIR / "processed").mkdir(parents=True, exist_ok=True)
+    (BROKER_DIR / "control").mkdir(parents=True, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS.update(
+        control_folder=str(BROKER_DIR / "control"),  # exchange bindings; kombu's default is ./control
         data_folder_in=str(BROKER_DIR / "queue"),
         data_folder_out=str(BROKER_DIR / "queue"),
         processed_folder=str(BROKER_DIR / "processed"),
@@ -205,6 +219,11 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "generation.tasks.*": {"queue": "generation"},
     "training.tasks.*": {"queue": "training"},
+}
+# Optional (`celery -A evalsite beat`): the assignment engine sweeps stale leases
+# itself as raters come and go; this also sweeps campaigns nobody is visiting.
+CELERY_BEAT_SCHEDULE = {
+    "sweep-expired-leases": {"task": "annotation.tasks.sweep_expired_leases", "schedule": 60.0},
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 
@@ -231,3 +250,30 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     "loggers": {"django": {"level": os.environ.get("DJANGO_LOG_LEVEL", "INFO")}},
 }
+# Votes one rater may submit per minute (a person needs more than a second per pair).
+NEEDLE_VOTE_RATE_LIMIT_PER_MINUTE = env_int("NEEDLE_VOTE_RATE_LIMIT_PER_MINUTE", 60)
+# Unknown invite or rater tokens one client address may try per minute before being refused.
+NEEDLE_BAD_TOKEN_LIMIT_PER_MINUTE = env_int("NEEDLE_BAD_TOKEN_LIMIT_PER_MINUTE", 20)
+# How long a researcher API token (`manage.py campaign api-token USER`) stays valid.
+NEEDLE_API_TOKEN_MAX_AGE_DAYS = env_int("NEEDLE_API_TOKEN_MAX_AGE_DAYS", 90)
+# The site's public address, for the invite links the command line prints.
+NEEDLE_BASE_URL = os.environ.get("NEEDLE_BASE_URL", "http://localhost:8000")
+
+# --- Training (quality-tuning runs) -----------------------------------------------------
+# Run directories (checkpoints, metrics, validation images), the shared encoding
+# cache and exported pipelines live here. Every machine that runs the training
+# queue, and the web server that shows runs, must see the same folder (a shared
+# volume in production, like MEDIA_ROOT). Never served under a public URL.
+NEEDLE_TRAINING_DIR = Path(os.environ.get("NEEDLE_TRAINING_DIR", VAR_DIR / "training"))
+# The command that runs `-m training.quality_tuning ...` in the training task.
+# Empty: this worker's Python. On a multi-GPU machine, e.g.
+# NEEDLE_TRAINING_LAUNCHER="accelerate launch --num_processes 8 --mixed_precision bf16".
+NEEDLE_TRAINING_LAUNCHER = os.environ.get("NEEDLE_TRAINING_LAUNCHER", "")
+# Seconds between the task's looks at the trainer's metrics and checkpoints.
+NEEDLE_TRAINING_POLL_SECONDS = float(os.environ.get("NEEDLE_TRAINING_POLL_SECONDS", "1.0"))
+# A running run whose task has not reported for this long is taken for lost
+# (worker machine gone): it may then be cancelled or resumed from the page.
+NEEDLE_TRAINING_STALE_SECONDS = env_int("NEEDLE_TRAINING_STALE_SECONDS", 600)
+# Reverse proxies of yours in front of Django that append to X-Forwarded-For;
+# rate limits then count the address the outermost one saw. 0: use REMOTE_ADDR.
+NEEDLE_TRUSTED_PROXY_HOPS = env_int("NEEDLE_TRUSTED_PROXY_HOPS", 0)

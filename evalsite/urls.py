@@ -6,4 +6,10 @@ urlpatterns = [
     path("", RedirectView.as_view(pattern_name="generation:batch_list", permanent=False)),
     path("admin/", admin.site.urls),
     path("generation/", include("generation.urls")),
+    # Researchers (staff only): campaigns, dashboards, exports.
+    path("annotation/", include("annotation.urls")),
+    path("analysis/", include("analysis.urls")),
+    path("training/", include("training.urls")),
+    # Raters: invite links and the voting page. Nothing under here names a model or campaign.
+    path("", include("annotation.rater_urls")),
 ]

@@ -11,7 +11,7 @@ $PY manage.py migrate --noinput -v 0
 $PY manage.py demo_setup
 
 mkdir -p var/logs
-.venv/bin/celery -A evalsite worker -Q generation -c 1 -l info >var/logs/demo-worker.log 2>&1 &
+.venv/bin/celery -A evalsite worker -Q generation,default -c 1 -l info >var/logs/demo-worker.log 2>&1 &
 worker=$!
 trap 'kill "$worker" 2>/dev/null || true; wait "$worker" 2>/dev/null || true' EXIT
 echo "Celery worker started (pid $worker, log var/logs/demo-worker.log)"
@@ -19,9 +19,20 @@ echo "Celery worker started (pid $worker, log var/logs/demo-worker.log)"
 $PY manage.py generate --models tiny-base tiny-tuned --prompt-set demo --seeds 0-3 \
     --name "demo: tiny-base vs tiny-tuned" --timeout 900
 
+# A campaign over those images: the same (prompt, seed) pairs, both Emu criteria,
+# 20 tasks per rater. Launching finds every image already made and goes live.
+if ! $PY manage.py campaign status demo >/dev/null 2>&1; then
+    $PY manage.py campaign create --name demo --models tiny-base tiny-tuned --prompt-set demo --seeds 0-3 --quota 20 \
+        --rater-title "Which picture do you prefer?"
+    $PY manage.py campaign launch demo --wait --timeout 300
+fi
+invite=$($PY manage.py campaign invite demo --label "demo link" --base-url "http://127.0.0.1:$PORT")
+
 echo
 echo "Needle is running at http://127.0.0.1:$PORT/"
-echo "Log in as: researcher / $(cat var/demo-login.txt)"
+echo "Log in as: researcher / $(cat var/demo-login.txt)   (campaigns: http://127.0.0.1:$PORT/annotation/)"
+echo "Rate as a crowd worker (any id will do in place of the placeholders):"
+echo "  $invite"
 echo "(Ctrl-C stops the server and the worker.)"
 exec_server() { $PY manage.py runserver "127.0.0.1:$PORT" --noreload; }
 exec_server

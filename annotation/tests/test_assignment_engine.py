@@ -5,7 +5,7 @@ import pytest
 from django.utils import timezone
 
 from annotation import services
-from annotation.models import Assignment, ComparisonItem, Vote
+from annotation.models import Assignment, ComparisonItem, PlacementCounter, Vote
 
 pytestmark = pytest.mark.django_db
 
@@ -103,10 +103,10 @@ def test_placement_is_balanced_per_rater_within_one(live_campaign, make_rater):
             services.submit_vote(rater, a.token, "tie" if "tie" in a.item.criterion.choices else "both")
             sides = Counter(Assignment.objects.filter(rater=rater).values_list("a_on_left", flat=True))
             assert abs(sides[True] - sides[False]) <= 1
-    live_campaign.refresh_from_db()
     sides = Counter(Assignment.objects.values_list("a_on_left", flat=True))
-    assert live_campaign.left_balance == sides[True] - sides[False]
-    assert abs(live_campaign.left_balance) <= len(raters)
+    balance = sum(PlacementCounter.objects.filter(campaign=live_campaign).values_list("balance", flat=True))
+    assert balance == sides[True] - sides[False]
+    assert abs(balance) <= len(raters)
 
 
 def test_quota_ends_a_raters_work(live_campaign, make_rater):
@@ -119,8 +119,10 @@ def test_closed_or_paused_campaigns_hand_out_nothing(live_campaign, make_rater):
     rater = make_rater()
     a = services.next_assignment(live_campaign, rater)
     services.set_status(live_campaign, "paused")
-    with pytest.raises(services.AnnotationError, match="not open"):
+    with pytest.raises(services.AnnotationError, match="paused or closed"):
         services.next_assignment(live_campaign, rater)
+    with pytest.raises(services.AnnotationError, match="paused"):
+        services.submit_vote(rater, a.token, "left")
     services.set_status(live_campaign, "closed")
     with pytest.raises(services.AnnotationError, match="closed"):
         services.submit_vote(rater, a.token, "left")
@@ -131,13 +133,19 @@ def test_closed_or_paused_campaigns_hand_out_nothing(live_campaign, make_rater):
 
 def test_campaign_creation_refuses_bad_settings(two_models, prompt_set):
     a, b = two_models
-    with pytest.raises(services.AnnotationError, match="two different models"):
-        services.create_campaign(name="x", model_a=a, model_b=a, prompt_set=prompt_set, seeds=[0])
+    with pytest.raises(services.AnnotationError, match="listed twice"):
+        services.create_campaign(name="x", models=[a, a], prompt_set=prompt_set, seeds=[0])
+    with pytest.raises(services.AnnotationError, match="at least two models"):
+        services.create_campaign(name="x", models=[a], prompt_set=prompt_set, seeds=[0])
+    with pytest.raises(services.AnnotationError, match="baseline"):
+        services.create_campaign(name="x", models=[a, b], prompt_set=prompt_set, seeds=[0], pairing="vs_baseline")
+    with pytest.raises(services.AnnotationError, match="gold share"):
+        services.create_campaign(name="x", models=[a, b], prompt_set=prompt_set, seeds=[0], gold_share=0.9)
     with pytest.raises(services.AnnotationError, match="Unknown criteria"):
-        services.create_campaign(name="x", model_a=a, model_b=b, prompt_set=prompt_set, seeds=[0], criteria={"speed": {}})
+        services.create_campaign(name="x", models=[a, b], prompt_set=prompt_set, seeds=[0], criteria={"speed": {}})
     with pytest.raises(services.AnnotationError, match="Choices must include"):
-        services.create_campaign(name="x", model_a=a, model_b=b, prompt_set=prompt_set, seeds=[0], criteria={"visual_appeal": {"choices": ["left", "maybe"]}})
-    campaign = services.create_campaign(name="x", model_a=a, model_b=b, prompt_set=prompt_set, seeds=[0])
+        services.create_campaign(name="x", models=[a, b], prompt_set=prompt_set, seeds=[0], criteria={"visual_appeal": {"choices": ["left", "maybe"]}})
+    campaign = services.create_campaign(name="x", models=[a, b], prompt_set=prompt_set, seeds=[0])
     assert {(c.criterion, c.votes_per_item, c.show_prompt) for c in campaign.criteria.all()} == {
         ("visual_appeal", 5, False), ("text_faithfulness", 3, True)
     }

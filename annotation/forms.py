@@ -1,0 +1,292 @@
+"""Researchers' forms. The campaign form is also what the JSON API and `manage.py campaign create` validate with.
+
+Field checks here exist to put each error next to the field it is about;
+``services.create_campaign`` stays the authority and anything it refuses is
+shown as a form-wide error in its own words.
+"""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib.auth import get_user_model
+from django.core.exceptions import NON_FIELD_ERRORS
+
+from generation import services as generation_services
+from generation.models import PromptSet, TextToImageModel
+
+from . import services
+from .models import CRITERION_DEFAULTS, Campaign, Choice, Criterion
+
+# Settings a JSON payload (API, command) may give besides the criteria; the rest take the form's defaults.
+PAYLOAD_FIELDS = {
+    "name", "models", "pairing", "baseline", "prompt_set", "seeds", "criteria", "gold_share", "gold_min_accuracy",
+    "gold_min_answers", "quota_per_rater", "lease_seconds", "completion_url", "rater_title",
+}
+CRITERION_OVERRIDES = {"instructions", "votes_per_item", "choices"}
+# Fields with no sensible default: a payload must name them.
+REQUIRED_IN_PAYLOAD = {"name", "models", "prompt_set", "seeds"}
+
+
+def criterion_field(criterion: str, part: str) -> str:
+    return f"{criterion}_{part}"
+
+
+class CampaignForm(forms.Form):
+    name = forms.CharField(max_length=200, help_text="For researchers only; raters never see it.")
+    models = forms.ModelMultipleChoiceField(
+        queryset=TextToImageModel.objects.all(), to_field_name="name", widget=forms.CheckboxSelectMultiple,
+        help_text="Two or more registered models. Pairs are ordered as the models are listed (model A first).",
+        error_messages={
+            "required": "Choose at least two models to compare.",
+            "invalid_choice": "There is no registered model named %(value)s.",
+        },
+    )
+    pairing = forms.ChoiceField(
+        choices=Campaign.Pairing.choices, initial=Campaign.Pairing.ALL_PAIRS, widget=forms.RadioSelect,
+        error_messages={"invalid_choice": "Pairing must be all_pairs or vs_baseline, not %(value)s."},
+    )
+    baseline = forms.ModelChoiceField(
+        queryset=TextToImageModel.objects.all(), to_field_name="name", required=False,
+        help_text="With 'each model vs the baseline': the model every other one is compared against (e.g. the pre-trained base).",
+        error_messages={"invalid_choice": "There is no registered model by that name."},
+    )
+    prompt_set = forms.ModelChoiceField(
+        queryset=PromptSet.objects.all(), to_field_name="name",
+        error_messages={"invalid_choice": "There is no prompt set by that name.", "required": "Choose a prompt set."},
+    )
+    seeds = forms.CharField(initial="0-3", help_text="Integers and ranges, e.g. '0-3, 10'. Every model renders every (prompt, seed).")
+    gold_share = forms.FloatField(
+        initial=0.1, min_value=0, max_value=0.5,
+        help_text="Share of each rater's tasks that are gold items (an image against a visibly degraded copy). 0 turns gold off.",
+        error_messages={"min_value": "The gold share must be between 0 and 0.5.", "max_value": "The gold share must be between 0 and 0.5."},
+    )
+    gold_min_accuracy = forms.FloatField(
+        initial=0.7, min_value=0, max_value=1, help_text="Raters below this gold accuracy are excluded automatically (votes kept, flagged).",
+        error_messages={"min_value": "Give an accuracy between 0 and 1.", "max_value": "Give an accuracy between 0 and 1."},
+    )
+    gold_min_answers = forms.IntegerField(initial=4, min_value=1, help_text="Gold answers needed before a rater can be excluded.")
+    quota_per_rater = forms.IntegerField(
+        initial=0, min_value=0, label="Quota per rater", help_text="Tasks per rater, gold included; 0 means no limit.",
+        error_messages={"min_value": "The quota cannot be negative."},
+    )
+    lease_seconds = forms.IntegerField(
+        initial=600, min_value=30, max_value=86_400, label="Lease (seconds)",
+        help_text="An unanswered task goes back to the pool after this.",
+        error_messages={
+            "min_value": "The lease must be between 30 seconds and one day.",
+            "max_value": "The lease must be between 30 seconds and one day.",
+        },
+    )
+    completion_url = forms.URLField(
+        required=False, label="Completion URL", help_text="Where finished raters are sent, e.g. https://app.prolific.com/submissions/complete?cc=CODE",
+    )
+    rater_title = forms.CharField(initial="Compare two images", max_length=200, help_text="The heading raters see. Never name the models here.")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # One group of fields per criterion, prefilled with Emu's protocol.
+        for criterion in Criterion:
+            defaults = CRITERION_DEFAULTS[criterion]
+            self.fields[criterion_field(criterion, "enabled")] = forms.BooleanField(
+                required=False, initial=True, label=f"Judge {criterion.label}",
+                help_text="Shown with the prompt." if defaults["show_prompt"] else "Shown without the prompt.",
+            )
+            self.fields[criterion_field(criterion, "instructions")] = forms.CharField(
+                required=False, initial=defaults["instructions"], widget=forms.Textarea(attrs={"rows": 3}), label="Instructions",
+            )
+            self.fields[criterion_field(criterion, "votes_per_item")] = forms.IntegerField(
+                required=False, initial=defaults["votes_per_item"], min_value=1, max_value=50, label="Raters per comparison (k)",
+                error_messages={
+                    "min_value": "Raters per comparison must be between 1 and 50.",
+                    "max_value": "Raters per comparison must be between 1 and 50.",
+                },
+            )
+            self.fields[criterion_field(criterion, "choices")] = forms.MultipleChoiceField(
+                required=False, initial=defaults["choices"], choices=Choice.choices, widget=forms.CheckboxSelectMultiple,
+                label="Answers raters can give",
+            )
+
+    def criterion_groups(self):
+        """(criterion, its bound fields) pairs, for the template to lay out one box per criterion."""
+        return [
+            (criterion, [self[criterion_field(criterion, part)] for part in ("enabled", "instructions", "votes_per_item", "choices")])
+            for criterion in Criterion
+        ]
+
+    def general_fields(self):
+        return [self[name] for name in self.base_fields]
+
+    # --- Validation ------------------------------------------------------------------------
+
+    def clean_name(self):
+        name = self.cleaned_data["name"].strip()
+        if Campaign.objects.filter(name=name).exists():
+            raise forms.ValidationError(f"A campaign named {name!r} already exists.")
+        return name
+
+    def clean_models(self):
+        models = list(self.cleaned_data["models"])
+        if len(models) < 2:
+            raise forms.ValidationError("Choose at least two models to compare.")
+        # The queryset comes back in name order; keep the order the researcher gave (API, command).
+        given = self.data.getlist(self.add_prefix("models")) if hasattr(self.data, "getlist") else self.data.get("models")
+        order = {str(name): i for i, name in enumerate(given or [])}
+        return sorted(models, key=lambda m: order.get(m.name, len(order)))
+
+    def clean_seeds(self):
+        try:
+            seeds = generation_services.parse_seeds(self.cleaned_data["seeds"])
+        except generation_services.BatchError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        if any(not 0 <= s <= generation_services.MAX_SEED for s in seeds):
+            raise forms.ValidationError("Seeds cannot be negative.")
+        if len(set(seeds)) != len(seeds):
+            raise forms.ValidationError("A seed is listed twice.")
+        return seeds
+
+    def clean_prompt_set(self):
+        prompt_set = self.cleaned_data["prompt_set"]
+        if not prompt_set.prompts.exists():
+            raise forms.ValidationError(f"Prompt set {prompt_set.name!r} has no prompts.")
+        return prompt_set
+
+    def clean(self):
+        data = super().clean()
+        models = data.get("models") or []
+        if data.get("pairing") == Campaign.Pairing.VS_BASELINE:
+            baseline = data.get("baseline")
+            if baseline is None:
+                self.add_error("baseline", "With 'each model vs the baseline', choose the baseline.")
+            elif models and baseline not in models:
+                self.add_error("baseline", f"The baseline {baseline.name} is not one of the chosen models.")
+        enabled = [c for c in Criterion if data.get(criterion_field(c, "enabled"))]
+        if not enabled:
+            self.add_error(criterion_field(Criterion.VISUAL_APPEAL, "enabled"), "Choose at least one criterion to judge.")
+        for criterion in enabled:
+            choices = data.get(criterion_field(criterion, "choices")) or CRITERION_DEFAULTS[criterion]["choices"]
+            if not {"left", "right"} <= set(choices):
+                self.add_error(criterion_field(criterion, "choices"), "Raters must be able to answer left and right.")
+        return data
+
+    def criteria(self) -> dict[str, dict]:
+        """The enabled criteria as services.create_campaign takes them: criterion -> overrides of the defaults."""
+        d = self.cleaned_data
+        criteria = {}
+        for criterion in Criterion:
+            if not d.get(criterion_field(criterion, "enabled")):
+                continue
+            overrides = {
+                "instructions": (d.get(criterion_field(criterion, "instructions")) or "").strip(),
+                "votes_per_item": d.get(criterion_field(criterion, "votes_per_item")),
+                # Keep the choices in the order raters see them (left, right, then the others).
+                "choices": [c for c in Choice.values if c in (d.get(criterion_field(criterion, "choices")) or [])],
+            }
+            criteria[criterion.value] = {k: v for k, v in overrides.items() if v not in (None, "", [])}
+        return criteria
+
+    def create(self, user=None) -> Campaign | None:
+        """The draft campaign, or None with the service's refusal added as a form error."""
+        d = self.cleaned_data
+        try:
+            return services.create_campaign(
+                name=d["name"], models=d["models"], prompt_set=d["prompt_set"], seeds=d["seeds"], pairing=d["pairing"],
+                baseline=d["baseline"], criteria=self.criteria(), lease_seconds=d["lease_seconds"],
+                quota_per_rater=d["quota_per_rater"], gold_share=d["gold_share"], gold_min_accuracy=d["gold_min_accuracy"],
+                gold_min_answers=d["gold_min_answers"], completion_url=d["completion_url"], rater_title=d["rater_title"],
+                created_by=user if user is not None and user.is_authenticated else None,
+            )
+        except services.AnnotationError as exc:
+            self.add_error(None, str(exc))
+            return None
+
+    # --- JSON payloads (API, management command) ------------------------------------------
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> CampaignForm:
+        """A bound form from a JSON-style dict: model and prompt-set names, seeds as a list or "0-3", criteria as
+        a list of names or a dict of name -> {instructions, votes_per_item, choices}.
+
+        Raises AnnotationError for a payload of the wrong shape; everything else is the form's validation.
+        """
+        if not isinstance(payload, dict):
+            raise services.AnnotationError("Send a JSON object with the campaign's settings.")
+        unknown = set(payload) - PAYLOAD_FIELDS
+        if unknown:
+            raise services.AnnotationError(
+                f"Unknown settings: {', '.join(sorted(unknown))}. Known: {', '.join(sorted(PAYLOAD_FIELDS))}."
+            )
+        missing = sorted(f for f in REQUIRED_IN_PAYLOAD if payload.get(f) in (None, "", []))
+        if missing:
+            raise services.AnnotationError(f"Give {', '.join(missing)}.")
+        form = cls()
+        data = {name: field.initial for name, field in form.fields.items() if field.initial is not None}
+        for key, value in payload.items():
+            if key in ("criteria", "models", "seeds"):
+                continue
+            data[key] = "" if value is None else value
+        models = payload["models"]
+        data["models"] = [models] if isinstance(models, str) else list(models) if isinstance(models, (list, tuple)) else models
+        seeds = payload["seeds"]
+        data["seeds"] = ",".join(str(s) for s in seeds) if isinstance(seeds, (list, tuple)) else str(seeds)
+        data.update(cls._criteria_data(payload.get("criteria")))
+        return cls(data=data)
+
+    @staticmethod
+    def _criteria_data(criteria) -> dict:
+        if criteria is None:
+            return {}  # the form's defaults: both of Emu's criteria
+        if isinstance(criteria, (list, tuple)):
+            criteria = {name: {} for name in criteria}
+        if not isinstance(criteria, dict):
+            raise services.AnnotationError("criteria must be a list of criterion names or an object of name -> settings.")
+        unknown = set(criteria) - set(Criterion.values)
+        if unknown:
+            raise services.AnnotationError(f"Unknown criteria: {', '.join(sorted(unknown))}. Known: {', '.join(Criterion.values)}.")
+        data = {}
+        for criterion in Criterion:
+            overrides = criteria.get(criterion.value)
+            data[criterion_field(criterion, "enabled")] = criterion.value in criteria
+            if not overrides:
+                continue
+            if not isinstance(overrides, dict) or set(overrides) - CRITERION_OVERRIDES:
+                raise services.AnnotationError(
+                    f"Settings of {criterion.value} can be: {', '.join(sorted(CRITERION_OVERRIDES))}."
+                )
+            for part, value in overrides.items():
+                data[criterion_field(criterion, part)] = value
+        return data
+
+    def error_text(self) -> str:
+        """All errors as one line a script or terminal can print: 'seeds: Cannot read ...; models: ...'."""
+        parts = []
+        for field, errors in self.errors.items():
+            label = "" if field == NON_FIELD_ERRORS else f"{field}: "
+            parts.extend(f"{label}{e}" for e in errors)
+        return "; ".join(parts)
+
+
+class InviteLinkForm(forms.Form):
+    label = forms.CharField(max_length=200, required=False, help_text="e.g. 'Prolific study 1'")
+    max_raters = forms.IntegerField(
+        min_value=0, initial=0, required=False, label="Rater limit", help_text="0 means no limit.",
+        error_messages={"min_value": "The rater limit cannot be negative."},
+    )
+
+
+class InviteAccountForm(forms.Form):
+    username = forms.CharField(max_length=150, help_text="An existing account; it can then vote in this campaign.")
+
+    def clean_username(self):
+        username = self.cleaned_data["username"].strip()
+        user = get_user_model().objects.filter(**{get_user_model().USERNAME_FIELD: username}).first()
+        if user is None:
+            raise forms.ValidationError(f"There is no account named {username!r}.")
+        if not user.is_active:
+            raise forms.ValidationError(f"The account {username!r} is deactivated.")
+        return user
+
+
+class ExcludeRaterForm(forms.Form):
+    reason = forms.CharField(
+        max_length=300, error_messages={"required": "Say why the rater is excluded; the reason is kept with their votes."},
+    )

@@ -1,0 +1,440 @@
+"""Everything a rater touches: invite link and consent, the voting page and its JSON, images, the end.
+
+The views are thin: the assignment engine in ``services`` decides what a rater
+is shown and records votes. What this module owns is who may see what:
+
+- URLs carry only opaque 256-bit tokens (invite link, participation,
+  assignment). Nothing a rater receives -- HTML, JSON, image URLs, image
+  bytes, headers -- names a model, a campaign, an item or an image hash.
+- A participation's pages open only for the browser session that joined
+  through its invite link (the token is kept in
+  ``session["rater_participations"]``) or for the invited account that owns
+  it. Anything else gets the same 404 as a token that does not exist, and a
+  client address that keeps presenting bad tokens gets 429 for the rest of
+  the minute (NEEDLE_BAD_TOKEN_LIMIT_PER_MINUTE). With 256-bit tokens that
+  makes guessing hopeless twice over.
+- Votes are rate-limited per rater (NEEDLE_VOTE_RATE_LIMIT_PER_MINUTE); CSRF
+  stays on for every POST, the JSON vote included (X-CSRFToken header).
+
+Completion: when a rater has no task left, the page shows the campaign's
+completion code, or sends the rater to ``campaign.completion_url`` when one is
+set. A ``{code}`` in that URL is replaced by the code, e.g.
+``https://app.prolific.com/submissions/complete?cc={code}``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.http import HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import ensure_csrf_cookie
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from evalsite import ratelimit
+
+from . import selectors, services
+from .models import Assignment, Campaign, Choice, InviteLink, Participation, Rater
+
+SESSION_KEY = "rater_participations"
+# A browser that joins many studies keeps only its most recent participations.
+MAX_SESSION_PARTICIPATIONS = 20
+# Tokens are secrets.token_urlsafe(32): 43 characters. Anything that cannot be
+# one is refused without a database lookup (and counts as a bad token).
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{20,64}")
+SIDES = ("left", "right")
+
+# How each choice reads on its button, what its keys are (``KeyboardEvent.key``
+# values; letters match either case) and what it means, for the instructions.
+CHOICE_LABELS = {"left": "Left", "right": "Right", "tie": "Tie", "both": "Both", "neither": "Neither"}
+CHOICE_KEYS = {"left": ["1", "ArrowLeft"], "right": ["2", "ArrowRight"], "tie": ["3", "t"], "both": ["b"], "neither": ["n"]}
+CHOICE_MEANINGS = {
+    "left": "the left image is better",
+    "right": "the right image is better",
+    "tie": "they are equally good",
+    "both": "both images match the text",
+    "neither": "neither image matches the text",
+}
+KEY_NAMES = {"ArrowLeft": "←", "ArrowRight": "→"}
+
+INVALID_INVITE = (
+    "This invitation link is not valid. Check that you copied the whole link, "
+    "or ask the study's organisers for a new one."
+)
+INVALID_PAGE = (
+    "This page does not exist or is not yours. If you were taking part in a study, "
+    "open your invitation link again to carry on where you stopped."
+)
+TOO_MANY_BAD_TOKENS = "Too many invalid links were opened from your network. Please wait a minute and try again."
+TOO_MANY_VOTES = (
+    "You are answering faster than anyone can look at two images, so this answer was not recorded. "
+    "Please slow down and take a moment over each pair."
+)
+CROWD_PARAMETERS = [*services.CROWD_PARAMETERS, "external_id"]
+
+
+# --- Helpers ----------------------------------------------------------------------------------
+
+
+def _message_page(request, message: str, *, status: int, heading: str = "Not available", rater_title: str = ""):
+    return render(
+        request, "annotation/rater/message.html",
+        {"heading": heading, "message": message, "rater_title": rater_title}, status=status,
+    )
+
+
+def _bad_token_key(request) -> str:
+    return f"bad-token:{ratelimit.client_address(request)}"
+
+
+def _refuse_token(request, *, as_json: bool = False, message: str = INVALID_PAGE):
+    """The one answer to any token this client may not use: 404, or 429 once it has presented too many."""
+    if not ratelimit.allow(_bad_token_key(request), settings.NEEDLE_BAD_TOKEN_LIMIT_PER_MINUTE):
+        if as_json:
+            return JsonResponse({"error": TOO_MANY_BAD_TOKENS}, status=429)
+        return _message_page(request, TOO_MANY_BAD_TOKENS, status=429, heading="Too many attempts")
+    if as_json:
+        return JsonResponse({"error": message}, status=404)
+    return _message_page(request, message, status=404)
+
+
+def _remember(request, participation: Participation) -> None:
+    tokens = [t for t in request.session.get(SESSION_KEY, []) if t != participation.token]
+    request.session[SESSION_KEY] = [*tokens, participation.token][-MAX_SESSION_PARTICIPATIONS:]
+
+
+def _authorised_participation(request, token: str) -> Participation | None:
+    """The participation behind ``token`` if this session joined it or this account owns it, else None.
+
+    Another rater's real token and a made-up one both give None, so the
+    caller's answer cannot tell them apart.
+    """
+    if not TOKEN_PATTERN.fullmatch(token):
+        return None
+    participation = Participation.objects.select_related("campaign", "rater").filter(token=token).first()
+    if participation is None:
+        return None
+    if token in request.session.get(SESSION_KEY, []):
+        return participation
+    if request.user.is_authenticated and participation.rater.user_id == request.user.pk:
+        return participation
+    return None
+
+
+def _joined_in_session(request, campaign: Campaign) -> Participation | None:
+    return Participation.objects.filter(campaign=campaign, token__in=request.session.get(SESSION_KEY, [])).last()
+
+
+def _active_invite(token: str) -> InviteLink | None:
+    if not TOKEN_PATTERN.fullmatch(token):
+        return None
+    return InviteLink.objects.select_related("campaign").filter(token=token, active=True).first()
+
+
+def _choice_json(value: str) -> dict:
+    return {"value": value, "label": CHOICE_LABELS[value], "keys": CHOICE_KEYS[value]}
+
+
+def _key_hint(value: str) -> list[str]:
+    return [KEY_NAMES.get(key, key.upper()) for key in CHOICE_KEYS[value]]
+
+
+def _ordered_choices(choices: list[str]) -> list[str]:
+    # Left first and right last, whatever order the researcher listed them in,
+    # so the buttons sit under the images they stand for.
+    middle = [c for c in choices if c not in (Choice.LEFT, Choice.RIGHT)]
+    return [Choice.LEFT, *middle, Choice.RIGHT]
+
+
+def _criteria_for_instructions(campaign: Campaign) -> list[dict]:
+    return [
+        {
+            "question": criterion.question,
+            "instructions": criterion.instructions,
+            "show_prompt": criterion.show_prompt,
+            "choices": [
+                {"label": CHOICE_LABELS[c], "keys": _key_hint(c), "meaning": CHOICE_MEANINGS[c]}
+                for c in _ordered_choices(criterion.choices)
+            ],
+        }
+        for criterion in campaign.criteria.all()
+    ]
+
+
+def _progress_json(participation: Participation) -> dict:
+    progress = selectors.rater_progress(participation)
+    return {"done": progress.done, "total": progress.total}
+
+
+def _progress_text(participation: Participation) -> str:
+    progress = selectors.rater_progress(participation)
+    return f"{progress.done} of {progress.total}" if progress.total else f"{progress.done} done"
+
+
+def _completion_url(campaign: Campaign) -> str:
+    return campaign.completion_url.replace("{code}", campaign.completion_code) if campaign.completion_url else ""
+
+
+def _completion_json(campaign: Campaign) -> dict:
+    return {"code": campaign.completion_code, "url": _completion_url(campaign) or None}
+
+
+def _image_file(assignment: Assignment, side: str):
+    """The file shown on ``side``: the placement is the assignment's, so the URL never says which model it is."""
+    item = assignment.item
+    file_a = item.image_a.file
+    # A gold item shows the degraded copy as its B side (image_b repeats image_a).
+    file_b = item.gold_image.file if item.gold_image_id else item.image_b.file
+    return file_a if (side == "left") == assignment.a_on_left else file_b
+
+
+def _task_json(participation: Participation, assignment: Assignment) -> dict:
+    criterion = assignment.item.criterion
+    task = {
+        "id": assignment.token,
+        "question": criterion.question,
+        "instructions": criterion.instructions,
+        "choices": [_choice_json(c) for c in _ordered_choices(criterion.choices)],
+        "images": {
+            side: reverse("rate:image", args=[participation.token, assignment.token, side]) for side in SIDES
+        },
+    }
+    if criterion.show_prompt:
+        task["prompt"] = assignment.item.image_a.prompt.text
+    return task
+
+
+def _consent_page(request, campaign: Campaign, *, action: str, hidden: dict[str, str]):
+    return render(
+        request,
+        "annotation/rater/consent.html",
+        {
+            "rater_title": campaign.rater_title,
+            "criteria": _criteria_for_instructions(campaign),
+            "quota": campaign.quota_per_rater,
+            "action": action,
+            "hidden": hidden,
+        },
+    )
+
+
+# --- Joining: invite links and consent ---------------------------------------------------------
+
+
+@require_http_methods(["GET", "POST"])
+def join(request, link_token: str):
+    """GET: what the study is, how to answer, and consent. POST ("I agree, start"): enrol and go to the pairs.
+
+    Crowd ids (PROLIFIC_PID, STUDY_ID, SESSION_ID or external_id) come in the
+    link's query string and are carried through the form as hidden fields; a
+    worker who comes back with the same PROLIFIC_PID resumes their participation.
+    """
+    # Once a client has presented too many bad tokens, refuse every invite
+    # token for the rest of the minute, good ones too: answering good ones
+    # differently would let the guessing go on.
+    if ratelimit.exceeded(_bad_token_key(request), settings.NEEDLE_BAD_TOKEN_LIMIT_PER_MINUTE):
+        return _message_page(request, TOO_MANY_BAD_TOKENS, status=429, heading="Too many attempts")
+    link = _active_invite(link_token)
+    if link is None:
+        return _refuse_token(request, message=INVALID_INVITE)
+    campaign = link.campaign
+
+    if request.method == "POST":
+        params = {name: request.POST.get(name, "") for name in CROWD_PARAMETERS}
+        # Without a crowd id, the engine would enrol a new rater each time; a
+        # browser that consents twice (back button, double submit) is one rater.
+        participation = None if any(params.values()) else _joined_in_session(request, campaign)
+        if participation is None:
+            try:
+                participation = services.join_with_invite(link_token, params)
+            except services.AnnotationError as exc:  # the study is closed or full
+                return _message_page(request, str(exc), status=409, rater_title=campaign.rater_title)
+        services.record_consent(participation)
+        _remember(request, participation)
+        return redirect("rate:page", participation.token)
+
+    if campaign.status not in (Campaign.Status.LIVE, Campaign.Status.PAUSED):
+        return _message_page(request, "This study is not open right now.", status=409, rater_title=campaign.rater_title)
+    # This browser already joined and consented: straight back to the pairs.
+    joined = _joined_in_session(request, campaign)
+    if joined is not None and joined.consented_at is not None:
+        return redirect("rate:page", joined.token)
+    hidden = {name: request.GET[name][:200] for name in CROWD_PARAMETERS if request.GET.get(name)}
+    return _consent_page(request, campaign, action=request.path, hidden=hidden)
+
+
+@require_http_methods(["GET", "POST"])
+def consent(request, participation_token: str):
+    """Consent for a participation that exists already: how invited accounts start."""
+    participation = _authorised_participation(request, participation_token)
+    if participation is None:
+        return _refuse_token(request)
+    if request.method == "POST":
+        services.record_consent(participation)
+        return redirect("rate:page", participation.token)
+    if participation.consented_at is not None:
+        return redirect("rate:page", participation.token)
+    return _consent_page(request, participation.campaign, action=request.path, hidden={})
+
+
+@login_required(login_url="rate:login")
+@require_GET
+def home(request):
+    """An invited account's studies (their rater titles only)."""
+    rater = Rater.objects.filter(user=request.user).first()
+    participations = (
+        Participation.objects.filter(
+            rater=rater, campaign__status__in=[Campaign.Status.LIVE, Campaign.Status.PAUSED, Campaign.Status.CLOSED]
+        )
+        .select_related("campaign")
+        .order_by("-created_at")
+        if rater is not None
+        else []
+    )
+    return render(request, "annotation/rater/home.html", {"participations": participations, "rater_title": "Your studies"})
+
+
+# --- Voting -----------------------------------------------------------------------------------
+
+
+@never_cache
+@ensure_csrf_cookie  # rater.js sends the cookie's token back as X-CSRFToken with each vote
+@require_GET
+def page(request, participation_token: str):
+    """The voting page. Its pairs come from tasks.json, loaded and preloaded by static/rater.js."""
+    participation = _authorised_participation(request, participation_token)
+    if participation is None:
+        return _refuse_token(request)
+    if participation.consented_at is None:
+        return redirect("rate:consent", participation.token)
+    if participation.completed_at is not None:
+        return redirect("rate:done", participation.token)
+    return render(
+        request,
+        "annotation/rater/vote.html",
+        {
+            "rater_title": participation.campaign.rater_title,
+            "progress_text": _progress_text(participation),
+            "token": participation.token,
+        },
+    )
+
+
+@never_cache
+@require_GET
+def tasks(request, participation_token: str):
+    """The rater's open tasks (the one to show and the next, to preload), progress, and whether they are done."""
+    participation = _authorised_participation(request, participation_token)
+    if participation is None:
+        return _refuse_token(request, as_json=True)
+    if participation.consented_at is None:
+        return JsonResponse({"error": "Please read the instructions and agree to take part first."}, status=409)
+    campaign = participation.campaign
+    try:
+        assignments = services.open_tasks(campaign, participation.rater)
+    except services.AnnotationError as exc:  # paused or closed
+        return JsonResponse({"error": str(exc), "progress": _progress_json(participation)}, status=409)
+    if not assignments:
+        services.complete_if_done(participation)
+        return JsonResponse(
+            {"tasks": [], "progress": _progress_json(participation), "done": True, "completion": _completion_json(campaign)}
+        )
+    assignments = Assignment.objects.select_related("item__criterion", "item__image_a__prompt").filter(
+        pk__in=[a.pk for a in assignments]
+    ).order_by("id")
+    return JsonResponse(
+        {
+            "tasks": [_task_json(participation, a) for a in assignments],
+            "progress": _progress_json(participation),
+            "done": False,
+            "completion": None,
+        }
+    )
+
+
+@require_GET
+def image(request, participation_token: str, assignment_token: str, side: str):
+    """One side of one of the rater's own tasks, as bare PNG bytes: no name, no hash, no validators."""
+    participation = _authorised_participation(request, participation_token)
+    if participation is None or side not in SIDES or not TOKEN_PATTERN.fullmatch(assignment_token):
+        return _refuse_token(request)
+    assignment = (
+        Assignment.objects.select_related("item__image_a", "item__image_b", "item__gold_image")
+        .filter(token=assignment_token, rater_id=participation.rater_id, campaign_id=participation.campaign_id)
+        .first()
+    )
+    if assignment is None:
+        return _refuse_token(request)
+    file = _image_file(assignment, side)
+    try:
+        with file.storage.open(file.name, "rb") as handle:
+            data = handle.read()
+    except FileNotFoundError:
+        return _message_page(request, "This image is missing. Please reload the page.", status=404)
+    # HttpResponse, not FileResponse: FileResponse would name the file (its
+    # sha256) in Content-Disposition. No ETag or Last-Modified either.
+    response = HttpResponse(data, content_type="image/png")
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+def _vote_error(message: str, status: int) -> JsonResponse:
+    return JsonResponse({"error": message}, status=status)
+
+
+@require_POST
+def vote(request, participation_token: str):
+    """Record one answer: JSON ``{task, choice, seconds}``. A replay of a recorded answer is a harmless duplicate."""
+    participation = _authorised_participation(request, participation_token)
+    if participation is None:
+        return _refuse_token(request, as_json=True)
+    if not ratelimit.allow(f"vote:{participation.rater_id}", settings.NEEDLE_VOTE_RATE_LIMIT_PER_MINUTE):
+        return _vote_error(TOO_MANY_VOTES, 429)
+    try:
+        body = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError):
+        return _vote_error("The answer could not be read (not JSON). Please reload the page.", 400)
+    if not isinstance(body, dict):
+        return _vote_error("The answer could not be read (expected an object). Please reload the page.", 400)
+    task, choice, seconds = body.get("task"), body.get("choice"), body.get("seconds")
+    if not isinstance(task, str) or not TOKEN_PATTERN.fullmatch(task):
+        return _vote_error("The answer names no valid task. Please reload the page.", 400)
+    if not isinstance(choice, str) or choice not in Choice.values:
+        return _vote_error(f"Unknown choice; expected one of: {', '.join(Choice.values)}.", 400)
+    if seconds is not None and (
+        isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds) or seconds < 0
+    ):
+        return _vote_error("The time on task must be a number of seconds, zero or more.", 400)
+    if participation.consented_at is None:
+        return _vote_error("Please read the instructions and agree to take part first.", 409)
+    try:
+        result = services.submit_vote(participation.rater, task, choice, seconds, campaign=participation.campaign)
+    except services.AnnotationError as exc:  # expired, closed, not a choice for this question, already answered
+        return _vote_error(str(exc), 409)
+    return JsonResponse({"recorded": True, "duplicate": result.duplicate, "progress": _progress_json(participation)})
+
+
+@never_cache
+@require_GET
+def done(request, participation_token: str):
+    """The end: the completion code, or a redirect to the campaign's completion URL."""
+    participation = _authorised_participation(request, participation_token)
+    if participation is None:
+        return _refuse_token(request)
+    if participation.completed_at is None:
+        # The code is for raters who finished: there is work left (or the page was opened early).
+        return redirect("rate:page", participation.token)
+    campaign = participation.campaign
+    url = _completion_url(campaign)
+    if url:
+        return redirect(url)
+    return render(
+        request, "annotation/rater/done.html",
+        {"rater_title": campaign.rater_title, "code": campaign.completion_code, "progress_text": _progress_text(participation)},
+    )

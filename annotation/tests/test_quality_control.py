@@ -1,0 +1,167 @@
+"""Gold items, per-rater exclusion and the rules that keep excluded votes out of the counts without losing them."""
+
+import io
+from collections import Counter
+
+import pytest
+from PIL import Image
+
+from annotation import services
+from annotation.models import Assignment, ComparisonItem, GoldImage, Participation, Vote
+from generation import services as generation_services
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def gold_campaign(two_models, prompt_set):
+    """Live, appeal only, 4 prompts x 5 seeds = 20 regular items, 20% gold."""
+    campaign = services.create_campaign(
+        name="gold", models=two_models, prompt_set=prompt_set, seeds=[0, 1, 2, 3, 4],
+        criteria={"visual_appeal": {}}, gold_share=0.2, gold_min_answers=3, gold_min_accuracy=0.7,
+    )
+    batch = services.generation_batch_for(campaign)
+    generation_services.generate_batch_in_process(batch)
+    services.build_items(campaign, batch)
+    services.set_status(campaign, "live")
+    return campaign
+
+
+def answer(campaign, rater, pick):
+    """Answer the rater's next task with pick(assignment) -> choice; None when done."""
+    a = services.next_assignment(campaign, rater)
+    if a is None:
+        return None
+    return services.submit_vote(rater, a.token, pick(a), seconds_on_task=1.5).vote
+
+
+def intact_side(a):
+    return "left" if a.a_on_left else "right"
+
+
+def test_gold_items_are_degraded_copies_of_campaign_images(gold_campaign):
+    gold = list(ComparisonItem.objects.filter(campaign=gold_campaign, gold_image__isnull=False).select_related("gold_image", "image_a"))
+    assert len(gold) == services.gold_items_needed(20, 0.2) == 5
+    assert {g.gold_image.degradation for g in gold} == {"blur", "noise"}
+    for item in gold:
+        assert item.image_a_id == item.image_b_id == item.gold_image.source_id and item.remaining == 0
+        with item.image_a.file.open("rb") as f:
+            intact = Image.open(io.BytesIO(f.read())).convert("L")
+        with item.gold_image.file.open("rb") as f:
+            degraded = Image.open(io.BytesIO(f.read())).convert("L")
+        assert degraded.size == intact.size
+        # Visibly degraded: a large mean pixel change (blur smears, noise buries).
+        diff = sum(abs(x - y) for x, y in zip(intact.getdata(), degraded.getdata())) / (intact.width * intact.height)
+        assert diff > 8, diff
+    # Rebuilding is idempotent: no second copy of anything.
+    services.build_items(gold_campaign, gold_campaign.generation_batch or services.generation_batch_for(gold_campaign))
+    assert ComparisonItem.objects.filter(campaign=gold_campaign).count() == 25 and GoldImage.objects.count() == 5
+
+
+def test_gold_is_mixed_in_at_the_configured_share_and_scored(gold_campaign, make_rater):
+    rater = make_rater()
+    votes = [answer(gold_campaign, rater, intact_side) for _ in range(20)]
+    gold_votes = [v for v in votes if v.gold_correct is not None]
+    assert len(gold_votes) == 4  # exactly 20% of 20 tasks, at a per-rater random phase
+    assert all(v.gold_correct and v.winner == "a" for v in gold_votes)
+    assert not Participation.objects.get(rater=rater).excluded
+
+
+def test_a_rater_failing_gold_is_excluded_and_their_votes_are_kept_flagged_and_reopened(gold_campaign, make_rater):
+    careless = make_rater()
+    # Always picks the degraded image on gold, "left" otherwise.
+    pick = lambda a: ("right" if a.a_on_left else "left") if a.item.is_gold else "left"  # noqa: E731
+    answered = 0
+    while not Participation.objects.filter(rater=careless, excluded=True).exists():
+        assert answer(gold_campaign, careless, pick) is not None
+        answered += 1
+    participation = Participation.objects.get(rater=careless)
+    assert participation.exclusion_reason.startswith("automatic: gold accuracy 0/3")
+    votes = Vote.objects.filter(assignment__rater=careless)
+    assert votes.count() == answered and all(v.excluded for v in votes)  # kept, flagged
+    # None of their regular votes counts any more: every item is back to full capacity.
+    for item in ComparisonItem.objects.filter(campaign=gold_campaign, gold_image__isnull=True):
+        assert (item.votes, item.open_leases, item.remaining) == (0, 0, 5)
+    assert services.next_assignment(gold_campaign, careless) is None  # no more tasks for them
+    # Others can still fill every item to k.
+    for _ in range(5):
+        rater = make_rater()
+        while answer(gold_campaign, rater, intact_side) is not None:
+            pass
+    counted = Counter(Vote.objects.filter(excluded=False, assignment__item__gold_image__isnull=True).values_list("assignment__item_id", flat=True))
+    assert set(counted.values()) == {5} and len(counted) == 20
+
+
+def test_excluding_by_hand_is_idempotent_and_releases_open_tasks(live_campaign, make_rater):
+    rater = make_rater()
+    first = services.next_assignment(live_campaign, rater)
+    services.submit_vote(rater, first.token, "left")
+    held = services.open_tasks(live_campaign, rater)
+    assert len(held) == 2
+    participation = Participation.objects.get(rater=rater)
+    assert services.exclude_rater(participation, "straight-lining") == 1
+    assert services.exclude_rater(participation, "again") == 0
+    assert set(Assignment.objects.filter(rater=rater).values_list("state", flat=True)) == {"voted", "expired"}
+    for item in ComparisonItem.objects.all():
+        assert item.votes == 0 and item.open_leases == 0 and item.remaining == item.criterion.votes_per_item
+    participation.refresh_from_db()
+    assert participation.exclusion_reason == "straight-lining"
+
+
+def test_lookahead_leases_two_distinct_items_and_keeps_votes_within_k(live_campaign, make_rater):
+    raters = [make_rater() for _ in range(8)]
+    for rater in raters:
+        held = services.open_tasks(live_campaign, rater)
+        assert len(held) == 2 and held[0].item_id != held[1].item_id
+        assert [a.pk for a in services.open_tasks(live_campaign, rater)] == [a.pk for a in held]  # a reload leases nothing new
+    while True:
+        progressed = False
+        for rater in raters:
+            held = services.open_tasks(live_campaign, rater)
+            if held:
+                services.submit_vote(rater, held[0].token, "left")
+                progressed = True
+        if not progressed:
+            break
+    for item in ComparisonItem.objects.select_related("criterion"):
+        assert item.votes == item.criterion.votes_per_item and item.open_leases == 0 and item.remaining == 0
+
+
+@pytest.fixture
+def three_models(two_models, tiny_pipeline_dir):
+    third = generation_services.register_model(name="third", pipeline_path=str(tiny_pipeline_dir("sd", 2)), steps=4, guidance_scale=5.0)
+    return [*two_models, third]
+
+
+@pytest.mark.parametrize("pairing,expected_pairs", [("all_pairs", {("base", "tuned"), ("base", "third"), ("tuned", "third")}), ("vs_baseline", {("base", "tuned"), ("base", "third")})])
+def test_n_model_campaigns_compare_all_pairs_or_each_against_the_baseline(three_models, prompt_set, pairing, expected_pairs):
+    campaign = services.create_campaign(
+        name=pairing, models=three_models, prompt_set=prompt_set, seeds=[7], pairing=pairing, baseline=three_models[0],
+        criteria={"visual_appeal": {}}, gold_share=0,
+    )
+    assert {(a.name, b.name) for a, b in services.model_pairs(campaign)} == expected_pairs
+    batch = services.generation_batch_for(campaign)
+    generation_services.generate_batch_in_process(batch)
+    assert services.build_items(campaign, batch) == 4 * len(expected_pairs)
+    items = ComparisonItem.objects.filter(campaign=campaign).select_related("image_a__model", "image_b__model", "image_a__prompt")
+    assert Counter((i.image_a.model.name, i.image_b.model.name) for i in items) == {p: 4 for p in expected_pairs}
+    for item in items:  # both images of an item share prompt and seed: the pair differs only by model
+        assert (item.image_a.prompt_id, item.image_a.seed) == (item.image_b.prompt_id, item.image_b.seed)
+
+
+def test_invite_links_enrol_crowd_workers_once_and_respect_limits(live_campaign):
+    link = services.create_invite_link(live_campaign, label="prolific", max_raters=2)
+    params = {"PROLIFIC_PID": "5f00aa", "STUDY_ID": "study-1", "SESSION_ID": "s-1"}
+    first = services.join_with_invite(link.token, params)
+    assert (first.prolific_pid, first.study_id, first.session_id, first.external_id) == ("5f00aa", "study-1", "s-1", "5f00aa")
+    assert services.join_with_invite(link.token, {**params, "SESSION_ID": "s-2"}).pk == first.pk  # same worker resumes
+    services.join_with_invite(link.token, {"external_id": "mturk-7"})
+    with pytest.raises(services.AnnotationError, match="full"):
+        services.join_with_invite(link.token, {"PROLIFIC_PID": "other"})
+    with pytest.raises(services.AnnotationError, match="not valid"):
+        services.join_with_invite(link.token[:-2], params)
+    link.active = False
+    link.save()
+    with pytest.raises(services.AnnotationError, match="not valid"):
+        services.join_with_invite(link.token, params)
+    assert len(link.token) >= 43 and Participation.objects.count() == 2

@@ -1,0 +1,188 @@
+"""Researchers' campaign pages (staff only): list, new campaign, the campaign dashboard, exclusions, the vote export.
+
+Views stay thin: what they show comes from selectors, what they change goes
+through services, whose refusals are shown to the researcher as they are.
+"""
+
+import csv
+
+from django.contrib import messages
+from django.contrib.admin.views.decorators import staff_member_required
+from django.db.models import Count
+from django.http import JsonResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.text import slugify
+from django.views.decorators.http import require_POST
+
+from analysis.services import campaign_win_rates
+
+from . import selectors, services
+from .api import campaign_state, launch_images
+from .forms import CampaignForm, ExcludeRaterForm, InviteAccountForm, InviteLinkForm
+from .models import Campaign, Participation
+
+# The buttons each status offers; services.set_status has the last word on every move.
+ACTIONS_BY_STATUS = {
+    Campaign.Status.DRAFT: [("launch", "Launch")],
+    Campaign.Status.LAUNCHING: [],
+    Campaign.Status.LIVE: [("pause", "Pause"), ("close", "Close")],
+    Campaign.Status.PAUSED: [("resume", "Resume"), ("close", "Close")],
+    Campaign.Status.CLOSED: [],
+}
+
+
+def _campaign(pk) -> Campaign:
+    return get_object_or_404(Campaign.objects.select_related("prompt_set", "baseline", "generation_batch"), pk=pk)
+
+
+@staff_member_required
+def campaign_list(request):
+    campaigns = list(Campaign.objects.select_related("prompt_set").prefetch_related("campaign_models__model")[:200])
+    percent = selectors.campaign_percentages(campaigns)
+    rows = [(c, [cm.model.name for cm in c.campaign_models.all()], percent.get(c.pk, 0)) for c in campaigns]
+    return render(request, "annotation/researcher/campaign_list.html", {"rows": rows})
+
+
+@staff_member_required
+def campaign_new(request):
+    form = CampaignForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        campaign = form.create(request.user)
+        if campaign is not None:
+            messages.success(request, f"Created the draft campaign {campaign.name}. Check its settings, then launch it.")
+            return redirect("annotation:campaign_detail", campaign.pk)
+    return render(request, "annotation/researcher/campaign_form.html", {"form": form})
+
+
+@staff_member_required
+def campaign_detail(request, pk):
+    campaign = _campaign(pk)
+    base_url = request.build_absolute_uri("/")
+    links = campaign.invite_links.annotate(joined=Count("participations")).order_by("-created_at")
+    context = {
+        "campaign": campaign,
+        "models": campaign.ordered_models(),
+        "pairs": services.model_pairs(campaign),
+        "criteria": campaign.criteria.all(),
+        "generation": launch_images(campaign),
+        "progress": selectors.campaign_progress(campaign),
+        "win_rates": campaign_win_rates(campaign),
+        "raters": selectors.rater_quality(campaign),
+        "invite_links": [(link, selectors.invite_url(base_url, link)) for link in links],
+        "actions": [(label, reverse(f"annotation:{action}", args=[campaign.pk])) for action, label in ACTIONS_BY_STATUS[campaign.status]],
+        "invite_link_form": InviteLinkForm(),
+        "invite_account_form": InviteAccountForm(),
+    }
+    return render(request, "annotation/researcher/campaign_detail.html", context)
+
+
+@staff_member_required
+def progress_json(request, pk):
+    campaign = _campaign(pk)
+    return JsonResponse({**campaign_state(campaign), "win_rates": campaign_win_rates(campaign)})
+
+
+@staff_member_required
+@require_POST
+def campaign_action(request, pk, action):
+    campaign = _campaign(pk)
+    try:
+        services.apply_campaign_action(campaign, action)
+    except services.AnnotationError as exc:
+        messages.error(request, str(exc))
+    else:
+        done = {
+            "launch": "Launching: the images are being generated; the campaign goes live by itself when they are ready.",
+            "pause": "Paused: raters get no new tasks until you resume.",
+            "resume": "Live again.",
+            "close": "Closed: no more votes are accepted.",
+        }
+        messages.success(request, done[action])
+    return redirect("annotation:campaign_detail", campaign.pk)
+
+
+@staff_member_required
+@require_POST
+def invite_link_create(request, pk):
+    campaign = _campaign(pk)
+    form = InviteLinkForm(request.POST)
+    if form.is_valid():
+        try:
+            link = services.create_invite_link(
+                campaign, label=form.cleaned_data["label"], max_raters=form.cleaned_data["max_raters"] or 0
+            )
+        except services.AnnotationError as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, f"Invite link created: {selectors.invite_url(request.build_absolute_uri('/'), link)}")
+    else:
+        _form_errors_as_messages(request, form)
+    return redirect("annotation:campaign_detail", campaign.pk)
+
+
+@staff_member_required
+@require_POST
+def invite_account(request, pk):
+    campaign = _campaign(pk)
+    form = InviteAccountForm(request.POST)
+    if form.is_valid():
+        user = form.cleaned_data["username"]
+        services.invite_account(campaign, user)
+        messages.success(request, f"{user.get_username()} can now vote in this campaign.")
+    else:
+        _form_errors_as_messages(request, form)
+    return redirect("annotation:campaign_detail", campaign.pk)
+
+
+@staff_member_required
+@require_POST
+def exclude_rater(request, pk, participation_pk):
+    participation = get_object_or_404(Participation, pk=participation_pk, campaign_id=pk)
+    form = ExcludeRaterForm(request.POST)
+    if form.is_valid():
+        flagged = services.exclude_rater(participation, form.cleaned_data["reason"])
+        messages.success(
+            request, f"Rater {participation.rater_id} excluded; {flagged} vote(s) kept and flagged, no longer counted."
+        )
+    else:
+        _form_errors_as_messages(request, form)
+    return redirect("annotation:campaign_detail", pk)
+
+
+class _Echo:
+    """A file-like object whose write returns the line, so csv.writer can feed a streaming response."""
+
+    def write(self, value):
+        return value
+
+
+def _cell(value):
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return value
+
+
+@staff_member_required
+def votes_csv(request, pk):
+    campaign = _campaign(pk)
+    writer = csv.writer(_Echo())
+
+    def lines():
+        yield writer.writerow(selectors.VOTE_EXPORT_COLUMNS)
+        for row in selectors.vote_export_rows(campaign):
+            yield writer.writerow([_cell(v) for v in row])
+
+    # Streamed, row by row from a database cursor: a campaign of millions of votes never sits in memory.
+    response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+    filename = f"{slugify(campaign.name) or f'campaign-{campaign.pk}'}-votes.csv"
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+def _form_errors_as_messages(request, form):
+    for errors in form.errors.values():
+        for error in errors:
+            messages.error(request, error)
