@@ -1,0 +1,44 @@
+"""The Django side of analysis: build the votes frame the statistics module takes.
+
+The frame's schema is documented in ``analysis.stats``. Excluded raters' votes
+and gold items are left out here (gold items measure raters, not models);
+``include_excluded=True`` keeps excluded votes for audits.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from annotation.models import Campaign, Vote
+
+VOTE_COLUMNS = [
+    "item_id", "prompt_id", "category", "challenge", "criterion", "model_a", "model_b",
+    "rater_id", "winner", "a_on_left", "seconds_on_task", "votes_per_item",
+]
+
+
+def votes_frame(campaign: Campaign, *, include_excluded: bool = False) -> pd.DataFrame:
+    """One row per counting vote on the campaign's regular comparison items."""
+    votes = Vote.objects.filter(assignment__campaign=campaign, assignment__item__gold_image__isnull=True)
+    if not include_excluded:
+        votes = votes.filter(excluded=False)
+    rows = votes.order_by("id").values_list(
+        "assignment__item_id",
+        "assignment__item__image_a__prompt_id",
+        "assignment__item__image_a__prompt__category",
+        "assignment__item__image_a__prompt__challenge",
+        "assignment__item__criterion__criterion",
+        "assignment__item__image_a__model__name",
+        "assignment__item__image_b__model__name",
+        "assignment__rater_id",
+        "winner",
+        "assignment__a_on_left",
+        "seconds_on_task",
+        "assignment__item__criterion__votes_per_item",
+    )
+    frame = pd.DataFrame.from_records(list(rows), columns=VOTE_COLUMNS)
+    frame["seconds_on_task"] = pd.to_numeric(frame["seconds_on_task"], errors="coerce").astype(float)
+    for column in ("category", "challenge"):
+        frame[column] = frame[column].fillna("").astype(str)
+    frame["a_on_left"] = frame["a_on_left"].astype(bool)
+    return frame
