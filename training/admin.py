@@ -1,0 +1,82 @@
+from django.contrib import admin, messages
+from django.shortcuts import redirect
+from django.urls import reverse
+from django.utils.html import format_html
+
+from . import services
+from .models import CuratedDataset, QualityTuningRun, RunCheckpoint
+
+
+@admin.register(CuratedDataset)
+class CuratedDatasetAdmin(admin.ModelAdmin):
+    list_display = ["name", "image_count", "short_hash", "path", "frozen_at"]
+    search_fields = ["name", "path", "description"]
+    readonly_fields = ["path", "content_hash", "image_count", "frozen_at", "created_by"]
+
+    @admin.display(description="content hash")
+    def short_hash(self, obj):
+        return obj.content_hash[:12]
+
+    def add_view(self, request, form_url="", extra_context=None):
+        return redirect("training:dataset_list")  # importing checks and hashes the folder
+
+
+class RunCheckpointInline(admin.TabularInline):
+    model = RunCheckpoint
+    fields = ["step", "saved_at", "loss", "path", "registered_model", "exported_path"]
+    readonly_fields = fields
+    extra = 0
+    max_num = 0
+    can_delete = False
+
+
+@admin.register(QualityTuningRun)
+class QualityTuningRunAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "status", "progress", "loss", "attempts", "created_by", "created_at", "page"]
+    list_filter = ["status", "base_model", "dataset"]
+    list_select_related = ["base_model", "dataset", "created_by"]
+    readonly_fields = [
+        "base_model", "base_fingerprint", "dataset", "config", "run_dir", "status", "step", "max_steps", "loss",
+        "seconds_per_step", "eta_seconds", "error", "celery_task_id", "attempts", "worker", "trainer_pid",
+        "heartbeat_at", "created_by", "created_at", "queued_at", "started_at", "finished_at",
+    ]
+    inlines = [RunCheckpointInline]
+    actions = ["cancel", "start"]
+
+    @admin.display(description="progress")
+    def progress(self, obj):
+        return format_html('<progress max="{}" value="{}"></progress> {} / {}', obj.max_steps, obj.step, obj.step, obj.max_steps)
+
+    @admin.display(description="")
+    def page(self, obj):
+        return format_html('<a href="{}">run page</a>', reverse("training:run_detail", args=[obj.pk]))
+
+    def add_view(self, request, form_url="", extra_context=None):
+        return redirect("training:run_new")
+
+    @admin.action(description="Cancel the selected runs (they checkpoint and stop)")
+    def cancel(self, request, queryset):
+        for run in queryset:
+            try:
+                services.cancel_run(run)
+            except services.TrainingError as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+
+    @admin.action(description="Queue or resume the selected runs")
+    def start(self, request, queryset):
+        for run in queryset:
+            try:
+                services.start_run(run)
+            except services.TrainingError as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+
+
+@admin.register(RunCheckpoint)
+class RunCheckpointAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "step", "saved_at", "loss", "registered_model"]
+    list_filter = ["run"]
+    list_select_related = ["run", "registered_model"]
+    readonly_fields = ["run", "step", "path", "saved_at", "loss", "exported_path", "registered_model", "lineage", "recorded_at"]
+
+    def has_add_permission(self, request):
+        return False

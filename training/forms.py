@@ -1,0 +1,148 @@
+"""Forms of the training pages. services (and QualityTuningConfig) stay the authority: their refusals are shown as
+they are, next to the field they are about when the message names one."""
+
+from __future__ import annotations
+
+from django import forms
+
+from generation import services as generation_services
+from generation.models import PromptSet, TextToImageModel
+from training.config import MIXED_PRECISIONS, PREDICTION_TYPES, QualityTuningConfig
+
+from . import services
+from .models import CuratedDataset
+
+DEFAULTS = QualityTuningConfig()
+# Config fields the form sets directly (same name); crop and the validation lists are converted.
+CONFIG_FIELDS = (
+    "batch_size", "gradient_accumulation_steps", "learning_rate", "lr_warmup_steps", "noise_offset", "snr_gamma",
+    "max_steps", "checkpoint_every", "keep_last_checkpoints", "validation_every", "validation_inference_steps",
+    "seed", "resolution", "random_flip", "use_ema", "ema_decay", "gradient_checkpointing", "mixed_precision",
+    "prediction_type",
+)
+FORM_FIELD_FOR = {"center_crop": "crop", "validation_prompts": "validation_prompts", "validation_seeds": "validation_seeds"}
+
+
+class DatasetImportForm(forms.Form):
+    name = forms.SlugField(max_length=100, help_text="Short unique name, e.g. emu-2k-v1.")
+    path = forms.CharField(max_length=1000, help_text="Folder of images plus captions.jsonl "
+                           '({"file_name": "0001.png", "text": "the caption"} per line), readable by the workers.')
+    description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
+
+    def save(self, user):
+        d = self.cleaned_data
+        try:
+            return services.import_curated_dataset(d["name"], d["path"].strip(), description=d["description"], created_by=user)
+        except services.TrainingError as exc:
+            self.add_error("path" if "exists" not in str(exc) else "name", str(exc))
+            return None
+
+
+class QualityTuningRunForm(forms.Form):
+    base_model = forms.ModelChoiceField(
+        queryset=TextToImageModel.objects.all(), to_field_name="name",
+        help_text="A registered SD 1.x/2.x pipeline (SDXL is not supported yet).",
+    )
+    dataset = forms.ModelChoiceField(queryset=CuratedDataset.objects.all(), to_field_name="name", label="Curated dataset")
+
+    batch_size = forms.IntegerField(initial=DEFAULTS.batch_size, help_text="Images per optimizer step over all GPUs and micro-batches (Emu: 64).")
+    gradient_accumulation_steps = forms.IntegerField(
+        initial=DEFAULTS.gradient_accumulation_steps, label="Gradient accumulation",
+        help_text="Micro-batches per step and process: micro-batch = batch size / (processes × this). Same update, less memory.",
+    )
+    learning_rate = forms.FloatField(initial=DEFAULTS.learning_rate, help_text="Constant after warmup (Emu: 1e-5).")
+    lr_warmup_steps = forms.IntegerField(initial=DEFAULTS.lr_warmup_steps, label="LR warmup steps")
+    noise_offset = forms.FloatField(initial=DEFAULTS.noise_offset, help_text="Emu: 0.1; lets the model make very dark and very bright images.")
+    snr_gamma = forms.FloatField(required=False, label="Min-SNR gamma", help_text="Blank: plain MSE loss (Emu). 5 is the usual Min-SNR value.")
+    max_steps = forms.IntegerField(initial=DEFAULTS.max_steps, help_text="Emu: at most 15k; stop earlier by eye and by raters.")
+    checkpoint_every = forms.IntegerField(initial=DEFAULTS.checkpoint_every, help_text="Steps between checkpoints (each can be registered and compared).")
+    keep_last_checkpoints = forms.IntegerField(required=False, help_text="Blank: keep every checkpoint.")
+    validation_every = forms.IntegerField(initial=DEFAULTS.validation_every, help_text="Steps between validation renders (also at every checkpoint).")
+    validation_prompts = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 4}), initial="\n".join(DEFAULTS.validation_prompts),
+        help_text="One per line; rendered with the same seeds along the run.",
+    )
+    validation_seeds = forms.CharField(initial=", ".join(map(str, DEFAULTS.validation_seeds)), help_text="e.g. '0, 1' or '0-3'.")
+    validation_inference_steps = forms.IntegerField(initial=DEFAULTS.validation_inference_steps)
+    seed = forms.IntegerField(initial=DEFAULTS.seed, min_value=0)
+    resolution = forms.IntegerField(required=False, help_text="Blank: the base model's native resolution (512 for SD 1.5).")
+    crop = forms.ChoiceField(
+        choices=[("center", "centre crop"), ("random", "random crop (one per image, drawn from the seed)")],
+        initial="center" if DEFAULTS.center_crop else "random", widget=forms.RadioSelect,
+    )
+    random_flip = forms.BooleanField(required=False, initial=DEFAULTS.random_flip, label="Random horizontal flip")
+    use_ema = forms.BooleanField(required=False, initial=DEFAULTS.use_ema, label="EMA weights")
+    ema_decay = forms.FloatField(initial=DEFAULTS.ema_decay, label="EMA decay")
+    gradient_checkpointing = forms.BooleanField(required=False, initial=DEFAULTS.gradient_checkpointing,
+                                                help_text="Less memory, about 20% slower.")
+    mixed_precision = forms.ChoiceField(choices=[(m, m) for m in MIXED_PRECISIONS], initial=DEFAULTS.mixed_precision,
+                                        help_text='"no" on CPU; bf16 (or fp16) on GPU.')
+    prediction_type = forms.ChoiceField(
+        choices=[("", "the base scheduler's")] + [(p, p) for p in PREDICTION_TYPES], required=False,
+    )
+    start_now = forms.BooleanField(required=False, initial=True, label="Queue the run now")
+
+    def clean_validation_prompts(self):
+        prompts = [line.strip() for line in self.cleaned_data["validation_prompts"].splitlines() if line.strip()]
+        if not prompts:
+            raise forms.ValidationError("Give at least one validation prompt.")
+        return prompts
+
+    def clean_validation_seeds(self):
+        try:
+            return generation_services.parse_seeds(self.cleaned_data["validation_seeds"])
+        except generation_services.GenerationError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+    def config_overrides(self) -> dict:
+        d = self.cleaned_data
+        values = {name: d[name] for name in CONFIG_FIELDS if d.get(name) not in (None, "")}
+        values["center_crop"] = d["crop"] == "center"
+        values["validation_prompts"] = d["validation_prompts"]
+        values["validation_seeds"] = d["validation_seeds"]
+        return values
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned
+        try:
+            services.build_config(self.config_overrides())
+        except services.TrainingError as exc:
+            self._add_config_errors(str(exc))
+        return cleaned
+
+    def _add_config_errors(self, message: str) -> None:
+        prefix = "invalid quality-tuning config: "
+        problems = message[len(prefix):].split("; ") if message.startswith(prefix) else [message]
+        for problem in problems:
+            name = problem.split(" ", 1)[0]
+            field = FORM_FIELD_FOR.get(name, name)
+            self.add_error(field if field in self.fields else None, problem)
+
+    def create(self, user):
+        d = self.cleaned_data
+        try:
+            run = services.create_run(d["base_model"], d["dataset"], created_by=user, **self.config_overrides())
+            if d["start_now"]:
+                services.start_run(run)
+            return run
+        except services.TrainingError as exc:
+            self.add_error(None, str(exc))
+            return None
+
+
+class RegisterCheckpointForm(forms.Form):
+    name = forms.SlugField(max_length=100, help_text="Name of the new model, e.g. sd15-emu-step5000.")
+
+
+class CompareWithBaseForm(forms.Form):
+    prompt_set = forms.ModelChoiceField(queryset=PromptSet.objects.all(), to_field_name="name")
+    seeds = forms.CharField(initial="0-3", help_text="e.g. '0-3'")
+    name = forms.CharField(max_length=200, required=False, help_text="Campaign name; blank: 'tuned vs base'.")
+
+    def clean_seeds(self):
+        try:
+            return generation_services.parse_seeds(self.cleaned_data["seeds"])
+        except generation_services.GenerationError as exc:
+            raise forms.ValidationError(str(exc)) from None

@@ -1,0 +1,196 @@
+"""manage.py quality_tune SUBCOMMAND: quality-tuning runs from a terminal.
+
+Same validation and services as the training pages; every refusal is a
+CommandError carrying the service's message (exit status 1).
+
+    manage.py quality_tune import-dataset emu-2k /data/curated/emu-2k
+    manage.py quality_tune start --base sd15 --dataset emu-2k --max-steps 5000 --checkpoint-every 500 --wait
+    manage.py quality_tune status 12
+    manage.py quality_tune cancel 12
+    manage.py quality_tune register 12 --step 3000 --name sd15-emu-3k
+    manage.py quality_tune compare 12 --step 3000 --prompt-set parti --seeds 0-3
+"""
+
+import argparse
+import dataclasses
+import time
+
+from django.core.management.base import BaseCommand, CommandError
+
+from generation.models import PromptSet, TextToImageModel
+from training import selectors, services
+from training.config import QualityTuningConfig
+from training.models import CuratedDataset, QualityTuningRun, RunCheckpoint
+
+# Config fields whose default is None, so their type cannot be read from the default.
+OPTIONAL_FIELD_TYPES = {"resolution": int, "snr_gamma": float, "prediction_type": str, "keep_last_checkpoints": int}
+WORKER_HINT = "Is a worker consuming the 'training' queue? Start one with: celery -A evalsite worker -Q training -c 1"
+NO_PROGRESS_HINT_SECONDS = 120
+
+
+def add_config_arguments(parser) -> None:
+    """One flag per QualityTuningConfig field (--max-steps, --batch-size, --random-flip/--no-random-flip, ...)."""
+    group = parser.add_argument_group("quality-tuning settings (default: Emu's)")
+    for field in dataclasses.fields(QualityTuningConfig):
+        flag = "--" + field.name.replace("_", "-")
+        if isinstance(field.default, bool):
+            group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, default=None)
+        elif isinstance(field.default, tuple):
+            group.add_argument(flag, dest=field.name, nargs="+", type=type(field.default[0]), default=None, metavar="V")
+        else:
+            kind = OPTIONAL_FIELD_TYPES.get(field.name, type(field.default))
+            group.add_argument(flag, dest=field.name, type=kind, default=None, metavar=kind.__name__.upper(),
+                               help=f"default {field.default}")
+
+
+class Command(BaseCommand):
+    help = "Import curated datasets; start, watch and cancel quality-tuning runs; register checkpoints; compare them with the base."
+
+    def add_arguments(self, parser):
+        sub = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
+
+        dataset = sub.add_parser("import-dataset", help="check a curated dataset folder and freeze it under a name")
+        dataset.add_argument("name")
+        dataset.add_argument("path")
+        dataset.add_argument("--description", default="")
+
+        start = sub.add_parser("start", help="create a run and queue it on the 'training' queue")
+        start.add_argument("--base", required=True, metavar="MODEL", help="registered base model (SD 1.x/2.x)")
+        start.add_argument("--dataset", required=True, metavar="NAME", help="frozen curated dataset")
+        start.add_argument("--wait", action="store_true", help="follow the run until it ends")
+        start.add_argument("--timeout", type=float, default=0, help="with --wait: give up waiting after this many seconds")
+        add_config_arguments(start)
+
+        sub.add_parser("status", help="progress, loss, time left and checkpoints of a run").add_argument("run_id", type=int)
+        sub.add_parser("cancel", help="stop a run (it saves a checkpoint first)").add_argument("run_id", type=int)
+        resume = sub.add_parser("resume", help="queue a failed or cancelled run again; it resumes from its newest checkpoint")
+        resume.add_argument("run_id", type=int)
+        sub.add_parser("list", help="the latest runs")
+
+        register = sub.add_parser("register", help="export a checkpoint and register it as a model")
+        register.add_argument("run_id", type=int)
+        register.add_argument("--step", type=int, required=True)
+        register.add_argument("--name", required=True, help="name of the new model")
+
+        compare = sub.add_parser("compare", help="a draft campaign: the checkpoint against its base, both of Emu's criteria")
+        compare.add_argument("run_id", type=int)
+        compare.add_argument("--step", type=int, required=True)
+        compare.add_argument("--prompt-set", required=True)
+        compare.add_argument("--seeds", required=True, help="e.g. '0-3'")
+        compare.add_argument("--name", help="campaign name (default: 'TUNED vs BASE')")
+        compare.add_argument("--model-name", help="name for the checkpoint's model if it is not registered yet")
+
+    def handle(self, *args, subcommand, **options):
+        handler = getattr(self, "handle_" + subcommand.replace("-", "_"))
+        try:
+            handler(**options)
+        except services.TrainingError as exc:
+            raise CommandError(str(exc)) from None
+
+    # --- Subcommands ------------------------------------------------------------------------
+
+    def handle_import_dataset(self, name, path, description, **o):
+        dataset = services.import_curated_dataset(name, path, description=description)
+        self.stdout.write(f"Froze curated dataset {dataset.name}: {dataset.image_count} images from {dataset.path}, "
+                          f"content hash {dataset.content_hash}")
+
+    def handle_start(self, base, dataset, wait, timeout, **o):
+        base_model = TextToImageModel.objects.filter(name=base).first()
+        if base_model is None:
+            raise CommandError(f"There is no registered model named {base!r} (register it with manage.py register_model).")
+        curated = CuratedDataset.objects.filter(name=dataset).first()
+        if curated is None:
+            raise CommandError(f"There is no curated dataset named {dataset!r} (freeze one with: quality_tune import-dataset NAME PATH).")
+        overrides = {f.name: o[f.name] for f in dataclasses.fields(QualityTuningConfig) if o.get(f.name) is not None}
+        run = services.create_run(base_model, curated, **overrides)
+        services.start_run(run)
+        self.stdout.write(f"Run {run.pk} queued: {base_model.name} on {curated.name}, {run.max_steps} steps, "
+                          f"run directory {run.run_dir}")
+        if wait:
+            self._wait(run, timeout)
+
+    def handle_status(self, run_id, **o):
+        run = self._run(run_id)
+        p = selectors.run_progress(run)
+        out = self.stdout.write
+        out(f"Run {run.pk}: {run.base_model.name} on {run.dataset.name}: {run.status}{' (stale: its worker stopped reporting)' if p['stale'] else ''}")
+        out(f"Step {run.step} / {run.max_steps} ({run.percent}%)"
+            + (f", loss {run.loss:.5f}" if run.loss is not None else "")
+            + (f", {run.seconds_per_step:.3f} s/step" if run.seconds_per_step else "")
+            + (f", {p['eta']} left" if p["eta"] else ""))
+        if run.worker:
+            out(f"Worker: {run.worker} (attempt {run.attempts})")
+        if run.error:
+            out(f"Error: {run.error}")
+        for cp in p["checkpoints"]:
+            model = f" -> model {cp['registered_model']}" if cp["registered_model"] else ""
+            gone = "" if cp["exists"] else " (deleted)"
+            loss = f" loss {cp['loss']:.5f}" if cp["loss"] is not None else ""
+            out(f"  checkpoint step {cp['step']}: saved {cp['saved_at']}{loss}{gone}{model}")
+        out(f"Run directory: {run.run_dir}")
+
+    def handle_cancel(self, run_id, **o):
+        run = services.cancel_run(self._run(run_id))
+        self.stdout.write(f"Run {run.pk}: {run.status}")
+
+    def handle_resume(self, run_id, **o):
+        run = services.start_run(self._run(run_id))
+        self.stdout.write(f"Run {run.pk}: {run.status}")
+
+    def handle_list(self, **o):
+        for run in QualityTuningRun.objects.select_related("base_model", "dataset")[:50]:
+            self.stdout.write(f"{run.pk:>5}  {run.status:<10} {run.step:>6}/{run.max_steps:<6} {run.base_model.name} on {run.dataset.name}")
+
+    def handle_register(self, run_id, step, name, **o):
+        model = services.register_checkpoint(self._checkpoint(run_id, step), name)
+        self.stdout.write(f"Registered step {step} of run {run_id} as {model.name} (parent {model.parent.name}, "
+                          f"fingerprint {model.weights_fingerprint[:12]}, {model.pipeline_path})")
+
+    def handle_compare(self, run_id, step, prompt_set, seeds, name, model_name, **o):
+        prompts = PromptSet.objects.filter(name=prompt_set).first()
+        if prompts is None:
+            raise CommandError(f"There is no prompt set named {prompt_set!r}.")
+        campaign = services.create_tuned_vs_base_campaign(self._checkpoint(run_id, step), prompts, seeds, name, model_name=model_name)
+        models = " vs ".join(cm.model.name for cm in campaign.campaign_models.select_related("model").order_by("position"))
+        self.stdout.write(f"Created draft campaign {campaign.name!r} (id {campaign.pk}): {models}, both criteria. "
+                          f"Launch it with: manage.py campaign launch {campaign.name!r}")
+
+    # --- Helpers ----------------------------------------------------------------------------
+
+    def _run(self, run_id: int) -> QualityTuningRun:
+        run = QualityTuningRun.objects.select_related("base_model", "dataset").filter(pk=run_id).first()
+        if run is None:
+            raise CommandError(f"There is no run {run_id}.")
+        return run
+
+    def _checkpoint(self, run_id: int, step: int) -> RunCheckpoint:
+        run = self._run(run_id)
+        checkpoint = run.checkpoints.filter(step=step).first()
+        if checkpoint is None:
+            steps = ", ".join(str(s) for s in run.checkpoints.values_list("step", flat=True)) or "none yet"
+            raise CommandError(f"Run {run_id} has no checkpoint at step {step} (checkpoints: {steps}).")
+        return checkpoint
+
+    def _wait(self, run: QualityTuningRun, timeout: float) -> None:
+        started = last_change = time.monotonic()
+        last = (None, None)
+        warned = False
+        while True:
+            run.refresh_from_db()
+            now = (run.status, run.step)
+            if now != last:
+                loss = f" loss {run.loss:.5f}" if run.loss is not None else ""
+                self.stdout.write(f"{run.status}: step {run.step}/{run.max_steps}{loss}")
+                last, last_change = now, time.monotonic()
+            elif not warned and run.status == QualityTuningRun.Status.QUEUED and time.monotonic() - last_change > NO_PROGRESS_HINT_SECONDS:
+                self.stderr.write(f"Still queued after {NO_PROGRESS_HINT_SECONDS} s. {WORKER_HINT}")
+                warned = True
+            if run.status in QualityTuningRun.TERMINAL:
+                break
+            if timeout and time.monotonic() - started > timeout:
+                raise CommandError(f"Run {run.pk} is still {run.status} after {timeout:.0f} s; it goes on (quality_tune status {run.pk}).")
+            time.sleep(1)
+        if run.status != QualityTuningRun.Status.FINISHED:
+            raise CommandError(f"Run {run.pk} {run.status} at step {run.step}: {run.error}")
+        self.stdout.write(f"Run {run.pk} finished: {run.checkpoints.count()} checkpoints. Register one with: "
+                          f"manage.py quality_tune register {run.pk} --step {run.step} --name NAME")
