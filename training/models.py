@@ -72,6 +72,16 @@ class QualityTuningRun(models.Model):
     eta_seconds = models.FloatField(null=True, blank=True)
     error = models.TextField(blank=True, help_text="Why the run stopped, in words a researcher can act on.")
 
+    checkpoint_campaign = models.ForeignKey(
+        "annotation.Campaign", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="Each checkpoint vs the base on a small prompt set (visual appeal): win rates per step guide the pick.",
+    )
+    aesthetic_head_path = models.CharField(
+        max_length=1000, blank=True, help_text="Optional LAION-format aesthetic head to score validation images per step."
+    )
+    clip_model_path = models.CharField(max_length=1000, blank=True, help_text="The open_clip model that head sits on.")
+    clip_model_name = models.CharField(max_length=100, blank=True)
+
     celery_task_id = models.CharField(max_length=255, blank=True)
     attempts = models.PositiveIntegerField(default=0, help_text="Times a worker started (or resumed) the trainer.")
     worker = models.CharField(max_length=255, blank=True, help_text="host and pid of the task following the trainer")
@@ -118,6 +128,9 @@ class RunCheckpoint(models.Model):
         TextToImageModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="source_checkpoints"
     )
     lineage = models.JSONField(default=dict, blank=True, help_text="Base fingerprint, dataset hash, hyperparameters, step.")
+    validation_aesthetic_score = models.FloatField(
+        null=True, blank=True, help_text="Mean aesthetic score of this step's validation images (automatic pick)."
+    )
     recorded_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -131,3 +144,111 @@ class RunCheckpoint(models.Model):
     def exists(self) -> bool:
         """False once keep_last_checkpoints pruned it (or someone deleted it)."""
         return Path(self.path).is_dir()
+
+
+# --- Curation: candidate collections and the automatic funnel ------------------------------------------------------
+#
+#   CandidateCollection ──< Candidate ──< FunnelOutcome >── CurationRun (one pass of the automatic funnel)
+#
+# The human stages that follow the funnel (generalist, then specialist) live in the
+# annotation app (annotation.models.CurationReview); the specialist stage's selection
+# is frozen into a CuratedDataset above.
+
+
+class CandidateCollection(models.Model):
+    """A folder of candidate images with captions, imported once; problems found at import are kept for the report."""
+
+    name = models.SlugField(max_length=100, unique=True)
+    path = models.CharField(max_length=1000, help_text="Folder of images plus captions.csv or captions.jsonl.")
+    candidate_count = models.PositiveIntegerField(default=0, editable=False)
+    problems = models.JSONField(default=list, blank=True, help_text="Import problems, one sentence each (file or line named).")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    imported_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-imported_at"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Candidate(models.Model):
+    """One imported image-caption pair (training.curation.Candidate as a row); ``relative_path`` is its id."""
+
+    collection = models.ForeignKey(CandidateCollection, on_delete=models.CASCADE, related_name="candidates")
+    relative_path = models.CharField(max_length=1000, help_text="POSIX path inside the collection folder.")
+    caption = models.TextField()
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    sha256 = models.CharField(max_length=64)
+    format = models.CharField(max_length=16)
+    size_bytes = models.PositiveBigIntegerField()
+
+    class Meta:
+        ordering = ["collection", "relative_path"]
+        constraints = [
+            models.UniqueConstraint(fields=["collection", "relative_path"], name="candidate_unique_path"),
+        ]
+
+    def __str__(self) -> str:
+        return self.relative_path
+
+    @property
+    def path(self) -> Path:
+        return Path(self.collection.path) / self.relative_path
+
+
+class CurationRun(models.Model):
+    """One pass of the automatic funnel over a collection, with its stage configuration and its report.
+
+    ``queued ──► running ──► finished | failed``; a failed run can be started again
+    (outcomes are written in one transaction at the end, so there is never half a result).
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "queued"
+        RUNNING = "running", "running"
+        FINISHED = "finished", "finished"
+        FAILED = "failed", "failed"
+
+    collection = models.ForeignKey(CandidateCollection, on_delete=models.CASCADE, related_name="curation_runs")
+    stages = models.JSONField(help_text='Stage list, e.g. [{"kind": "ResolutionStage", "min_side": 512}, ...].')
+    clip_model_path = models.CharField(max_length=1000, blank=True, help_text="Local open_clip checkpoint file or folder.")
+    clip_model_name = models.CharField(max_length=100, blank=True, help_text="open_clip architecture, e.g. ViT-L-14.")
+    aesthetic_head_path = models.CharField(max_length=1000, blank=True, help_text="LAION-format aesthetic head (.pth/.safetensors).")
+
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    error = models.TextField(blank=True)
+    report = models.JSONField(default=dict, blank=True, help_text="FunnelResult.report(): counts per stage, histograms.")
+    count_in = models.PositiveIntegerField(default=0)
+    count_kept = models.PositiveIntegerField(default=0)
+    celery_task_id = models.CharField(max_length=255, blank=True)
+
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"curation {self.pk} of {self.collection.name}"
+
+
+class FunnelOutcome(models.Model):
+    """What the funnel did with one candidate: kept, or rejected by which stage and why; its scores."""
+
+    run = models.ForeignKey(CurationRun, on_delete=models.CASCADE, related_name="outcomes")
+    candidate = models.ForeignKey(Candidate, on_delete=models.CASCADE, related_name="funnel_outcomes")
+    kept = models.BooleanField()
+    stage = models.CharField(max_length=100, blank=True, help_text="The stage that rejected it; blank when kept.")
+    reason = models.CharField(max_length=500, blank=True)
+    duplicate_of = models.CharField(max_length=1000, blank=True, help_text="relative_path of the copy that was kept.")
+    clip_score = models.FloatField(null=True, blank=True)
+    aesthetic_score = models.FloatField(null=True, blank=True)
+    scores = models.JSONField(default=dict, blank=True, help_text="Every score the stages computed (phash, ocr words, ...).")
+
+    class Meta:
+        ordering = ["run", "-kept", "-aesthetic_score", "candidate"]
+        constraints = [models.UniqueConstraint(fields=["run", "candidate"], name="funnel_outcome_once")]
