@@ -189,7 +189,9 @@ def launch_images(campaign: Campaign) -> dict | None:
 
 
 def campaign_state(campaign: Campaign) -> dict:
-    """What a dashboard polls: status, progress (and the launch's image generation), the running tally."""
+    """What a dashboard polls: status, progress (and the launch's image generation), win rates with intervals."""
+    from analysis.services import campaign_win_rates  # local: analysis reads annotation's models
+
     return {
         "id": campaign.pk,
         "name": campaign.name,
@@ -197,8 +199,8 @@ def campaign_state(campaign: Campaign) -> dict:
         "launch_error": campaign.launch_error,
         "progress": selectors.campaign_progress(campaign).as_dict(),
         "generation": launch_images(campaign),
-        "tally": [t.as_dict() for t in selectors.running_tally(campaign)],
-        "tally_note": "Provisional running tally of counting votes; the analysis gives win rates with intervals.",
+        # Item-level win rates with the report's headline interval (complete comparisons only).
+        "win_rates": campaign_win_rates(campaign),
     }
 
 
@@ -244,8 +246,8 @@ def campaign_detail(request, pk):
             **campaign_settings(campaign),
             "progress": state["progress"],
             "generation": state["generation"],
-            "tally": state["tally"],
-            "tally_note": state["tally_note"],
+            "win_rates": state["win_rates"],
+            "report": request.build_absolute_uri(reverse("analysis:api_report", args=[campaign.pk])) + "?format=json",
             "invite_links": [_invite_link_json(request, link) for link in links],
         }
     )

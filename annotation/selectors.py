@@ -153,99 +153,6 @@ def campaign_percentages(campaigns) -> dict[int, int]:
 
 
 @dataclass(frozen=True)
-class PairTally:
-    """Provisional running tally of one criterion for one model pair (A, B).
-
-    Only for watching a campaign: the analysis replaces it with win rates and
-    confidence intervals.
-    """
-
-    criterion: str
-    criterion_label: str
-    model_a: str
-    model_b: str
-    votes_a: int = 0
-    votes_b: int = 0
-    ties: int = 0
-    items_a: int = 0  # complete items whose majority is A
-    items_b: int = 0
-    items_tie: int = 0
-
-    @property
-    def key(self) -> str:
-        return f"{self.criterion}:{self.model_a}:{self.model_b}"
-
-    @property
-    def votes(self) -> int:
-        return self.votes_a + self.votes_b + self.ties
-
-    @property
-    def complete_items(self) -> int:
-        return self.items_a + self.items_b + self.items_tie
-
-    def as_dict(self) -> dict:
-        return {**vars(self), "key": self.key, "votes": self.votes, "complete_items": self.complete_items}
-
-
-def item_majority(a: int, b: int, tie: int) -> str:
-    """An item's outcome: the answer with strictly the most votes; any split without one reads as a tie."""
-    if a > b and a > tie:
-        return Vote.Winner.A
-    if b > a and b > tie:
-        return Vote.Winner.B
-    return Vote.Winner.TIE
-
-
-def running_tally(campaign: Campaign) -> list[PairTally]:
-    """Votes and complete-item majorities per criterion and model pair: two aggregate queries.
-
-    Every (criterion, pair) the campaign compares gets a row, with zeros until votes arrive.
-    """
-    from .services import model_pairs  # local: services may read selectors, and a cycle must not break either
-
-    criteria = list(campaign.criteria.all())
-    tallies = {
-        (c.pk, a.pk, b.pk): {"criterion": c.criterion, "criterion_label": c.get_criterion_display(), "model_a": a.name, "model_b": b.name}
-        for c in criteria
-        for a, b in model_pairs(campaign)
-    }
-    counts = {key: {"votes_a": 0, "votes_b": 0, "ties": 0, "items_a": 0, "items_b": 0, "items_tie": 0} for key in tallies}
-
-    votes = (
-        Vote.objects.filter(_COUNTING, assignment__campaign=campaign)
-        .values("assignment__item__criterion_id", "assignment__item__image_a__model_id", "assignment__item__image_b__model_id")
-        .annotate(**_winner_counts(""))
-        .order_by()
-    )
-    for row in votes:
-        key = (row["assignment__item__criterion_id"], row["assignment__item__image_a__model_id"], row["assignment__item__image_b__model_id"])
-        if key in counts:
-            counts[key].update(votes_a=row["a"], votes_b=row["b"], ties=row["tie"])
-
-    counting = Q(assignments__vote__excluded=False)
-    complete_items = (
-        ComparisonItem.objects.filter(campaign=campaign, gold_image__isnull=True, votes__gte=F("criterion__votes_per_item"))
-        .values("id", "criterion_id", "image_a__model_id", "image_b__model_id")
-        .annotate(**_winner_counts("assignments__vote__", counting))
-        .order_by()
-    )
-    outcome_field = {Vote.Winner.A: "items_a", Vote.Winner.B: "items_b", Vote.Winner.TIE: "items_tie"}
-    for row in complete_items.iterator(chunk_size=2000):
-        key = (row["criterion_id"], row["image_a__model_id"], row["image_b__model_id"])
-        if key in counts:
-            counts[key][outcome_field[item_majority(row["a"], row["b"], row["tie"])]] += 1
-    return [PairTally(**tallies[key], **counts[key]) for key in tallies]
-
-
-def _winner_counts(prefix: str, extra: Q | None = None) -> dict:
-    extra = extra or Q()
-    return {
-        name: Count("pk" if not prefix else f"{prefix}id", filter=extra & Q(**{f"{prefix}winner": winner}))
-        for name, winner in (("a", Vote.Winner.A), ("b", Vote.Winner.B), ("tie", Vote.Winner.TIE))
-    }
-
-
-@dataclass(frozen=True)
 class RaterQuality:
     participation_id: int
     rater_id: int
@@ -367,3 +274,94 @@ def vote_export_rows(campaign: Campaign):
             external_id, choice, a_on_left, winner, winner_model, seconds, gold_image_id is not None, gold_correct,
             excluded, created_at.isoformat(),
         ]
+
+
+# --- Human curation stages --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReviewerCount:
+    reviewer: str
+    decided: int
+    kept: int
+    median_seconds: float | None
+
+
+@dataclass(frozen=True)
+class ReviewProgress:
+    total: int  # candidates in the stage
+    decided: int
+    kept: int  # kept (generalist) or selected (specialist)
+    leased: int  # open leases right now
+    target: int  # specialist: the final size; 0 without a target
+    median_seconds: float | None
+    reviewers: list[ReviewerCount]
+
+    @property
+    def percent(self) -> int:
+        return int(100 * self.decided / self.total) if self.total else 0
+
+    @property
+    def done(self) -> bool:
+        return self.decided >= self.total or bool(self.target and self.kept >= self.target)
+
+
+def _median(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def review_progress(review, now: datetime | None = None) -> ReviewProgress:
+    from .models import CurationDecision
+
+    now = now or timezone.now()
+    decisions = CurationDecision.objects.filter(review=review)
+    counts = decisions.aggregate(
+        total=Count("id"),
+        decided=Count("id", filter=Q(decided_at__isnull=False)),
+        kept=Count("id", filter=Q(keep=True)),
+        leased=Count("id", filter=Q(decided_at__isnull=True, leased_until__gt=now)),
+    )
+    per_reviewer: dict[str, list] = defaultdict(list)
+    seconds_all = []
+    for username, keep, seconds in decisions.filter(decided_at__isnull=False).values_list(
+        "reviewer__username", "keep", "seconds_on_task"
+    ):
+        per_reviewer[username or "(deleted account)"].append((keep, seconds))
+        seconds_all.append(seconds)
+    reviewers = [
+        ReviewerCount(name, len(rows), sum(1 for keep, _ in rows if keep), _median(s for _, s in rows))
+        for name, rows in sorted(per_reviewer.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    ]
+    return ReviewProgress(
+        total=counts["total"], decided=counts["decided"], kept=counts["kept"], leased=counts["leased"],
+        target=review.target_size if review.stage == "specialist" else 0,
+        median_seconds=_median(seconds_all), reviewers=reviewers,
+    )
+
+
+def peek_next_decision(review, user, after, now: datetime | None = None):
+    """The candidate this reviewer will most likely get after ``after``, without leasing it: for preloading only."""
+    from .models import CurationDecision
+
+    now = now or timezone.now()
+    return (
+        CurationDecision.objects.filter(review=review, decided_at__isnull=True)
+        .filter(Q(leased_until__isnull=True) | Q(leased_until__lte=now) | Q(reviewer=user))
+        .exclude(pk=after.pk)
+        .filter(position__gt=after.position)
+        .order_by("position")
+        .first()
+    )
+
+
+def open_reviews_for(user):
+    """Open stages a reviewer may work on, with their progress."""
+    from .models import CurationReview
+
+    reviews = CurationReview.objects.filter(status=CurationReview.Status.OPEN).order_by("-created_at")
+    return [(review, review_progress(review)) for review in reviews]
+
+
+def reviewer_may_review(user) -> bool:
+    return bool(user.is_authenticated and user.is_active and (user.is_staff or user.has_perm("annotation.review_curation")))

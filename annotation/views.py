@@ -80,7 +80,7 @@ def campaign_detail(request, pk):
 @staff_member_required
 def progress_json(request, pk):
     campaign = _campaign(pk)
-    return JsonResponse({**campaign_state(campaign), "win_rates": campaign_win_rates(campaign)})
+    return JsonResponse(campaign_state(campaign))
 
 
 @staff_member_required

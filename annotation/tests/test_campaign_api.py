@@ -54,7 +54,10 @@ def test_create_with_a_bearer_token_and_read_it_back(api, researcher, two_models
     assert [(c["name"], c["status"], c["percent"]) for c in listed] == [("tuned vs base", "draft", 0)]
     detail = api.get(f"{CAMPAIGNS}{campaign.pk}/").json()
     assert detail["progress"]["votes_needed"] == 0 and detail["invite_links"] == []
-    assert [(t["criterion"], t["model_a"], t["model_b"], t["votes"]) for t in detail["tally"]] == [("visual_appeal", "tuned", "base", 0)]
+    assert [(w["criterion"], w["model_a"], w["model_b"], w["compared"], w["win_rate"]) for w in detail["win_rates"]] == [
+        ("visual_appeal", "tuned", "base", 0, None)
+    ]
+    assert detail["report"].endswith(f"/analysis/api/campaigns/{campaign.pk}/report?format=json")
 
 
 def test_a_staff_session_must_send_the_csrf_token(researcher, two_models, prompt_set):

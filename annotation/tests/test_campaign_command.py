@@ -66,7 +66,8 @@ def test_invite_status_and_status_changes(live_campaign, make_rater):
         services.submit_vote(rater, task.token, "left")
     out = run("status", "c")
     assert "c (id" in out and ": live" in out and "Votes: 2 / 160 (1%)" in out
-    assert "Raters: 1 joined, 0 excluded" in out and "Provisional running tally" in out
+    assert "Raters: 1 joined, 0 excluded" in out and "Win rates (item level" in out
+    assert "no complete comparisons yet" in out and "manage.py report c --format html" in out
     assert out.count("base") >= 2 and "visual appeal" in out and "text faithfulness" in out
 
     assert "c: paused" in run("pause", "c")

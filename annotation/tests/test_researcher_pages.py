@@ -54,8 +54,8 @@ def voted_campaign(live_campaign, make_rater):
     return live_campaign, first, second, Participation.objects.get(campaign=live_campaign, rater=third)
 
 
-def tally_row(tally, criterion):
-    return next(t for t in tally if t["criterion"] == criterion)
+def win_rate_row(win_rates, criterion):
+    return next(w for w in win_rates if w["criterion"] == criterion)
 
 
 def test_staff_create_a_campaign_through_the_form(staff_client, two_models, prompt_set):
@@ -108,7 +108,7 @@ def test_the_form_shows_each_error_next_to_its_field(staff_client, two_models, p
     assert f'id="{field}-error"' in response.content.decode()
 
 
-def test_campaign_page_shows_progress_tally_and_rater_quality(staff_client, voted_campaign):
+def test_campaign_page_shows_progress_win_rates_and_rater_quality(staff_client, voted_campaign):
     campaign, first, second, third = voted_campaign
     page = staff_client.get(reverse("annotation:campaign_detail", args=[campaign.pk])).content.decode()
     assert '<span data-p="votes">' in page and "Win rates" in page and 'data-win-rate="visual_appeal:base:tuned"' in page
@@ -116,7 +116,7 @@ def test_campaign_page_shows_progress_tally_and_rater_quality(staff_client, vote
     assert page.count(">Exclude</button>") == 3 and ">Pause</button>" in page and ">Close</button>" in page
 
     state = staff_client.get(reverse("annotation:campaign_progress", args=[campaign.pk])).json()
-    assert set(state) == {"id", "name", "status", "launch_error", "progress", "generation", "tally", "tally_note", "win_rates"}
+    assert set(state) == {"id", "name", "status", "launch_error", "progress", "generation", "win_rates"}
     progress = state["progress"]
     assert set(progress) == {
         "votes", "votes_needed", "percent", "complete_items", "items", "per_criterion", "open_leases",
@@ -128,10 +128,14 @@ def test_campaign_page_shows_progress_tally_and_rater_quality(staff_client, vote
     assert {c["criterion"]: (c["votes"], c["complete_items"]) for c in progress["per_criterion"]} == {
         "visual_appeal": (60, 0), "text_faithfulness": (60, 20),
     }
-    appeal, faithfulness = tally_row(state["tally"], "visual_appeal"), tally_row(state["tally"], "text_faithfulness")
+    appeal, faithfulness = win_rate_row(state["win_rates"], "visual_appeal"), win_rate_row(state["win_rates"], "text_faithfulness")
     assert (appeal["model_a"], appeal["model_b"]) == ("base", "tuned")
-    assert (appeal["votes_a"], appeal["votes_b"], appeal["ties"], appeal["complete_items"]) == (40, 20, 0, 0)
-    assert (faithfulness["votes_a"], faithfulness["votes_b"], faithfulness["items_a"], faithfulness["items_b"]) == (40, 20, 20, 0)
+    # No appeal comparison has its 5 votes yet: no win rate, and the page says why instead of mixing them in.
+    assert (appeal["compared"], appeal["incomplete_items"], appeal["win_rate"]) == (0, 20, None)
+    assert appeal["win_rate_text"] == "no complete comparisons yet (20 incomplete)"
+    # Every faithfulness comparison is a 2-1 majority for A (base): tuned wins none of 20.
+    assert (faithfulness["wins"], faithfulness["ties"], faithfulness["losses"], faithfulness["compared"]) == (0, 0, 20, 20)
+    assert faithfulness["win_rate"] == 0.0 and faithfulness["low"] == 0.0 and 0 < faithfulness["high"] < 0.2
 
     rows = {r.participation_id: r for r in page_context_raters(staff_client, campaign)}
     one = rows[first.pk]
@@ -149,7 +153,7 @@ def page_context_raters(client, campaign):
     return client.get(reverse("annotation:campaign_detail", args=[campaign.pk])).context["raters"]
 
 
-def test_excluding_a_rater_keeps_their_votes_flagged_and_changes_the_tally(staff_client, voted_campaign):
+def test_excluding_a_rater_keeps_their_votes_flagged_and_changes_the_win_rates(staff_client, voted_campaign):
     campaign, first, second, third = voted_campaign
     url = reverse("annotation:exclude_rater", args=[campaign.pk, second.pk])
     response = staff_client.post(url, {"reason": ""}, follow=True)
@@ -162,9 +166,9 @@ def test_excluding_a_rater_keeps_their_votes_flagged_and_changes_the_tally(staff
     assert Participation.objects.get(pk=second.pk).exclusion_reason == "answered in under a second"
 
     state = staff_client.get(reverse("annotation:campaign_progress", args=[campaign.pk])).json()
-    faithfulness = tally_row(state["tally"], "text_faithfulness")
-    assert (faithfulness["votes_a"], faithfulness["votes_b"], faithfulness["complete_items"]) == (20, 20, 0)
-    assert tally_row(state["tally"], "visual_appeal")["votes_a"] == 20
+    # Without the second rater every faithfulness comparison is back to 2 of 3 votes: none complete.
+    faithfulness = win_rate_row(state["win_rates"], "text_faithfulness")
+    assert (faithfulness["compared"], faithfulness["incomplete_items"], faithfulness["win_rate"]) == (0, 20, None)
     assert state["progress"]["votes"] == 80 and state["progress"]["complete_items"] == 0
     page = staff_client.get(reverse("annotation:campaign_detail", args=[campaign.pk])).content.decode()
     assert "excluded</span>: answered in under a second" in page and page.count(">Exclude</button>") == 2

@@ -4,6 +4,7 @@ Same validation and services as the researcher pages and the JSON API; every
 refusal is a CommandError carrying the service's message.
 """
 
+import shlex
 import time
 
 from django.conf import settings
@@ -11,6 +12,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
+from analysis.services import campaign_win_rates
 from annotation import selectors, services
 from annotation.api import issue_api_token, token_max_age_days
 from annotation.forms import CampaignForm
@@ -59,7 +61,7 @@ class Command(BaseCommand):
             help="the site's public address, e.g. https://needle.example.org",
         )
 
-        sub.add_parser("status", help="progress, the provisional tally and raters").add_argument("name")
+        sub.add_parser("status", help="progress, win rates and raters").add_argument("name")
 
         token = sub.add_parser("api-token", help="print a bearer token for the JSON API (staff accounts only)")
         token.add_argument("username")
@@ -139,13 +141,15 @@ class Command(BaseCommand):
         )
         if p.projected_finish:
             out(f"Projected finish: {p.projected_finish:%Y-%m-%d %H:%M %Z} (at the last 30 minutes' rate)")
-        out("Provisional running tally (counting votes; the analysis gives win rates with intervals):")
-        out(f"  {'criterion':<18} {'A':<16} {'B':<16} {'votes A':>7} {'votes B':>7} {'ties':>5}   complete items A/B/tie")
-        for t in selectors.running_tally(campaign):
+        out("Win rates (item level: each comparison's majority; 95% prompt-clustered bootstrap BCa interval):")
+        out(f"  {'criterion':<18} {'A':<16} {'B':<16} {'B wins':>7} {'ties':>5} {'A wins':>7}   B's win rate")
+        for w in campaign_win_rates(campaign):
+            interval = f" [{w['interval_text']}]" if w["low"] is not None else ""
             out(
-                f"  {t.criterion_label:<18} {t.model_a:<16} {t.model_b:<16} {t.votes_a:>7} {t.votes_b:>7} {t.ties:>5}   "
-                f"{t.items_a}/{t.items_b}/{t.items_tie}"
+                f"  {w['criterion_label']:<18} {w['model_a']:<16} {w['model_b']:<16} {w['wins']:>7} {w['ties']:>5} "
+                f"{w['losses']:>7}   {w['win_rate_text']}{interval}"
             )
+        out(f"Full report: manage.py report {shlex.quote(campaign.name)} --format html --out report.html")
 
     def handle_api_token(self, username, **o):
         user = get_user_model().objects.filter(**{get_user_model().USERNAME_FIELD: username}).first()
