@@ -1032,7 +1032,7 @@ def freeze_review(review: CurationReview, dataset_name: str, *, description: str
     from training import services as training_services
 
     with transaction.atomic():
-        fresh = CurationReview.objects.select_for_update().select_related("dataset").get(pk=review.pk)
+        fresh = CurationReview.objects.select_for_update().get(pk=review.pk)
         if fresh.dataset_id is not None:
             return fresh.dataset
         if fresh.stage != CurationStage.SPECIALIST:

@@ -10,6 +10,7 @@ urlpatterns = [
     path("annotation/", include("annotation.urls")),
     path("analysis/", include("analysis.urls")),
     path("training/", include("training.urls")),
+    path("curate/", include("annotation.curation_urls")),
     # Raters: invite links and the voting page. Nothing under here names a model or campaign.
     path("", include("annotation.rater_urls")),
 ]

@@ -80,3 +80,79 @@ class RunCheckpointAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+
+# --- Curation (read-mostly: imports and runs go through the curation pages and services) -------------------------
+
+from .models import Candidate, CandidateCollection, CurationRun, FunnelOutcome  # noqa: E402
+
+
+@admin.register(CandidateCollection)
+class CandidateCollectionAdmin(admin.ModelAdmin):
+    list_display = ["name", "candidate_count", "problem_count", "path", "imported_at", "page"]
+    search_fields = ["name", "path"]
+    readonly_fields = ["name", "path", "candidate_count", "problems", "created_by", "imported_at"]
+
+    @admin.display(description="problems")
+    def problem_count(self, obj):
+        return len(obj.problems)
+
+    @admin.display(description="")
+    def page(self, obj):
+        return format_html('<a href="{}">collection page</a>', reverse("training:curation_collection", args=[obj.pk]))
+
+    def add_view(self, request, form_url="", extra_context=None):
+        return redirect("training:curation_collections")  # importing scans and checks every file
+
+
+@admin.register(Candidate)
+class CandidateAdmin(admin.ModelAdmin):
+    list_display = ["relative_path", "collection", "width", "height", "format", "size_bytes"]
+    list_filter = ["collection", "format"]
+    list_select_related = ["collection"]
+    search_fields = ["relative_path", "caption", "sha256"]
+    readonly_fields = ["collection", "relative_path", "width", "height", "sha256", "format", "size_bytes"]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(CurationRun)
+class CurationRunAdmin(admin.ModelAdmin):
+    list_display = ["__str__", "status", "count_in", "count_kept", "created_by", "created_at", "page"]
+    list_filter = ["status", "collection"]
+    list_select_related = ["collection", "created_by"]
+    readonly_fields = [
+        "collection", "stages", "clip_model_path", "clip_model_name", "aesthetic_head_path", "status", "error", "report",
+        "count_in", "count_kept", "celery_task_id", "created_by", "created_at", "started_at", "finished_at",
+    ]
+    actions = ["start"]
+
+    @admin.display(description="")
+    def page(self, obj):
+        return format_html('<a href="{}">run page</a>', reverse("training:curation_run", args=[obj.pk]))
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.action(description="Queue the selected curation runs (failed ones start again)")
+    def start(self, request, queryset):
+        for run in queryset:
+            try:
+                services.start_curation_run(run)
+            except services.TrainingError as exc:
+                self.message_user(request, str(exc), messages.WARNING)
+
+
+@admin.register(FunnelOutcome)
+class FunnelOutcomeAdmin(admin.ModelAdmin):
+    list_display = ["candidate", "run", "kept", "stage", "reason", "clip_score", "aesthetic_score"]
+    list_filter = ["kept", "stage", "run"]
+    list_select_related = ["candidate", "run"]
+    readonly_fields = ["run", "candidate", "kept", "stage", "reason", "duplicate_of", "clip_score", "aesthetic_score", "scores"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False

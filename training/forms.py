@@ -81,6 +81,15 @@ class QualityTuningRunForm(forms.Form):
         choices=[("", "the base scheduler's")] + [(p, p) for p in PREDICTION_TYPES], required=False,
     )
     start_now = forms.BooleanField(required=False, initial=True, label="Queue the run now")
+    aesthetic_head_path = forms.CharField(
+        max_length=1000, required=False, label="Aesthetic head",
+        help_text="Optional: a LAION-format aesthetic head (.pth/.safetensors) readable by the workers. Each checkpoint's "
+                  "validation images are scored with it, and the best step is the automatic pick.",
+    )
+    clip_model_path = forms.CharField(max_length=1000, required=False, label="CLIP model",
+                                      help_text="With an aesthetic head: the open_clip weights file or exported folder it sits on.")
+    clip_model_name = forms.CharField(max_length=100, required=False, label="CLIP architecture",
+                                      help_text="e.g. ViT-L-14; blank for an exported folder (open_clip_config.json).")
 
     def clean_validation_prompts(self):
         prompts = [line.strip() for line in self.cleaned_data["validation_prompts"].splitlines() if line.strip()]
@@ -110,7 +119,19 @@ class QualityTuningRunForm(forms.Form):
             services.build_config(self.config_overrides())
         except services.TrainingError as exc:
             self._add_config_errors(str(exc))
+        scoring = self.aesthetic_scoring()
+        if any(scoring.values()):
+            try:
+                services.load_aesthetic_scoring(scoring["aesthetic_head_path"], scoring["clip_model_path"], scoring["clip_model_name"])
+            except services.TrainingError as exc:
+                message = str(exc)
+                field = "clip_model_path" if message.startswith("CLIP") or "its CLIP model" in message else "aesthetic_head_path"
+                self.add_error(field, message)
         return cleaned
+
+    def aesthetic_scoring(self) -> dict:
+        names = ("aesthetic_head_path", "clip_model_path", "clip_model_name")
+        return {name: (self.cleaned_data.get(name) or "").strip() for name in names}
 
     def _add_config_errors(self, message: str) -> None:
         prefix = "invalid quality-tuning config: "
@@ -123,7 +144,8 @@ class QualityTuningRunForm(forms.Form):
     def create(self, user):
         d = self.cleaned_data
         try:
-            run = services.create_run(d["base_model"], d["dataset"], created_by=user, **self.config_overrides())
+            run = services.create_run(d["base_model"], d["dataset"], created_by=user, **self.aesthetic_scoring(),
+                                       **self.config_overrides())
             if d["start_now"]:
                 services.start_run(run)
             return run
@@ -146,3 +168,24 @@ class CompareWithBaseForm(forms.Form):
             return generation_services.parse_seeds(self.cleaned_data["seeds"])
         except generation_services.GenerationError as exc:
             raise forms.ValidationError(str(exc)) from None
+
+
+class CheckpointCampaignForm(forms.Form):
+    prompt_set = forms.ModelChoiceField(queryset=PromptSet.objects.all(), to_field_name="name",
+                                        help_text="A small set: every checkpoint renders every prompt for every seed.")
+    seeds = forms.CharField(initial="0", help_text="e.g. '0' or '0-1'")
+    steps = forms.CharField(required=False, help_text="Blank: every checkpoint still on disk; else e.g. '3 6'.")
+    new = forms.BooleanField(required=False, label="A new campaign even if the run has one")
+
+    def clean_seeds(self):
+        try:
+            return generation_services.parse_seeds(self.cleaned_data["seeds"])
+        except generation_services.GenerationError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+    def clean_steps(self):
+        text = self.cleaned_data["steps"].replace(",", " ").split()
+        try:
+            return [int(step) for step in text]
+        except ValueError:
+            raise forms.ValidationError("Give steps as whole numbers separated by spaces, e.g. '3 6'.") from None

@@ -57,7 +57,12 @@ def trainer_log_tail(run: QualityTuningRun, max_bytes: int = TRAINER_LOG_TAIL_BY
         return handle.read().decode("utf-8", errors="replace")
 
 
-def checkpoint_rows(run: QualityTuningRun) -> list[dict]:
+def checkpoint_rows(run: QualityTuningRun, win_rates: list[dict] | None = None) -> list[dict]:
+    """One row per checkpoint, with its validation aesthetic score, the automatic pick, and raters' win rate vs base."""
+    if win_rates is None:
+        win_rates = services.checkpoint_win_rates(run)
+    by_step = {row["step"]: row for row in win_rates}
+    pick = services.automatic_pick(run)
     rows = []
     for cp in run.checkpoints.select_related("registered_model"):
         rows.append({
@@ -67,13 +72,26 @@ def checkpoint_rows(run: QualityTuningRun) -> list[dict]:
             "loss": cp.loss,
             "exists": cp.exists,
             "registered_model": cp.registered_model.name if cp.registered_model else None,
+            "validation_aesthetic_score": cp.validation_aesthetic_score,
+            "automatic_pick": pick is not None and pick.pk == cp.pk,
+            "win_rate": by_step.get(cp.step),
         })
     return rows
+
+
+def checkpoint_campaign_summary(run: QualityTuningRun) -> dict | None:
+    campaign = run.checkpoint_campaign
+    if campaign is None:
+        return None
+    return {"id": campaign.pk, "name": campaign.name, "status": campaign.status,
+            "url": reverse("annotation:campaign_detail", args=[campaign.pk])}
 
 
 def run_progress(run: QualityTuningRun) -> dict:
     """What progress.json and ``quality_tune status`` show."""
     loss_curve, grid = run_image(run, "loss"), run_image(run, "grid")
+    win_rates = services.checkpoint_win_rates(run)
+    pick = services.automatic_pick(run)
     return {
         "id": run.pk,
         "status": run.status,
@@ -92,12 +110,99 @@ def run_progress(run: QualityTuningRun) -> dict:
         "heartbeat_at": run.heartbeat_at.isoformat() if run.heartbeat_at else None,
         "started_at": run.started_at.isoformat() if run.started_at else None,
         "finished_at": run.finished_at.isoformat() if run.finished_at else None,
-        "checkpoints": checkpoint_rows(run),
+        "checkpoints": checkpoint_rows(run, win_rates),
+        "automatic_pick": pick.step if pick is not None else None,
+        "aesthetic_scoring": bool(run.aesthetic_head_path),
+        "scoring_warning": services.scoring_warning(run),
+        "checkpoint_campaign": checkpoint_campaign_summary(run),
+        "checkpoint_win_rates": win_rates,
+        "win_rate_curve": (reverse("training:win_rate_curve", args=[run.pk]) + "?v=" + win_rate_version(win_rates)
+                           if any(row["win_rate"] is not None for row in win_rates) else None),
         "loss_curve": reverse("training:loss_curve", args=[run.pk]) + f"?v={image_version(loss_curve)}" if loss_curve else None,
         "validation_grid": reverse("training:validation_grid", args=[run.pk]) + f"?v={image_version(grid)}" if grid else None,
     }
 
 
+def win_rate_version(win_rates: list[dict]) -> str:
+    """Changes whenever a number on the plot does, so the page can refresh it."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(win_rates, sort_keys=True).encode()).hexdigest()[:12]
+
+
 def config_rows(run: QualityTuningRun) -> list[tuple[str, str]]:
     config = resolved_config(run)
     return [(name, json.dumps(value) if isinstance(value, (list, dict)) else str(value)) for name, value in config.items()]
+
+
+# --- Curation runs ---------------------------------------------------------------------------------
+
+OUTCOME_CSV_COLUMNS = (
+    "file", "caption", "kept", "stage", "reason", "duplicate_of", "clip_score", "aesthetic_score", "width", "height",
+    "sha256", "scores",
+)
+
+
+def stage_rows(curation_run) -> list[dict]:
+    """One row per funnel stage of a finished run: counts in and out, its configuration, why it was skipped."""
+    rows = []
+    for stage in (curation_run.report or {}).get("stages", []):
+        config = ", ".join(f"{key}={value}" for key, value in stage.get("config", {}).items())
+        rows.append({**stage, "config_text": config})
+    return rows
+
+
+def histogram_bars(curation_run) -> list[dict]:
+    """The report's score histograms as bars for an HTML page: ``[{"score", "n", "bars": [{label, count, percent}]}]``."""
+    out = []
+    for key, histogram in sorted(((curation_run.report or {}).get("histograms") or {}).items()):
+        if not histogram:
+            continue
+        edges, counts = histogram["bin_edges"], histogram["counts"]
+        top = max(counts) or 1
+        bars = [
+            {"label": f"{edges[i]:.2f} – {edges[i + 1]:.2f}", "count": count, "percent": round(100 * count / top)}
+            for i, count in enumerate(counts)
+        ]
+        out.append({"score": key.replace("_", " "), "key": key, "n": histogram["n"], "bars": bars})
+    return out
+
+
+def outcome_records(curation_run):
+    """Every outcome of a run as a dict (file, verdict, stage, reason, scores), kept ones first."""
+    for outcome in curation_run.outcomes.select_related("candidate").iterator(chunk_size=2000):
+        c = outcome.candidate
+        yield {
+            "file": c.relative_path, "caption": c.caption, "kept": outcome.kept, "stage": outcome.stage,
+            "reason": outcome.reason, "duplicate_of": outcome.duplicate_of, "clip_score": outcome.clip_score,
+            "aesthetic_score": outcome.aesthetic_score, "width": c.width, "height": c.height, "sha256": c.sha256,
+            "scores": outcome.scores,
+        }
+
+
+def write_outcomes_csv(curation_run, stream) -> int:
+    """Write the run's outcomes as CSV (OUTCOME_CSV_COLUMNS; scores as JSON) to a text stream; returns the row count."""
+    import csv
+
+    writer = csv.writer(stream)
+    writer.writerow(OUTCOME_CSV_COLUMNS)
+    count = 0
+    for record in outcome_records(curation_run):
+        record["scores"] = json.dumps(record["scores"], sort_keys=True)
+        record["kept"] = "yes" if record["kept"] else "no"
+        writer.writerow(["" if record[column] is None else record[column] for column in OUTCOME_CSV_COLUMNS])
+        count += 1
+    return count
+
+
+def curation_run_summary(curation_run) -> dict:
+    """A run, its report and its outcomes as JSON-ready data (``curate report --format json``)."""
+    return {
+        "id": curation_run.pk, "collection": curation_run.collection.name, "status": curation_run.status,
+        "error": curation_run.error, "stages": curation_run.stages, "clip_model_path": curation_run.clip_model_path,
+        "clip_model_name": curation_run.clip_model_name, "aesthetic_head_path": curation_run.aesthetic_head_path,
+        "count_in": curation_run.count_in, "count_kept": curation_run.count_kept, "report": curation_run.report,
+        "started_at": curation_run.started_at.isoformat() if curation_run.started_at else None,
+        "finished_at": curation_run.finished_at.isoformat() if curation_run.finished_at else None,
+        "outcomes": list(outcome_records(curation_run)),
+    }

@@ -34,3 +34,11 @@ def run_quality_tuning(self, run_id: int) -> str:
     outcome = services.execute_run(run_id, task_id=self.request.id or "", requeue=_requeue)
     logger.info("quality-tuning task: %s", outcome)
     return outcome
+
+
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_curation_funnel(self, curation_run_id: int) -> str:
+    """The automatic curation funnel over a collection (services.execute_curation_run: idempotent, claims the run)."""
+    outcome = services.execute_curation_run(curation_run_id, task_id=self.request.id or "")
+    logger.info("curation task: %s", outcome)
+    return outcome

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from . import views
+from . import curation_views, views
 
 app_name = "training"
 
@@ -18,5 +18,15 @@ urlpatterns = [
     path("runs/<int:pk>/trainer.log", views.trainer_log, name="trainer_log"),
     path("runs/<int:pk>/checkpoints/<int:step>/register/", views.checkpoint_register, name="checkpoint_register"),
     path("runs/<int:pk>/checkpoints/<int:step>/compare/", views.checkpoint_compare, name="checkpoint_compare"),
+    path("runs/<int:pk>/checkpoint-campaign/", views.checkpoint_campaign_create, name="checkpoint_campaign_create"),
+    path("runs/<int:pk>/score-validation/", views.score_validation, name="score_validation"),
+    path("runs/<int:pk>/win_rate.png", views.win_rate_curve, name="win_rate_curve"),
     path("datasets/", views.dataset_list, name="dataset_list"),
+    path("curation/", curation_views.collection_list, name="curation_collections"),
+    path("curation/collections/<int:pk>/", curation_views.collection_detail, name="curation_collection"),
+    path("curation/collections/<int:pk>/funnel/", curation_views.curation_run_new, name="curation_run_new"),
+    path("curation/runs/<int:pk>/", curation_views.curation_run_detail, name="curation_run"),
+    path("curation/runs/<int:pk>/start/", curation_views.curation_run_start, name="curation_run_start"),
+    path("curation/runs/<int:pk>/sheet-<str:which>.png", curation_views.curation_sheet, name="curation_sheet"),
+    path("curation/runs/<int:pk>/outcomes.csv", curation_views.curation_outcomes_csv, name="curation_outcomes_csv"),
 ]

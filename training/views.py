@@ -13,7 +13,7 @@ from django.views.decorators.http import require_POST
 from generation.models import PromptSet
 
 from . import selectors, services
-from .forms import CompareWithBaseForm, DatasetImportForm, QualityTuningRunForm, RegisterCheckpointForm
+from .forms import CheckpointCampaignForm, CompareWithBaseForm, DatasetImportForm, QualityTuningRunForm, RegisterCheckpointForm
 from .models import CuratedDataset, QualityTuningRun, RunCheckpoint
 
 
@@ -47,9 +47,15 @@ def run_new(request):
 def run_detail(request, pk):
     run = _run(pk)
     checkpoints = list(run.checkpoints.select_related("registered_model"))
+    progress = selectors.run_progress(run)
+    # The template reads the new per-checkpoint numbers from the same rows as progress.json.
+    rows = {row["step"]: row for row in progress["checkpoints"]}
+    for cp in checkpoints:
+        cp.row = rows.get(cp.step, {})
     context = {
         "run": run,
-        "progress": selectors.run_progress(run),
+        "progress": progress,
+        "campaign_form": CheckpointCampaignForm(),
         "config": selectors.config_rows(run),
         "checkpoints": checkpoints,
         "can_start": services.can_start(run),
@@ -156,6 +162,55 @@ def checkpoint_compare(request, pk, step):
         return redirect("training:run_detail", pk)
     messages.success(request, f"Created the draft campaign {campaign.name} (both criteria). Check it, then launch it.")
     return redirect("annotation:campaign_detail", campaign.pk)
+
+
+@staff_member_required
+@require_POST
+def checkpoint_campaign_create(request, pk):
+    run = _run(pk)
+    form = CheckpointCampaignForm(request.POST)
+    if not form.is_valid():
+        for field, errors in form.errors.items():
+            messages.error(request, f"{field}: {' '.join(errors)}")
+        return redirect("training:run_detail", pk)
+    d = form.cleaned_data
+    existing = run.checkpoint_campaign_id
+    try:
+        campaign = services.create_checkpoint_campaign(
+            run, prompt_set=d["prompt_set"], seeds=d["seeds"], steps=d["steps"] or None, new=d["new"], created_by=request.user
+        )
+    except services.TrainingError as exc:
+        messages.error(request, str(exc))
+        return redirect("training:run_detail", pk)
+    if campaign.pk == existing:
+        messages.info(request, f"The run already has its checkpoint campaign {campaign.name}; tick 'a new one' to make another.")
+    else:
+        messages.success(request, f"Created the draft campaign {campaign.name}: every checkpoint vs {run.base_model.name}, "
+                                  "visual appeal. Check it, then launch it.")
+    return redirect("annotation:campaign_detail", campaign.pk)
+
+
+@staff_member_required
+@require_POST
+def score_validation(request, pk):
+    try:
+        scored = services.score_validation_images(_run(pk), rescore=True)
+        messages.success(request, f"Scored the validation images of {len(scored)} checkpoints.")
+    except services.TrainingError as exc:
+        messages.error(request, str(exc))
+    return redirect("training:run_detail", pk)
+
+
+@staff_member_required
+def win_rate_curve(request, pk):
+    from .win_rate_plot import draw_win_rate_curve
+
+    run = _run(pk)
+    if run.checkpoint_campaign_id is None:
+        raise Http404("no checkpoint campaign")
+    response = HttpResponse(draw_win_rate_curve(services.checkpoint_win_rates(run)), content_type="image/png")
+    response["Cache-Control"] = "private, no-cache"  # changes with every vote
+    return response
 
 
 @staff_member_required

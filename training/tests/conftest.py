@@ -1,9 +1,12 @@
-"""Fixtures for the quality-tuning tests: a tiny curated dataset and settings small enough for a 2-core CPU."""
+"""Fixtures for the training tests: a tiny curated dataset, settings small enough for a 2-core CPU, a training worker."""
 
 from __future__ import annotations
 
 import pytest
+from django.conf import settings
 
+from conftest import TEST_VISIBILITY_TIMEOUT, _purge_queues
+from evalsite.workers import WorkerProcess, database_url_for
 from training.tests.curated_datasets import make_curated_dataset
 
 
@@ -40,3 +43,25 @@ def tiny_config():
         validation_inference_steps=2,
         seed=0,
     )
+
+
+@pytest.fixture(scope="module")
+def training_worker(django_db_setup, django_db_blocker):
+    """A real worker consuming only the 'training' queue, against the test database (one per module: torch import)."""
+    from django.db import connection
+
+    with django_db_blocker.unblock():
+        url = database_url_for(connection.settings_dict)
+    try:
+        _purge_queues()
+    except Exception as exc:  # noqa: BLE001 - a missing queue is fine, a dead broker is not
+        if "NOT_FOUND" not in str(exc):
+            raise
+    worker = WorkerProcess(
+        queues="training", database_url=url, log_dir=settings.VAR_DIR / "logs",
+        env={"CELERY_VISIBILITY_TIMEOUT": str(TEST_VISIBILITY_TIMEOUT), "NEEDLE_TRAINING_POLL_SECONDS": "0.2",
+             "OMP_NUM_THREADS": "1"},  # a shared 2-core machine
+    )
+    worker.start()
+    yield worker
+    worker.stop()

@@ -19,7 +19,7 @@ from django.utils import timezone
 from generation import services as generation_services
 from generation.models import TextToImageModel
 from training import services
-from training.models import QualityTuningRun, RunCheckpoint
+from training.models import CandidateCollection, CurationRun, QualityTuningRun, RunCheckpoint
 
 pytestmark = pytest.mark.django_db
 
@@ -39,12 +39,13 @@ def training_urls(run, step):
         reverse("training:run_list"), reverse("training:run_new"), reverse("training:dataset_list"),
         reverse("training:run_detail", args=[run.pk]), reverse("training:run_progress", args=[run.pk]),
         reverse("training:loss_curve", args=[run.pk]), reverse("training:validation_grid", args=[run.pk]),
-        reverse("training:trainer_log", args=[run.pk]),
+        reverse("training:trainer_log", args=[run.pk]), reverse("training:win_rate_curve", args=[run.pk]),
     ]
     posts = [
         reverse("training:run_new"), reverse("training:dataset_list"), reverse("training:run_cancel", args=[run.pk]),
         reverse("training:run_start", args=[run.pk]), reverse("training:checkpoint_register", args=[run.pk, step]),
         reverse("training:checkpoint_compare", args=[run.pk, step]),
+        reverse("training:checkpoint_campaign_create", args=[run.pk]), reverse("training:score_validation", args=[run.pk]),
     ]
     return gets, posts
 
@@ -58,7 +59,19 @@ def test_every_training_url_is_refused_to_anonymous_and_non_staff_users(client, 
     assert named == {reverse_name.split(":")[1] for reverse_name in [
         "training:run_list", "training:run_new", "training:dataset_list", "training:run_detail", "training:run_progress",
         "training:loss_curve", "training:validation_grid", "training:trainer_log", "training:run_cancel",
-        "training:run_start", "training:checkpoint_register", "training:checkpoint_compare"]}, "a new URL needs a line here"
+        "training:run_start", "training:checkpoint_register", "training:checkpoint_compare",
+        "training:checkpoint_campaign_create", "training:score_validation", "training:win_rate_curve",
+        "training:curation_collections", "training:curation_collection", "training:curation_run_new",
+        "training:curation_run", "training:curation_run_start", "training:curation_sheet",
+        "training:curation_outcomes_csv"]}, "a new URL needs a line here"
+    collection = CandidateCollection.objects.create(name="candidates", path=str(tmp_path))
+    curation = CurationRun.objects.create(collection=collection, stages=[])
+    gets += [
+        reverse("training:curation_collections"), reverse("training:curation_collection", args=[collection.pk]),
+        reverse("training:curation_run", args=[curation.pk]), reverse("training:curation_sheet", args=[curation.pk, "kept"]),
+        reverse("training:curation_outcomes_csv", args=[curation.pk]),
+    ]
+    posts += [reverse("training:curation_run_new", args=[collection.pk]), reverse("training:curation_run_start", args=[curation.pk])]
     for who in ("anonymous", "non-staff"):
         if who == "non-staff":
             client.force_login(get_user_model().objects.create_user("rater", password="pw-long-enough-1"))

@@ -11,13 +11,10 @@ import time
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.urls import reverse
 from safetensors.torch import load_file
 
-from conftest import TEST_VISIBILITY_TIMEOUT, _purge_queues
-from evalsite.workers import WorkerProcess, database_url_for
 from generation import services as generation_services
 from generation.models import GeneratedImage, TextToImageModel
 from training import checkpoints, services
@@ -31,28 +28,6 @@ TINY = {
     "resolution": 32, "batch_size": 4, "max_steps": 6, "checkpoint_every": 3, "validation_every": 3,
     "validation_prompts": ["a red circle on a blue background"], "validation_seeds": [0], "validation_inference_steps": 2,
 }
-
-
-@pytest.fixture(scope="module")
-def training_worker(django_db_setup, django_db_blocker):
-    """A real worker consuming only the 'training' queue, against the test database (one per module: torch import)."""
-    from django.db import connection
-
-    with django_db_blocker.unblock():
-        url = database_url_for(connection.settings_dict)
-    try:
-        _purge_queues()
-    except Exception as exc:  # noqa: BLE001 - a missing queue is fine, a dead broker is not
-        if "NOT_FOUND" not in str(exc):
-            raise
-    worker = WorkerProcess(
-        queues="training", database_url=url, log_dir=settings.VAR_DIR / "logs",
-        env={"CELERY_VISIBILITY_TIMEOUT": str(TEST_VISIBILITY_TIMEOUT), "NEEDLE_TRAINING_POLL_SECONDS": "0.2",
-             "OMP_NUM_THREADS": "1"},  # a shared 2-core machine
-    )
-    worker.start()
-    yield worker
-    worker.stop()
 
 
 @pytest.fixture

@@ -9,6 +9,8 @@ CommandError carrying the service's message (exit status 1).
     manage.py quality_tune cancel 12
     manage.py quality_tune register 12 --step 3000 --name sd15-emu-3k
     manage.py quality_tune compare 12 --step 3000 --prompt-set parti --seeds 0-3
+    manage.py quality_tune checkpoint-campaign 12 --prompt-set parti-small --seeds 0-1 [--steps 3000 6000]
+    manage.py quality_tune pick 12 [--score]
 """
 
 import argparse
@@ -59,6 +61,10 @@ class Command(BaseCommand):
         start.add_argument("--dataset", required=True, metavar="NAME", help="frozen curated dataset")
         start.add_argument("--wait", action="store_true", help="follow the run until it ends")
         start.add_argument("--timeout", type=float, default=0, help="with --wait: give up waiting after this many seconds")
+        start.add_argument("--aesthetic-head", default="", metavar="PATH",
+                           help="LAION-format aesthetic head: score each checkpoint's validation images (automatic pick)")
+        start.add_argument("--clip-model", default="", metavar="PATH", help="the open_clip weights (file or exported folder) the head sits on")
+        start.add_argument("--clip-model-name", default="", metavar="NAME", help="open_clip architecture, e.g. ViT-L-14")
         add_config_arguments(start)
 
         sub.add_parser("status", help="progress, loss, time left and checkpoints of a run").add_argument("run_id", type=int)
@@ -80,6 +86,19 @@ class Command(BaseCommand):
         compare.add_argument("--name", help="campaign name (default: 'TUNED vs BASE')")
         compare.add_argument("--model-name", help="name for the checkpoint's model if it is not registered yet")
 
+        campaign = sub.add_parser("checkpoint-campaign",
+                                  help="a draft campaign: every checkpoint against the base, visual appeal, to choose the step")
+        campaign.add_argument("run_id", type=int)
+        campaign.add_argument("--prompt-set", required=True)
+        campaign.add_argument("--seeds", default="0", help="e.g. '0-1' (default 0)")
+        campaign.add_argument("--steps", type=int, nargs="+", help="default: every checkpoint still on disk")
+        campaign.add_argument("--votes-per-item", type=int, help=f"raters per comparison (default {services.CHECKPOINT_CAMPAIGN_VOTES_PER_ITEM})")
+        campaign.add_argument("--new", action="store_true", help="create another even if the run has one")
+
+        pick = sub.add_parser("pick", help="per step: validation aesthetic score and raters' win rate vs base; the automatic pick")
+        pick.add_argument("run_id", type=int)
+        pick.add_argument("--score", action="store_true", help="score validation images not scored yet first")
+
     def handle(self, *args, subcommand, **options):
         handler = getattr(self, "handle_" + subcommand.replace("-", "_"))
         try:
@@ -94,7 +113,7 @@ class Command(BaseCommand):
         self.stdout.write(f"Froze curated dataset {dataset.name}: {dataset.image_count} images from {dataset.path}, "
                           f"content hash {dataset.content_hash}")
 
-    def handle_start(self, base, dataset, wait, timeout, **o):
+    def handle_start(self, base, dataset, wait, timeout, aesthetic_head, clip_model, clip_model_name, **o):
         base_model = TextToImageModel.objects.filter(name=base).first()
         if base_model is None:
             raise CommandError(f"There is no registered model named {base!r} (register it with manage.py register_model).")
@@ -102,7 +121,8 @@ class Command(BaseCommand):
         if curated is None:
             raise CommandError(f"There is no curated dataset named {dataset!r} (freeze one with: quality_tune import-dataset NAME PATH).")
         overrides = {f.name: o[f.name] for f in dataclasses.fields(QualityTuningConfig) if o.get(f.name) is not None}
-        run = services.create_run(base_model, curated, **overrides)
+        run = services.create_run(base_model, curated, aesthetic_head_path=aesthetic_head, clip_model_path=clip_model,
+                                  clip_model_name=clip_model_name, **overrides)
         services.start_run(run)
         self.stdout.write(f"Run {run.pk} queued: {base_model.name} on {curated.name}, {run.max_steps} steps, "
                           f"run directory {run.run_dir}")
@@ -154,6 +174,46 @@ class Command(BaseCommand):
         models = " vs ".join(cm.model.name for cm in campaign.campaign_models.select_related("model").order_by("position"))
         self.stdout.write(f"Created draft campaign {campaign.name!r} (id {campaign.pk}): {models}, both criteria. "
                           f"Launch it with: manage.py campaign launch {campaign.name!r}")
+
+    def handle_checkpoint_campaign(self, run_id, prompt_set, seeds, steps, votes_per_item, new, **o):
+        run = self._run(run_id)
+        existing = run.checkpoint_campaign_id
+        campaign = services.create_checkpoint_campaign(run, prompt_set=prompt_set, seeds=seeds, steps=steps,
+                                                       votes_per_item=votes_per_item, new=new)
+        models = ", ".join(cm.model.name for cm in campaign.campaign_models.select_related("model").order_by("position")[1:])
+        if campaign.pk == existing:
+            self.stdout.write(f"Run {run.pk} already has its checkpoint campaign {campaign.name!r} (id {campaign.pk}, "
+                              f"{campaign.status}); pass --new for another.")
+            return
+        self.stdout.write(f"Created draft campaign {campaign.name!r} (id {campaign.pk}): {models} each vs "
+                          f"{run.base_model.name}, visual appeal. Launch it with: manage.py campaign launch {campaign.name!r}")
+
+    def handle_pick(self, run_id, score, **o):
+        run = self._run(run_id)
+        if score:
+            services.score_validation_images(run, require_all=False)
+        rates = {row["step"]: row for row in services.checkpoint_win_rates(run)}
+        pick = services.automatic_pick(run)
+        out = self.stdout.write
+        out(f"Run {run.pk}: {run.base_model.name} on {run.dataset.name}, {run.status} at step {run.step}")
+        out(f"{'step':>7}  {'loss':>9}  {'aesthetic':>9}  {'vs base':>8}  {'95% interval':>13}  comparisons")
+        for cp in run.checkpoints.all():
+            rate = rates.get(cp.step)
+            win = f"{rate['win_rate']:.0%}" if rate and rate["win_rate"] is not None else "—"
+            interval = f"{rate['low']:.0%}-{rate['high']:.0%}" if rate and rate["low"] is not None else "—"
+            count = (f"{rate['comparisons']}" + (f" (+{rate['incomplete']} incomplete)" if rate["incomplete"] else "")) if rate else "—"
+            loss = f"{cp.loss:.5f}" if cp.loss is not None else "—"
+            aesthetic = f"{cp.validation_aesthetic_score:.3f}" if cp.validation_aesthetic_score is not None else "—"
+            mark = "  <- automatic pick" if pick is not None and pick.pk == cp.pk else ""
+            out(f"{cp.step:>7}  {loss:>9}  {aesthetic:>9}  {win:>8}  {interval:>13}  {count}{mark}")
+        if pick is not None:
+            out(f"Automatic pick: step {pick.step} (validation aesthetic score {pick.validation_aesthetic_score:.3f}).")
+        elif run.aesthetic_head_path:
+            out("No automatic pick yet: no checkpoint's validation images are scored (quality_tune pick --score).")
+        else:
+            out("No automatic pick: the run has no aesthetic head configured.")
+        if run.checkpoint_campaign is None:
+            out(f"No checkpoint campaign yet: quality_tune checkpoint-campaign {run.pk} --prompt-set NAME --seeds 0-1")
 
     # --- Helpers ----------------------------------------------------------------------------
 
