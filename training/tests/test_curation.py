@@ -307,6 +307,27 @@ def test_ocr_stage_counts_words_with_a_given_engine(tmp_path):
     assert result.stage("text_in_image").config == {"max_words": 2, "language": "eng", "ocr_engine": "fake_ocr"}
 
 
+@pytest.mark.skipif(curation.ocr_unavailable_reason() is not None, reason="tesseract or pytesseract is not installed")
+def test_real_tesseract_rejects_a_poster_and_keeps_a_photo(tmp_path):
+    from PIL import ImageFont
+
+    poster = Image.new("RGB", (640, 360), "white")
+    draw = ImageDraw.Draw(poster)
+    font = ImageFont.load_default(size=44)
+    for row, line in enumerate(["GRAND OPENING SALE", "EVERYTHING HALF PRICE", "THIS WEEKEND ONLY"]):
+        draw.text((30, 40 + 100 * row), line, fill="black", font=font)
+    poster.save(tmp_path / "poster.png")
+    pattern(3, size=(640, 360)).save(tmp_path / "photo.png")
+    write_jsonl(tmp_path, [{"file": "poster.png", "caption": "a shop poster"}, {"file": "photo.png", "caption": "a field"}])
+
+    result = run_funnel(scan_candidates(tmp_path).candidates, [TextInImageStage(max_words=5)])
+    stage = result.stage("text_in_image")
+    assert stage.status == "ran" and stage.config["ocr_engine"] == "tesseract"
+    assert [c.id for c in result.kept] == ["photo.png"]
+    assert result.scores["poster.png"]["ocr_words"] >= 7  # tesseract may misread a word, not most of nine
+    assert result.scores["photo.png"]["ocr_words"] <= 1
+
+
 # --- CLIP-based stages and the whole funnel -------------------------------------------------------------------
 
 
