@@ -6,6 +6,7 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
@@ -365,3 +366,35 @@ def open_reviews_for(user):
 
 def reviewer_may_review(user) -> bool:
     return bool(user.is_authenticated and user.is_active and (user.is_staff or user.has_perm("annotation.review_curation")))
+
+
+DECISION_EXPORT_COLUMNS = [
+    "position", "candidate_path", "caption", "decided", "decided_at", "keep", "rating", "reasons",
+    "corrected_caption", "reviewer", "seconds_on_task",
+]
+
+
+def decision_export_rows(review):
+    """One row per candidate of the stage (DECISION_EXPORT_COLUMNS), in review order, undecided ones included.
+
+    ``caption`` is the candidate's imported caption and ``corrected_caption`` the
+    specialist's (blank when none was written); ``reasons`` are joined with ``;``.
+    """
+    from .models import CurationDecision
+
+    decisions = (
+        CurationDecision.objects.filter(review=review)
+        .order_by("position")
+        .values_list(
+            "position", "candidate__collection__path", "candidate__relative_path", "candidate__caption", "decided_at",
+            "keep", "rating", "reasons", "caption", "reviewer__username", "seconds_on_task",
+        )
+    )
+    for position, folder, relative_path, caption, decided_at, keep, rating, reasons, corrected, reviewer, seconds in (
+        decisions.iterator(chunk_size=2000)
+    ):
+        yield [
+            position, str(Path(folder) / relative_path), caption, decided_at is not None,
+            decided_at.isoformat() if decided_at else "", "" if keep is None else keep, "" if rating is None else rating,
+            ";".join(reasons or ()), corrected, reviewer or "", "" if seconds is None else seconds,
+        ]
