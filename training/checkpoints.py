@@ -188,6 +188,8 @@ def export_pipeline(run_dir: str | Path, step: int | None, out_dir: str | Path, 
     export differs from the base model only in ``unet/`` (and in the scheduler's
     prediction type when the run trained another one). ``out_dir`` must not
     exist: registered models are fingerprinted, so an export is never overwritten.
+    SD and SDXL export alike: an SDXL export keeps the base's text_encoder_2,
+    tokenizer_2 and model_index.json, so it loads as a StableDiffusionXLPipeline.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     record = read_run_record(run_dir)

@@ -152,7 +152,9 @@ def crop_mode(center_crop: bool, seed: int) -> str:
     Latents are cached, so a "random" crop cannot be redrawn every step as an
     uncached loop would: each image gets one crop position drawn from
     (seed, file name), fixed for the whole run. The seed is part of the name
-    so that runs with other seeds get their own crops and caches.
+    so that runs with other seeds get their own crops and caches. SDXL's crop
+    conditioning therefore sees the same fixed position per image (and flip
+    variant), which ``size_conditioning`` reports and the cache stores.
     """
     return "center" if center_crop else f"random-{seed}"
 
@@ -166,12 +168,35 @@ def crop_box(width: int, height: int, resolution: int, mode: str, file_name: str
     return left, top, left + resolution, top + resolution
 
 
+def _resized_size(image_size: tuple[int, int], resolution: int) -> tuple[int, int]:
+    width, height = image_size
+    scale = resolution / min(width, height)
+    return max(resolution, round(width * scale)), max(resolution, round(height * scale))
+
+
 def preprocess(image: Image.Image, *, resolution: int, mode: str, file_name: str, flip: bool) -> np.ndarray:
     """Resize the shortest side to ``resolution``, crop a square, optionally mirror; float32 CHW in [-1, 1]."""
-    scale = resolution / min(image.size)
-    size = (max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale)))
+    size = _resized_size(image.size, resolution)
     image = image.resize(size, Image.Resampling.LANCZOS).crop(crop_box(*size, resolution, mode, file_name))
     if flip:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     pixels = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+
+def size_conditioning(image_size: tuple[int, int], *, resolution: int, mode: str, file_name: str, flip: bool) -> tuple[int, ...]:
+    """SDXL's micro-conditioning for what ``preprocess`` makes of an image of ``image_size`` (width, height).
+
+    (original height, original width, crop top, crop left, target height,
+    target width), as diffusers' train_text_to_image_sdxl.py computes it: the
+    original size before resizing, the crop's corner in the resized image. That
+    script mirrors before cropping, so for the mirrored variant the corner is
+    measured in the mirrored image: mirroring a crop at ``left`` is the crop at
+    ``width - left - resolution`` of the mirrored image.
+    """
+    width, height = image_size
+    resized_width, _ = _resized_size(image_size, resolution)
+    left, top, right, _ = crop_box(*_resized_size(image_size, resolution), resolution, mode, file_name)
+    if flip:
+        left = resized_width - right
+    return height, width, top, left, resolution, resolution

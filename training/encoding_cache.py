@@ -19,6 +19,18 @@ Cache keys, each the full set of inputs that determine the numbers:
   (they do not depend on resolution, crop or flip, so runs differing only
   there share them).
 The key is also stored in the file's metadata and checked on load.
+
+SDXL (two text encoders, pooled embeddings, size conditioning) caches more,
+under keys of their own kinds so that an SD and an SDXL cache never mix:
+- its text file holds the penultimate hidden states of both encoders,
+  concatenated, and the pooled (projected) output of text_encoder_2, as
+  StableDiffusionXLPipeline.encode_prompt computes them; the key names all four
+  fingerprints (both encoders and both tokenizers);
+- its latent files also hold each image's ``time_ids`` (original size, crop
+  corner, target size): the crop is fixed per image and flip variant once the
+  latents are cached, so its coordinates belong beside them.
+The VAE encodes in fp32 (the loop never casts it; mixed precision only wraps
+the UNet): SDXL's VAE is known to overflow in fp16.
 """
 
 from __future__ import annotations
@@ -36,7 +48,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from training.atomic import atomic_write
-from training.datasets import CuratedDataset, preprocess
+from training.datasets import CuratedDataset, preprocess, size_conditioning
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +68,9 @@ class EncodedDataset:
     latent_std: torch.Tensor
     text_embeddings: torch.Tensor
     cache_files: tuple[Path, ...]
+    # SDXL only: [images, D] pooled text_encoder_2 output and [flip variants, images, 6] size conditioning.
+    pooled_text_embeddings: torch.Tensor | None = None
+    time_ids: torch.Tensor | None = None
 
     @property
     def latent_shape(self) -> tuple[int, ...]:
@@ -85,18 +100,26 @@ def _load_or_compute(cache_dir: Path, kind: str, key: dict[str, str], compute: C
 
 
 @torch.no_grad()
-def encode_latent_distributions(dataset: CuratedDataset, vae, *, resolution: int, mode: str, flip: bool, device) -> dict[str, torch.Tensor]:
-    means, stds = [], []
+def encode_latent_distributions(
+    dataset: CuratedDataset, vae, *, resolution: int, mode: str, flip: bool, device, with_time_ids: bool = False
+) -> dict[str, torch.Tensor]:
+    means, stds, time_ids = [], [], []
     for start in range(0, len(dataset), ENCODE_BATCH_SIZE):
         indices = range(start, min(start + ENCODE_BATCH_SIZE, len(dataset)))
-        pixels = np.stack([
-            preprocess(dataset.open_image(i), resolution=resolution, mode=mode, file_name=dataset.images[i].file_name, flip=flip)
-            for i in indices
-        ])
+        batch = []
+        for i in indices:
+            image, file_name = dataset.open_image(i), dataset.images[i].file_name
+            batch.append(preprocess(image, resolution=resolution, mode=mode, file_name=file_name, flip=flip))
+            if with_time_ids:
+                time_ids.append(size_conditioning(image.size, resolution=resolution, mode=mode, file_name=file_name, flip=flip))
+        pixels = np.stack(batch)
         distribution = vae.encode(torch.from_numpy(pixels).to(device=device, dtype=vae.dtype)).latent_dist
         means.append(distribution.mean.float().cpu())
         stds.append(distribution.std.float().cpu())
-    return {"mean": torch.cat(means), "std": torch.cat(stds)}
+    tensors = {"mean": torch.cat(means), "std": torch.cat(stds)}
+    if with_time_ids:
+        tensors["time_ids"] = torch.tensor(time_ids, dtype=torch.float32)
+    return tensors
 
 
 @torch.no_grad()
@@ -115,6 +138,28 @@ def encode_captions(captions: list[str], tokenizer, text_encoder, *, device) -> 
     return {"embeddings": torch.cat(embeddings)}
 
 
+@torch.no_grad()
+def encode_captions_sdxl(captions: list[str], tokenizers, text_encoders, *, device) -> dict[str, torch.Tensor]:
+    """SDXL's conditioning, as StableDiffusionXLPipeline.encode_prompt computes it (clip_skip unset)."""
+    embeddings, pooled = [], []
+    for start in range(0, len(captions), ENCODE_BATCH_SIZE):
+        per_encoder = []
+        for tokenizer, text_encoder in zip(tokenizers, text_encoders, strict=True):
+            tokens = tokenizer(
+                captions[start : start + ENCODE_BATCH_SIZE],
+                max_length=tokenizer.model_max_length,
+                padding="max_length",
+                truncation=True,
+                return_tensors="pt",
+            )
+            output = text_encoder(tokens.input_ids.to(device), output_hidden_states=True, return_dict=False)
+            per_encoder.append(output[-1][-2].float().cpu())  # penultimate hidden states
+        # Only the last encoder's (text_encoder_2's) projected pooled output conditions SDXL.
+        pooled.append(output[0].float().cpu())
+        embeddings.append(torch.cat(per_encoder, dim=-1))
+    return {"embeddings": torch.cat(embeddings), "pooled": torch.cat(pooled)}
+
+
 def encode_curated_dataset(
     dataset: CuratedDataset,
     *,
@@ -128,14 +173,21 @@ def encode_curated_dataset(
     random_flip: bool,
     cache_dir: Path,
     device,
+    text_encoder_2=None,
+    tokenizer_2=None,
 ) -> EncodedDataset:
-    """Latent distributions and caption embeddings for ``dataset``, from ``cache_dir`` or encoded now and stored there."""
+    """Latent distributions and caption embeddings for ``dataset``, from ``cache_dir`` or encoded now and stored there.
+
+    With ``text_encoder_2`` and ``tokenizer_2`` (SDXL), also pooled embeddings
+    and time ids; ``text_encoder_fingerprint`` must then cover all four.
+    """
+    sdxl = text_encoder_2 is not None
     cache_dir = Path(cache_dir)
     files = []
-    means, stds = [], []
+    means, stds, time_ids = [], [], []
     for flip in (False, True) if random_flip else (False,):
         key = {
-            "kind": "vae-latent-distribution",
+            "kind": "vae-latent-distribution+sdxl-time-ids" if sdxl else "vae-latent-distribution",
             "vae": vae_fingerprint,
             "dataset": dataset.content_hash,
             "resolution": str(resolution),
@@ -144,16 +196,28 @@ def encode_curated_dataset(
         }
         tensors, file = _load_or_compute(
             cache_dir, "latents", key,
-            lambda flip=flip: encode_latent_distributions(dataset, vae, resolution=resolution, mode=mode, flip=flip, device=device),
+            lambda flip=flip: encode_latent_distributions(
+                dataset, vae, resolution=resolution, mode=mode, flip=flip, device=device, with_time_ids=sdxl
+            ),
         )
         means.append(tensors["mean"])
         stds.append(tensors["std"])
+        if sdxl:
+            time_ids.append(tensors["time_ids"])
         files.append(file)
-    key = {"kind": "text-embeddings", "text_encoder": text_encoder_fingerprint, "dataset": dataset.content_hash}
-    tensors, file = _load_or_compute(
-        cache_dir, "text", key, lambda: encode_captions(dataset.captions, tokenizer, text_encoder, device=device)
-    )
+    if sdxl:
+        key = {"kind": "sdxl-text-embeddings", "text_encoders": text_encoder_fingerprint, "dataset": dataset.content_hash}
+        tensors, file = _load_or_compute(
+            cache_dir, "text", key,
+            lambda: encode_captions_sdxl(dataset.captions, (tokenizer, tokenizer_2), (text_encoder, text_encoder_2), device=device),
+        )
+    else:
+        key = {"kind": "text-embeddings", "text_encoder": text_encoder_fingerprint, "dataset": dataset.content_hash}
+        tensors, file = _load_or_compute(
+            cache_dir, "text", key, lambda: encode_captions(dataset.captions, tokenizer, text_encoder, device=device)
+        )
     files.append(file)
     return EncodedDataset(
-        latent_mean=torch.stack(means), latent_std=torch.stack(stds), text_embeddings=tensors["embeddings"], cache_files=tuple(files)
+        latent_mean=torch.stack(means), latent_std=torch.stack(stds), text_embeddings=tensors["embeddings"], cache_files=tuple(files),
+        pooled_text_embeddings=tensors["pooled"] if sdxl else None, time_ids=torch.stack(time_ids) if sdxl else None,
     )

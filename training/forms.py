@@ -41,7 +41,7 @@ class DatasetImportForm(forms.Form):
 class QualityTuningRunForm(forms.Form):
     base_model = forms.ModelChoiceField(
         queryset=TextToImageModel.objects.all(), to_field_name="name",
-        help_text="A registered SD 1.x/2.x pipeline (SDXL is not supported yet).",
+        help_text="A registered SD 1.x/2.x or SDXL base pipeline (not the SDXL refiner, img2img or inpainting).",
     )
     dataset = forms.ModelChoiceField(queryset=CuratedDataset.objects.all(), to_field_name="name", label="Curated dataset")
 

@@ -26,8 +26,13 @@ Each call builds an ``Accelerator``, whose state accelerate keeps per process:
 run one quality-tuning run per process (the CLI), not several with different
 precisions in one worker.
 
-Supported: StableDiffusionPipeline (SD 1.x and 2.x, epsilon and v-prediction).
-SDXL is refused with a clear error for now.
+Supported: StableDiffusionPipeline (SD 1.x and 2.x, epsilon and v-prediction)
+and StableDiffusionXLPipeline (SDXL base), following diffusers'
+train_text_to_image_sdxl.py: the UNet is conditioned on the penultimate hidden
+states of both text encoders, concatenated, plus text_encoder_2's pooled
+output and the size micro-conditioning (original size, crop corner, target
+size), all cached with the dataset. Other pipelines (SDXL refiner, img2img,
+inpainting, other architectures) are refused with a clear error.
 
 No Django here: the training app's models and Celery task sit on top of this.
 """
@@ -66,6 +71,7 @@ logger = logging.getLogger(__name__)
 
 RUN_FORMAT = 1
 SUPPORTED_PIPELINE = "StableDiffusionPipeline"
+SUPPORTED_SDXL_PIPELINE = "StableDiffusionXLPipeline"
 # Component -> classes the SD 1.x/2.x loop is written for.
 REQUIRED_COMPONENTS = {
     "unet": ("UNet2DConditionModel",),
@@ -73,6 +79,12 @@ REQUIRED_COMPONENTS = {
     "text_encoder": ("CLIPTextModel",),
     "tokenizer": ("CLIPTokenizer", "CLIPTokenizerFast"),
     "scheduler": None,  # any diffusers scheduler: training uses DDPM on its config
+}
+# The same for SDXL: text_encoder_2 must give the projected pooled output the UNet's text_time embedding takes.
+REQUIRED_SDXL_COMPONENTS = {
+    **REQUIRED_COMPONENTS,
+    "text_encoder_2": ("CLIPTextModelWithProjection",),
+    "tokenizer_2": ("CLIPTokenizer", "CLIPTokenizerFast"),
 }
 
 
@@ -96,6 +108,13 @@ class BasePipeline:
     text_encoder_fingerprint: str
     native_resolution: int | None
     prediction_type: str
+    class_name: str = SUPPORTED_PIPELINE
+    # model_index.json's settings (SDXL: force_zeros_for_empty_prompt), as (name, value) pairs: the record stays hashable.
+    pipeline_options: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.class_name == SUPPORTED_SDXL_PIPELINE
 
     def load(self, name: str):
         """Load one component with the class that model_index.json names for it."""
@@ -105,7 +124,7 @@ class BasePipeline:
 
 
 def check_base_pipeline(path: str | Path) -> BasePipeline:
-    """Check that ``path`` holds a complete SD 1.x/2.x pipeline that quality-tuning can train; fingerprint it.
+    """Check that ``path`` holds a complete SD 1.x/2.x or SDXL base pipeline that quality-tuning can train; fingerprint it.
 
     Raises PipelineDirectoryError (missing, not a pipeline, incomplete) or its
     subclass UnsupportedBasePipelineError (another kind of pipeline), each with
@@ -120,33 +139,41 @@ def check_base_pipeline(path: str | Path) -> BasePipeline:
         class_name = index["_class_name"]
     except (ValueError, KeyError, TypeError) as exc:
         raise PipelineDirectoryError(f"{index_file} is not a valid diffusers model index ({exc}).") from None
-    if class_name.startswith("StableDiffusionXL") or "text_encoder_2" in index:
+    sdxl = class_name.startswith("StableDiffusionXL") or "text_encoder_2" in index
+    if sdxl and class_name != SUPPORTED_SDXL_PIPELINE:
         raise UnsupportedBasePipelineError(
-            f"{path} holds an SDXL pipeline ({class_name}); quality-tuning SDXL (two text encoders, pooled "
-            f"embeddings, size conditioning) is not supported yet. Use an SD 1.x/2.x {SUPPORTED_PIPELINE}."
+            f"{path} holds an SDXL pipeline ({class_name}); quality-tuning trains the SDXL base text-to-image "
+            f"{SUPPORTED_SDXL_PIPELINE}, other SDXL variants (refiner, img2img, inpainting) are not supported yet."
         )
-    if class_name != SUPPORTED_PIPELINE:
+    if not sdxl and class_name != SUPPORTED_PIPELINE:
         raise UnsupportedBasePipelineError(
             f"{path} holds a {class_name}; quality-tuning trains a {SUPPORTED_PIPELINE} (SD 1.x/2.x: unet + vae + "
-            "text_encoder + tokenizer + scheduler)."
+            f"text_encoder + tokenizer + scheduler) or a {SUPPORTED_SDXL_PIPELINE} (SDXL: the same plus "
+            "text_encoder_2 + tokenizer_2)."
         )
     components = {
         name: tuple(spec) for name, spec in index.items()
         if not name.startswith("_") and isinstance(spec, list) and len(spec) == 2 and spec[1] is not None
     }
     problems = []
-    for name, classes in REQUIRED_COMPONENTS.items():
+    for name, classes in (REQUIRED_SDXL_COMPONENTS if sdxl else REQUIRED_COMPONENTS).items():
         if name not in components:
             problems.append(f"it has no {name}")
         elif classes is not None and components[name][1] not in classes:
             problems.append(f"its {name} is a {components[name][1]}, not a {' or '.join(classes)}")
+    if problems and sdxl:
+        raise UnsupportedBasePipelineError(
+            f"{path} holds an SDXL pipeline ({class_name}) that cannot be quality-tuned: " + "; ".join(problems) + ". "
+            "SDXL pipelines without the base model's two CLIP text encoders (such as the refiner) are not supported yet."
+        )
     if problems:
         raise UnsupportedBasePipelineError(f"{path} cannot be quality-tuned: " + "; ".join(problems) + ".")
     info = inspect_pipeline_directory(path)  # completeness of every component, and the weights fingerprint
     # The frozen components get fingerprints of their own (a second read of their files): the encoding cache is
     # keyed by them, so a quality-tuned model sharing the base's VAE and text encoder reuses the base's cache.
     scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
-    text_fingerprints = [fingerprint_directory(path / name)[0] for name in ("text_encoder", "tokenizer")]
+    text_components = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2") if sdxl else ("text_encoder", "tokenizer")
+    text_fingerprints = [fingerprint_directory(path / name)[0] for name in text_components]
     return BasePipeline(
         path=path,
         fingerprint=info.fingerprint,
@@ -155,6 +182,10 @@ def check_base_pipeline(path: str | Path) -> BasePipeline:
         text_encoder_fingerprint="+".join(text_fingerprints),
         native_resolution=info.native_resolution,
         prediction_type=scheduler_config.get("prediction_type", "epsilon"),
+        class_name=class_name,
+        pipeline_options=tuple(sorted(
+            (k, v) for k, v in index.items() if not k.startswith("_") and not isinstance(v, (list, dict))
+        )),
     )
 
 
@@ -313,15 +344,22 @@ class _QualityTuningRun:
         accelerator.wait_for_everyone()
         self.resume_from = checkpoints.latest_checkpoint(run_dir)
 
+        # Loaded in fp32 and never cast: mixed precision only wraps the UNet, and SDXL's VAE overflows in fp16.
         vae = base.load("vae").to(accelerator.device).requires_grad_(False).eval()
         text_encoder = base.load("text_encoder").to(accelerator.device).requires_grad_(False).eval()
         tokenizer = base.load("tokenizer")
+        sdxl_text = {}
+        if base.is_sdxl:
+            sdxl_text = {
+                "text_encoder_2": base.load("text_encoder_2").to(accelerator.device).requires_grad_(False).eval(),
+                "tokenizer_2": base.load("tokenizer_2"),
+            }
         with accelerator.main_process_first():  # one process encodes and caches, the others read the cache
             self.encoded: EncodedDataset = encode_curated_dataset(
                 dataset, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                 vae_fingerprint=base.vae_fingerprint, text_encoder_fingerprint=base.text_encoder_fingerprint,
                 resolution=config.resolution, mode=crop_mode(config.center_crop, config.seed),
-                random_flip=config.random_flip, cache_dir=cache_dir, device=accelerator.device,
+                random_flip=config.random_flip, cache_dir=cache_dir, device=accelerator.device, **sdxl_text,
             )
         self.latent_shift = float(vae.config.get("shift_factor") or 0.0)
         self.latent_scale = float(vae.config.scaling_factor)
@@ -329,7 +367,7 @@ class _QualityTuningRun:
         self._build_trainable_state()
         self.validator = self.metrics = None
         if accelerator.is_main_process:
-            self.validator = self._validation_renderer(vae, text_encoder, tokenizer)
+            self.validator = self._validation_renderer(vae, text_encoder, tokenizer, **sdxl_text)
             truncate_metrics(run_dir, self.step)
             self.metrics = MetricsWriter(run_dir)
 
@@ -365,17 +403,26 @@ class _QualityTuningRun:
         if self.resume_from is not None:
             self._restore(self.resume_from)
 
-    def _validation_renderer(self, vae, text_encoder, tokenizer) -> ValidationRenderer:
+    def _validation_renderer(self, vae, text_encoder, tokenizer, text_encoder_2=None, tokenizer_2=None) -> ValidationRenderer:
         """A pipeline over the frozen components and the UNet being trained (the same module, not a copy)."""
-        from diffusers import StableDiffusionPipeline
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
         scheduler = self.base.load("scheduler")
         scheduler.register_to_config(prediction_type=self.config.prediction_type)
-        pipe = StableDiffusionPipeline(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=self.accelerator.unwrap_model(self.unet),
-            scheduler=scheduler, safety_checker=None, feature_extractor=None, image_encoder=None,
-            requires_safety_checker=False,
-        )
+        unet = self.accelerator.unwrap_model(self.unet)
+        if self.base.is_sdxl:
+            # The base's own settings (force_zeros_for_empty_prompt), so validation renders what the export will.
+            options = {k: v for k, v in self.base.pipeline_options if k == "force_zeros_for_empty_prompt"}
+            pipe = StableDiffusionXLPipeline(
+                vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+                tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, **options,
+            )
+        else:
+            pipe = StableDiffusionPipeline(
+                vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                scheduler=scheduler, safety_checker=None, feature_extractor=None, image_encoder=None,
+                requires_safety_checker=False,
+            )
         pipe.set_progress_bar_config(disable=True)
         config = self.config
         return ValidationRenderer(
@@ -430,9 +477,14 @@ class _QualityTuningRun:
         mean = self.encoded.latent_mean[flips, indices]
         std = self.encoded.latent_std[flips, indices]
         latents = (mean + std * latent_eps - self.latent_shift) * self.latent_scale
-        return {"latents": latents, "noise": noise, "timesteps": timesteps, "embeddings": self.encoded.text_embeddings[indices]}
+        batch = {"latents": latents, "noise": noise, "timesteps": timesteps, "embeddings": self.encoded.text_embeddings[indices]}
+        if self.base.is_sdxl:
+            # Cached per image and flip variant, like the latents: no draw from the generator, so SD's order holds.
+            batch["pooled"] = self.encoded.pooled_text_embeddings[indices]
+            batch["time_ids"] = self.encoded.time_ids[flips, indices]
+        return batch
 
-    def _loss(self, latents, noise, timesteps, embeddings) -> torch.Tensor:
+    def _loss(self, latents, noise, timesteps, embeddings, pooled=None, time_ids=None) -> torch.Tensor:
         from diffusers.training_utils import compute_snr
 
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
@@ -440,7 +492,11 @@ class _QualityTuningRun:
             target = noise
         else:
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        prediction = self.unet(noisy, timesteps, embeddings, return_dict=False)[0]
+        if pooled is None:
+            prediction = self.unet(noisy, timesteps, embeddings, return_dict=False)[0]
+        else:
+            added_cond_kwargs = {"text_embeds": pooled, "time_ids": time_ids}
+            prediction = self.unet(noisy, timesteps, embeddings, added_cond_kwargs=added_cond_kwargs, return_dict=False)[0]
         if self.config.snr_gamma is None:
             return F.mse_loss(prediction.float(), target.float(), reduction="mean")
         # Min-SNR-gamma (Hang et al. 2023), as in diffusers' train_text_to_image.py.
@@ -535,7 +591,11 @@ class _QualityTuningRun:
                 self.ema.copy_to(unet.parameters())
             # Rendering must not move the global RNGs, or a resumed run would draw differently afterwards.
             devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-            with torch.random.fork_rng(devices=devices), self.accelerator.autocast():
+            # SDXL's VAE overflows in fp16, so its decode must not run under fp16 autocast; the prepared UNet keeps
+            # its own autocast wrapper, so only the frozen components run in fp32 then.
+            fp32_vae = self.base.is_sdxl and self.config.mixed_precision == "fp16"
+            autocast = contextlib.nullcontext() if fp32_vae else self.accelerator.autocast()
+            with torch.random.fork_rng(devices=devices), autocast:
                 unet.eval()
                 path = self.validator.render(self.step)
                 unet.train()
@@ -648,10 +708,10 @@ _OPTIONAL_FIELD_TYPES = {"resolution": int, "snr_gamma": float, "prediction_type
 def _argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m training.quality_tuning",
-        description="Quality-tune a Stable Diffusion UNet on a curated dataset (Emu). Running it again on the same "
-        "--run-dir resumes from the newest checkpoint; --base and --dataset then default to the run's own.",
+        description="Quality-tune a Stable Diffusion (1.x/2.x or SDXL) UNet on a curated dataset (Emu). Running it "
+        "again on the same --run-dir resumes from the newest checkpoint; --base and --dataset then default to the run's own.",
     )
-    parser.add_argument("--base", help="base diffusers pipeline directory (SD 1.x/2.x)")
+    parser.add_argument("--base", help="base diffusers pipeline directory (SD 1.x/2.x or SDXL)")
     parser.add_argument("--dataset", help="curated dataset folder (images + captions.jsonl)")
     parser.add_argument("--run-dir", required=True, help="run directory: checkpoints, metrics, validation images")
     parser.add_argument("--cache-dir", help="where encoded latents and embeddings are cached (default RUN_DIR/cache)")

@@ -156,7 +156,7 @@ def build_config(overrides: dict) -> QualityTuningConfig:
 
 
 def check_base_model(base_model: TextToImageModel):
-    """The base model must still be a complete SD 1.x/2.x pipeline with the weights it was registered with."""
+    """The base model must still be a complete SD 1.x/2.x or SDXL base pipeline with the weights it was registered with."""
     from training.quality_tuning import check_base_pipeline  # imports torch: only when a run is made
 
     try:

@@ -89,13 +89,22 @@ def test_importing_freezes_the_hash_and_a_changed_folder_is_refused(curated_data
 # --- Base models -------------------------------------------------------------------------------
 
 
-def test_an_sdxl_base_is_not_supported_yet(tiny_pipeline_dir, dataset, capsys):
+def test_an_sdxl_base_makes_a_run_and_other_sdxl_pipelines_are_not_supported_yet(tiny_pipeline_dir, dataset, tmp_path):
     sdxl = generation_services.register_model(name="sdxl", pipeline_path=str(tiny_pipeline_dir("sdxl", 0)))
-    with pytest.raises(services.TrainingError, match="Base model sdxl: .* SDXL pipeline .* is not supported yet"):
-        services.create_run(sdxl, dataset, **TINY)
-    with pytest.raises(CommandError, match="is not supported yet"):
-        call_command("quality_tune", "start", "--base", "sdxl", "--dataset", "shapes", "--max-steps", "6")
-    assert not QualityTuningRun.objects.exists()
+    run = services.create_run(sdxl, dataset, **TINY)
+    assert run.base_model == sdxl
+    path = shutil.copytree(tiny_pipeline_dir("sdxl", 0), tmp_path / "sdxl-img2img")
+    index = json.loads((path / "model_index.json").read_text())
+    (path / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionXLImg2ImgPipeline"}))
+    TextToImageModel.objects.create(
+        name="sdxl-img2img", pipeline_path=str(path), pipeline_class="StableDiffusionXLImg2ImgPipeline",
+        weights_fingerprint=fingerprint_directory(path)[0],
+    )
+    with pytest.raises(services.TrainingError, match="Base model sdxl-img2img: .* SDXL pipeline .* not supported yet"):
+        services.create_run(TextToImageModel.objects.get(name="sdxl-img2img"), dataset, **TINY)
+    with pytest.raises(CommandError, match="not supported yet"):
+        call_command("quality_tune", "start", "--base", "sdxl-img2img", "--dataset", "shapes", "--max-steps", "6")
+    assert list(QualityTuningRun.objects.all()) == [run]
 
 
 def test_a_base_that_is_not_a_stable_diffusion_pipeline_is_refused(tiny_pipeline_dir, tmp_path, dataset):
