@@ -11,10 +11,14 @@ $PY manage.py migrate --noinput -v 0
 $PY manage.py demo_setup
 
 mkdir -p var/logs
-.venv/bin/celery -A evalsite worker -Q generation,default -c 1 -l info >var/logs/demo-worker.log 2>&1 &
+.venv/bin/celery -A evalsite worker -Q generation,default -c 1 -n demo@%h -l info >var/logs/demo-worker.log 2>&1 &
 worker=$!
-trap 'kill "$worker" 2>/dev/null || true; wait "$worker" 2>/dev/null || true' EXIT
-echo "Celery worker started (pid $worker, log var/logs/demo-worker.log)"
+# Curation funnels and quality-tuning runs started from the pages get their own worker, so a long run never
+# holds up image generation.
+.venv/bin/celery -A evalsite worker -Q training -c 1 -n demo-training@%h -l info >var/logs/demo-training-worker.log 2>&1 &
+training_worker=$!
+trap 'kill "$worker" "$training_worker" 2>/dev/null || true; wait "$worker" "$training_worker" 2>/dev/null || true' EXIT
+echo "Celery workers started (pids $worker, $training_worker; logs var/logs/demo-*worker.log)"
 
 $PY manage.py generate --models tiny-base tiny-tuned --prompt-set demo --seeds 0-3 \
     --name "demo: tiny-base vs tiny-tuned" --timeout 900
