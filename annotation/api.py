@@ -28,7 +28,7 @@ from generation import selectors as generation_selectors
 
 from . import selectors, services
 from .forms import CampaignForm
-from .models import Campaign
+from .models import Campaign, Participation
 
 app_name = "api"
 
@@ -298,10 +298,32 @@ def raters(request, pk):
     return JsonResponse({"raters": [row.as_dict() for row in selectors.rater_quality(campaign)]})
 
 
+@api_endpoint("POST")
+def exclude_rater(request, pk, participation_pk):
+    """Exclude a rater by their participation id (from raters/): their votes are kept, flagged, and stop counting."""
+    participation = Participation.objects.filter(pk=participation_pk, campaign_id=pk).first()
+    if participation is None:
+        return _error(404, f"Campaign {pk} has no rater with participation id {participation_pk} (see its raters/).")
+    try:
+        body = _json_body(request)
+    except services.AnnotationError as exc:
+        return _error(400, str(exc))
+    reason = body.get("reason") if isinstance(body, dict) else None
+    if not isinstance(reason, str) or not reason.strip():
+        return _error(400, 'Say why the rater is excluded: {"reason": "..."} (it is kept with their flagged votes).')
+    flagged = services.exclude_rater(participation, reason)
+    participation.refresh_from_db()
+    return JsonResponse(
+        {"participation_id": participation.pk, "excluded": participation.excluded,
+         "exclusion_reason": participation.exclusion_reason, "votes_flagged": flagged}
+    )
+
+
 urlpatterns = [
     path("campaigns/", campaigns, name="campaigns"),
     path("campaigns/<int:pk>/", campaign_detail, name="campaign"),
     *[path(f"campaigns/<int:pk>/{action}/", campaign_action, {"action": action}, name=action) for action in ACTIONS],
     path("campaigns/<int:pk>/invite-links/", invite_links, name="invite_links"),
     path("campaigns/<int:pk>/raters/", raters, name="raters"),
+    path("campaigns/<int:pk>/raters/<int:participation_pk>/exclude/", exclude_rater, name="exclude_rater"),
 ]

@@ -11,7 +11,7 @@ from django.urls import reverse
 
 from annotation import services
 from annotation.api import issue_api_token
-from annotation.models import Campaign
+from annotation.models import Campaign, Vote
 
 pytestmark = pytest.mark.django_db
 
@@ -140,6 +140,24 @@ def test_raters_endpoint_lists_quality_rows(api, live_campaign):
     [row] = api.get(f"{CAMPAIGNS}{live_campaign.pk}/raters/").json()["raters"]
     assert (row["source"], row["prolific_pid"], row["votes"], row["median_seconds"], row["left_share"]) == ("wave 1", "pid-9", 1, 4.5, 1.0)
     assert row["excluded"] is False and row["gold_accuracy"] is None
+
+
+def test_excluding_a_rater_through_the_api_keeps_their_votes_flagged(api, live_campaign):
+    participation = services.join_with_invite(services.create_invite_link(live_campaign).token, {"external_id": "w-1"})
+    for task in services.open_tasks(live_campaign, participation.rater):
+        services.submit_vote(participation.rater, task.token, "left")
+    url = f"{CAMPAIGNS}{live_campaign.pk}/raters/{participation.pk}/exclude/"
+    assert post(api, url, {}).json()["error"].startswith("Say why the rater is excluded")
+    assert post(api, f"{CAMPAIGNS}{live_campaign.pk}/raters/{participation.pk + 99}/exclude/", {"reason": "x"}).status_code == 404
+    response = post(api, url, {"reason": "straight-lined the left side"})
+    assert response.status_code == 200 and response.json() == {
+        "participation_id": participation.pk, "excluded": True, "exclusion_reason": "straight-lined the left side",
+        "votes_flagged": 2,
+    }
+    assert Vote.objects.filter(excluded=True).count() == Vote.objects.count() == 2  # kept, flagged
+    assert post(api, url, {"reason": "again"}).json()["votes_flagged"] == 0  # idempotent
+    [row] = api.get(f"{CAMPAIGNS}{live_campaign.pk}/raters/").json()["raters"]
+    assert row["excluded"] is True and row["exclusion_reason"] == "straight-lined the left side"
 
 
 def test_anonymous_get_401_and_non_staff_get_403(client, researcher, two_models, prompt_set):
