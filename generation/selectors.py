@@ -81,13 +81,20 @@ def batch_status(batch: GenerationBatch, progress: BatchProgress | None = None) 
     return "running" if batch.dispatched_at else "created"
 
 
-def image_pairs(batch: GenerationBatch, limit: int = 48):
-    """Rows of (prompt, seed, [image or None per model]) for side-by-side viewing by researchers."""
+PAIRS_PER_PAGE = 48
+
+
+def image_pairs(batch: GenerationBatch, page: int = 1, per_page: int = PAIRS_PER_PAGE):
+    """One page of rows (prompt, seed, [image or None per model]) for side-by-side viewing by researchers.
+
+    Pages follow the batch's key order (prompts by position x seeds); a page past the end is empty.
+    """
     bms = list(batch.batch_models.select_related("model"))
     q = Q()
     for bm in bms:
         q |= Q(model_id=bm.model_id, parameters_hash=bm.parameters_hash)
-    keys = batch_keys(batch)[:limit]
+    start = (max(page, 1) - 1) * per_page
+    keys = batch_keys(batch)[start : start + per_page]
     if not bms or not keys:
         return bms, []
     images = GeneratedImage.objects.filter(q, prompt_id__in={k.prompt_id for k in keys}, seed__in=batch.seeds)

@@ -1,5 +1,7 @@
 """Researcher dashboard for generation: batch progress and side-by-side pairs (staff only)."""
 
+import math
+
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.http import FileResponse, Http404, JsonResponse
@@ -35,11 +37,20 @@ def batch_list(request):
 @staff_member_required
 def batch_detail(request, pk):
     batch = get_object_or_404(GenerationBatch.objects.select_related("prompt_set"), pk=pk)
-    batch_models, pairs = selectors.image_pairs(batch)
+    summary = _batch_summary(batch)
+    pages = max(1, math.ceil(summary["total_keys"] / selectors.PAIRS_PER_PAGE))
+    page = request.GET.get("page", "1")
+    page = min(int(page), pages) if page.isdigit() and int(page) >= 1 else 1
+    batch_models, pairs = selectors.image_pairs(batch, page=page, per_page=selectors.PAIRS_PER_PAGE)
+    first = (page - 1) * selectors.PAIRS_PER_PAGE + 1
     return render(
         request,
         "generation/batch_detail.html",
-        {"batch": batch, "summary": _batch_summary(batch), "batch_models": batch_models, "pairs": pairs},
+        {
+            "batch": batch, "summary": summary, "batch_models": batch_models, "pairs": pairs,
+            "page": page, "pages": pages, "first": first, "last": first + len(pairs) - 1,
+            "previous_page": page - 1 if page > 1 else None, "next_page": page + 1 if page < pages else None,
+        },
     )
 
 

@@ -32,6 +32,29 @@ def test_dashboard_shows_progress_and_pairs(staff_client, generated_batch):
     assert data["batches"][0]["done"] == 4 and data["batches"][0]["per_model"][0] == {"model": "base", "done": 4, "total": 4}
 
 
+def test_batch_page_pages_through_every_key_and_tolerates_bad_page_numbers(staff_client, two_models, prompt_set, monkeypatch):
+    from generation import selectors
+
+    monkeypatch.setattr(selectors, "PAIRS_PER_PAGE", 3)
+    batch = services.create_batch(models=list(two_models), prompt_set=prompt_set, seeds=[0, 1], name="paged")  # 8 keys
+    url = reverse("generation:batch_detail", args=[batch.pk])
+
+    def rows(page):
+        """The page's HTML and how many (prompt, seed) rows it shows (two pending images each: nothing generated)."""
+        html = staff_client.get(url, {"page": page}).content.decode()
+        return html, html.count('class="muted">pending') // 2
+
+    seen = []
+    for page, expected in [(1, 3), (2, 3), (3, 2)]:
+        html, n = rows(page)
+        assert n == expected and f"page {page} of 3" in html
+        seen.append(html)
+    assert 'rel="next"' in seen[0] and 'rel="prev"' not in seen[0] and 'rel="next"' not in seen[2]
+    assert "keys 7&ndash;8 of 8" in seen[2]
+    # Out of range or malformed: the nearest real page, never an error.
+    assert "page 3 of 3" in rows("99")[0] and "page 1 of 3" in rows("abc")[0] and "page 1 of 3" in rows("0")[0]
+
+
 def test_images_are_served_to_staff_only(client, staff_client, generated_batch):
     image = GeneratedImage.objects.first()
     url = reverse("generation:image", args=[image.sha256])
