@@ -63,6 +63,26 @@ CHOICE_MEANINGS = {
 }
 KEY_NAMES = {"ArrowLeft": "←", "ArrowRight": "→"}
 
+# One worked example per criterion on the instructions page: drawn illustrations (scripts/rater_examples.py),
+# never campaign images, so they say nothing about any model and cannot prime raters on the real pairs.
+WORKED_EXAMPLES = {
+    "visual_appeal": {
+        "left": ("examples/appeal-better.png", "Example picture: a sharp, colourful sunset over the sea"),
+        "right": ("examples/appeal-worse.png", "Example picture: the same sunset, tilted, blurred and dull"),
+        "text": "",
+        "answer": "left",
+        "why": "the left picture is sharp, well lit and full of colour; the right one is tilted, blurred and dull.",
+    },
+    "text_faithfulness": {
+        "left": ("examples/faithful-mismatch.png", "Example picture: one green apple on a white plate"),
+        "right": ("examples/faithful-match.png", "Example picture: two red apples on a blue plate"),
+        "text": "two red apples on a blue plate",
+        "answer": "right",
+        "why": "only the right picture shows two red apples on a blue plate; the left one has a single green apple "
+        "on a white plate, however nice it looks.",
+    },
+}
+
 INVALID_INVITE = (
     "This invitation link is not valid. Check that you copied the whole link, "
     "or ask the study's organisers for a new one."
@@ -152,6 +172,14 @@ def _ordered_choices(choices: list[str]) -> list[str]:
     return [Choice.LEFT, *middle, Choice.RIGHT]
 
 
+def _worked_example(criterion) -> dict | None:
+    example = WORKED_EXAMPLES.get(criterion.criterion)
+    if example is None:
+        return None
+    answer = example["answer"]
+    return {**example, "answer_label": CHOICE_LABELS[answer], "answer_key": _key_hint(answer)[0]}
+
+
 def _criteria_for_instructions(campaign: Campaign) -> list[dict]:
     return [
         {
@@ -162,6 +190,7 @@ def _criteria_for_instructions(campaign: Campaign) -> list[dict]:
                 {"label": CHOICE_LABELS[c], "keys": _key_hint(c), "meaning": CHOICE_MEANINGS[c]}
                 for c in _ordered_choices(criterion.choices)
             ],
+            "example": _worked_example(criterion),
         }
         for criterion in campaign.criteria.all()
     ]

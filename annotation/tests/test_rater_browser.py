@@ -128,6 +128,14 @@ def test_a_rater_on_a_phone_sees_the_images_stacked_and_answers_by_tapping(live_
     context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
     page = context.new_page()
     page.goto(invite_url(live_server, campaign, "phone-worker-1"))
+    examples = page.locator(".worked-example img")
+    assert examples.count() == 4
+    for i in range(4):
+        # Loaded (naturalWidth > 0) and inside the phone's width.
+        assert examples.nth(i).evaluate("img => img.complete && img.naturalWidth") == 256
+        box = examples.nth(i).bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390
+    page.screenshot(path=str(screenshots_dir() / "rater-consent-phone.png"), full_page=True)
     page.tap("#agree")
     page.wait_for_url("**/rate/*/")
 

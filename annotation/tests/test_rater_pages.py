@@ -56,6 +56,28 @@ def image_bytes(file) -> bytes:
 # --- Joining ----------------------------------------------------------------------------------
 
 
+def test_instructions_show_a_worked_example_pair_per_criterion_made_of_drawn_illustrations(client, live_campaign):
+    from django.contrib.staticfiles import finders
+    from PIL import Image
+
+    link = services.create_invite_link(live_campaign)
+    page = client.get(reverse("rate:join", args=[link.token])).content.decode()
+    examples = re.findall(r'<img src="/static/(examples/[^"]+)" alt="([^"]+)"', page)
+    assert [path for path, _ in examples] == [
+        "examples/appeal-better.png", "examples/appeal-worse.png",  # appeal: the better one left, answer Left
+        "examples/faithful-mismatch.png", "examples/faithful-match.png",  # faithfulness: the match right, answer Right
+    ]
+    assert all(alt.startswith("Example picture:") for _, alt in examples)
+    assert "Answer: <strong>Left</strong> (press <kbd>1</kbd>)" in page
+    assert "Example for the text “two red apples on a blue plate”" in page
+    assert "Answer: <strong>Right</strong> (press <kbd>2</kbd>)" in page
+    for path, _ in examples:
+        found = finders.find(path)
+        assert found, f"{path} is not a static file"
+        with Image.open(found) as image:
+            assert image.size == (256, 256) and not image.text, "plain pictures, no metadata"
+
+
 def test_consent_page_explains_the_task_and_agreeing_records_the_prolific_ids(client, live_campaign):
     live_campaign.rater_title = "Which picture do you prefer?"
     live_campaign.save()
