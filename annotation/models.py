@@ -201,6 +201,10 @@ class ComparisonItem(models.Model):
         indexes = [
             # Depth-first claim: WHERE campaign = ? AND remaining > 0 ORDER BY remaining, id.
             models.Index(fields=["campaign", "remaining", "id"], condition=Q(remaining__gt=0), name="item_open_depth_first"),
+            # The same within one criterion: the usual claim, for the criterion the rater's schedule names.
+            models.Index(
+                fields=["criterion", "remaining", "id"], condition=Q(remaining__gt=0), name="item_open_depth_first_crit"
+            ),
         ]
 
     @property

@@ -62,6 +62,9 @@ CHOICE_MEANINGS = {
     "neither": "neither image matches the text",
 }
 KEY_NAMES = {"ArrowLeft": "←", "ArrowRight": "→"}
+# On a phone the pair is stacked (static/rater.css): "left" is the top image. The voting page's buttons say so
+# (static/rater.js), and the instructions must use the same words the rater will see there.
+STACKED_WORDS = {"left": "top", "right": "bottom"}
 
 # One worked example per criterion on the instructions page: drawn illustrations (scripts/rater_examples.py),
 # never campaign images, so they say nothing about any model and cannot prime raters on the real pairs.
@@ -71,15 +74,15 @@ WORKED_EXAMPLES = {
         "right": ("examples/appeal-worse.png", "Example picture: the same sunset, tilted, blurred and dull"),
         "text": "",
         "answer": "left",
-        "why": "the left picture is sharp, well lit and full of colour; the right one is tilted, blurred and dull.",
+        "why": "the {left} picture is sharp, well lit and full of colour; the {right} one is tilted, blurred and dull.",
     },
     "text_faithfulness": {
         "left": ("examples/faithful-mismatch.png", "Example picture: one green apple on a white plate"),
         "right": ("examples/faithful-match.png", "Example picture: two red apples on a blue plate"),
         "text": "two red apples on a blue plate",
         "answer": "right",
-        "why": "only the right picture shows two red apples on a blue plate; the left one has a single green apple "
-        "on a white plate, however nice it looks.",
+        "why": "only the {right} picture shows two red apples on a blue plate; the {left} one has a single green "
+        "apple on a white plate, however nice it looks.",
     },
 }
 
@@ -172,12 +175,29 @@ def _ordered_choices(choices: list[str]) -> list[str]:
     return [Choice.LEFT, *middle, Choice.RIGHT]
 
 
+def _wide_and_stacked(text: str) -> dict:
+    """``text`` with {left}/{right} filled in for side-by-side images and for images stacked on a phone."""
+    return {
+        "wide": text.format(left="left", right="right"),
+        "stacked": text.format(**STACKED_WORDS),
+    }
+
+
+def _choice_for_instructions(value: str) -> dict:
+    word = STACKED_WORDS.get(value)
+    return {
+        "label": CHOICE_LABELS[value],
+        "stacked_label": word.capitalize() if word else "",
+        "keys": _key_hint(value),
+        "meaning": _wide_and_stacked(CHOICE_MEANINGS[value].replace(value, "{%s}" % value) if word else CHOICE_MEANINGS[value]),
+    }
+
+
 def _worked_example(criterion) -> dict | None:
     example = WORKED_EXAMPLES.get(criterion.criterion)
     if example is None:
         return None
-    answer = example["answer"]
-    return {**example, "answer_label": CHOICE_LABELS[answer], "answer_key": _key_hint(answer)[0]}
+    return {**example, "answer": _choice_for_instructions(example["answer"]), "why": _wide_and_stacked(example["why"])}
 
 
 def _criteria_for_instructions(campaign: Campaign) -> list[dict]:
@@ -186,10 +206,7 @@ def _criteria_for_instructions(campaign: Campaign) -> list[dict]:
             "question": criterion.question,
             "instructions": criterion.instructions,
             "show_prompt": criterion.show_prompt,
-            "choices": [
-                {"label": CHOICE_LABELS[c], "keys": _key_hint(c), "meaning": CHOICE_MEANINGS[c]}
-                for c in _ordered_choices(criterion.choices)
-            ],
+            "choices": [_choice_for_instructions(c) for c in _ordered_choices(criterion.choices)],
             "example": _worked_example(criterion),
         }
         for criterion in campaign.criteria.all()

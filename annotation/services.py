@@ -491,6 +491,32 @@ def _placement(campaign_id: int, participation: Participation) -> bool:
     return random.random() < 0.5
 
 
+# A rater answers one criterion for a few pairs in a row, then the next: fewer switches of question than
+# interleaving every pair, while every criterion still draws on every rater (depth-first needs k distinct raters).
+CRITERION_BLOCK = 5
+
+
+def _scheduled_criterion(criteria: list[tuple[int, int]], participation: Participation, tasks_so_far: int) -> int:
+    """Of (criterion id, k) pairs, the criterion of the rater's next task: blocks of CRITERION_BLOCK tasks, criteria in proportion to their k.
+
+    Every criterion has the same comparisons, so its share of all vote slots
+    is its k: with Emu's 5 and 3, five blocks of appeal for every three of
+    faithfulness, so a campaign stopped early has both equally far along
+    (ordering by remaining slots alone would fill all k=3 items first). A
+    smooth weighted round robin spreads the blocks evenly; a per-rater phase
+    keeps raters who start together on different criteria.
+    """
+    phase = int(hashlib.sha256(participation.token.encode()).hexdigest()[8:16], 16) % 64
+    total = sum(k for _, k in criteria)
+    credit = dict.fromkeys((c for c, _ in criteria), 0)
+    for _ in range(tasks_so_far // CRITERION_BLOCK + phase + 1):
+        for criterion_id, k in criteria:
+            credit[criterion_id] += k
+        chosen = max(credit, key=lambda c: (credit[c], -c))
+        credit[chosen] -= total
+    return chosen
+
+
 class _ItemsBusy(Exception):
     pass
 
@@ -533,15 +559,16 @@ def _open_tasks(campaign: Campaign, rater: Rater, want: int, now: datetime) -> l
     if participation.excluded or len(held) >= want:
         return held[:want] if not participation.excluded else []
     _maybe_sweep(campaign.pk, now)
+    criteria = list(CampaignCriterion.objects.filter(campaign=campaign).order_by("id").values_list("id", "votes_per_item"))
     taken = (
         Assignment.objects.filter(campaign=campaign, rater=rater).exclude(state=Assignment.State.EXPIRED).count()
-        if fresh["quota_per_rater"] or fresh["gold_share"]
-        else 0  # only the quota and the gold schedule need it
+        if fresh["quota_per_rater"] or fresh["gold_share"] or len(criteria) > 1
+        else 0  # only the quota, the gold schedule and the criterion schedule need it
     )
     while len(held) < want:
         if fresh["quota_per_rater"] and taken >= fresh["quota_per_rater"]:
             break
-        assignment = _lease_one(campaign, rater, participation, taken, fresh, now)
+        assignment = _lease_one(campaign, rater, participation, taken, fresh, criteria, now)
         if assignment is None:
             break
         held.append(assignment)
@@ -549,7 +576,7 @@ def _open_tasks(campaign: Campaign, rater: Rater, want: int, now: datetime) -> l
     return held
 
 
-def _lease_one(campaign, rater, participation, taken: int, fresh: dict, now: datetime) -> Assignment | None:
+def _lease_one(campaign, rater, participation, taken: int, fresh: dict, criteria, now: datetime) -> Assignment | None:
     expires_at = now + timedelta(seconds=fresh["lease_seconds"])
     if _gold_is_due(participation, taken, fresh["gold_share"]):
         gold = (
@@ -567,7 +594,13 @@ def _lease_one(campaign, rater, participation, taken: int, fresh: dict, now: dat
         .exclude(assignments__rater=rater)
         .order_by("remaining", "id")  # depth-first: the item closest to its k votes
     )
-    item = candidates.select_for_update(skip_locked=True).only("id").first()
+    item = None
+    if len(criteria) > 1:
+        scheduled = _scheduled_criterion(criteria, participation, taken)
+        item = candidates.filter(criterion_id=scheduled).select_for_update(skip_locked=True).only("id").first()
+    if item is None:
+        # One criterion, or the scheduled one has nothing left for this rater (or nothing free right now).
+        item = candidates.select_for_update(skip_locked=True).only("id").first()
     if item is None:
         expire_leases(campaign, now)
         if candidates.exists():

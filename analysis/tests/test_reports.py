@@ -74,8 +74,15 @@ def cast_votes(campaign, raters, rng, preference, budget=10**6) -> int:
 
 
 def by_criterion(task):
-    """Model B (tuned) wins most visual-appeal votes and somewhat more text-faithfulness votes."""
-    return {"visual_appeal": (0.7, 0.1), "text_faithfulness": (0.55, 0.15)}[task.item.criterion.criterion]
+    """Model B (tuned) wins most visual-appeal votes and somewhat more text-faithfulness votes.
+
+    Except on the lighthouse prompt, where base's images are preferred: complete comparisons fill prompt by
+    prompt, so the appeal win rate is never a degenerate 100% (which has no bootstrap interval), whatever order
+    the raters' criterion schedules (random per participation) happen to give.
+    """
+    if task.item.criterion.criterion == "visual_appeal":
+        return (0.3, 0.1) if task.item.image_a.prompt.position == 1 else (0.8, 0.1)
+    return (0.55, 0.15)
 
 
 THREE_MODEL_PREFERENCE = {("base", "tuned"): (0.6, 0.1), ("base", "third"): (0.4, 0.1), ("tuned", "third"): (0.3, 0.1)}
@@ -120,8 +127,8 @@ def world(django_db_setup, django_db_blocker, tiny_pipeline_dir):
         spammer_participation = Participation.objects.get(campaign=campaign, rater=spammer)
         annotation_services.exclude_rater(spammer_participation, "answered in under a second")
         raters = [Rater.objects.create(external_id=f"pid-{i}") for i in range(6)]
-        # 160 counting votes fill every comparison. Depth-first, faithfulness (k=3) fills first (60 votes); then
-        # 72 appeal votes complete 14 appeal comparisons and leave one with 2 of its 5 votes.
+        # 160 counting votes would fill every comparison; 132 leave both criteria with complete and incomplete
+        # comparisons (the engine advances them together, depth-first within each).
         cast_votes(campaign, raters, rng, by_criterion, budget=132)
 
         three = live(annotation_services.create_campaign(

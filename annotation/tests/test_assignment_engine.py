@@ -18,18 +18,76 @@ def vote_all(campaign, rater, choice="left"):
     return n
 
 
+def first_task_on(campaign, criterion_id, make_rater, now=None):
+    """The first task of a criterion that new raters get (raters start on the criterion their schedule names)."""
+    for _ in range(50):
+        task = services.next_assignment(campaign, make_rater(), now=now)
+        if task.item.criterion_id == criterion_id:
+            return task
+    raise AssertionError("no new rater was sent to that criterion")
+
+
 def test_items_fill_depth_first_and_never_exceed_k(live_campaign, make_rater):
     raters = [make_rater() for _ in range(7)]
     first = services.next_assignment(live_campaign, raters[0])
     services.submit_vote(raters[0], first.token, "left")
-    # The next rater is sent to the item that already has a vote, not to a fresh one.
-    assert services.next_assignment(live_campaign, raters[1]).item_id == first.item_id
+    # The next rater on the same criterion is sent to the item that already has a vote, not to a fresh one.
+    assert first_task_on(live_campaign, first.item.criterion_id, make_rater).item_id == first.item_id
+    services.expire_leases(live_campaign, timezone.now() + timedelta(days=1))  # the probing raters' leases go back
     for rater in raters:
         vote_all(live_campaign, rater)
     k = {item.pk: item.criterion.votes_per_item for item in ComparisonItem.objects.select_related("criterion")}
     votes = Counter(Vote.objects.values_list("assignment__item_id", flat=True))
     assert all(votes[i] == k[i] for i in k), "with 7 raters every item reaches exactly k votes"
     assert Vote.objects.count() == 20 * 5 + 20 * 3
+
+
+def test_criteria_advance_together_in_blocks_in_proportion_to_their_k(live_campaign, make_rater):
+    # 20 appeal items x k=5 and 20 faithfulness items x k=3: 100 and 60 vote slots.
+    services.update_campaign(live_campaign, quota_per_rater=16)
+    raters = [make_rater() for _ in range(6)]
+    for rater in raters:
+        order = []
+        while (a := services.next_assignment(live_campaign, rater)) is not None:
+            order.append(a.item.criterion.criterion)
+            services.submit_vote(rater, a.token, "left")
+        assert len(order) == 16
+        blocks = [order[i : i + services.CRITERION_BLOCK] for i in range(0, 15, services.CRITERION_BLOCK)]
+        assert all(len(set(block)) == 1 for block in blocks), f"one question for a block of pairs: {order}"
+    filled = Counter(Vote.objects.values_list("assignment__item__criterion__criterion", flat=True))
+    # 96 votes, 5:3 by design (60 and 36 exactly if every rater were in step; per-rater phases spread them).
+    assert filled["visual_appeal"] + filled["text_faithfulness"] == 96
+    assert abs(filled["visual_appeal"] / 100 - filled["text_faithfulness"] / 60) <= 0.2, filled
+    # Depth-first within each criterion: both already have complete comparisons (breadth-first would have none).
+    for criterion in live_campaign.criteria.all():
+        votes = Counter(Vote.objects.filter(assignment__item__criterion=criterion).values_list("assignment__item_id", flat=True))
+        assert sum(1 for n in votes.values() if n == criterion.votes_per_item) >= 5
+
+
+def test_the_criterion_schedule_is_five_to_three_blocks_and_spreads_raters(live_campaign, make_rater):
+    appeal, faithfulness = live_campaign.criteria.order_by("id").values_list("id", "votes_per_item")
+    participation = services.Participation.objects.create(campaign=live_campaign, rater=make_rater())
+    block = services.CRITERION_BLOCK
+    schedule = [services._scheduled_criterion([appeal, faithfulness], participation, b * block) for b in range(80)]
+    assert Counter(schedule) == {appeal[0]: 50, faithfulness[0]: 30}
+    for start in range(0, 80, 8):  # every 8 blocks in a row hold 5 of appeal and 3 of faithfulness
+        assert schedule[start : start + 8].count(appeal[0]) == 5
+    assert all(services._scheduled_criterion([appeal, faithfulness], participation, b * block + i) == schedule[b]
+               for b in range(10) for i in range(block))
+    firsts = Counter(
+        services._scheduled_criterion([appeal, faithfulness], services.Participation(campaign=live_campaign, rater=make_rater()), 0)
+        for _ in range(40)
+    )
+    assert min(firsts.values()) >= 8, f"raters starting together start on different criteria: {firsts}"
+
+
+def test_a_rater_who_has_seen_every_item_of_a_criterion_gets_the_other(live_campaign, make_rater):
+    rater = make_rater()
+    order = []
+    while (a := services.next_assignment(live_campaign, rater)) is not None:
+        order.append(a.item.criterion.criterion)
+        services.submit_vote(rater, a.token, "left")
+    assert Counter(order) == {"visual_appeal": 20, "text_faithfulness": 20}
 
 
 def test_a_rater_never_sees_an_item_twice_and_is_done_after_every_item(live_campaign, make_rater):
@@ -49,10 +107,10 @@ def test_next_returns_the_open_task_again_until_it_is_answered(live_campaign, ma
 def test_expired_leases_return_to_the_pool_and_cannot_be_answered(live_campaign, make_rater):
     live_campaign.lease_seconds = 60
     live_campaign.save()
-    late, other = make_rater(), make_rater()
+    late = make_rater()
     a = services.next_assignment(live_campaign, late)
     later = timezone.now() + timedelta(seconds=61)
-    b = services.next_assignment(live_campaign, other, now=later)
+    b = first_task_on(live_campaign, a.item.criterion_id, make_rater, now=later)
     assert b.item_id == a.item_id  # the abandoned item went back and, being first, is handed out again
     a.refresh_from_db()
     assert a.state == Assignment.State.EXPIRED

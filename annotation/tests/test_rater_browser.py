@@ -92,6 +92,7 @@ def test_a_prolific_rater_consents_and_answers_ten_pairs_by_keyboard_alone(live_
     assert page.locator("h1").first.inner_text() == "Which picture is better?"
     for criterion in campaign.criteria.all():
         assert page.get_by_text(criterion.instructions).is_visible()
+    assert page.locator(".worked-example .example").nth(0).inner_text().startswith("Answer: Left (press 1): the left picture")
     page.screenshot(path=str(screenshots_dir() / "rater-consent-desktop.png"), full_page=True)
 
     # Tab to "I agree, start" and press Enter: no mouse anywhere in this test.
@@ -135,6 +136,12 @@ def test_a_rater_on_a_phone_sees_the_images_stacked_and_answers_by_tapping(live_
         assert examples.nth(i).evaluate("img => img.complete && img.naturalWidth") == 256
         box = examples.nth(i).bounding_box()
         assert box["x"] >= 0 and box["x"] + box["width"] <= 390
+    # The pair is stacked on a phone, on this page as on the voting page, and the words follow the layout.
+    first, second = examples.nth(0).bounding_box(), examples.nth(1).bounding_box()
+    assert first["y"] + first["height"] <= second["y"]
+    answers = page.locator(".worked-example .example")
+    assert answers.nth(0).inner_text().startswith("Answer: Top (press 1): the top picture is sharp")
+    assert answers.nth(1).inner_text().startswith("Answer: Bottom (press 2): only the bottom picture shows")
     page.screenshot(path=str(screenshots_dir() / "rater-consent-phone.png"), full_page=True)
     page.tap("#agree")
     page.wait_for_url("**/rate/*/")

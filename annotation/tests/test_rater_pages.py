@@ -68,9 +68,13 @@ def test_instructions_show_a_worked_example_pair_per_criterion_made_of_drawn_ill
         "examples/faithful-mismatch.png", "examples/faithful-match.png",  # faithfulness: the match right, answer Right
     ]
     assert all(alt.startswith("Example picture:") for _, alt in examples)
-    assert "Answer: <strong>Left</strong> (press <kbd>1</kbd>)" in page
+    answers = re.findall(r'Answer: <strong class="wide-only">(\w+)</strong><strong class="narrow-only">(\w+)</strong>\s*'
+                         r'\(press <kbd>(\w)</kbd>\)', page)
+    # Appeal: the better picture on the left; faithfulness: the match on the right. On a phone (stacked) the same
+    # answers read top and bottom, as the voting page's buttons do.
+    assert answers == [("Left", "Top", "1"), ("Right", "Bottom", "2")]
     assert "Example for the text “two red apples on a blue plate”" in page
-    assert "Answer: <strong>Right</strong> (press <kbd>2</kbd>)" in page
+    assert '<span class="narrow-only">the top image is better</span>' in page
     for path, _ in examples:
         found = finders.find(path)
         assert found, f"{path} is not a static file"

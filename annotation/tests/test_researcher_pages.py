@@ -315,14 +315,17 @@ def test_the_campaign_page_follows_votes_as_they_arrive(live_server, live_campai
         assert page.locator('[data-p="votes"]').inner_text() == "0"
 
         rater = make_rater()
-        for task in services.open_tasks(live_campaign, rater):
+        tasks = services.open_tasks(live_campaign, rater)
+        for task in tasks:
             a_side = "left" if task.a_on_left else "right"
             services.submit_vote(rater, task.token, a_side)  # two votes for model A
         page.locator('[data-p="votes"]', has_text="2").wait_for(timeout=20_000)
         assert page.locator('[data-p="active_raters"]').inner_text() == "1"
-        # Faithfulness items fill first: two votes make two incomplete comparisons, said in words.
+        # Both tasks are of the criterion the rater's schedule starts with: two votes make two incomplete
+        # comparisons there, said in words.
+        (criterion,) = {task.item.criterion.criterion for task in tasks}
         page.locator(
-            '[data-win-rate="text_faithfulness:base:tuned"] [data-f="win_rate_text"]',
+            f'[data-win-rate="{criterion}:base:tuned"] [data-f="win_rate_text"]',
             has_text="no complete comparisons yet (2 incomplete)",
         ).wait_for(timeout=20_000)
         assert errors == []
