@@ -1345,6 +1345,10 @@ def execute_curation_run(run_id: int, task_id: str = "") -> str:
         run = CurationRun.objects.select_related("collection").get(pk=run_id)
     except CurationRun.DoesNotExist:
         return f"curation run {run_id} no longer exists"
+    if run.status == CurationStatus.FINISHED:
+        # Before taking the lock: a late duplicate must not report a finished run as "being computed" just
+        # because another duplicate holds the lock for its own look at the status.
+        return f"curation run {run_id} had finished already"
     with _curation_lock(run) as held:
         if not held:
             return f"curation run {run_id} is being computed by another worker; left it"
