@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
+from django.core.files.storage import storages
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -397,3 +398,20 @@ def parse_seeds(spec: str) -> list[int]:
     if not seeds:
         raise BatchError("Give at least one seed, e.g. '0-3'.")
     return seeds
+
+
+def remove_stale_partial_images(older_than_seconds: float = 3600) -> list[str]:
+    """Delete the half-written files that killed workers left beside the images; returns their paths.
+
+    Safe while workers run: a file being written is younger than any sensible ``older_than_seconds``
+    (one image takes milliseconds to write), and a finished image is never a ``.part`` file.
+    """
+    if older_than_seconds < 60:
+        raise BatchError("Only files older than a minute can be removed safely: a worker may be writing the rest.")
+    removed = []
+    for path in storages["images"].stale_partial_files(older_than_seconds):
+        path.unlink(missing_ok=True)
+        removed.append(str(path))
+    if removed:
+        logger.info("removed %d half-written image file(s) left by killed workers", len(removed))
+    return removed

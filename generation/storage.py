@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
 from django.core.files.storage import FileSystemStorage
+
+
+# A file being written; renamed to its content-addressed name once complete. A worker killed mid-write leaves one.
+PARTIAL_PREFIX, PARTIAL_SUFFIX = ".tmp-", ".part"
 
 
 def content_addressed_name(sha256: str, extension: str = "png") -> str:
@@ -32,7 +39,7 @@ class ContentAddressedStorage(FileSystemStorage):
             return name
         directory = os.path.dirname(full_path)
         os.makedirs(directory, exist_ok=True)
-        fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+        fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=PARTIAL_PREFIX, suffix=PARTIAL_SUFFIX)
         try:
             with os.fdopen(fd, "wb") as tmp:
                 if hasattr(content, "chunks"):
@@ -50,3 +57,20 @@ class ContentAddressedStorage(FileSystemStorage):
                 os.unlink(tmp_path)
             raise
         return name
+
+    def stale_partial_files(self, older_than_seconds: float) -> Iterator[Path]:
+        """Half-written files (``.tmp-*.part``) untouched for ``older_than_seconds``: left by killed writers.
+
+        Never an image: images only ever appear under their hash name, by rename. The age guard leaves alone
+        the files that a live worker is writing right now.
+        """
+        root = Path(self.location)
+        if not root.is_dir():
+            return
+        cutoff = time.time() - older_than_seconds
+        for path in root.rglob(f"{PARTIAL_PREFIX}*{PARTIAL_SUFFIX}"):
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    yield path
+            except FileNotFoundError:  # its writer finished or cleaned it up meanwhile
+                continue
