@@ -5,8 +5,9 @@ must hold with hundreds of raters at once: a rater never sees an item twice,
 an item never collects more than k counting votes (votes + open leases <= k),
 and items fill depth-first so a campaign stopped early still has complete
 majorities. On PostgreSQL the next item is claimed with ``FOR UPDATE SKIP
-LOCKED`` along the partial index ``item_open_depth_first``; on SQLite (the
-demo) writers are serialised by the database instead.
+LOCKED`` along the partial indexes ``item_open_depth_first(_crit)``, in one
+statement with the lease it creates; on SQLite (the demo) the ORM does the
+same steps and the database serialises writers.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from datetime import datetime, timedelta
 import numpy as np
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
-from django.db import IntegrityError, OperationalError, transaction
-from django.db.models import F, Q, Sum
+from django.db import IntegrityError, OperationalError, connection, transaction
+from django.db.models import Exists, F, OuterRef, Q, Sum
 from django.utils import timezone
 from PIL import Image, ImageFilter
 
@@ -48,6 +49,7 @@ from .models import (
     CurationStage,
     GoldImage,
     InviteLink,
+    new_token,
     Participation,
     PlacementCounter,
     Rater,
@@ -542,17 +544,19 @@ def next_assignment(campaign: Campaign, rater: Rater, now: datetime | None = Non
 
 
 def _locked_participation(campaign: Campaign, rater: Rater) -> Participation:
-    participation = Participation.objects.select_for_update().filter(campaign=campaign, rater=rater).first()
+    """The rater's participation row, locked, with the campaign's current settings read in the same statement."""
+    locked = Participation.objects.select_for_update(of=("self",)).select_related("campaign").filter(campaign=campaign, rater=rater)
+    participation = locked.first()
     if participation is None:
         # Raters normally arrive through an invitation; the engine enrols anyone else on first use.
         Participation.objects.create(campaign=campaign, rater=rater)
-        participation = Participation.objects.select_for_update().get(campaign=campaign, rater=rater)
+        participation = locked.get()
     return participation
 
 
 def _open_tasks(campaign: Campaign, rater: Rater, want: int, now: datetime) -> list[Assignment]:
     participation = _locked_participation(campaign, rater)  # one request per rater at a time
-    fresh = Campaign.objects.values("status", "quota_per_rater", "gold_share", "lease_seconds").get(pk=campaign.pk)
+    fresh = {f: getattr(participation.campaign, f) for f in ("status", "quota_per_rater", "gold_share", "lease_seconds")}
     if fresh["status"] != Campaign.Status.LIVE:
         raise AnnotationError("This study is paused or closed right now; please come back later.")
     held = list(Assignment.objects.filter(campaign=campaign, rater=rater, state=Assignment.State.LEASED, expires_at__gt=now).order_by("id"))
@@ -589,33 +593,87 @@ def _lease_one(campaign, rater, participation, taken: int, fresh: dict, criteria
             # Gold items have no k: any number of raters may answer them, so no claim is needed.
             ComparisonItem.objects.filter(pk=gold.pk).update(open_leases=F("open_leases") + 1)
             return Assignment.objects.create(item=gold, rater=rater, campaign=campaign, a_on_left=random.random() < 0.5, expires_at=expires_at)
-    candidates = (
-        ComparisonItem.objects.filter(campaign=campaign, remaining__gt=0)
-        .exclude(assignments__rater=rater)
-        .order_by("remaining", "id")  # depth-first: the item closest to its k votes
-    )
-    item = None
-    if len(criteria) > 1:
-        scheduled = _scheduled_criterion(criteria, participation, taken)
-        item = candidates.filter(criterion_id=scheduled).select_for_update(skip_locked=True).only("id").first()
-    if item is None:
-        # One criterion, or the scheduled one has nothing left for this rater (or nothing free right now).
-        item = candidates.select_for_update(skip_locked=True).only("id").first()
-    if item is None:
+    a_on_left = _placement(campaign.pk, participation)
+    scheduled = _scheduled_criterion(criteria, participation, taken) if len(criteria) > 1 else None
+    # The scheduled criterion first; then any (one criterion, or the scheduled one has nothing left for this
+    # rater, or nothing free right now).
+    assignment = _claim(campaign, rater, scheduled, a_on_left, expires_at) if scheduled else None
+    assignment = assignment or _claim(campaign, rater, None, a_on_left, expires_at)
+    if assignment is None:
         expire_leases(campaign, now)
-        if candidates.exists():
+        if ComparisonItem.objects.filter(campaign=campaign, remaining__gt=0).exclude(assignments__rater=rater).exists():
             # What is left is locked by other raters at this instant (the last
             # items of a campaign). Waiting on those locks here could deadlock;
             # retry shortly instead of wrongly saying "no more tasks".
             raise _ItemsBusy
         return None
-    a_on_left = _placement(campaign.pk, participation)
     step = 1 if a_on_left else -1
-    assignment = Assignment.objects.create(item=item, rater=rater, campaign=campaign, a_on_left=a_on_left, expires_at=expires_at)
-    ComparisonItem.objects.filter(pk=item.pk).update(open_leases=F("open_leases") + 1, remaining=F("remaining") - 1)
     participation.placement_balance += step
     Participation.objects.filter(pk=participation.pk).update(placement_balance=participation.placement_balance)
     PlacementCounter.objects.filter(campaign=campaign, shard=rater.pk % PlacementCounter.SHARDS).update(balance=F("balance") + step)
+    return assignment
+
+
+# The claim is the statement every rater request runs. On PostgreSQL it is one
+# statement: pick the open item depth-first, skipping rows other raters hold,
+# take a slot from it and insert the lease, in a data-modifying CTE; the ORM
+# version below it needs three round trips and most of the request's Python
+# time. Both take the same row lock, in the same order, and say the same thing.
+_CLAIM_SQL = """
+WITH claimed AS (
+    SELECT i.id FROM {item} i
+    WHERE i.campaign_id = %(campaign)s AND i.remaining > 0 {criterion_filter}
+      AND NOT EXISTS (SELECT 1 FROM {assignment} seen WHERE seen.item_id = i.id AND seen.rater_id = %(rater)s)
+    ORDER BY i.remaining, i.id
+    LIMIT 1
+    FOR UPDATE OF i SKIP LOCKED
+), leased AS (
+    UPDATE {item} i SET open_leases = i.open_leases + 1, remaining = i.remaining - 1
+    FROM claimed WHERE i.id = claimed.id
+    RETURNING i.id
+)
+INSERT INTO {assignment} (item_id, rater_id, campaign_id, token, a_on_left, state, leased_at, expires_at)
+SELECT leased.id, %(rater)s, %(campaign)s, %(token)s, %(a_on_left)s, %(state)s, %(leased_at)s, %(expires_at)s FROM leased
+RETURNING id, item_id
+"""
+
+
+def single_statement_writes() -> bool:
+    """Whether the claim and the vote run as one SQL statement each (PostgreSQL), rather than through the ORM."""
+    return connection.vendor == "postgresql"
+
+
+def _claim(campaign, rater, criterion_id: int | None, a_on_left: bool, expires_at: datetime) -> Assignment | None:
+    """Lease the open item closest to its k votes (in ``criterion_id``, or any) that ``rater`` has not seen; or None."""
+    if single_statement_writes():
+        sql = _CLAIM_SQL.format(
+            item=ComparisonItem._meta.db_table, assignment=Assignment._meta.db_table,
+            criterion_filter="AND i.criterion_id = %(criterion)s" if criterion_id else "",
+        )
+        token, leased_at = new_token(), timezone.now()
+        params = {
+            "campaign": campaign.pk, "rater": rater.pk, "criterion": criterion_id, "token": token, "a_on_left": a_on_left,
+            "state": Assignment.State.LEASED, "leased_at": leased_at, "expires_at": expires_at,
+        }
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        if row is None:
+            return None
+        assignment = Assignment(
+            id=row[0], item_id=row[1], rater=rater, campaign=campaign, token=token, a_on_left=a_on_left,
+            state=Assignment.State.LEASED, leased_at=leased_at, expires_at=expires_at,
+        )
+        assignment._state.adding, assignment._state.db = False, connection.alias
+        return assignment
+    candidates = ComparisonItem.objects.filter(campaign=campaign, remaining__gt=0).exclude(assignments__rater=rater)
+    if criterion_id:
+        candidates = candidates.filter(criterion_id=criterion_id)
+    item = candidates.order_by("remaining", "id").select_for_update(skip_locked=True).only("id").first()
+    if item is None:
+        return None
+    assignment = Assignment.objects.create(item=item, rater=rater, campaign=campaign, a_on_left=a_on_left, expires_at=expires_at)
+    ComparisonItem.objects.filter(pk=item.pk).update(open_leases=F("open_leases") + 1, remaining=F("remaining") - 1)
     return assignment
 
 
@@ -648,6 +706,9 @@ def submit_vote(
         assignment = (
             assignments.select_for_update(of=("self",))
             .select_related("item__criterion", "campaign", "vote")
+            .annotate(rater_excluded=Exists(
+                Participation.objects.filter(campaign_id=OuterRef("campaign_id"), rater_id=OuterRef("rater_id"), excluded=True)
+            ))
             .first()
         )
         if assignment is None:
@@ -675,20 +736,55 @@ def submit_vote(
             winner = Vote.Winner.TIE
         if seconds_on_task is not None and not (isinstance(seconds_on_task, (int, float)) and 0 <= seconds_on_task < 86_400):
             seconds_on_task = None
-        excluded = Participation.objects.filter(campaign_id=assignment.campaign_id, rater=rater, excluded=True).exists()
-        vote = Vote.objects.create(
+        excluded = assignment.rater_excluded
+        vote = Vote(
             assignment=assignment, choice=choice, winner=winner, seconds_on_task=seconds_on_task, excluded=excluded,
             gold_correct=(winner == Vote.Winner.A) if item.is_gold else None,  # A is the intact image
         )
-        Assignment.objects.filter(pk=assignment.pk).update(state=Assignment.State.VOTED)
-        if item.is_gold or not excluded:
-            ComparisonItem.objects.filter(pk=item.pk).update(votes=F("votes") + (0 if excluded else 1), open_leases=F("open_leases") - 1)
-        else:
-            # An excluded rater's answer is kept but does not count: its slot goes back to the pool.
-            ComparisonItem.objects.filter(pk=item.pk).update(open_leases=F("open_leases") - 1, remaining=F("remaining") + 1)
+        # The vote counts toward k, except an excluded rater's: kept, but its slot goes back to the pool (gold
+        # items have no k, so nothing goes back).
+        counted = 0 if excluded else 1
+        freed = 1 if excluded and not item.is_gold else 0
+        _record_vote(vote, item.pk, counted, freed)
     if item.is_gold and not excluded:
         _exclude_if_failing_gold(assignment.campaign, rater)
     return VoteResult(vote, duplicate=False)
+
+
+_RECORD_VOTE_SQL = """
+WITH vote AS (
+    INSERT INTO {vote} (assignment_id, choice, winner, seconds_on_task, excluded, gold_correct, created_at)
+    VALUES (%(assignment)s, %(choice)s, %(winner)s, %(seconds)s, %(excluded)s, %(gold_correct)s, %(created_at)s)
+    RETURNING id
+), answered AS (
+    UPDATE {assignment} SET state = %(voted)s WHERE id = %(assignment)s RETURNING id
+), item AS (
+    UPDATE {item} SET votes = votes + %(counted)s, open_leases = open_leases - 1, remaining = remaining + %(freed)s
+    WHERE id = %(item)s RETURNING id
+)
+SELECT vote.id FROM vote, answered, item
+"""
+
+
+def _record_vote(vote: Vote, item_id: int, counted: int, freed: int) -> None:
+    """Insert the vote, mark its assignment voted, move the item's counters: one statement on PostgreSQL."""
+    if not single_statement_writes():
+        vote.save(force_insert=True)
+        Assignment.objects.filter(pk=vote.assignment_id).update(state=Assignment.State.VOTED)
+        ComparisonItem.objects.filter(pk=item_id).update(
+            votes=F("votes") + counted, open_leases=F("open_leases") - 1, remaining=F("remaining") + freed
+        )
+        return
+    vote.created_at = timezone.now()
+    sql = _RECORD_VOTE_SQL.format(vote=Vote._meta.db_table, assignment=Assignment._meta.db_table, item=ComparisonItem._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {
+            "assignment": vote.assignment_id, "choice": vote.choice, "winner": vote.winner, "seconds": vote.seconds_on_task,
+            "excluded": vote.excluded, "gold_correct": vote.gold_correct, "created_at": vote.created_at,
+            "voted": Assignment.State.VOTED, "counted": counted, "freed": freed, "item": item_id,
+        })
+        vote.pk = cursor.fetchone()[0]
+    vote._state.adding, vote._state.db = False, connection.alias
 
 
 # --- Quality control --------------------------------------------------------------------------

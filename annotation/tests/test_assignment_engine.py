@@ -7,7 +7,7 @@ from django.utils import timezone
 from annotation import services
 from annotation.models import Assignment, ComparisonItem, PlacementCounter, Vote
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("both_write_paths")]
 
 
 def vote_all(campaign, rater, choice="left"):
@@ -211,3 +211,27 @@ def test_campaign_creation_refuses_bad_settings(two_models, prompt_set):
         services.set_status(campaign, "live")
     with pytest.raises(services.AnnotationError, match="not ready"):
         services.build_items(campaign, services.generation_batch_for(campaign))
+
+
+def test_a_round_trip_on_postgresql_claims_and_votes_in_one_statement_each(live_campaign, make_rater, both_write_paths):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    if both_write_paths != "single statement":
+        pytest.skip("pins the PostgreSQL path")
+    rater = make_rater()
+    services.submit_vote(rater, services.next_assignment(live_campaign, rater).token, "left")  # enrolled, warm
+    with CaptureQueriesContext(connection) as queries:
+        task = services.next_assignment(live_campaign, rater)
+        services.submit_vote(rater, task.token, "left")
+    statements = [q["sql"] for q in queries.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE SAVEPOINT"))]
+    assert sum("WITH claimed AS" in sql for sql in statements) == 1
+    assert sum("WITH vote AS" in sql for sql in statements) == 1
+    assert not any(sql.startswith(("INSERT", "UPDATE \"annotation_comparisonitem\"")) for sql in statements)
+    # Lock + settings, open leases, criteria, tasks so far, claim, placement (2-3), the task's lock, the vote.
+    assert len(statements) <= 11, statements
+    task.refresh_from_db()
+    assert task.state == Assignment.State.VOTED and task.vote.winner in ("a", "b")
+    item = ComparisonItem.objects.get(pk=task.item_id)
+    assert (item.votes, item.open_leases, item.remaining) == (Vote.objects.filter(assignment__item=item).count(), 0,
+                                                             item.criterion.votes_per_item - item.votes)

@@ -10,7 +10,7 @@ from django.db import connection, connections
 from annotation import services
 from annotation.models import Assignment, ComparisonItem, Rater, Vote
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("both_write_paths")]
 
 N_RATERS = 50
 
