@@ -499,7 +499,7 @@ CRITERION_BLOCK = 5
 
 
 def _scheduled_criterion(criteria: list[tuple[int, int]], participation: Participation, tasks_so_far: int) -> int:
-    """Of (criterion id, k) pairs, the criterion of the rater's next task: blocks of CRITERION_BLOCK tasks, criteria in proportion to their k.
+    """The criterion (of ``(id, k)`` pairs) of the rater's next task: blocks of CRITERION_BLOCK, in proportion to k.
 
     Every criterion has the same comparisons, so its share of all vote slots
     is its k: with Emu's 5 and 3, five blocks of appeal for every three of
@@ -617,8 +617,8 @@ def _lease_one(campaign, rater, participation, taken: int, fresh: dict, criteria
 # The claim is the statement every rater request runs. On PostgreSQL it is one
 # statement: pick the open item depth-first, skipping rows other raters hold,
 # take a slot from it and insert the lease, in a data-modifying CTE; the ORM
-# version below it needs three round trips and most of the request's Python
-# time. Both take the same row lock, in the same order, and say the same thing.
+# version (in _claim, for other databases) needs three round trips and most of
+# the request's Python time. Both take the same row lock, in the same order, and say the same thing.
 _CLAIM_SQL = """
 WITH claimed AS (
     SELECT i.id FROM {item} i
