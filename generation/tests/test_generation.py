@@ -220,22 +220,27 @@ def test_clean_partial_images_removes_only_old_half_written_files():
     image = storage.save(content_addressed_name("ab" * 32), ContentFile(b"\x89PNG complete"))
     folder = os.path.dirname(storage.path(image))
     old, fresh = os.path.join(folder, ".tmp-old123.part"), os.path.join(folder, ".tmp-new456.part")
-    for path in (old, fresh):
-        with open(path, "wb") as f:
-            f.write(b"\x89PNG trunc")
-    an_hour_ago = time.time() - 3700
-    os.utime(old, (an_hour_ago, an_hour_ago))
+    try:
+        for path in (old, fresh):
+            with open(path, "wb") as f:
+                f.write(b"\x89PNG trunc")
+        an_hour_ago = time.time() - 3700
+        os.utime(old, (an_hour_ago, an_hour_ago))
 
-    out = StringIO()
-    call_command("clean_partial_images", "--dry-run", stdout=out)
-    assert old in out.getvalue() and "would remove 1 half-written file(s)" in out.getvalue() and os.path.exists(old)
+        out = StringIO()
+        call_command("clean_partial_images", "--dry-run", stdout=out)
+        assert old in out.getvalue() and "would remove 1 half-written file(s)" in out.getvalue() and os.path.exists(old)
 
-    out = StringIO()
-    call_command("clean_partial_images", stdout=out)
-    assert "removed 1 half-written file(s)" in out.getvalue()
-    assert not os.path.exists(old)
-    assert os.path.exists(fresh), "a file a worker may still be writing stays"
-    assert storage.open(image).read() == b"\x89PNG complete", "images are never touched"
-    with pytest.raises(CommandError, match="older than a minute"):
-        call_command("clean_partial_images", "--older-than", "5")
-    os.unlink(fresh)
+        out = StringIO()
+        call_command("clean_partial_images", stdout=out)
+        assert "removed 1 half-written file(s)" in out.getvalue()
+        assert not os.path.exists(old)
+        assert os.path.exists(fresh), "a file a worker may still be writing stays"
+        assert storage.open(image).read() == b"\x89PNG complete", "images are never touched"
+        with pytest.raises(CommandError, match="older than a minute"):
+            call_command("clean_partial_images", "--older-than", "5")
+    finally:
+        # Files outlive the test's transaction: leave no made-up "image" for other tests that read every PNG.
+        for path in (old, fresh, storage.path(image)):
+            if os.path.exists(path):
+                os.unlink(path)
