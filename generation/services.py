@@ -10,6 +10,7 @@ import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -400,18 +401,23 @@ def parse_seeds(spec: str) -> list[int]:
     return seeds
 
 
+def stale_partial_images(older_than_seconds: float = 3600) -> list[str]:
+    """The half-written files that killed workers left beside the images, untouched for ``older_than_seconds``."""
+    if older_than_seconds < 60:
+        raise BatchError("Only files older than a minute can be removed safely: a worker may be writing the rest.")
+    return [str(path) for path in storages["images"].stale_partial_files(older_than_seconds)]
+
+
 def remove_stale_partial_images(older_than_seconds: float = 3600) -> list[str]:
     """Delete the half-written files that killed workers left beside the images; returns their paths.
 
     Safe while workers run: a file being written is younger than any sensible ``older_than_seconds``
     (one image takes milliseconds to write), and a finished image is never a ``.part`` file.
     """
-    if older_than_seconds < 60:
-        raise BatchError("Only files older than a minute can be removed safely: a worker may be writing the rest.")
     removed = []
-    for path in storages["images"].stale_partial_files(older_than_seconds):
-        path.unlink(missing_ok=True)
-        removed.append(str(path))
+    for path in stale_partial_images(older_than_seconds):
+        Path(path).unlink(missing_ok=True)
+        removed.append(path)
     if removed:
         logger.info("removed %d half-written image file(s) left by killed workers", len(removed))
     return removed

@@ -1,7 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
 from generation import services
-from generation.models import _image_storage
 
 
 class Command(BaseCommand):
@@ -16,13 +15,10 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="list them, delete nothing")
 
     def handle(self, *args, older_than, dry_run, **options):
-        if dry_run:
-            paths = [str(p) for p in _image_storage().stale_partial_files(older_than)]
-        else:
-            try:
-                paths = services.remove_stale_partial_images(older_than)
-            except services.BatchError as exc:
-                raise CommandError(str(exc)) from None
+        try:
+            paths = (services.stale_partial_images if dry_run else services.remove_stale_partial_images)(older_than)
+        except services.BatchError as exc:
+            raise CommandError(str(exc)) from None
         for path in paths:
             self.stdout.write(path)
         verb = "would remove" if dry_run else "removed"
