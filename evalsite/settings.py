@@ -69,6 +69,8 @@ INSTALLED_APPS = [
     "annotation",
     "analysis",
     "training",
+    # evalsite itself: the mini_emu command, which drives the apps and the world (no models).
+    "evalsite",
 ]
 
 MIDDLEWARE = [

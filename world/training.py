@@ -19,15 +19,29 @@ import torch
 import torch.nn.functional as F
 
 from world import models
+from world.corpus import CORPUS_SEED_BASE, EVAL_SEED_BASE
 from world.scenes import scene_for_seed
-
-#: Seeds of the pre-training corpus; the curation candidate pool and evaluation prompts use disjoint ranges.
-CORPUS_SEED_BASE = 0
-POOL_SEED_BASE = 10_000_000
-EVAL_SEED_BASE = 20_000_000
 
 
 def render_corpus(n: int, seed_base: int = CORPUS_SEED_BASE) -> tuple[np.ndarray, list[str]]:
+    """The first ``n`` scenes from ``seed_base``, rendered; cached under $WORLD_CORPUS_CACHE when that is set."""
+    import os
+
+    cache = os.environ.get("WORLD_CORPUS_CACHE")
+    if cache:
+        folder = Path(cache)
+        for path in sorted(folder.glob(f"corpus-{seed_base}-*.npz")):
+            if int(path.stem.rsplit("-", 1)[1]) >= n:
+                data = np.load(path, allow_pickle=False)
+                return data["images"][:n], [str(c) for c in data["captions"][:n]]
+        images, captions = _render_corpus(n, seed_base)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.savez(folder / f"corpus-{seed_base}-{n}.npz", images=images, captions=np.array(captions))
+        return images, captions
+    return _render_corpus(n, seed_base)
+
+
+def _render_corpus(n: int, seed_base: int) -> tuple[np.ndarray, list[str]]:
     from world.scenes import render
 
     images = np.empty((n, models.IMAGE_SIZE, models.IMAGE_SIZE, 3), dtype=np.uint8)
