@@ -217,6 +217,8 @@ class Rater(models.Model):
 
     user = models.OneToOneField(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="rater")
     external_id = models.CharField(max_length=200, blank=True, help_text="e.g. PROLIFIC_PID")
+    # A program, not a person (the mini-Emu world's simulated raters): counted like anyone, but always labelled.
+    simulated = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     def __str__(self) -> str:
@@ -231,6 +233,9 @@ class InviteLink(models.Model):
     label = models.CharField(max_length=200, blank=True, help_text="e.g. 'Prolific study 1'")
     max_raters = models.PositiveIntegerField(default=0, help_text="0 means no limit.")
     active = models.BooleanField(default=True)
+    simulated = models.BooleanField(
+        default=False, help_text="Whoever joins through this link is recorded as a simulated rater (pages, exports, reports say so)."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
 

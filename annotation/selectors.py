@@ -245,7 +245,7 @@ def invite_url(base_url: str, link: InviteLink) -> str:
 VOTE_EXPORT_COLUMNS = [
     "vote_id", "item_id", "criterion", "prompt_id", "prompt", "category", "challenge", "seed", "model_a", "model_b",
     "rater_id", "external_id", "choice", "a_on_left", "winner", "winner_model", "seconds_on_task", "gold",
-    "gold_correct", "excluded", "created_at",
+    "gold_correct", "excluded", "simulated", "created_at",
 ]
 
 
@@ -264,16 +264,18 @@ def vote_export_rows(campaign: Campaign):
             "assignment__item__image_a__prompt__challenge", "assignment__item__image_a__seed",
             "assignment__item__image_a__model__name", "assignment__item__image_b__model__name",
             "assignment__rater_id", "assignment__rater__external_id", "choice", "assignment__a_on_left", "winner",
-            "seconds_on_task", "assignment__item__gold_image_id", "gold_correct", "excluded", "created_at",
+            "seconds_on_task", "assignment__item__gold_image_id", "gold_correct", "excluded", "assignment__rater__simulated",
+            "created_at",
         )
     )
     for (vote_id, item_id, criterion, prompt_id, prompt, category, challenge, seed, model_a, model_b, rater_id,
-         external_id, choice, a_on_left, winner, seconds, gold_image_id, gold_correct, excluded, created_at) in votes.iterator(chunk_size=2000):
+         external_id, choice, a_on_left, winner, seconds, gold_image_id, gold_correct, excluded, simulated,
+         created_at) in votes.iterator(chunk_size=2000):
         winner_model = model_a if winner == Vote.Winner.A else model_b if winner == Vote.Winner.B else ""
         yield [
             vote_id, item_id, criterion, prompt_id, prompt, category, challenge, seed, model_a, model_b, rater_id,
             external_id, choice, a_on_left, winner, winner_model, seconds, gold_image_id is not None, gold_correct,
-            excluded, created_at.isoformat(),
+            excluded, simulated, created_at.isoformat(),
         ]
 
 

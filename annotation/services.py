@@ -404,7 +404,7 @@ def join_with_invite(link_token: str, params: dict) -> Participation:
                 return existing
         if link.max_raters and link.participations.count() >= link.max_raters:
             raise AnnotationError("This study is full. Thank you for your interest.")
-        rater = Rater.objects.create(external_id=external_id)
+        rater = Rater.objects.create(external_id=external_id, simulated=link.simulated)
         return Participation.objects.create(campaign=campaign, rater=rater, invite_link=link, **ids)
 
 
@@ -415,10 +415,11 @@ def invite_account(campaign: Campaign, user) -> Participation:
     return participation
 
 
-def create_invite_link(campaign: Campaign, *, label: str = "", max_raters: int = 0) -> InviteLink:
+def create_invite_link(campaign: Campaign, *, label: str = "", max_raters: int = 0, simulated: bool = False) -> InviteLink:
+    """``simulated``: a link for programs (the mini-Emu world's raters); everyone joining through it is labelled so."""
     if max_raters < 0:
         raise AnnotationError("The rater limit cannot be negative.")
-    return InviteLink.objects.create(campaign=campaign, label=label, max_raters=max_raters)
+    return InviteLink.objects.create(campaign=campaign, label=label, max_raters=max_raters, simulated=simulated)
 
 
 def record_consent(participation: Participation) -> None:

@@ -125,8 +125,8 @@ class Loop:
         return browser.review(review.name, decide)
 
     def invite_url(self, campaign: Campaign) -> str:
-        link = campaign.invite_links.filter(label=SIMULATED_LINK).first() or annotation_services.create_invite_link(
-            campaign, label=SIMULATED_LINK)
+        link = campaign.invite_links.filter(label=SIMULATED_LINK, simulated=True).first() or annotation_services.create_invite_link(
+            campaign, label=SIMULATED_LINK, simulated=True)
         return f"{self.base_url}/join/{link.token}/"
 
     def simulate_raters(self, campaign: Campaign, count: int | None = None, *, seed: int = 0, careless_share: float = 0.1,

@@ -165,3 +165,20 @@ def test_invite_links_enrol_crowd_workers_once_and_respect_limits(live_campaign)
     with pytest.raises(services.AnnotationError, match="not valid"):
         services.join_with_invite(link.token, params)
     assert len(link.token) >= 43 and Participation.objects.count() == 2
+
+
+def test_raters_joining_through_a_simulated_link_are_recorded_and_exported_as_simulated(live_campaign):
+    from annotation.selectors import VOTE_EXPORT_COLUMNS, vote_export_rows
+
+    people = services.create_invite_link(live_campaign, label="people")
+    programs = services.create_invite_link(live_campaign, label="programs", simulated=True)
+    person = services.join_with_invite(people.token, {"external_id": "p1"})
+    program = services.join_with_invite(programs.token, {"external_id": "s1"})
+    assert (person.rater.simulated, program.rater.simulated) == (False, True)
+    for participation in (person, program):
+        services.record_consent(participation)
+        task = services.open_tasks(live_campaign, participation.rater)[0]
+        services.submit_vote(participation.rater, task.token, "left", 3.0, campaign=live_campaign)
+    column = VOTE_EXPORT_COLUMNS.index("simulated")
+    by_rater = {row[VOTE_EXPORT_COLUMNS.index("rater_id")]: row[column] for row in vote_export_rows(live_campaign)}
+    assert by_rater == {person.rater_id: False, program.rater_id: True}

@@ -186,8 +186,9 @@ def test_votes_csv_has_one_tidy_row_per_vote_with_the_winning_model(staff_client
     assert list(rows[0]) == [
         "vote_id", "item_id", "criterion", "prompt_id", "prompt", "category", "challenge", "seed", "model_a", "model_b",
         "rater_id", "external_id", "choice", "a_on_left", "winner", "winner_model", "seconds_on_task", "gold",
-        "gold_correct", "excluded", "created_at",
+        "gold_correct", "excluded", "simulated", "created_at",
     ]
+    assert {row["simulated"] for row in rows} == {"false"}
     by_rater = {p.rater_id: name for p, name in ((first, "base"), (second, "base"), (third, "tuned"))}
     for row in rows:
         assert row["winner_model"] == by_rater[int(row["rater_id"])]
