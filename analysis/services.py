@@ -348,6 +348,7 @@ class Reproducibility:
     votes: int
     votes_sha256: str
     last_vote_at: str | None
+    simulated_votes: int  # of ``votes``, those cast by simulated raters (the mini-Emu world's), never people
     excluded_votes: int
     exclusion_rule: dict
     seed: int
@@ -437,6 +438,7 @@ def build_report(
             votes=len(frame),
             votes_sha256=votes_snapshot_sha256(frame),
             last_vote_at=last_vote.isoformat() if last_vote else None,
+            simulated_votes=Vote.objects.filter(_counting(campaign), assignment__rater__simulated=True).count(),
             excluded_votes=exclusions.excluded_votes,
             exclusion_rule=exclusions.rule,
             seed=seed,

@@ -171,6 +171,7 @@ class RaterQuality:
     exclusion_reason: str
     completed: bool
     joined_at: datetime
+    simulated: bool = False  # a program (the mini-Emu world's raters), not a person
 
     @property
     def gold_accuracy(self) -> float | None:
@@ -228,7 +229,7 @@ def rater_quality(campaign: Campaign) -> list[RaterQuality]:
                 median_seconds=statistics.median(seconds[p.rater_id]) if seconds.get(p.rater_id) else None,
                 left_share=s["left"] / s["left_or_right"] if s.get("left_or_right") else None,
                 excluded=p.excluded, exclusion_reason=p.exclusion_reason,
-                completed=p.completed_at is not None, joined_at=p.created_at,
+                completed=p.completed_at is not None, joined_at=p.created_at, simulated=p.rater.simulated,
             )
         )
     return rows

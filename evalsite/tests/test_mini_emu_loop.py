@@ -9,7 +9,8 @@ server. The raters judge pixels only; the assertion is on their verdict and on t
 import pytest
 from django.core.cache import cache
 
-from annotation.models import Rater, Vote
+from analysis import services as analysis_services
+from annotation.models import Campaign, Rater, Vote
 from evalsite import mini_emu
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -33,6 +34,9 @@ def test_quality_tuning_on_curated_needles_beats_the_base_on_appeal_through_the_
     # Every vote came through an invite link from a simulated rater, and is recorded as simulated.
     assert Vote.objects.exists()
     assert not Rater.objects.filter(simulated=False).exists()
+    campaign = Campaign.objects.get(name=tuned["campaign"])
+    report = analysis_services.build_report(campaign)
+    assert report.reproducibility.simulated_votes == report.reproducibility.votes > 0
     # A rerun reuses what exists: no second run, campaign or dataset.
     again = loop.reproduce()
     assert again["tuned_vs_base"]["campaign"] == tuned["campaign"]
