@@ -245,7 +245,8 @@ class Loop:
             annotation_services.open_specialist_review(generalists, f"mini-emu-specialists-{self.scale_name}", target_size=self.scale.needles)
         specialist = SimulatedReviewer(keep_above=appeal_cut + 0.02, noise=0.02, seed=3)
         decided = self.review(specialists, lambda caption, pixels: (
-            {"keep": "1", "reasons": ["composition", "colour_contrast"]} if specialist.keep(pixels, caption) else {"keep": "0"}))
+            {"keep": "1", "reasons": ["composition", "colour_contrast"], "caption": caption}
+            if specialist.keep(pixels, caption) else {"keep": "0", "caption": caption}))
         self.log(f"  specialists decided {decided} candidates")
         specialists.refresh_from_db()
         return annotation_services.freeze_review(specialists, name, description="mini-Emu needles: funnel, generalists, specialists")

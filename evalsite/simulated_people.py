@@ -167,8 +167,11 @@ class ReviewerBrowser(Browser):
         token = _CSRF_INPUT.search(html)
         action = re.search(r'<form id="curate-form" method="post" action="([^"]+)"', html)
         image = re.search(r'<img id="curate-image" src="([^"]+)"', html)
-        caption = re.search(r'<figcaption id="curate-caption" class="caption">([^<]*)</figcaption>', html)
-        current = {"action": action.group(1), "image": image.group(1), "caption": _unescape(caption.group(1))} if action and image else None
+        # Generalists see the caption under the picture; specialists get it in a box to correct.
+        caption = re.search(r'id="curate-caption(?:-input)?"[^>]*>([^<]*)<', html)
+        current = None
+        if action and image and caption:
+            current = {"action": action.group(1), "image": image.group(1), "caption": _unescape(caption.group(1))}
         decided = 0
         while current is not None and (limit is None or decided < limit):
             started = time.monotonic()
