@@ -63,12 +63,15 @@ def outcome_bars(comparisons, *, level: float = 0.95, page: bool = False) -> Fig
             if width >= 0.07:  # narrower segments cannot hold a label
                 # In the lower half of the bar: the error bar runs through the upper half.
                 ax.text(left + width / 2, yi - 0.14, f"{100 * width:.1f}%", ha="center", va="center", fontsize=9, color=text_colour)
-    low = np.array([c.interval.low for c in rows])
-    high = np.array([c.interval.high for c in rows])
-    ax.errorbar(
-        wins, y + 0.12, xerr=[np.clip(wins - low, 0, None), np.clip(high - wins, 0, None)],
-        fmt="none", ecolor="black", elinewidth=1.2, capsize=5,
-    )
+    with_interval = np.array([c.interval is not None for c in rows])
+    if with_interval.any():  # none with fewer prompts than an interval needs
+        low = np.array([c.interval.low for c in rows if c.interval])
+        high = np.array([c.interval.high for c in rows if c.interval])
+        shown = wins[with_interval]
+        ax.errorbar(
+            shown, y[with_interval] + 0.12, xerr=[np.clip(shown - low, 0, None), np.clip(high - shown, 0, None)],
+            fmt="none", ecolor="black", elinewidth=1.2, capsize=5,
+        )
     for yi, c in zip(y, rows, strict=True):
         ax.text(1.01, yi, f"n = {c.compared}", transform=ax.get_yaxis_transform(), va="center", fontsize=9)
     labels = [f"{c.criterion_label}" if one_pair else f"{c.criterion_label}\n{c.model_b} vs {c.model_a}" for c in rows]
@@ -103,8 +106,11 @@ def breakdown_plot(comparisons, *, by: str = "category", page: bool = False) -> 
             if group.win_rate is None:
                 ax.text(0.01, yi, f"no complete comparisons ({group.incomplete_items} incomplete)", va="center", fontsize=8, color=MUTED)
                 continue
-            error = [[max(0.0, group.win_rate - group.interval.low)], [max(0.0, group.interval.high - group.win_rate)]]
-            ax.errorbar(group.win_rate, yi, xerr=error, fmt="o", color=B_COLOUR, capsize=3, markersize=5)
+            if group.interval is None:  # too few prompts for an interval: the point alone, hollow
+                ax.plot(group.win_rate, yi, "o", markerfacecolor="none", color=B_COLOUR, markersize=5)
+            else:
+                error = [[max(0.0, group.win_rate - group.interval.low)], [max(0.0, group.interval.high - group.win_rate)]]
+                ax.errorbar(group.win_rate, yi, xerr=error, fmt="o", color=B_COLOUR, capsize=3, markersize=5)
             ax.text(1.01, yi, f"n = {group.comparisons}", transform=ax.get_yaxis_transform(), va="center", fontsize=8)
         ax.axvline(0.5, color=MUTED, linestyle="--", linewidth=0.9)
         ax.set_yticks(y, [group.label for group in groups], fontsize=9)
@@ -113,7 +119,9 @@ def breakdown_plot(comparisons, *, by: str = "category", page: bool = False) -> 
         ax.spines[["top", "right"]].set_visible(False)
     axes[-1].set_xlim(0, 1)
     axes[-1].xaxis.set_major_formatter(PercentFormatter(1.0))
-    axes[-1].set_xlabel(f"model B's win rate by prompt {by} (item level, with the headline interval over the group's prompts)")
+    axes[-1].set_xlabel(
+        f"model B's win rate by prompt {by} (item level, with the headline interval over the group's prompts; hollow: too few prompts for one)"
+    )
     return figure
 
 
@@ -157,7 +165,8 @@ def headline_cells(report) -> tuple[list[str], list[list[str]]]:
         cells.append([
             c.criterion_label, pair, str(c.compared), str(c.prompts), str(c.raters),
             f"{o.wins} ({_percent(o.win_share)})", f"{o.ties} ({_percent(o.tie_share)})", f"{o.losses} ({_percent(o.loss_share)})",
-            f"{_percent(c.win_rate)} [{_percent(c.interval.low)}, {_percent(c.interval.high)}]",
+            f"{_percent(c.win_rate)} [{_percent(c.interval.low)}, {_percent(c.interval.high)}]" if c.interval
+            else f"{_percent(c.win_rate)} (no interval: {c.prompts} prompts)",
             _percent(c.win_rate_half_ties),
             "< 0.001" if c.sign_test_p < 0.001 else f"{c.sign_test_p:.3g}",
             str(c.incomplete_items),
@@ -180,7 +189,8 @@ def title_page(report) -> Figure:
     paragraphs = [c.sentence for c in report.comparisons] + [
         "Item level, as in Emu: each comparison's outcome is the strict majority of its k raters' votes (no majority: a tie); "
         "ties count as not won, with ties-as-half-a-win beside it. Incomplete comparisons (fewer than k votes) are left out and "
-        f"counted. Interval: {r.interval_method} over prompts, {r.rounds} rounds, seed {r.seed}."
+        f"counted. Interval: {r.interval_method} (prompt-clustered score interval, deterministic), none below "
+        f"{r.min_prompts_for_interval} prompts."
     ]
     lines = [line for paragraph in paragraphs for line in [*textwrap.wrap(paragraph, 165), ""]]
     _lines(figure, lines, top=0.84 - table_height, size=8.5)
@@ -201,12 +211,18 @@ def ranking_page(report, ranking) -> Figure:
     anchor = f"{ranking.anchor} fixed at 0" if ranking.anchor else "scores average 0"
     intro = (
         f"Log-strength scores ({anchor}) from {ranking.battles} complete comparisons (majorities) over {ranking.prompts} prompts; "
-        f"{report.level_text} percentile intervals from the prompt-clustered bootstrap; ties as half a win. "
-        "Rank, upper bound: 1 + the models whose interval lies wholly above."
+        f"{report.level_text} percentile intervals from the prompt-clustered bootstrap ({report.reproducibility.rounds} rounds, "
+        "± its Monte Carlo standard error); ties as half a win. Rank, upper bound: 1 + the models whose interval lies wholly above."
+        + (f" {ranking.interval_note}" if ranking.interval_note else "")
     )
     figure.text(0.04, 0.90, textwrap.fill(intro, 150), fontsize=9, color=MUTED, va="top")
     header = ["Rank", "Model", "Score", f"{report.level_text} interval", "Rank, upper bound"]
-    cells = [[str(m.rank), m.model, f"{m.score:+.3f}", f"[{m.low:+.3f}, {m.high:+.3f}]", str(m.rank_upper)] for m in ranking.models]
+    cells = [
+        [str(m.rank), m.model, f"{m.score:+.3f}",
+         f"[{m.low:+.3f}, {m.high:+.3f}] ±{m.mc_error:.3f}" if m.low is not None else "—",
+         str(m.rank_upper) if m.rank_upper is not None else "—"]
+        for m in ranking.models
+    ]
     _table(figure, [0.04, 0.45, 0.42, 0.4], header, cells, font_size=9)
     ax = figure.add_axes([0.56, 0.12, 0.38, 0.7])
     names = [m.model for m in ranking.models]
@@ -235,8 +251,8 @@ def details_text(report) -> list[str]:
             continue
         lines.append(
             f"  {a.criterion_label}: Fleiss' kappa {a.fleiss_kappa:.3f} ({a.fleiss_items} comparisons of {a.ratings_per_item} votes), "
-            f"Krippendorff's alpha {a.krippendorff_alpha:.3f} ({a.alpha_items} comparisons), votes agreeing with their majority "
-            f"{_percent(a.majority_agreement)} ({a.items_without_majority} comparisons without a majority)"
+            f"Krippendorff's alpha {a.krippendorff_alpha:.3f} ({a.alpha_items} comparisons; answers {a.categories_text}), "
+            f"votes agreeing with their majority {_percent(a.majority_agreement)} ({a.items_without_majority} comparisons without a majority)"
         )
     tested = [b for b in report.position_bias if b.side_votes]
     flagged = [b for b in tested if b.flagged]
@@ -260,7 +276,8 @@ def details_text(report) -> list[str]:
         f"  last vote: {r.last_vote_at}; excluded votes: {r.excluded_votes}",
         f"  exclusion rule: gold accuracy >= {r.exclusion_rule['gold_min_accuracy']:.0%} after {r.exclusion_rule['gold_min_answers']} gold answers "
         f"(gold share {r.exclusion_rule['gold_share']:.0%})",
-        f"  bootstrap: seed {r.seed}, {r.rounds} rounds, level {r.level}; headline interval {r.interval_method}; "
+        f"  win-rate intervals: {r.interval_method}, level {r.level}, deterministic, none below {r.min_prompts_for_interval} prompts; "
+        f"bootstrap (Bradley–Terry only): seed {r.seed}, {r.rounds} rounds; "
         f"incomplete comparisons {'included' if r.include_incomplete else 'left out'}",
         f"  code version {r.code_version}; " + ", ".join(f"{k} {v}" for k, v in r.software.items()),
     ]

@@ -2,7 +2,10 @@
 
 The frame's schema is documented in ``analysis.stats``. Excluded raters' votes
 and gold items are left out here (gold items measure raters, not models);
-``include_excluded=True`` keeps excluded votes for audits.
+``include_excluded=True`` keeps excluded votes for audits. The optional
+``answer`` column comes from the vote's stored choice, so that "both" and
+"neither" (text faithfulness) stay apart for agreement, where ``winner`` reads
+both as a tie.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from annotation.models import Campaign, Vote
 
 VOTE_COLUMNS = [
     "item_id", "prompt_id", "category", "challenge", "criterion", "model_a", "model_b",
-    "rater_id", "winner", "a_on_left", "seconds_on_task", "votes_per_item",
+    "rater_id", "winner", "a_on_left", "seconds_on_task", "votes_per_item", "answer",
 ]
 
 
@@ -35,8 +38,12 @@ def votes_frame(campaign: Campaign, *, include_excluded: bool = False) -> pd.Dat
         "assignment__a_on_left",
         "seconds_on_task",
         "assignment__item__criterion__votes_per_item",
+        "choice",
     )
-    frame = pd.DataFrame.from_records(list(rows), columns=VOTE_COLUMNS)
+    frame = pd.DataFrame.from_records(list(rows), columns=[*VOTE_COLUMNS[:-1], "choice"])
+    # The answer as given, with left / right mapped to the model shown there (which ``winner`` already says).
+    frame["answer"] = frame["winner"].where(frame["winner"] != Vote.Winner.TIE, frame["choice"])
+    frame = frame.drop(columns="choice")
     frame["seconds_on_task"] = pd.to_numeric(frame["seconds_on_task"], errors="coerce").astype(float)
     for column in ("category", "challenge"):
         frame[column] = frame[column].fillna("").astype(str)

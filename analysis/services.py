@@ -9,8 +9,11 @@ PDF) only lay that report out; the CSV exports stream rows from the database.
 Conventions are those of ``analysis.stats``: an item's outcome is the strict
 majority of its k votes; items with fewer than k votes are incomplete and left
 out (and counted); the win rate is model B's, ties not won, with the
-wins + ties / 2 convention beside it; the headline interval is the
-prompt-clustered bootstrap (:data:`analysis.stats.HEADLINE_INTERVAL`).
+wins + ties / 2 convention beside it; the interval around a win rate is the
+prompt-clustered score interval (:data:`analysis.stats.HEADLINE_INTERVAL`),
+deterministic, and withheld, with the reason, below
+:data:`analysis.stats.MIN_PROMPTS` prompts. The bootstrap seed and rounds
+only move the Bradley–Terry intervals, printed with their Monte Carlo error.
 Excluded raters' votes and gold items never enter the numbers.
 """
 
@@ -44,11 +47,11 @@ from . import stats
 from .selectors import VOTE_COLUMNS, votes_frame
 
 DEFAULT_SEED = 0
-DEFAULT_ROUNDS = 2000
-# Below a few hundred rounds the BCa endpoints jump around from seed to seed;
-# above 20,000 a web request would spend seconds for no visible change.
+# Bootstrap rounds for the Bradley–Terry intervals (the win-rate intervals have no Monte Carlo part). Their
+# endpoints' Monte Carlo error is printed beside them; at 10,000 rounds it is a few thousandths of a score point.
+DEFAULT_ROUNDS = 10_000
 MIN_ROUNDS = 100
-MAX_ROUNDS = 20_000
+MAX_ROUNDS = 50_000
 MAX_SEED = 2**32 - 1
 # "Comparisons still needed for ±x percentage points", for these x.
 PLANNER_HALF_WIDTHS = (5, 3, 2)
@@ -56,6 +59,7 @@ PLANNER_HALF_WIDTHS = (5, 3, 2)
 POSITION_BIAS_ALPHA = 0.05
 
 INTERVAL_METHOD_LABELS = {
+    stats.CLUSTERED_SCORE: "prompt-clustered score interval",
     "cluster_bootstrap_bca": "prompt-clustered bootstrap, BCa",
     "cluster_bootstrap_percentile": "prompt-clustered bootstrap, percentile",
     "wilson": "Wilson, items as independent",
@@ -100,6 +104,26 @@ class Bounds:
     def method_label(self) -> str:
         return INTERVAL_METHOD_LABELS.get(self.method, self.method)
 
+    @property
+    def verdict(self) -> str:
+        """"above" when the whole interval lies above 50% (B preferred), "below" when wholly below, else "unclear"."""
+        return verdict(self)
+
+
+def verdict(interval: Bounds | None) -> str:
+    """How a win rate's interval sits against 50%: "above", "below", or "unclear" (straddling it, or no interval).
+
+    The report colours a headline by this alone, never by the point estimate:
+    green only when the interval lies wholly above 50%, red wholly below.
+    """
+    if interval is None:
+        return "unclear"
+    if interval.low > 0.5:
+        return "above"
+    if interval.high < 0.5:
+        return "below"
+    return "unclear"
+
 
 @dataclass(frozen=True)
 class Outcomes:
@@ -143,10 +167,15 @@ class GroupWinRate:
     interval: Bounds | None
     sign_test_p: float | None
     incomplete_items: int
+    interval_note: str = ""
 
     @property
     def label(self) -> str:
         return self.group or "(none)"
+
+    @property
+    def interval_text(self) -> str:
+        return self.interval.text if self.interval else "—"
 
     @property
     def win_rate_text(self) -> str:
@@ -174,7 +203,10 @@ class Comparison:
     ``compared``: those counted (complete, or all voted ones with
     include_incomplete); ``incomplete_items`` have votes but fewer than k;
     ``unvoted_items`` none yet. ``message`` is empty when there are numbers and
-    otherwise says why not; then the numeric fields are None.
+    otherwise says why not; then the numeric fields are None. ``interval`` is
+    None with fewer than ``stats.MIN_PROMPTS`` prompts, and ``interval_note``
+    says why. ``verdict`` ("above", "below", "unclear") places the interval
+    against 50%; the headline's colour follows it.
     """
 
     criterion: str
@@ -196,8 +228,7 @@ class Comparison:
     interval: Bounds | None
     win_rate_half_ties: float | None
     interval_half_ties: Bounds | None
-    item_wilson: Bounds | None
-    vote_wilson: Bounds | None
+    interval_note: str
     sign_test_p: float | None
     by_category: tuple[GroupWinRate, ...]
     by_challenge: tuple[GroupWinRate, ...]
@@ -211,6 +242,14 @@ class Comparison:
     @property
     def has_numbers(self) -> bool:
         return self.win_rate is not None
+
+    @property
+    def verdict(self) -> str:
+        return verdict(self.interval)
+
+    @property
+    def interval_text(self) -> str:
+        return self.interval.text if self.interval else "—"
 
     @property
     def title(self) -> str:
@@ -238,9 +277,14 @@ class Comparison:
         if not self.has_numbers:
             return f"{self.title}: {self.message}."
         o = self.item_outcomes
+        interval = (
+            f"{self.interval.level:.0%} interval {self.interval.text}, {self.interval.method_label}"
+            if self.interval
+            else self.interval_note
+        )
         return (
             f"{self.title}: {self.statement} ({self.compared} comparisons of {self.votes_per_item} raters each, "
-            f"{self.prompts} prompts; {self.interval.level:.0%} interval {self.interval.text}, {self.interval.method_label}). "
+            f"{self.prompts} prompts; {interval}). "
             f"Ties {percent(o.tie_share)}, {self.model_a} preferred {percent(o.loss_share)}; counting a tie as half a win, "
             f"{self.model_b} scores {percent(self.win_rate_half_ties)}. Sign test p {p_value_text(self.sign_test_p)}."
         )
@@ -261,6 +305,11 @@ class AgreementSummary:
     majority_agreement: float | None = None
     majority_items: int = 0
     items_without_majority: int = 0
+    categories: tuple[str, ...] = ()
+
+    @property
+    def categories_text(self) -> str:
+        return ", ".join(self.categories)
 
     @property
     def majority_agreement_text(self) -> str:
@@ -288,10 +337,12 @@ class RaterSideBias:
 class RankedModel:
     model: str
     score: float
-    low: float
-    high: float
+    low: float | None
+    high: float | None
     rank: int
-    rank_upper: int
+    rank_upper: int | None
+    # Monte Carlo standard error of the interval's ends (the larger of the two), from the bootstrap's order statistics.
+    mc_error: float | None = None
 
 
 @dataclass(frozen=True)
@@ -309,6 +360,7 @@ class Ranking:
     models: tuple[RankedModel, ...] = ()
     # win_fractions[i][j]: share of battles models[i] won against models[j] (ties as halves); None where they never met.
     win_fractions: tuple[tuple[float | None, ...], ...] = ()
+    interval_note: str = ""  # why the intervals are withheld (too few prompts), or ""
 
     @property
     def matrix_rows(self) -> list[tuple[str, list[str]]]:
@@ -356,6 +408,7 @@ class Reproducibility:
     level: float
     include_incomplete: bool
     interval_method: str
+    min_prompts_for_interval: int
     bradley_terry_unit: str
     code_version: str
     software: dict
@@ -446,6 +499,7 @@ def build_report(
             level=level,
             include_incomplete=include_incomplete,
             interval_method=stats.HEADLINE_INTERVAL,
+            min_prompts_for_interval=stats.MIN_PROMPTS,
             bradley_terry_unit="item",
             code_version=code_version(),
             software={"numpy": np.__version__, "pandas": pd.__version__, "scipy": scipy.__version__},
@@ -589,7 +643,9 @@ def design_effect(items: pd.DataFrame) -> float:
     return max(1.0, jackknife_variance / (share * (1 - share) / n))
 
 
-def _bounds(interval: stats.Interval) -> Bounds:
+def _bounds(interval: stats.Interval | None) -> Bounds | None:
+    if interval is None:
+        return None
     return Bounds(float(interval.low), float(interval.high), float(interval.level), interval.method)
 
 
@@ -620,15 +676,13 @@ def _comparison(
             **base, compared=0, prompts=0 if table is None else int(table["prompt_id"].nunique()),
             raters=0 if table is None else int(votes["rater_id"].nunique()), message=message, statement=message,
             item_outcomes=None, vote_outcomes=None, win_rate=None, interval=None, win_rate_half_ties=None,
-            interval_half_ties=None, item_wilson=None, vote_wilson=None, sign_test_p=None, by_category=(), by_challenge=(),
+            interval_half_ties=None, interval_note="", sign_test_p=None, by_category=(), by_challenge=(),
             design_effect=1.0, planner=_planner(0, 0, votes_per_item, level, 1.0),
         )
 
-    options = {"rounds": rounds, "seed": seed, "level": level, "include_incomplete": include_incomplete}
+    # The win-rate intervals are deterministic: no bootstrap rounds (rounds and seed are for Bradley–Terry).
+    options = {"rounds": 0, "seed": seed, "level": level, "include_incomplete": include_incomplete}
     report = stats.win_rate_report(votes, criterion, **options)
-    half_ties = report.bootstrap_half_ties
-    # The half-ties rate gets the headline's method where defined; its percentile interval otherwise.
-    half_ties_interval = half_ties.bca if np.isfinite([half_ties.bca.low, half_ties.bca.high]).all() else half_ties.percentile
     effect = design_effect(used)
     return Comparison(
         **base,
@@ -640,11 +694,10 @@ def _comparison(
         item_outcomes=_outcomes(report.items),
         vote_outcomes=_outcomes(report.votes),
         win_rate=report.items.win_rate,
-        interval=_bounds(report.headline),
+        interval=_bounds(report.interval),
         win_rate_half_ties=report.items.win_rate_half_ties,
-        interval_half_ties=_bounds(half_ties_interval),
-        item_wilson=_bounds(report.item_wilson),
-        vote_wilson=_bounds(report.vote_wilson),
+        interval_half_ties=_bounds(report.interval_half_ties),
+        interval_note=report.interval_note,
         sign_test_p=float(report.sign_test.p_value),
         by_category=_groups(votes, "category", criterion, options) if breakdowns else (),
         by_challenge=_groups(votes, "challenge", criterion, options) if breakdowns else (),
@@ -658,6 +711,7 @@ def _groups(votes, by: str, criterion: str, options: dict) -> tuple[GroupWinRate
     rows = []
     for row in table.to_dict("records"):
         has_numbers = pd.notna(row.get("win_rate"))
+        has_interval = has_numbers and pd.notna(row.get("low"))
         rows.append(
             GroupWinRate(
                 group=str(row[by]),
@@ -667,9 +721,10 @@ def _groups(votes, by: str, criterion: str, options: dict) -> tuple[GroupWinRate
                 ties=int(row["ties"]) if has_numbers else 0,
                 losses=int(row["losses"]) if has_numbers else 0,
                 win_rate=float(row["win_rate"]) if has_numbers else None,
-                interval=Bounds(float(row["low"]), float(row["high"]), options["level"], row["interval_method"]) if has_numbers else None,
+                interval=Bounds(float(row["low"]), float(row["high"]), options["level"], row["interval_method"]) if has_interval else None,
                 sign_test_p=float(row["sign_test_p"]) if has_numbers else None,
                 incomplete_items=int(row["incomplete_items"]),
+                interval_note=str(row["interval_note"]) if has_numbers else "",
             )
         )
     return tuple(sorted(rows, key=lambda g: g.group))
@@ -695,7 +750,7 @@ def _agreement(frame, criterion: str, label: str, include_incomplete: bool) -> A
         fleiss_kappa=agreement.fleiss_kappa, fleiss_items=agreement.fleiss_items, ratings_per_item=agreement.ratings_per_item,
         krippendorff_alpha=agreement.krippendorff_alpha, alpha_items=agreement.alpha_items,
         majority_agreement=agreement.majority_agreement, majority_items=agreement.majority_items,
-        items_without_majority=agreement.items_without_majority,
+        items_without_majority=agreement.items_without_majority, categories=agreement.categories,
     )
 
 
@@ -729,8 +784,16 @@ def _ranking(campaign, frame, criterion: str, label: str, *, seed, rounds, level
         result = stats.bradley_terry(frame, criterion, unit="item", anchor=anchor, rounds=rounds, seed=seed, level=level)
     except ValueError as exc:  # no complete items yet, or models never beaten by a group of others
         return Ranking(criterion, label, str(exc), anchor=anchor)
+    # The bootstrap cannot see more spread between prompts than the few it has: below the win rate's minimum
+    # the intervals would be far too narrow, so the scores stand alone.
+    with_intervals = result.prompts >= stats.MIN_PROMPTS
     ranked = tuple(
-        RankedModel(str(name), float(row["score"]), float(row["low"]), float(row["high"]), int(row["rank"]), int(row["rank_upper"]))
+        RankedModel(
+            str(name), float(row["score"]),
+            float(row["low"]) if with_intervals else None, float(row["high"]) if with_intervals else None,
+            int(row["rank"]), int(row["rank_upper"]) if with_intervals else None,
+            mc_error=float(row["mc_error"]) if with_intervals else None,
+        )
         for name, row in result.ranking.iterrows()
     )
     fractions = result.win_fractions.to_numpy()
@@ -738,6 +801,7 @@ def _ranking(campaign, frame, criterion: str, label: str, *, seed, rounds, level
         criterion, label, "", unit=result.unit, anchor=anchor, battles=result.battles, prompts=result.prompts,
         degenerate_rounds=result.degenerate_rounds, models=ranked,
         win_fractions=tuple(tuple(float(v) if np.isfinite(v) else None for v in row) for row in fractions),
+        interval_note="" if with_intervals else stats.intervals.too_few_prompts_message(result.prompts),
     )
 
 
@@ -834,10 +898,12 @@ def _campaign_win_rates(campaign: Campaign) -> list[dict]:
                 "win_rate": c.win_rate, "low": c.interval.low if c.interval else None,
                 "high": c.interval.high if c.interval else None,
                 "interval_method": c.interval.method if c.interval else None,
+                "interval_note": c.interval_note,
+                "verdict": c.verdict,
                 "message": c.message,
                 # Display strings, so the page's script shows exactly what the server renders.
                 "win_rate_text": percent(c.win_rate) if c.has_numbers else c.message,
-                "interval_text": c.interval.text if c.interval else "—",
+                "interval_text": c.interval_text,
             }
         )
     return _plain(rows)

@@ -19,6 +19,9 @@ One row per vote, pandas DataFrame, columns:
 - ``a_on_left`` (bool) — for position bias
 - ``seconds_on_task`` (float, may be NaN)
 - ``votes_per_item`` (int): the item's k
+- ``answer`` (str, optional): what the rater answered, mapped to models: "a",
+  "b", "tie", "both" or "neither" (text faithfulness asks both / neither).
+  Agreement keeps these apart; without the column it reads ``winner``.
 
 Rows with excluded raters or gold items are removed by the Django side before
 calling in. Every entry point validates the schema and raises ValueError with
@@ -37,19 +40,27 @@ Rules used throughout
   wins + ties / 2 convention is reported beside it, labelled ``half_ties``.
 - Bootstraps resample prompts with replacement (all items and votes of a
   prompt move together) and are reproducible from ``seed``.
-- The headline interval is :data:`HEADLINE_INTERVAL`; :func:`headline_interval`
-  says why.
+- The headline interval is :data:`HEADLINE_INTERVAL`, the prompt-clustered
+  score interval (deterministic); with fewer than :data:`MIN_PROMPTS` prompts
+  there is none. :func:`headline_interval` says why.
 """
 
 from .agreement import Agreement, fleiss_kappa, krippendorff_alpha_nominal, position_bias, rater_agreement
 from .bradley_terry import RIDGE, BradleyTerryResult, bradley_terry, fit_bradley_terry
 from .intervals import (
+    CLUSTERED_SCORE,
+    MIN_PROMPTS,
     BootstrapResult,
     Interval,
     SignTest,
+    TooFewPrompts,
+    VarianceComponents,
     cluster_bootstrap_ratio,
+    clustered_score_bounds,
+    clustered_score_interval,
     resampled_totals,
     sign_test,
+    variance_components,
     wilson_interval,
 )
 from .planning import (
@@ -58,7 +69,7 @@ from .planning import (
     comparisons_for_power,
     sign_test_power,
 )
-from .votes import CRITERIA, VOTE_COLUMNS, WINNERS, majority_outcomes, validate_votes
+from .votes import ANSWERS, CRITERIA, OPTIONAL_COLUMNS, VOTE_COLUMNS, WINNERS, majority_outcomes, validate_votes
 from .win_rates import (
     HEADLINE_INTERVAL,
     Shares,
@@ -70,8 +81,12 @@ from .win_rates import (
 )
 
 __all__ = [
+    "ANSWERS",
+    "CLUSTERED_SCORE",
     "CRITERIA",
     "HEADLINE_INTERVAL",
+    "MIN_PROMPTS",
+    "OPTIONAL_COLUMNS",
     "RIDGE",
     "VOTE_COLUMNS",
     "WINNERS",
@@ -81,10 +96,14 @@ __all__ = [
     "Interval",
     "Shares",
     "SignTest",
+    "TooFewPrompts",
+    "VarianceComponents",
     "WinRateReport",
     "additional_comparisons_needed",
     "bradley_terry",
     "cluster_bootstrap_ratio",
+    "clustered_score_bounds",
+    "clustered_score_interval",
     "comparisons_for_half_width",
     "comparisons_for_power",
     "fit_bradley_terry",
@@ -98,6 +117,7 @@ __all__ = [
     "sign_test",
     "sign_test_power",
     "validate_votes",
+    "variance_components",
     "wilson_interval",
     "win_rate_report",
     "win_rate_reports",

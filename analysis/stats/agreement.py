@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .intervals import sign_test
-from .votes import A, B, TIE, encode_votes, majority_outcomes, select_criterion
+from .votes import A, ANSWERS, B, TIE, encode_votes, majority_outcomes, select_criterion
 
 
 def fleiss_kappa(counts) -> float:
@@ -54,12 +54,16 @@ def krippendorff_alpha_nominal(counts) -> float:
 
 @dataclass(frozen=True)
 class Agreement:
-    """Inter-rater agreement for one criterion (categories a / b / tie).
+    """Inter-rater agreement for one criterion.
 
     ``fleiss_kappa`` over the ``fleiss_items`` items that have the most common
     number of votes (``ratings_per_item``); ``krippendorff_alpha`` (nominal)
-    over all ``alpha_items`` items with two or more votes. ``majority_agreement``:
-    share of votes that match their item's strict majority, over the
+    over all ``alpha_items`` items with two or more votes. Both count the
+    answers raters gave as distinct ``categories`` (a, b, tie for visual
+    appeal; a, b, both, neither for text faithfulness): "both are faithful" and
+    "neither is" are opposite judgements, even though the win rate reads each
+    as a tie. ``majority_agreement``: share of votes that match their item's
+    strict majority outcome (a, b or tie, the win rate's categories), over the
     ``majority_items`` items that have one (``items_without_majority`` have not).
     """
 
@@ -72,18 +76,25 @@ class Agreement:
     majority_agreement: float
     majority_items: int
     items_without_majority: int
+    categories: tuple[str, ...] = ("a", "b", "tie")
 
 
 def rater_agreement(votes: pd.DataFrame, criterion: str | None = None, *, include_incomplete: bool = False) -> Agreement:
     """Fleiss' kappa, Krippendorff's alpha and agreement with the majority for one criterion.
 
     Uses the same items as the win rate: complete items (at least k votes)
-    unless ``include_incomplete``.
+    unless ``include_incomplete``. Kappa and alpha take the answers as given
+    (the frame's ``answer`` column: tie, both and neither stay apart); without
+    that column, a / b / tie.
     """
     criterion, selected = select_criterion(votes, criterion)
     encoded = encode_votes(selected)
     used = np.ones(encoded.n_items, dtype=bool) if include_incomplete else encoded.item_complete
     counts = encoded.item_counts[used]
+    answered = encoded.item_answer_counts[used]
+    present = answered.sum(axis=0) > 0
+    categories = tuple(name for name, seen in zip(ANSWERS, present, strict=True) if seen)
+    answered = answered[:, present]
     if len(counts) == 0:
         raise ValueError(f"no complete items for {criterion!r}; pass include_incomplete=True to use them")
     ratings = counts.sum(axis=1)
@@ -92,7 +103,7 @@ def rater_agreement(votes: pd.DataFrame, criterion: str | None = None, *, includ
     if len(values) == 0:
         raise ValueError("agreement needs items with at least two votes")
     common = int(values[frequency == frequency.max()].max())  # most common number of votes; the larger on a tie
-    fleiss_counts = counts[ratings == common]
+    fleiss_counts = answered[ratings == common]
 
     outcome = majority_outcomes(counts)
     has_majority = 2 * counts.max(axis=1) > ratings
@@ -102,11 +113,12 @@ def rater_agreement(votes: pd.DataFrame, criterion: str | None = None, *, includ
         fleiss_kappa=fleiss_kappa(fleiss_counts),
         fleiss_items=len(fleiss_counts),
         ratings_per_item=common,
-        krippendorff_alpha=krippendorff_alpha_nominal(counts),
+        krippendorff_alpha=krippendorff_alpha_nominal(answered),
         alpha_items=int(np.count_nonzero(ratings >= 2)),
         majority_agreement=float(agreeing / ratings[has_majority].sum()) if has_majority.any() else float("nan"),
         majority_items=int(has_majority.sum()),
         items_without_majority=int((~has_majority).sum()),
+        categories=categories,
     )
 
 

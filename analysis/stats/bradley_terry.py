@@ -27,7 +27,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.special import expit
 
-from .intervals import resampled_totals
+from .intervals import quantile_mc_error, resampled_totals
 from .votes import A, TIE, encode_votes, select_criterion
 
 RIDGE = 1e-6  # penalty RIDGE / 2 * sum(s^2) on the log-likelihood
@@ -84,7 +84,9 @@ class BradleyTerryResult:
     ``ranking``: one row per model, best first, columns ``score`` (log-strength,
     anchored: mean zero, or the ``anchor`` model at zero), ``low``/``high``
     (percentile bootstrap interval over prompts, anchored per round, so the
-    anchor model's own interval is [0, 0]), ``rank`` (by score) and
+    anchor model's own interval is [0, 0]), ``mc_error`` (Monte Carlo standard
+    error of those ends, the larger of the two: how far another seed would move
+    them, :func:`analysis.stats.intervals.quantile_mc_error`), ``rank`` (by score) and
     ``rank_upper`` (1 + number of models whose interval lies wholly above this
     one's, the Chatbot Arena convention).
     ``win_fractions``: observed share of battles the row model won against the
@@ -192,6 +194,7 @@ def bradley_terry(
         round_scores = round_scores - round_scores[:, [anchor_code]]
     alpha = (1 - level) / 2
     low, high = np.quantile(round_scores, [alpha, 1 - alpha], axis=0)
+    low_mc, high_mc = quantile_mc_error(round_scores, [alpha, 1 - alpha])
 
     order = np.argsort(-scores, kind="stable")
     better_than = (low[None, :] > high[:, None]).sum(axis=1)  # models wholly above each one
@@ -200,6 +203,7 @@ def bradley_terry(
             "score": scores[order],
             "low": low[order],
             "high": high[order],
+            "mc_error": np.maximum(low_mc, high_mc)[order],
             "rank": np.arange(1, n_models + 1),
             "rank_upper": 1 + better_than[order],
         },

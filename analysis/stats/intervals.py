@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import stats
+from scipy import special
 from scipy.special import ndtr, ndtri
 
 # Bootstrap counts held in memory at once (rounds x prompts), 16 MB as float64.
@@ -187,6 +188,26 @@ def bootstrap_intervals(
     )
 
 
+def quantile_mc_error(replicates: np.ndarray, probabilities, axis: int = 0) -> np.ndarray:
+    """Monte Carlo standard error of the sample quantiles of bootstrap ``replicates`` at ``probabilities``.
+
+    From the order statistics: the rank of a p-quantile among B replicates
+    has standard deviation sqrt(B p (1 - p)), so half the distance between the
+    replicates that many ranks below and above it estimates the quantile's
+    standard error, without a density estimate (Maritz-Jarrett in spirit).
+    A bootstrap run again with another seed moves its ends by about this much.
+    """
+    replicates = np.sort(np.asarray(replicates, dtype=np.float64), axis=axis)
+    rounds = replicates.shape[axis]
+    errors = []
+    for p in np.atleast_1d(probabilities):
+        spread = np.sqrt(rounds * p * (1 - p))
+        below = int(np.clip(np.floor(p * (rounds - 1) - spread), 0, rounds - 1))
+        above = int(np.clip(np.ceil(p * (rounds - 1) + spread), 0, rounds - 1))
+        errors.append((np.take(replicates, above, axis=axis) - np.take(replicates, below, axis=axis)) / 2)
+    return np.stack(errors)
+
+
 def ratio_jackknife(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """Leave-one-prompt-out values of sum(numerator) / sum(denominator) (NaN where nothing is left)."""
     rest = denominator.sum() - denominator
@@ -214,3 +235,189 @@ def cluster_bootstrap_ratio(
     return bootstrap_intervals(
         estimate, totals[:, 0] / totals[:, 1], ratio_jackknife(numerator, denominator), level, seed, len(numerator)
     )
+
+
+# --- The prompt-clustered score interval -----------------------------------------------------------------------------
+
+CLUSTERED_SCORE = "cluster_score"
+# Fewer prompts than this: no interval (see clustered_score_interval).
+MIN_PROMPTS = 6
+_BISECTIONS = 40
+
+
+@dataclass(frozen=True, eq=False)
+class VarianceComponents:
+    """One-way ANOVA over prompts of per-item scores (1 won, 0 not; or 1 / 0.5 / 0 with ties as halves).
+
+    Arrays over the leading (campaign) axes; the last axis of the input was
+    the prompts. ``estimate`` is the pooled share sum(scores) / N. With
+    theta the true share, the variance of the estimate is
+
+        (theta (1 - theta) - deficit + (mean_size - 1) * between) / N
+
+    where ``between`` is the variance of the prompts' true mean scores
+    (method of moments, not truncated at 0: it is unbiased and may come out
+    negative), ``deficit`` how far an item's variance falls short of
+    theta (1 - theta) (0 for 0/1 scores, a quarter of the tie share with ties
+    as halves) and ``mean_size`` = sum(n^2) / N, the weight prompt effects get.
+    ``n0`` is the one-way ANOVA's average prompt size.
+    """
+
+    estimate: np.ndarray
+    items: np.ndarray
+    prompts: int
+    between: np.ndarray
+    deficit: np.ndarray
+    mean_size: np.ndarray
+    n0: np.ndarray
+
+    def per_item_variance(self, theta):
+        """N times the variance of the estimate if the true share were ``theta`` (floored at the no-clustering value / mean_size)."""
+        binomial = np.maximum(theta * (1 - theta) - self.deficit, 0.0)
+        return np.maximum(binomial + (self.mean_size - 1) * self.between, binomial / self.mean_size)
+
+    def degrees_of_freedom(self, theta):
+        """Satterthwaite degrees of freedom of that variance at ``theta``: 2 V^2 / Var(V), at least prompts - 1.
+
+        Only the prompt-effect part of V is estimated. Var(V) is the normal-theory
+        variance of the ANOVA estimate of ``between``, 2 / n0^2 (MSB^2 / (m - 1) +
+        MSW^2 / (N - m)), with the mean squares at their expected values under
+        ``theta`` and the estimated ``between`` (not the observed ones, which move
+        with the estimate). Infinite with one item per prompt, where nothing is estimated.
+        """
+        m, total = self.prompts, self.items
+        weight = self.mean_size - 1
+        within = np.maximum(theta * (1 - theta) - self.deficit - self.between, 1e-12)
+        mean_between = np.maximum(within + self.n0 * self.between, 1e-12)
+        within_df = total - m
+        with np.errstate(divide="ignore", invalid="ignore"):
+            spread = 2 / self.n0**2 * (mean_between**2 / (m - 1) + np.where(within_df > 0, within**2 / within_df, 0.0))
+            df = 2 * self.per_item_variance(theta) ** 2 / (weight**2 * spread)
+        df = np.maximum(np.nan_to_num(df, nan=m - 1, posinf=np.inf), m - 1)
+        return np.where(weight > 0, df, np.inf)
+
+
+def variance_components(numerator, denominator, squares=None) -> VarianceComponents:
+    """Per-prompt sums (score, squared score, items) -> :class:`VarianceComponents`; prompts on the last axis.
+
+    ``squares`` defaults to ``numerator`` (0/1 scores). Needs two or more prompts.
+    """
+    y = np.asarray(numerator, dtype=np.float64)
+    n = np.asarray(denominator, dtype=np.float64)
+    q = y if squares is None else np.asarray(squares, dtype=np.float64)
+    if y.shape != n.shape or q.shape != n.shape or y.ndim < 1:
+        raise ValueError("numerator, denominator and squares must have the same shape, prompts on the last axis")
+    if (n <= 0).any():
+        raise ValueError("every prompt must have at least one item")
+    m = y.shape[-1]
+    if m < 2:
+        raise ValueError("the clustered interval needs at least two prompts")
+    total = n.sum(axis=-1)
+    estimate = y.sum(axis=-1) / total
+    share = y / n
+    mean_between = (n * (share - estimate[..., None]) ** 2).sum(axis=-1) / (m - 1)
+    within_df = total - m
+    within_squares = np.maximum((q - y * share).sum(axis=-1), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_within = np.where(within_df > 0, within_squares / within_df, 0.0)
+    squared_sizes = (n**2).sum(axis=-1)
+    n0 = (total - squared_sizes / total) / (m - 1)  # the one-way ANOVA's average prompt size
+    return VarianceComponents(
+        estimate=estimate,
+        items=total,
+        prompts=m,
+        between=(mean_between - mean_within) / n0,
+        deficit=(y.sum(axis=-1) - q.sum(axis=-1)) / total,
+        mean_size=squared_sizes / total,
+        n0=n0,
+    )
+
+
+def _score_test_accepts(parts: VarianceComponents, theta, upper: bool, tail) -> np.ndarray:
+    """Whether the score test keeps ``theta`` on one side (``upper``: theta above the estimate), at one-sided level ``tail``."""
+    variance = parts.per_item_variance(theta) / parts.items
+    difference = parts.estimate - theta
+    with np.errstate(divide="ignore", invalid="ignore"):
+        statistic = np.where(variance > 0, difference / np.sqrt(variance), np.sign(difference) * np.inf)
+    critical = special.stdtrit(parts.degrees_of_freedom(theta), 1 - tail)
+    return (-statistic if upper else statistic) <= critical
+
+
+def _bisect(accepts, estimate: np.ndarray, end: float) -> np.ndarray:
+    """The accepted value farthest from ``estimate`` toward ``end`` (acceptance is one run from the estimate)."""
+    inside, outside = estimate.copy(), np.full_like(estimate, end)
+    for _ in range(_BISECTIONS):
+        middle = (inside + outside) / 2
+        ok = accepts(middle)
+        inside, outside = np.where(ok, middle, inside), np.where(ok, outside, middle)
+    return np.where(accepts(np.full_like(estimate, end)), end, inside)
+
+
+def clustered_score_bounds(numerator, denominator, squares=None, *, level: float = 0.95):
+    """(low, high) arrays of the prompt-clustered score interval; leading axes are independent campaigns.
+
+    See :func:`clustered_score_interval` for the method.
+    """
+    _z(level)
+    alpha = 1 - level
+    parts = variance_components(numerator, denominator, squares)
+    n = np.asarray(denominator, dtype=np.float64)
+    # The most extreme data, every item won (or lost), are the only data that could reject a theta near 1 (or 0)
+    # from above (below). Where even they cannot, that tail is empty and the test puts all of alpha in the other.
+    all_won = variance_components(n, n, n)
+    all_lost = variance_components(np.zeros_like(n), n, np.zeros_like(n))
+    upper_tail_empty_from = _bisect(lambda theta: _score_test_accepts(all_won, theta, False, alpha / 2), all_won.estimate, 0.0)
+    lower_tail_empty_to = _bisect(lambda theta: _score_test_accepts(all_lost, theta, True, alpha / 2), all_lost.estimate, 1.0)
+
+    def accepts_low(theta):
+        return _score_test_accepts(parts, theta, False, np.where(theta <= lower_tail_empty_to, alpha, alpha / 2))
+
+    def accepts_high(theta):
+        return _score_test_accepts(parts, theta, True, np.where(theta >= upper_tail_empty_from, alpha, alpha / 2))
+
+    return _bisect(accepts_low, parts.estimate, 0.0), _bisect(accepts_high, parts.estimate, 1.0)
+
+
+class TooFewPrompts(ValueError):
+    """Too few prompts for an interval that keeps its promised coverage; the message says so in words."""
+
+
+def too_few_prompts_message(prompts: int, min_prompts: int = MIN_PROMPTS) -> str:
+    return (
+        f"no interval: {prompts} prompt{'s' if prompts != 1 else ''}, and Needle prints one from {min_prompts} prompts on "
+        "(with fewer, how much prompts differ cannot be estimated, and no interval we tested kept its 95% coverage)"
+    )
+
+
+def clustered_score_interval(numerator, denominator, squares=None, *, level: float = 0.95, min_prompts: int = MIN_PROMPTS) -> Interval:
+    """The prompt-clustered score interval for sum(numerator) / sum(denominator), from per-prompt sums.
+
+    For B's item-level win rate, ``numerator[p]`` is the items of prompt p that
+    B won and ``denominator[p]`` its items; with ties as half a win, the
+    numerator counts ties as 0.5 and ``squares`` (the per-prompt sums of the
+    squared scores) is wins + ties / 4.
+
+    The interval is every theta that a score test does not reject (Wilson's
+    construction): (estimate - theta) / se(theta) against a t quantile, where
+    se(theta)^2 = (theta (1 - theta) - deficit + (mean_size - 1) * between) / N
+    adds the variance the prompts bring (one-way ANOVA over prompts, see
+    :class:`VarianceComponents`) to the binomial one at theta, and the t
+    quantile has the Satterthwaite degrees of freedom of that estimated variance
+    (between prompts - 1 and infinity, infinite with one item per prompt, where
+    it is exactly the Wilson interval). Near 0 and 1 the test is Blaker's kind
+    of two-sided: where not even every item won could reject theta from above,
+    the upper tail is empty and the lower one gets all of 1 - level (and the
+    same at the other end); otherwise each tail gets half.
+
+    Fewer than ``min_prompts`` prompts raise :class:`TooFewPrompts`: coverage
+    simulations (analysis/tests/test_coverage.py, bench/README.md) found no
+    method that held 95% there.
+    """
+    numerator = np.asarray(numerator, dtype=np.float64)
+    denominator = np.asarray(denominator, dtype=np.float64)
+    if numerator.ndim != 1:
+        raise ValueError("numerator must be 1-D: one entry per prompt")
+    if len(numerator) < max(2, min_prompts):
+        raise TooFewPrompts(too_few_prompts_message(len(numerator), max(2, min_prompts)))
+    low, high = clustered_score_bounds(numerator, denominator, squares, level=level)
+    return Interval(float(low), float(high), level, CLUSTERED_SCORE)

@@ -17,6 +17,10 @@ CRITERIA = ("visual_appeal", "text_faithfulness")
 # Winner codes used throughout the package: the index into WINNERS.
 WINNERS = ("a", "b", "tie")
 A, B, TIE = 0, 1, 2
+# What the rater answered, mapped to models: text faithfulness asks "both" / "neither" where visual appeal asks "tie".
+# The win rate reads all three as a tie (as Emu does); agreement keeps them apart, since they mean different things.
+ANSWERS = ("a", "b", "tie", "both", "neither")
+_ANSWER_WINNER = {"a": A, "b": B, "tie": TIE, "both": TIE, "neither": TIE}
 
 VOTE_COLUMNS = (
     "item_id",
@@ -32,6 +36,8 @@ VOTE_COLUMNS = (
     "seconds_on_task",
     "votes_per_item",
 )
+# Optional: ``answer`` (one of ANSWERS); when absent it is read as ``winner``.
+OPTIONAL_COLUMNS = ("answer",)
 _INTEGER_COLUMNS = ("item_id", "prompt_id", "rater_id", "votes_per_item")
 # Columns that describe the item, so every vote of one item must agree on them.
 _ITEM_COLUMNS = ("prompt_id", "category", "challenge", "criterion", "model_a", "model_b", "votes_per_item")
@@ -64,6 +70,8 @@ class EncodedVotes:
     challenge_names: np.ndarray
     item_votes_required: np.ndarray  # the item's k
     item_counts: np.ndarray  # (items, 3): votes for a, b, tie
+    vote_answer: np.ndarray  # index into ANSWERS
+    item_answer_counts: np.ndarray  # (items, 5): votes answering a, b, tie, both, neither
 
     @property
     def n_items(self) -> int:
@@ -109,7 +117,8 @@ def validate_votes(votes: pd.DataFrame) -> None:
     ``seconds_on_task`` is numeric and not negative; ``votes_per_item`` >= 1;
     ``model_a`` differs from ``model_b``; every vote of an item agrees on the
     item's prompt, category, challenge, criterion, models and k; no rater voted
-    twice on one item.
+    twice on one item; the optional ``answer`` is one of ANSWERS and agrees
+    with ``winner`` ("both", "neither" and "tie" are ties).
     """
     encode_votes(votes)
 
@@ -143,6 +152,7 @@ def encode_votes(votes: pd.DataFrame) -> EncodedVotes:
         shown = unknown + (["<missing>"] if (winner_codes < 0).any() else [])
         raise ValueError(f"column 'winner' has unknown value(s) {shown}; allowed: {list(WINNERS)}")
     vote_winner = np.array([WINNERS.index(value) for value in winner_values], dtype=np.int8)[winner_codes]
+    vote_answer = _encode_answers(votes, vote_winner)
 
     criterion_codes, criterion_names = _factorize_strings(votes, "criterion")
     unknown = sorted(set(criterion_names) - set(CRITERIA))
@@ -189,6 +199,8 @@ def encode_votes(votes: pd.DataFrame) -> EncodedVotes:
         raise ValueError(f"rater {votes['rater_id'].iloc[row]} voted more than once on item {votes['item_id'].iloc[row]}")
 
     item_counts = np.bincount(vote_item * 3 + vote_winner, minlength=3 * n_items).reshape(n_items, 3)
+    answers = len(ANSWERS)
+    item_answer_counts = np.bincount(vote_item * answers + vote_answer, minlength=answers * n_items).reshape(n_items, answers)
     return EncodedVotes(
         vote_item=vote_item,
         vote_winner=vote_winner,
@@ -209,7 +221,29 @@ def encode_votes(votes: pd.DataFrame) -> EncodedVotes:
         challenge_names=challenge_names,
         item_votes_required=required[representative],
         item_counts=item_counts,
+        vote_answer=vote_answer,
+        item_answer_counts=item_answer_counts,
     )
+
+
+def _encode_answers(votes: pd.DataFrame, vote_winner: np.ndarray) -> np.ndarray:
+    """Answer codes (index into ANSWERS): the ``answer`` column, checked against ``winner``; the winner without one."""
+    if "answer" not in votes.columns:
+        return vote_winner.astype(np.int8)  # a, b, tie are the first three answers
+    codes, values = pd.factorize(votes["answer"])
+    unknown = sorted({str(value) for value in values if value not in ANSWERS})
+    if unknown or (codes < 0).any():
+        shown = unknown + (["<missing>"] if (codes < 0).any() else [])
+        raise ValueError(f"column 'answer' has unknown value(s) {shown}; allowed: {list(ANSWERS)}")
+    vote_answer = np.array([ANSWERS.index(value) for value in values], dtype=np.int8)[codes]
+    implied = np.array([_ANSWER_WINNER[name] for name in ANSWERS], dtype=np.int8)[vote_answer]
+    if (implied != vote_winner).any():
+        row = int(np.argmax(implied != vote_winner))
+        raise ValueError(
+            f"answer {votes['answer'].iloc[row]!r} contradicts winner {votes['winner'].iloc[row]!r} "
+            f"(item {votes['item_id'].iloc[row]}): a and b must match, and tie, both and neither are ties"
+        )
+    return vote_answer
 
 
 def _factorize_strings(votes: pd.DataFrame, columns, missing_as_empty: bool = False) -> tuple[np.ndarray, np.ndarray]:

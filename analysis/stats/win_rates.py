@@ -12,10 +12,13 @@ import numpy as np
 import pandas as pd
 
 from .intervals import (
+    CLUSTERED_SCORE,
     BootstrapResult,
     Interval,
     SignTest,
+    TooFewPrompts,
     bootstrap_intervals,
+    clustered_score_interval,
     ratio_jackknife,
     resampled_totals,
     sign_test,
@@ -23,34 +26,31 @@ from .intervals import (
 )
 from .votes import A, B, TIE, EncodedVotes, criteria_in, encode_votes, select_criterion
 
-HEADLINE_INTERVAL = "cluster_bootstrap_bca"
+HEADLINE_INTERVAL = CLUSTERED_SCORE
 
 
 def headline_interval() -> str:
-    """Which interval the report headline uses: the prompt-clustered bootstrap, BCa method.
+    """Which interval the report prints around a win rate: the prompt-clustered score interval.
 
-    Why clustered: the items of one prompt (several seeds) and the k votes of one
-    item share the prompt, so they are not independent, and an interval that
-    treats votes (or items) as independent is too narrow. With prompt-level
-    random effects (analysis/tests/test_coverage.py) the naive vote-level Wilson
-    interval covers about 62% and the item-level Wilson about 80%, where 95% is
-    promised; the clustered bootstrap holds 95%.
+    Why clustered: the items of one prompt (several seeds) and the k votes of
+    one item share the prompt, so they are not independent, and an interval
+    that treats votes (or items) as independent is too narrow: with strong
+    prompt effects the naive vote-level Wilson interval covers about 62% and the
+    item-level Wilson about 80%, where 95% is promised.
 
-    Why BCa rather than percentile: in simulations of 5,000-10,000 campaigns
-    both are near 95% with a few hundred prompts and win rates near 0.6, but
-    with few prompts or a skewed win rate the percentile interval sits too high:
-    at 50 prompts and a true item-level win rate of 0.82 it covered 93.9%,
-    missing below the truth 4.2% of the time (overstating model B) and above it
-    1.8%; BCa covered 95.1% with misses of 2.4% / 2.5%. (30 prompts at 0.64:
-    percentile 94.1%, BCa 95.2%; 200 prompts at 0.92: 94.6% vs 95.1%.) A
-    claim that the candidate model wins rests on the lower end, so the headline
-    uses the interval whose lower end is honest.
+    Why a score interval rather than the prompt-clustered bootstrap (BCa) it
+    replaces: the bootstrap held 95% with 50 or more prompts, but with few
+    prompts it is far too narrow (it cannot see more spread between prompts
+    than the few it has): at 5 prompts it covered 70-85%, at 2 prompts under
+    60%. The score interval adds the between-prompt variance (one-way ANOVA)
+    to the binomial variance at each candidate rate, takes a t quantile with
+    Satterthwaite degrees of freedom, and is deterministic (no Monte Carlo
+    error, no seed). Coverage in simulation: analysis/tests/test_coverage.py and
+    bench/README.md.
 
-    Two fallbacks: when BCa is undefined (every replicate on one side of the
-    estimate), the percentile interval; when the bootstrap sees no variation at
-    all (a 0% or 100% win rate, or a single prompt, where every resample gives
-    the same value and both intervals collapse to the point), the item-level
-    Wilson interval, the only one that still says how uncertain the rate is.
+    With fewer than ``MIN_PROMPTS`` prompts there is no interval (the report
+    says why): no method tested kept 95% there. The bootstrap is still
+    computed (``WinRateReport.bootstrap``) for comparison.
     """
     return HEADLINE_INTERVAL
 
@@ -96,12 +96,15 @@ class WinRateReport:
     items with fewer than k votes; they are left out of everything else unless
     ``include_incomplete`` was set.
 
-    Intervals: ``bootstrap`` (item-level win rate, prompts resampled) and
-    ``bootstrap_half_ties`` (the wins + ties / 2 convention, same resamples);
-    ``item_wilson`` treats items as independent and ``vote_wilson`` treats votes
-    as independent (naive: too narrow when votes of a prompt are correlated,
-    shown only for comparison). ``headline`` is the one the report leads with.
-    ``sign_test``: exact test of item-level wins vs losses, ties excluded.
+    Intervals: ``interval`` (item-level win rate) and ``interval_half_ties``
+    (the wins + ties / 2 convention) are the prompt-clustered score intervals
+    (:func:`headline_interval`); both are None with fewer than ``MIN_PROMPTS``
+    prompts, and ``interval_note`` says why. For comparison only:
+    ``bootstrap`` / ``bootstrap_half_ties`` (prompt-clustered bootstrap, too
+    narrow with few prompts), ``item_wilson`` (items as independent) and
+    ``vote_wilson`` (votes as independent; both too narrow when the votes of
+    a prompt are correlated). ``sign_test``: exact test of item-level wins vs
+    losses, ties excluded.
     """
 
     criterion: str
@@ -112,19 +115,19 @@ class WinRateReport:
     prompts: int
     incomplete_items: int
     include_incomplete: bool
-    bootstrap: BootstrapResult
-    bootstrap_half_ties: BootstrapResult
+    bootstrap: BootstrapResult | None
+    bootstrap_half_ties: BootstrapResult | None
     item_wilson: Interval
     vote_wilson: Interval
     sign_test: SignTest
+    interval: Interval | None
+    interval_half_ties: Interval | None
+    interval_note: str
 
     @property
-    def headline(self) -> Interval:
+    def headline(self) -> Interval | None:
         """The interval around ``items.win_rate`` that the report headline uses (see :func:`headline_interval`)."""
-        bca, percentile = self.bootstrap.bca, self.bootstrap.percentile
-        if percentile.high == percentile.low:  # no variation between resamples: nothing for the bootstrap to say
-            return self.item_wilson
-        return bca if np.isfinite([bca.low, bca.high]).all() else percentile
+        return self.interval
 
 
 def _two_model_pair(encoded: EncodedVotes) -> tuple[str, str]:
@@ -171,20 +174,30 @@ def _report(
     prompt_codes, prompt_index = np.unique(encoded.item_prompt[used], return_inverse=True)
     n_prompts = len(prompt_codes)
     wins = np.bincount(prompt_index, weights=(outcome == B), minlength=n_prompts)
-    half_ties = wins + 0.5 * np.bincount(prompt_index, weights=(outcome == TIE), minlength=n_prompts)
+    ties = np.bincount(prompt_index, weights=(outcome == TIE), minlength=n_prompts)
+    half_ties = wins + 0.5 * ties
     compared = np.bincount(prompt_index, minlength=n_prompts).astype(np.float64)
-    totals = resampled_totals(np.column_stack([wins, half_ties, compared]), rounds, seed)
-    bootstrap = bootstrap_intervals(
-        items.win_rate, totals[:, 0] / totals[:, 2], ratio_jackknife(wins, compared), level, seed, n_prompts
-    )
-    bootstrap_half_ties = bootstrap_intervals(
-        items.win_rate_half_ties,
-        totals[:, 1] / totals[:, 2],
-        ratio_jackknife(half_ties, compared),
-        level,
-        seed,
-        n_prompts,
-    )
+    try:
+        interval = clustered_score_interval(wins, compared, level=level)
+        interval_half_ties = clustered_score_interval(half_ties, compared, wins + 0.25 * ties, level=level)
+        note = ""
+    except TooFewPrompts as exc:
+        interval = interval_half_ties = None
+        note = str(exc)
+    bootstrap = bootstrap_half_ties = None
+    if rounds:
+        totals = resampled_totals(np.column_stack([wins, half_ties, compared]), rounds, seed)
+        bootstrap = bootstrap_intervals(
+            items.win_rate, totals[:, 0] / totals[:, 2], ratio_jackknife(wins, compared), level, seed, n_prompts
+        )
+        bootstrap_half_ties = bootstrap_intervals(
+            items.win_rate_half_ties,
+            totals[:, 1] / totals[:, 2],
+            ratio_jackknife(half_ties, compared),
+            level,
+            seed,
+            n_prompts,
+        )
     return WinRateReport(
         criterion=criterion,
         model_a=model_a,
@@ -199,6 +212,9 @@ def _report(
         item_wilson=wilson_interval(items.wins, items.comparisons, level),
         vote_wilson=replace(wilson_interval(votes.wins, votes.comparisons, level), method="wilson_votes_naive"),
         sign_test=sign_test(items.wins, items.losses),
+        interval=interval,
+        interval_half_ties=interval_half_ties,
+        interval_note=note,
     )
 
 
@@ -214,7 +230,8 @@ def win_rate_report(
     """Item-level and vote-level win rates of model B over model A for one criterion, with intervals and a sign test.
 
     ``criterion=None`` requires the frame to hold exactly one criterion. The
-    bootstrap resamples prompts ``rounds`` times from ``seed``.
+    comparison bootstrap resamples prompts ``rounds`` times from ``seed``
+    (``rounds=0`` skips it; the intervals the report prints do not use it).
     """
     criterion, selected = select_criterion(votes, criterion)
     encoded = encode_votes(selected)
@@ -252,7 +269,8 @@ def win_rates_by(
     ``criterion=None`` covers every criterion present (each criterion is still
     analysed on its own). Each group's interval is the headline interval
     (:func:`headline_interval`) over that group's prompts, with its
-    ``interval_method`` (a group with a single prompt falls back to Wilson).
+    ``interval_method``; a group with fewer than ``MIN_PROMPTS`` prompts has
+    none (NaN ends, empty method) and ``interval_note`` says why.
     """
     if by not in _BREAKDOWN_COLUMNS:
         raise ValueError(f"by must be one of {sorted(_BREAKDOWN_COLUMNS)}, not {by!r}")
@@ -286,9 +304,10 @@ def win_rates_by(
                     "tie_share": report.items.tie_share,
                     "loss_share": report.items.loss_share,
                     "win_rate_half_ties": report.items.win_rate_half_ties,
-                    "low": report.headline.low,
-                    "high": report.headline.high,
-                    "interval_method": report.headline.method,
+                    "low": report.interval.low if report.interval else np.nan,
+                    "high": report.interval.high if report.interval else np.nan,
+                    "interval_method": report.interval.method if report.interval else "",
+                    "interval_note": report.interval_note,
                     "sign_test_p": report.sign_test.p_value,
                     "incomplete_items": report.incomplete_items,
                 }

@@ -3,15 +3,22 @@
 The campaigns are built once for the module (really generated images, votes
 cast through the assignment engine) inside a transaction that is rolled back
 at the end; every test runs in a savepoint within it, so what a test adds or
-excludes is gone for the next one.
+excludes is gone for the next one (``world_is_untouched`` checks that before
+every test, and clears the cache around each). The build is
+deterministic: the engine's tokens (which set each rater's criterion schedule)
+and first placements come from seeded generators, so every run, in any test
+order, sees the same votes.
 """
 
 import json
+import random
 import re
+import secrets
 import subprocess
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from io import StringIO
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -23,19 +30,33 @@ from django.db import transaction
 from django.test import Client
 from django.urls import reverse
 from scipy.stats import binomtest
-from statsmodels.stats.proportion import proportion_confint
+from statsmodels.stats.inter_rater import fleiss_kappa
 
 from analysis import services
 from annotation import services as annotation_services
 from annotation.api import issue_api_token
 from annotation.models import Campaign, ComparisonItem, Participation, Rater, Vote
-from conftest import PROMPTS_TSV
+from django.core.cache import cache
 from generation import services as generation_services
 
 pytestmark = pytest.mark.django_db
 
 ROUNDS = 200  # the tests check bookkeeping and determinism, not interval quality
 CRITERIA = ("visual_appeal", "text_faithfulness")
+# Eight prompts, so the campaign's win rates have intervals (from six prompts on); no category or challenge has six.
+EIGHT_PROMPTS_TSV = (
+    "Prompt\tCategory\tChallenge\tNote\n"
+    "a red apple\tFood\tBasic\t\n"
+    "a lighthouse at dusk\tOutdoor Scenes\tBasic\t\n"
+    "three blue birds\tAnimals\tQuantity\tcounting\n"
+    'a sign that says "hi"\tArtifacts\tWriting & Symbols\t\n'
+    "a bowl of tomato soup\tFood\tBasic\t\n"
+    "a harbour in the fog\tOutdoor Scenes\tBasic\t\n"
+    "two cats on a sofa\tAnimals\tQuantity\t\n"
+    'a mug that says "tea"\tArtifacts\tWriting & Symbols\t\n'
+)
+SEEDS = [0, 1]
+ITEMS_PER_CRITERION = 8 * len(SEEDS)
 
 
 # --- Building the campaigns once -------------------------------------------------------------------------------------
@@ -103,7 +124,7 @@ def live(campaign):
 
 @dataclass
 class World:
-    campaign: Campaign  # live_campaign's shape: 20 appeal items (k=5), 20 faithfulness items (k=3)
+    campaign: Campaign  # 8 prompts x 2 seeds: 16 appeal items (k=5), 16 faithfulness items (k=3)
     raters: list
     spammer: Participation  # excluded, 6 votes kept and flagged
     three: Campaign  # base, tuned, third; all pairs; visual appeal, k=3; every item complete
@@ -114,35 +135,74 @@ class World:
 
 @pytest.fixture(scope="module")
 def world(django_db_setup, django_db_blocker, tiny_pipeline_dir):
+    tokens = random.Random(20240607)
     with django_db_blocker.unblock(), transaction.atomic():
-        base = generation_services.register_model(name="base", pipeline_path=str(tiny_pipeline_dir("sd", 0)), steps=4, guidance_scale=5.0)
-        tuned = generation_services.register_model(name="tuned", pipeline_path=str(tiny_pipeline_dir("sd", 1)), steps=4, guidance_scale=5.0)
-        third = generation_services.register_model(name="third", pipeline_path=str(tiny_pipeline_dir("sd", 2)), steps=4, guidance_scale=5.0)
-        prompt_set, _ = generation_services.import_prompt_set(name="four", data=PROMPTS_TSV.encode(), filename="four.tsv")
-
-        campaign = live(annotation_services.create_campaign(name="c", models=[base, tuned], prompt_set=prompt_set, seeds=[0, 1, 2, 3, 4], gold_share=0))
-        rng = np.random.default_rng(7)
-        spammer = Rater.objects.create(external_id="spam-1")
-        assert cast_votes(campaign, [spammer], rng, lambda task: (0.0, 0.0), budget=6) == 6  # always model A
-        spammer_participation = Participation.objects.get(campaign=campaign, rater=spammer)
-        annotation_services.exclude_rater(spammer_participation, "answered in under a second")
-        raters = [Rater.objects.create(external_id=f"pid-{i}") for i in range(6)]
-        # 160 counting votes would fill every comparison; 132 leave both criteria with complete and incomplete
-        # comparisons (the engine advances them together, depth-first within each).
-        cast_votes(campaign, raters, rng, by_criterion, budget=132)
-
-        three = live(annotation_services.create_campaign(
-            name="three", models=[base, tuned, third], prompt_set=prompt_set, seeds=[0, 1], gold_share=0,
-            criteria={"visual_appeal": {"votes_per_item": 3}},
-        ))
-        cast_votes(three, [Rater.objects.create() for _ in range(4)], np.random.default_rng(3), by_pair)
-
-        empty = annotation_services.create_campaign(name="empty draft", models=[base, tuned], prompt_set=prompt_set, seeds=[0], gold_share=0)
-        users = get_user_model().objects
-        staff = users.create_user("researcher", password="pw-long-enough-1", is_staff=True)
-        member = users.create_user("member", password="pw-long-enough-2")
-        yield World(campaign, raters, spammer_participation, three, empty, staff, member)
+        state = random.getstate()
+        random.seed(11)  # the engine's first placements
+        try:
+            with mock.patch.object(secrets, "token_urlsafe", lambda n=32: tokens.randbytes(n).hex()):
+                built = build_world(tiny_pipeline_dir)
+        finally:
+            random.setstate(state)
+        yield built
         transaction.set_rollback(True)
+
+
+def build_world(tiny_pipeline_dir) -> World:
+    base = generation_services.register_model(name="base", pipeline_path=str(tiny_pipeline_dir("sd", 0)), steps=4, guidance_scale=5.0)
+    tuned = generation_services.register_model(name="tuned", pipeline_path=str(tiny_pipeline_dir("sd", 1)), steps=4, guidance_scale=5.0)
+    third = generation_services.register_model(name="third", pipeline_path=str(tiny_pipeline_dir("sd", 2)), steps=4, guidance_scale=5.0)
+    prompt_set, _ = generation_services.import_prompt_set(name="eight", data=EIGHT_PROMPTS_TSV.encode(), filename="eight.tsv")
+
+    campaign = live(annotation_services.create_campaign(name="c", models=[base, tuned], prompt_set=prompt_set, seeds=SEEDS, gold_share=0))
+    rng = np.random.default_rng(7)
+    spammer = Rater.objects.create(external_id="spam-1")
+    assert cast_votes(campaign, [spammer], rng, lambda task: (0.0, 0.0), budget=6) == 6  # always model A
+    spammer_participation = Participation.objects.get(campaign=campaign, rater=spammer)
+    annotation_services.exclude_rater(spammer_participation, "answered in under a second")
+    raters = [Rater.objects.create(external_id=f"pid-{i}") for i in range(6)]
+    # 128 counting votes would fill every comparison; 112 leave both criteria with complete and incomplete
+    # comparisons (the engine advances them together, depth-first within each), over at least six prompts.
+    cast_votes(campaign, raters, rng, by_criterion, budget=112)
+
+    three = live(annotation_services.create_campaign(
+        name="three", models=[base, tuned, third], prompt_set=prompt_set, seeds=[0], gold_share=0,
+        criteria={"visual_appeal": {"votes_per_item": 3}},
+    ))
+    cast_votes(three, [Rater.objects.create() for _ in range(4)], np.random.default_rng(3), by_pair)
+
+    empty = annotation_services.create_campaign(name="empty draft", models=[base, tuned], prompt_set=prompt_set, seeds=[0], gold_share=0)
+    users = get_user_model().objects
+    staff = users.create_user("researcher", password="pw-long-enough-1", is_staff=True)
+    member = users.create_user("member", password="pw-long-enough-2")
+    return World(campaign, raters, spammer_participation, three, empty, staff, member)
+
+
+def snapshot(world) -> tuple:
+    """What a test must leave as it found it: counting votes, exclusions, leases, items' counters, users."""
+    votes = Vote.objects.filter(assignment__campaign__in=[world.campaign, world.three])
+    return (
+        votes.count(), votes.filter(excluded=True).count(),
+        sorted(Participation.objects.filter(excluded=True).values_list("pk", flat=True)),
+        sorted(ComparisonItem.objects.filter(campaign=world.campaign).values_list("pk", "votes", "remaining")),
+        get_user_model().objects.count(), Rater.objects.count(),
+    )
+
+
+@pytest.fixture(scope="module")
+def world_snapshot(world, django_db_blocker):
+    with django_db_blocker.unblock():
+        return snapshot(world)
+
+
+@pytest.fixture(autouse=True)
+def world_is_untouched(world, world_snapshot, django_db_blocker):
+    """Tests share the world read-only: each starts from the snapshot and its changes are rolled back after it."""
+    cache.clear()
+    with django_db_blocker.unblock():
+        assert snapshot(world) == world_snapshot
+    yield
+    cache.clear()
 
 
 @pytest.fixture
@@ -190,6 +250,17 @@ def independent(campaign, criterion):
     }
 
 
+def prompt_sums(campaign, criterion, items) -> dict[int, tuple[int, int]]:
+    """Per prompt: (complete items B won by strict majority, complete items), counted from the Vote rows."""
+    counts = item_counts(campaign, criterion)
+    prompt_of = dict(ComparisonItem.objects.filter(pk__in=items).values_list("pk", "image_a__prompt_id"))
+    sums = defaultdict(lambda: [0, 0])
+    for item in items:
+        sums[prompt_of[item]][0] += strict_majority(counts[item]) == "b"
+        sums[prompt_of[item]][1] += 1
+    return {prompt: tuple(value) for prompt, value in sorted(sums.items())}
+
+
 def comparison(report, criterion, pair=("base", "tuned")):
     return next(c for c in report.comparisons if c.criterion == criterion and (c.model_a, c.model_b) == pair)
 
@@ -211,8 +282,10 @@ def test_headline_numbers_equal_an_independent_count_of_the_votes(world):
         assert c.win_rate_half_ties == pytest.approx((truth["wins"] + truth["ties"] / 2) / n)
         assert c.statement == f"tuned preferred in {100 * truth['wins'] / n:.1f}% of comparisons"
         assert c.sign_test_p == pytest.approx(binomtest(truth["wins"], truth["wins"] + truth["losses"]).pvalue, rel=1e-9)
-        low, high = proportion_confint(truth["wins"], n, alpha=0.05, method="wilson")
-        assert (c.item_wilson.low, c.item_wilson.high) == (pytest.approx(low, abs=1e-12), pytest.approx(high, abs=1e-12))
+        per_prompt = prompt_sums(world.campaign, criterion, truth["complete_items"])
+        assert c.prompts == len(per_prompt) >= 6
+        expected = services.stats.clustered_score_interval([w for w, _ in per_prompt.values()], [n for _, n in per_prompt.values()])
+        assert (c.interval.low, c.interval.high) == (expected.low, expected.high) and c.interval_note == ""
         votes = truth["votes"]
         assert (c.vote_outcomes.wins, c.vote_outcomes.ties, c.vote_outcomes.losses) == (votes["b"], votes["tie"], votes["a"])
         used = counted_votes(world.campaign, criterion).filter(assignment__item_id__in=truth["complete_items"])
@@ -227,6 +300,9 @@ def test_headline_numbers_equal_an_independent_count_of_the_votes(world):
     assert {g.group for g in appeal.by_category} <= {"Food", "Outdoor Scenes", "Animals", "Artifacts"}
     assert sum(g.comparisons for g in appeal.by_category) == appeal.compared
     assert sum(g.comparisons for g in appeal.by_challenge) == appeal.compared
+    # No category or challenge has six prompts: their win rates stand without an interval, saying why.
+    for group in appeal.by_category + appeal.by_challenge:
+        assert group.interval is None and group.interval_note.startswith(f"no interval: {group.prompts} prompt")
     assert {a.criterion for a in report.agreement} == set(CRITERIA) and all(not a.message for a in report.agreement)
     assert {b.rater_id for b in report.position_bias} == {r.pk for r in world.raters}
     assert report.rankings == ()  # two models: the win rate says it all
@@ -236,7 +312,7 @@ def test_incomplete_comparisons_are_counted_not_mixed_in_and_excluded_votes_are_
     report = services.build_report(world.campaign, rounds=ROUNDS)
     appeal, truth = comparison(report, "visual_appeal"), independent(world.campaign, "visual_appeal")
     assert truth["incomplete"] > 0 and appeal.incomplete_items == truth["incomplete"]
-    assert appeal.unvoted_items == 20 - truth["complete"] - truth["incomplete"]
+    assert appeal.unvoted_items == ITEMS_PER_CRITERION - truth["complete"] - truth["incomplete"]
     assert appeal.compared == truth["complete"]
     with_incomplete = comparison(services.build_report(world.campaign, rounds=ROUNDS, include_incomplete=True), "visual_appeal")
     assert with_incomplete.compared == truth["complete"] + truth["incomplete"]
@@ -269,6 +345,38 @@ def test_a_criterion_without_complete_comparisons_says_so_and_the_rest_still_rep
     assert rows["text_faithfulness"]["win_rate"] == pytest.approx(faithfulness.win_rate)
 
 
+def test_agreement_counts_both_and_neither_as_different_answers(world):
+    report = services.build_report(world.campaign, rounds=ROUNDS)
+    faithfulness = next(a for a in report.agreement if a.criterion == "text_faithfulness")
+    appeal = next(a for a in report.agreement if a.criterion == "visual_appeal")
+    assert set(appeal.categories) <= {"a", "b", "tie"} and {"both", "neither"} & set(faithfulness.categories)
+    # Independently, from what raters clicked: left / right mapped to models, both and neither kept apart.
+    k = world.campaign.criteria.get(criterion="text_faithfulness").votes_per_item
+    answers = defaultdict(Counter)
+    for item, choice, winner in counted_votes(world.campaign, "text_faithfulness").values_list("assignment__item_id", "choice", "winner"):
+        answers[item][winner if winner in ("a", "b") else choice] += 1
+    rows = [[c[name] for name in ("a", "b", "both", "neither")] for c in answers.values() if sum(c.values()) == k]
+    assert faithfulness.fleiss_items == len(rows)
+    assert faithfulness.fleiss_kappa == pytest.approx(fleiss_kappa(np.array(rows), method="fleiss"), abs=1e-12)
+    assert f"answers {faithfulness.categories_text}" in services.report_html(report)
+
+
+def test_the_headline_colour_follows_the_interval_not_the_point_estimate(world):
+    bounds = services.Bounds
+    assert services.verdict(bounds(0.51, 0.7, 0.95, "cluster_score")) == "above"
+    assert services.verdict(bounds(0.2, 0.49, 0.95, "cluster_score")) == "below"
+    assert services.verdict(bounds(0.45, 0.9, 0.95, "cluster_score")) == "unclear"  # a win rate of 0.7 that may be a loss
+    assert services.verdict(bounds(0.1, 0.55, 0.95, "cluster_score")) == "unclear"
+    assert services.verdict(None) == "unclear"
+    report = services.build_report(world.campaign, rounds=ROUNDS)
+    html = services.report_html(report)
+    for c in report.comparisons:
+        expected = "above" if c.interval.low > 0.5 else "below" if c.interval.high < 0.5 else "unclear"
+        assert c.verdict == expected and f'class="headline verdict-{expected}"' in html
+    styles = re.findall(r"\.report \.headline(?:\.verdict-(\w+))? strong \{ color: var\(--(\w+)\); \}", html)
+    assert sorted(styles) == [("", "fg"), ("above", "good"), ("below", "bad")]  # neutral unless the interval decides
+
+
 # --- Reproducibility ---------------------------------------------------------------------------------------------------
 
 
@@ -280,20 +388,36 @@ def differences(left, right, path=""):
     return [] if left == right else [path]
 
 
-def test_same_votes_and_seed_give_the_same_report_and_another_seed_moves_only_bootstrap_endpoints(world):
+def test_same_votes_and_seed_give_the_same_report_and_the_seed_moves_nothing_in_a_two_model_report(world):
     first = services.build_report(world.campaign, seed=0, rounds=ROUNDS)
     assert services.report_json(first) == services.report_json(services.build_report(world.campaign, seed=0, rounds=ROUNDS))
-    other = services.build_report(world.campaign, seed=1, rounds=ROUNDS)
-    changed = differences(first.as_dict(), other.as_dict())
-    assert ".reproducibility.seed" in changed and any(re.search(r"comparisons\[\d\]\.interval\.(low|high)$", p) for p in changed)
-    bootstrap_endpoint = re.compile(r"\.(interval|interval_half_ties)\.(low|high|method)$")
-    assert [p for p in changed if p != ".reproducibility.seed" and not bootstrap_endpoint.search(p)] == []
+    for seed in (1, 2, 3, 12345):
+        other = services.build_report(world.campaign, seed=seed, rounds=ROUNDS)
+        # The win-rate intervals are deterministic: only the recorded seed differs.
+        assert differences(first.as_dict(), other.as_dict()) == [".reproducibility.seed"]
+
+
+def test_printed_intervals_are_stable_across_seeds_or_carry_their_monte_carlo_error(world):
+    """Win rates: identical to the printed digit whatever the seed. Bradley–Terry: the ends move, by about their printed MC error."""
+    reports = [services.build_report(world.three, seed=seed) for seed in range(4)]  # default rounds
+    for first, other in zip(reports, reports[1:], strict=False):
+        assert [c.interval.text for c in first.comparisons] == [c.interval.text for c in other.comparisons]
+        assert [c.interval_half_ties.text for c in first.comparisons] == [c.interval_half_ties.text for c in other.comparisons]
+    ends = np.array([[[m.low, m.high] for m in sorted(r.rankings[0].models, key=lambda m: m.model)] for r in reports])
+    errors = np.array([[m.mc_error for m in sorted(r.rankings[0].models, key=lambda m: m.model)] for r in reports])
+    anchored = ends.std(axis=0).max(axis=1) > 0  # models whose interval moves at all
+    assert anchored.any() and (errors > 0).all() and (errors < 0.05).all()
+    assert (ends.max(axis=0) - ends.min(axis=0)).max() < 6 * errors.max()
+    html = services.report_html(reports[0])
+    for m in reports[0].rankings[0].models:
+        assert f"{m.low:.3f} – {m.high:.3f} <small class=\"muted\">(± {m.mc_error:.3f} Monte Carlo)</small>" in html
 
 
 def test_the_snapshot_hash_identifies_the_votes(world):
     before = services.build_report(world.campaign, rounds=ROUNDS).reproducibility
     assert re.fullmatch(r"[0-9a-f]{64}", before.votes_sha256)
-    assert before.interval_method == "cluster_bootstrap_bca" and (before.seed, before.rounds) == (0, ROUNDS)
+    assert before.interval_method == "cluster_score" and (before.seed, before.rounds) == (0, ROUNDS)
+    assert before.min_prompts_for_interval == 6
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=settings.BASE_DIR, capture_output=True, text=True)
     assert before.code_version == (head.stdout.strip() if head.returncode == 0 else "unknown")
 
@@ -315,7 +439,7 @@ def test_csv_exports_have_one_row_per_vote_and_per_comparison(world):
     assert set(votes.loc[votes["excluded"], "rater_id"]) == {world.spammer.rater_id}
 
     items = pd.read_csv(StringIO("".join(services.items_csv(world.campaign))), keep_default_na=False)
-    assert len(items) == ComparisonItem.objects.filter(campaign=world.campaign, gold_image__isnull=True).count() == 40
+    assert len(items) == ComparisonItem.objects.filter(campaign=world.campaign, gold_image__isnull=True).count() == 2 * ITEMS_PER_CRITERION
     assert list(items.columns) == services.ITEMS_CSV_COLUMNS
     for criterion in CRITERIA:
         counts = item_counts(world.campaign, criterion)
@@ -325,7 +449,7 @@ def test_csv_exports_have_one_row_per_vote_and_per_comparison(world):
             assert (row["votes_a"], row["votes_b"], row["votes_tie"]) == (c["a"], c["b"], c["tie"])
             assert row["majority"] == (strict_majority(c) if c else "")
         assert rows["complete"].sum() == independent(world.campaign, criterion)["complete"]
-    assert set(items["model_a"]) == {"base"} and set(items["seed"]) == {0, 1, 2, 3, 4}
+    assert set(items["model_a"]) == {"base"} and set(items["seed"]) == set(SEEDS)
 
 
 def test_json_html_and_pdf_renderings(world):
@@ -399,7 +523,7 @@ def test_the_report_command_writes_the_file_in_one_piece(world, tmp_path):
     call_command("report", "c", "--format", "pdf", "--out", str(out), "--rounds", str(ROUNDS), stdout=stdout)
     assert out.read_bytes().startswith(b"%PDF") and "Wrote" in stdout.getvalue()
     call_command("report", str(world.campaign.pk), "--format", "items-csv", "--out", str(tmp_path / "items.csv"), stdout=StringIO())
-    assert len(pd.read_csv(tmp_path / "items.csv")) == 40
+    assert len(pd.read_csv(tmp_path / "items.csv")) == 2 * ITEMS_PER_CRITERION
     assert sorted(p.name for p in tmp_path.iterdir()) == ["items.csv", "report.pdf"]  # no temporary file left
 
     with pytest.raises(CommandError, match="There is no campaign named 'nope'"):
@@ -428,7 +552,8 @@ def test_three_models_get_bradley_terry_scores_and_a_ranking(world):
     assert ranking.message == "" and ranking.criterion == "visual_appeal" and ranking.battles == 24
     assert sorted(m.model for m in ranking.models) == ["base", "third", "tuned"]
     assert [m.rank for m in ranking.models] == [1, 2, 3] and ranking.models[0].model == "tuned"
-    assert all(m.low <= m.score <= m.high for m in ranking.models) and sum(m.score for m in ranking.models) == pytest.approx(0, abs=1e-9)
+    assert all(m.low <= m.score <= m.high and m.mc_error > 0 for m in ranking.models)
+    assert sum(m.score for m in ranking.models) == pytest.approx(0, abs=1e-9) and ranking.interval_note == ""
     assert len(ranking.win_fractions) == 3 and all(ranking.win_fractions[i][i] is None for i in range(3))
     assert ranking.win_fractions[0][1] + ranking.win_fractions[1][0] == pytest.approx(1)
     html = services.report_html(report)

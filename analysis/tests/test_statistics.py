@@ -119,22 +119,49 @@ def test_item_and_vote_level_shares_on_three_items_and_an_incomplete_one():
     assert with_incomplete.incomplete_items == 1
 
 
-def test_report_names_the_models_and_uses_the_headline_interval():
-    report = needle.win_rate_report(random_campaign(np.random.default_rng(1)), rounds=300)
+def per_prompt_sums(votes):
+    """Per prompt: items B won, items won counting ties as halves, their squares' sum, items (an independent pandas count)."""
+    items = votes.groupby("item_id").agg(
+        prompt=("prompt_id", "first"), b=("winner", lambda w: (w == "b").sum()), a=("winner", lambda w: (w == "a").sum()),
+        n=("winner", "size"),
+    )
+    items["won"] = (2 * items["b"] > items["n"]).astype(float)
+    items["tied"] = ((2 * items["b"] <= items["n"]) & (2 * items["a"] <= items["n"])).astype(float)
+    items["half"] = items["won"] + items["tied"] / 2
+    items["half_squared"] = items["half"] ** 2
+    sums = items.groupby("prompt").agg(won=("won", "sum"), half=("half", "sum"), half_squared=("half_squared", "sum"), n=("won", "size"))
+    return sums
+
+
+def test_report_names_the_models_and_uses_the_clustered_score_interval():
+    votes = random_campaign(np.random.default_rng(1))
+    report = needle.win_rate_report(votes, rounds=300)
     assert (report.model_a, report.model_b, report.criterion) == ("base", "tuned", "visual_appeal")
-    assert needle.HEADLINE_INTERVAL == needle.headline_interval() == report.headline.method
-    assert report.headline == report.bootstrap.bca
-    assert report.headline.contains(report.items.win_rate)
+    assert needle.HEADLINE_INTERVAL == needle.headline_interval() == report.headline.method == "cluster_score"
+    sums = per_prompt_sums(votes)
+    assert report.headline == report.interval == needle.clustered_score_interval(sums["won"], sums["n"])
+    assert report.interval_half_ties == needle.clustered_score_interval(sums["half"], sums["n"], sums["half_squared"])
+    assert report.headline.contains(report.items.win_rate) and report.interval_note == ""
     assert report.vote_wilson.method == "wilson_votes_naive"
+    assert needle.win_rate_report(votes, rounds=0).bootstrap is None  # rounds=0: no comparison bootstrap
 
 
-def test_headline_falls_back_to_wilson_when_the_bootstrap_sees_no_variation():
-    all_won = votes_frame({item: (item, ["b", "b", "a"]) for item in range(13)})
-    report = needle.win_rate_report(all_won, rounds=300)
-    assert report.bootstrap.percentile.low == report.bootstrap.percentile.high == 1.0
-    assert report.headline == report.item_wilson and report.headline.low < 0.8
+def test_fewer_than_six_prompts_get_no_interval_but_a_reason():
+    four_prompts = votes_frame({item: (item % 4, ["b", "b", "a"]) for item in range(12)})
+    report = needle.win_rate_report(four_prompts, rounds=0)
+    assert report.interval is None and report.interval_half_ties is None and report.headline is None
+    assert report.interval_note.startswith("no interval: 4 prompts") and "from 6 prompts on" in report.interval_note
     single_prompt = votes_frame({1: (7, ["b", "b", "a"]), 2: (7, ["a", "a", "a"])})
-    assert needle.win_rate_report(single_prompt, rounds=300).headline.method == "wilson"
+    assert needle.win_rate_report(single_prompt, rounds=0).interval_note.startswith("no interval: 1 prompt,")
+    table = needle.win_rates_by(four_prompts, "category", rounds=0)
+    assert table["low"].isna().all() and (table["interval_method"] == "").all()
+    assert table["interval_note"].str.startswith("no interval: 2 prompts").all()
+
+
+def test_all_won_still_gets_an_interval_that_says_how_uncertain_it_is():
+    all_won = votes_frame({item: (item, ["b", "b", "a"]) for item in range(13)})  # 13 prompts, one item each
+    interval = needle.win_rate_report(all_won, rounds=0).interval
+    assert interval.high == 1.0 and interval.low == pytest.approx(13 / (13 + stats.norm.ppf(0.975) ** 2), abs=1e-9)
 
 
 def test_bootstrap_is_reproducible_and_seeded():
@@ -162,7 +189,7 @@ def test_breakdown_rows_match_reports_on_the_subsets():
     for row in table.itertuples():
         subset = needle.win_rate_report(votes[votes["category"] == row.category], rounds=300, seed=5)
         assert (row.wins, row.ties, row.losses) == (subset.items.wins, subset.items.ties, subset.items.losses)
-        assert (row.low, row.high) == (subset.headline.low, subset.headline.high)
+        assert (row.low, row.high, row.interval_method) == (subset.headline.low, subset.headline.high, "cluster_score")
     by_challenge = needle.win_rates_by(votes, "challenge", rounds=100)
     assert set(by_challenge["challenge"]) == {"Basic", "Quantity"}
 
@@ -206,6 +233,106 @@ def test_wilson_matches_statsmodels():
     assert max(differences) < 1e-12
 
 
+def test_clustered_score_interval_with_one_item_per_prompt_is_wilson():
+    from statsmodels.stats.proportion import proportion_confint
+
+    differences = []
+    for n in (6, 12, 30, 200, 5000):
+        for successes in sorted({1, n // 3, n // 2, n - 1}):
+            for level in (0.9, 0.95, 0.99):
+                ones = np.r_[np.ones(successes), np.zeros(n - successes)]
+                ours = needle.clustered_score_interval(ones, np.ones(n), level=level)
+                low, high = proportion_confint(successes, n, alpha=1 - level, method="wilson")
+                z2 = stats.norm.ppf(1 - (1 - level) / 2) ** 2
+                # Wilson's, except where every item won could not reject theta from above (and all lost from below):
+                # that tail is empty, and the other gets the whole 1 - level (checked in the next test).
+                if high < n / (n + z2):
+                    differences.append(abs(ours.high - high))
+                if low > z2 / (n + z2):
+                    differences.append(abs(ours.low - low))
+    assert len(differences) > 40 and max(differences) < 1e-9
+
+
+def satterthwaite_reference(wins, sizes, theta):
+    """The score test's variance and degrees of freedom at theta, written out from the one-way ANOVA (0/1 scores)."""
+    wins, sizes = np.asarray(wins, float), np.asarray(sizes, float)
+    m, total = len(wins), sizes.sum()
+    estimate = wins.sum() / total
+    msb = (sizes * (wins / sizes - estimate) ** 2).sum() / (m - 1)
+    msw = (wins - wins**2 / sizes).sum() / (total - m)
+    n0 = (total - (sizes**2).sum() / total) / (m - 1)
+    between = (msb - msw) / n0
+    weight = (sizes**2).sum() / total - 1
+    variance = theta * (1 - theta) + weight * between
+    expected_within = theta * (1 - theta) - between
+    expected_between = expected_within + n0 * between
+    spread = 2 / n0**2 * (expected_between**2 / (m - 1) + expected_within**2 / (total - m))
+    return estimate, variance / total, max(m - 1, 2 * variance**2 / (weight**2 * spread))
+
+
+def test_clustered_score_interval_ends_are_where_the_score_test_stops_rejecting():
+    wins, sizes = [3, 1, 4, 2, 0, 3, 2], [4, 3, 5, 4, 3, 4, 4]
+    interval = needle.clustered_score_interval(wins, sizes)
+    assert needle.MIN_PROMPTS <= len(wins)
+    for end, sign in ((interval.low, 1), (interval.high, -1)):
+        estimate, variance, df = satterthwaite_reference(wins, sizes, end)
+        assert sign * (estimate - end) / np.sqrt(variance) == pytest.approx(stats.t.ppf(0.975, df), abs=1e-7)
+    parts = needle.variance_components(wins, sizes)
+    assert parts.degrees_of_freedom(0.5) == pytest.approx(satterthwaite_reference(wins, sizes, 0.5)[2])
+    assert np.isinf(needle.variance_components([1, 0, 1], [1, 1, 1]).degrees_of_freedom(0.5))  # one item per prompt
+
+
+def test_near_one_the_empty_upper_tail_gives_its_share_to_the_lower_one():
+    # 10 prompts x 4 items, 38 won: every theta above the all-won data's lower end (about 0.88) could never be
+    # rejected from above, so the upper end is where the one-sided 95% test stops rejecting.
+    wins, sizes = [4, 4, 4, 3, 4, 4, 4, 3, 4, 4], [4] * 10
+    interval = needle.clustered_score_interval(wins, sizes)
+    all_won = needle.clustered_score_interval(sizes, sizes)
+    assert all_won.high == 1.0 and interval.high > all_won.low
+    estimate, variance, df = satterthwaite_reference(wins, sizes, interval.high)
+    assert (interval.high - estimate) / np.sqrt(variance) == pytest.approx(stats.t.ppf(0.95, df), abs=1e-7)
+
+
+def test_variance_components_match_a_statsmodels_anova():
+    import statsmodels.api as sm
+    from statsmodels.formula.api import ols
+
+    rng = np.random.default_rng(30)
+    sizes = rng.integers(1, 7, size=12)
+    prompt = np.repeat(np.arange(12), sizes)
+    scores = rng.choice([0.0, 0.5, 1.0], size=len(prompt), p=[0.3, 0.2, 0.5])  # ties as halves
+    table = sm.stats.anova_lm(ols("score ~ C(prompt)", data=pd.DataFrame({"score": scores, "prompt": prompt})).fit())
+    mean_between, mean_within = table.loc["C(prompt)", "mean_sq"], table.loc["Residual", "mean_sq"]
+    total = len(scores)
+    n0 = (total - (sizes**2).sum() / total) / 11
+    parts = needle.variance_components(np.bincount(prompt, scores), sizes, np.bincount(prompt, scores**2))
+    assert parts.between == pytest.approx((mean_between - mean_within) / n0, abs=1e-12)
+    assert parts.estimate == pytest.approx(scores.mean(), abs=1e-12)
+    assert parts.estimate * (1 - parts.estimate) - parts.deficit == pytest.approx(scores.var(), abs=1e-12)
+
+
+def test_the_variance_formula_and_the_between_estimate_hold_in_simulation():
+    """Prompts' win chances Beta(2, 3): theta 0.4, between-prompt variance 0.04; 8 prompts of unequal size."""
+    rng = np.random.default_rng(31)
+    sizes = np.array([1, 2, 3, 4, 5, 6, 3, 4], dtype=float)
+    chance = rng.beta(2, 3, size=(40_000, 8))
+    parts = needle.variance_components(rng.binomial(sizes.astype(int), chance).astype(float), np.broadcast_to(sizes, chance.shape))
+    total, weight = sizes.sum(), (sizes**2).sum() / sizes.sum() - 1
+    assert parts.between.mean() == pytest.approx(0.04, abs=3 * parts.between.std() / np.sqrt(40_000))
+    assert parts.estimate.var() == pytest.approx((0.4 * 0.6 + weight * 0.04) / total, rel=0.03)
+
+
+def test_quantile_monte_carlo_error_matches_the_spread_between_seeds():
+    from analysis.stats.intervals import quantile_mc_error
+
+    rng = np.random.default_rng(32)
+    replicates = rng.standard_normal((600, 2000))  # 600 bootstraps of 2,000 rounds each
+    quantiles = np.quantile(replicates, [0.025, 0.975], axis=1)
+    estimated = np.array([quantile_mc_error(row, [0.025, 0.975]) for row in replicates])
+    for side in (0, 1):
+        assert estimated[:, side].mean() == pytest.approx(quantiles[side].std(), rel=0.15)
+
+
 def test_fleiss_kappa_matches_statsmodels():
     from statsmodels.stats.inter_rater import fleiss_kappa
 
@@ -233,6 +360,66 @@ def test_krippendorff_alpha_matches_the_krippendorff_package():
     )
     reference = krippendorff.alpha(reliability_data=reliability.to_numpy(dtype=float), level_of_measurement="nominal")
     assert abs(agreement.krippendorff_alpha - reference) < 1e-12
+
+
+def faithfulness_votes(rng, *, items=150, k=3, p=(0.3, 0.3, 0.25, 0.15)):
+    """Text-faithfulness votes: answers a, b, both, neither (item-level preferences so raters agree somewhat)."""
+    rows = []
+    for item in range(items):
+        weights = rng.dirichlet(4 * np.asarray(p))
+        for rater in rng.choice(30, k, replace=False):
+            answer = str(rng.choice(["a", "b", "both", "neither"], p=weights))
+            rows.append(
+                {
+                    "item_id": item, "prompt_id": item // 3, "category": "", "challenge": "",
+                    "criterion": "text_faithfulness", "model_a": "base", "model_b": "tuned", "rater_id": int(rater),
+                    "winner": answer if answer in ("a", "b") else "tie", "a_on_left": bool(rng.random() < 0.5),
+                    "seconds_on_task": 4.0, "votes_per_item": k, "answer": answer,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def test_agreement_keeps_both_and_neither_apart_and_matches_the_references_with_four_categories():
+    import krippendorff
+    from statsmodels.stats.inter_rater import fleiss_kappa
+
+    rng = np.random.default_rng(21)
+    votes = faithfulness_votes(rng)
+    agreement = needle.rater_agreement(votes)
+    assert agreement.categories == ("a", "b", "both", "neither")
+    counts = np.array(
+        [[(group == answer).sum() for answer in ("a", "b", "both", "neither")] for _, group in votes.groupby("item_id")["answer"]]
+    )
+    assert abs(agreement.fleiss_kappa - fleiss_kappa(counts, method="fleiss")) < 1e-12
+
+    unequal = votes.drop(index=rng.choice(len(votes), 60, replace=False))
+    codes = {"a": 0, "b": 1, "both": 2, "neither": 3}
+    reliability = unequal.assign(value=unequal["answer"].map(codes)).pivot(index="rater_id", columns="item_id", values="value")
+    reference = krippendorff.alpha(reliability_data=reliability.to_numpy(dtype=float), level_of_measurement="nominal")
+    assert abs(needle.rater_agreement(unequal, include_incomplete=True).krippendorff_alpha - reference) < 1e-12
+
+    # Read as ties, "both" and "neither" would agree with each other: the pooled numbers differ.
+    pooled = needle.rater_agreement(votes.drop(columns=["answer"]))
+    assert pooled.categories == ("a", "b", "tie")
+    pooled_counts = np.column_stack([counts[:, 0], counts[:, 1], counts[:, 2] + counts[:, 3]])
+    assert abs(pooled.fleiss_kappa - fleiss_kappa(pooled_counts, method="fleiss")) < 1e-12
+    assert abs(pooled.fleiss_kappa - agreement.fleiss_kappa) > 0.01
+    # The win rate is unchanged: both and neither are ties there.
+    assert needle.win_rate_report(votes).items == needle.win_rate_report(votes.drop(columns=["answer"])).items
+
+
+def test_both_against_neither_is_disagreement():
+    # Every item: two raters say "both are faithful", one says "neither is".
+    votes = faithfulness_votes(np.random.default_rng(0), items=4)
+    votes["answer"] = np.tile(["both", "both", "neither"], 4)
+    votes["winner"] = "tie"
+    votes.loc[votes["item_id"] == 3, "answer"] = ["a", "a", "b"]
+    votes.loc[votes["item_id"] == 3, "winner"] = ["a", "a", "b"]
+    agreement = needle.rater_agreement(votes)
+    pooled = needle.rater_agreement(votes.drop(columns=["answer"]))
+    assert agreement.fleiss_kappa < pooled.fleiss_kappa  # pooled, the first three items look unanimous
+    assert agreement.majority_agreement == pooled.majority_agreement  # the majority outcome is the win rate's
 
 
 def test_bradley_terry_matches_choix_and_a_direct_optimisation():
@@ -409,6 +596,8 @@ def good_votes():
         (lambda v: v.assign(prompt_id=[1, 1, 3, 2, 2, 2]), "item 1 disagree on 'prompt_id'"),
         (lambda v: v.assign(rater_id=[1, 1, 2, 1, 2, 3]), "voted more than once on item 1"),
         (lambda v: v.values, "must be a pandas DataFrame"),
+        (lambda v: v.assign(answer=["b", "a", "maybe", "a", "tie", "a"]), r"'answer' has unknown value\(s\) \['maybe'\]"),
+        (lambda v: v.assign(answer=["b", "a", "both", "a", "neither", "b"]), "answer 'both' contradicts winner 'b'"),
     ],
 )
 def test_bad_input_raises_a_clear_value_error(good_votes, spoil, message):

@@ -39,3 +39,25 @@ def test_excluded_raters_are_left_out_unless_asked_for(live_campaign, make_rater
     services.exclude_rater(Participation.objects.get(rater=dropped), "test")
     assert set(votes_frame(live_campaign).rater_id) == {kept.pk}
     assert set(votes_frame(live_campaign, include_excluded=True).rater_id) == {kept.pk, dropped.pk}
+
+
+def test_both_and_neither_reach_the_frame_as_answers_while_the_winner_reads_a_tie(live_campaign, make_rater):
+    rater = make_rater()
+    answered = []
+    while len(answered) < 12:
+        a = services.next_assignment(live_campaign, rater)
+        if a is None:
+            break
+        choices = a.item.criterion.choices  # left, right, tie; or left, right, both, neither
+        choice = [choices[2], choices[-1], "left"][len(answered) % 3]
+        services.submit_vote(rater, a.token, choice)
+        answered.append((a, choice))
+    frame = votes_frame(live_campaign).set_index("item_id")
+    stats.validate_votes(frame.reset_index())
+    for a, choice in answered:
+        row = frame.loc[a.item_id]
+        if choice == "left":
+            assert row.winner == row.answer == ("a" if a.a_on_left else "b")
+        else:
+            assert row.winner == "tie" and row.answer == choice
+    assert {"both", "neither"} & set(frame["answer"]) and set(frame["answer"]) <= set(stats.ANSWERS)
