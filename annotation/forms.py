@@ -66,7 +66,9 @@ class CampaignForm(forms.Form):
     )
     gold_min_answers = forms.IntegerField(initial=4, min_value=1, help_text="Gold answers needed before a rater can be excluded.")
     quota_per_rater = forms.IntegerField(
-        initial=0, min_value=0, label="Quota per rater", help_text="Tasks per rater, gold included; 0 means no limit.",
+        initial=0, min_value=0, label="Quota per rater",
+        help_text="Tasks per rater, gold included; 0 means no limit. With a quota, quota x gold share must reach the "
+        "gold answers needed, or gold could never exclude anyone.",
         error_messages={"min_value": "The quota cannot be negative."},
     )
     lease_seconds = forms.IntegerField(

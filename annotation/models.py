@@ -4,8 +4,9 @@ A comparison item is (prompt, seed, criterion, image of model A, image of
 model B). Raters get items through assignments: a leased, per-rater view of
 one item with its own left/right placement. A vote belongs to exactly one
 assignment, so a replayed submission can never count twice. Gold items are
-items with a known answer (a campaign image against a visibly degraded copy),
-mixed in to check that raters pay attention.
+items with a known answer, mixed in to check that raters pay attention: for
+visual appeal a campaign image against a visibly degraded copy, for text
+faithfulness the prompt's image against another prompt's image.
 """
 
 from __future__ import annotations
@@ -106,6 +107,9 @@ class Campaign(models.Model):
         help_text="Raters below this gold accuracy are excluded automatically (their votes are kept, flagged).",
     )
     gold_min_answers = models.PositiveIntegerField(default=4, help_text="Gold answers needed before a rater can be excluded.")
+    # Every image a rater receives is padded to this one length, so that byte counts say nothing about model or
+    # gold (services.served_image_length); set when the items are built. 0: not computed yet.
+    served_image_bytes = models.PositiveIntegerField(default=0, editable=False)
     completion_code = models.CharField(max_length=64, default=new_completion_code, help_text="Shown to raters when they finish.")
     completion_url = models.URLField(
         blank=True, help_text="Where finished raters are sent, e.g. https://app.prolific.com/submissions/complete?cc=CODE",
@@ -158,11 +162,17 @@ class CampaignCriterion(models.Model):
 
 
 class GoldImage(models.Model):
-    """A visibly degraded copy of a campaign image: the wrong answer of a gold item."""
+    """The wrong answer of gold items whose right answer is ``source``.
+
+    Visual appeal: a visibly degraded copy of ``source`` (its own content-addressed file). Text faithfulness: a
+    degraded copy would still show what the text asks for, so the wrong answer is another prompt's image (same
+    seed, from a model ``source``'s model is compared with); ``file`` and ``sha256`` are that image's.
+    """
 
     class Degradation(models.TextChoices):
         BLUR = "blur", "heavy blur"
         NOISE = "noise", "heavy noise"
+        OTHER_PROMPT = "other_prompt", "another prompt's image"
 
     source = models.ForeignKey(GeneratedImage, on_delete=models.PROTECT, related_name="+")
     degradation = models.CharField(max_length=16, choices=Degradation.choices)
@@ -177,8 +187,9 @@ class ComparisonItem(models.Model):
     campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="items")
     criterion = models.ForeignKey(CampaignCriterion, on_delete=models.CASCADE, related_name="items")
     image_a = models.ForeignKey(GeneratedImage, on_delete=models.PROTECT, related_name="+")
-    # For a gold item, B is shown as ``gold_image`` (a degraded copy of A) and
-    # image_b repeats image_a, so every item keeps its (prompt, seed) through A.
+    # For a gold item, B is shown as ``gold_image`` (a degraded copy of A, or
+    # another prompt's image) and image_b repeats image_a, so every item keeps
+    # its (prompt, seed) through A.
     image_b = models.ForeignKey(GeneratedImage, on_delete=models.PROTECT, related_name="+")
     gold_image = models.ForeignKey(GoldImage, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
     # Kept by the assignment engine under the item's row lock. ``votes`` counts

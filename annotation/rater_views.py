@@ -6,6 +6,9 @@ is shown and records votes. What this module owns is who may see what:
 - URLs carry only opaque 256-bit tokens (invite link, participation,
   assignment). Nothing a rater receives -- HTML, JSON, image URLs, image
   bytes, headers -- names a model, a campaign, an item or an image hash.
+  Every image arrives with the campaign's one byte length and the same
+  headers and PNG layout (``services.rater_image``), so neither its size nor
+  its headers tell the models, or gold, apart.
 - A participation's pages open only for the browser session that joined
   through its invite link (the token is kept in
   ``session["rater_participations"]``) or for the invited account that owns
@@ -231,15 +234,6 @@ def _completion_json(campaign: Campaign) -> dict:
     return {"code": campaign.completion_code, "url": _completion_url(campaign) or None}
 
 
-def _image_file(assignment: Assignment, side: str):
-    """The file shown on ``side``: the placement is the assignment's, so the URL never says which model it is."""
-    item = assignment.item
-    file_a = item.image_a.file
-    # A gold item shows the degraded copy as its B side (image_b repeats image_a).
-    file_b = item.gold_image.file if item.gold_image_id else item.image_b.file
-    return file_a if (side == "left") == assignment.a_on_left else file_b
-
-
 def _task_json(participation: Participation, assignment: Assignment) -> dict:
     criterion = assignment.item.criterion
     task = {
@@ -406,7 +400,7 @@ def tasks(request, participation_token: str):
 
 @require_GET
 def image(request, participation_token: str, assignment_token: str, side: str):
-    """One side of one of the rater's own tasks, as bare PNG bytes: no name, no hash, no validators."""
+    """One side of one of the rater's own tasks, as PNG bytes of the campaign's one length: no name, no hash, no validators."""
     participation = _authorised_participation(request, participation_token)
     if participation is None or side not in SIDES or not TOKEN_PATTERN.fullmatch(assignment_token):
         return _refuse_token(request)
@@ -417,16 +411,15 @@ def image(request, participation_token: str, assignment_token: str, side: str):
     )
     if assignment is None:
         return _refuse_token(request)
-    file = _image_file(assignment, side)
     try:
-        with file.storage.open(file.name, "rb") as handle:
-            data = handle.read()
+        # Padded to the campaign's one length: the bytes, like the URL, say nothing about the model or gold.
+        data = services.rater_image(participation.campaign, assignment, side)
     except FileNotFoundError:
         return _message_page(request, "This image is missing. Please reload the page.", status=404)
-    # HttpResponse, not FileResponse: FileResponse would name the file (its
-    # sha256) in Content-Disposition. No ETag or Last-Modified either.
+    # HttpResponse, not FileResponse: FileResponse would name the file (its sha256) in Content-Disposition. No
+    # ETag or Last-Modified either. no-transform: a proxy must not recompress, which would bring sizes back.
     response = HttpResponse(data, content_type="image/png")
-    response["Cache-Control"] = "private, max-age=3600"
+    response["Cache-Control"] = "private, max-age=3600, no-transform"
     return response
 
 

@@ -32,7 +32,8 @@ from PIL import Image, ImageFilter
 
 from generation import selectors as generation_selectors
 from generation import services as generation_services
-from generation.pipelines import encode_png
+from generation.models import GeneratedImage
+from generation.pipelines import PNG_CHUNK_OVERHEAD, encode_png, padded_png
 from generation.storage import content_addressed_name
 
 from .models import (
@@ -89,6 +90,40 @@ def _check_settings(*, lease_seconds, quota_per_rater, gold_share, gold_min_accu
         raise AnnotationError("At least one gold answer is needed before excluding a rater.")
     if not rater_title.strip():
         raise AnnotationError("Give the raters' page a title.")
+
+
+# Settings that decide whether gold can ever exclude a rater (checked together by _check_gold_can_fire).
+GOLD_RULE_FIELDS = {"quota_per_rater", "gold_share", "gold_min_answers", "gold_min_accuracy"}
+
+
+def guaranteed_gold_answers(quota_per_rater: int, gold_share: float) -> int:
+    """Gold answers every rater who fills the quota gives, whatever their schedule's phase (see _gold_is_due)."""
+    # The epsilon keeps 0.2 x 20 at 4 although floats round it a hair either way.
+    return math.floor(quota_per_rater * gold_share + 1e-9)
+
+
+def _check_gold_can_fire(*, quota_per_rater, gold_share, gold_min_answers, gold_min_accuracy) -> None:
+    """Refuse a quota too small for any rater to reach the gold answers needed before exclusion.
+
+    Otherwise gold is shown and scored but can never exclude anyone, silently (the demo's 20 tasks x 10% gave 2
+    gold answers against a minimum of 4). No quota, no gold, or a threshold of 0 (never exclude) cannot conflict.
+    """
+    if not quota_per_rater or gold_share <= 0 or gold_min_accuracy <= 0:
+        return
+    reachable = guaranteed_gold_answers(quota_per_rater, gold_share)
+    if reachable >= gold_min_answers:
+        return
+    fixes = [f"raise the quota to at least {math.ceil(gold_min_answers / gold_share - 1e-9)} tasks"]
+    share_needed = math.ceil(gold_min_answers / quota_per_rater * 100) / 100
+    if share_needed <= 0.5:
+        fixes.append(f"raise the gold share to at least {share_needed:g}")
+    if reachable >= 1:
+        fixes.append(f"lower the gold answers needed before exclusion to {reachable}")
+    raise AnnotationError(
+        f"Gold could never exclude anyone: a quota of {quota_per_rater} tasks at a gold share of {gold_share:g} gives "
+        f"each rater {reachable} gold answer{'s' if reachable != 1 else ''}, fewer than the {gold_min_answers} needed "
+        f"before a rater can be excluded. To fix it, {', or '.join(fixes)} (or set the gold share to 0 to turn gold off)."
+    )
 
 
 def _resolve_criteria(criteria: dict[str, dict] | None) -> list[tuple[str, dict]]:
@@ -166,6 +201,10 @@ def create_campaign(
         lease_seconds=lease_seconds, quota_per_rater=quota_per_rater, gold_share=gold_share,
         gold_min_accuracy=gold_min_accuracy, gold_min_answers=gold_min_answers, rater_title=rater_title,
     )
+    _check_gold_can_fire(
+        quota_per_rater=quota_per_rater, gold_share=gold_share, gold_min_answers=gold_min_answers,
+        gold_min_accuracy=gold_min_accuracy,
+    )
     resolved = _resolve_criteria(criteria)
     with transaction.atomic():
         campaign = Campaign.objects.create(
@@ -203,6 +242,8 @@ def update_campaign(campaign: Campaign, **changes) -> Campaign:
         gold_min_accuracy=campaign.gold_min_accuracy, gold_min_answers=campaign.gold_min_answers,
         rater_title=campaign.rater_title,
     )
+    if set(changed) & GOLD_RULE_FIELDS:  # only then: a campaign made before this rule can still be renamed
+        _check_gold_can_fire(**{f: getattr(campaign, f) for f in GOLD_RULE_FIELDS})
     if "name" in changed and Campaign.objects.filter(name=campaign.name).exclude(pk=campaign.pk).exists():
         raise AnnotationError(f"A campaign named {campaign.name!r} already exists.")
     if changed:
@@ -256,7 +297,8 @@ def build_items(campaign: Campaign, batch) -> int:
     before = campaign.items.filter(gold_image__isnull=True).count()
     ComparisonItem.objects.bulk_create(rows, ignore_conflicts=True)
     created = campaign.items.filter(gold_image__isnull=True).count() - before
-    _build_gold_items(campaign, criteria, [im for key, im in sorted(images.items())])
+    _build_gold_items(campaign, criteria, images, pairs)
+    served_image_length(campaign, refresh=True)
     return created
 
 
@@ -279,27 +321,138 @@ def degrade(png_bytes: bytes, degradation: str) -> bytes:
     return encode_png(np.asarray(degraded))
 
 
-def _build_gold_items(campaign: Campaign, criteria, campaign_images) -> None:
+def _degraded_gold(source, degradation: str) -> GoldImage:
+    gold = GoldImage.objects.filter(source=source, degradation=degradation).first()
+    if gold is None:
+        with source.file.open("rb") as handle:
+            data = degrade(handle.read(), degradation)
+        sha = hashlib.sha256(data).hexdigest()
+        name = storages["images"].save(content_addressed_name(sha), ContentFile(data))
+        gold, _ = GoldImage.objects.get_or_create(source=source, degradation=degradation, defaults={"file": name, "sha256": sha})
+    return gold
+
+
+def _other_prompt_gold(source, decoy) -> GoldImage:
+    # One per source image: a later campaign with the same source image reuses the decoy chosen first. It is still
+    # another prompt's image of the same seed (what makes it the wrong answer), and is padded like every image.
+    gold, _ = GoldImage.objects.get_or_create(
+        source=source, degradation=GoldImage.Degradation.OTHER_PROMPT,
+        defaults={"file": decoy.file.name, "sha256": decoy.sha256},
+    )
+    return gold
+
+
+class _Decoys:
+    """The images that can be a source image's wrong answer on text faithfulness, best first.
+
+    Another prompt's image with the same seed, from a model the source's model is compared with: to the rater
+    the gold pair looks like any pair (two models, one seed), only the text does not match one side. Prompts of
+    another category come first, so the mismatch is plain.
+    """
+
+    def __init__(self, images: dict, pairs, categories: dict):
+        self.categories = categories
+        self.partners: dict[int, set[int]] = {}
+        for a, b in pairs:
+            self.partners.setdefault(a.pk, set()).add(b.pk)
+            self.partners.setdefault(b.pk, set()).add(a.pk)
+        self.by_seed: dict[int, list] = {}
+        for (model_id, prompt_id, seed), image in sorted(images.items()):
+            self.by_seed.setdefault(seed, []).append((model_id, prompt_id, image))
+
+    def of(self, source) -> list:
+        partners = self.partners.get(source.model_id, set())
+        others = [im for m, p, im in self.by_seed.get(source.seed, ()) if p != source.prompt_id and m in partners]
+        other_category = [im for im in others if self.categories.get(im.prompt_id) != self.categories.get(source.prompt_id)]
+        return other_category or others
+
+
+def _build_gold_items(campaign: Campaign, criteria, images: dict, pairs) -> None:
+    """Gold items per criterion: a degraded copy for visual appeal, another prompt's image for text faithfulness.
+
+    A blurred copy shows the same things as the original, so "which matches the text better?" has no right
+    answer between them; another prompt's image plainly does not match the text shown.
+    """
     rng = random.Random(f"gold:{campaign.pk}")  # the same campaign always gets the same gold items
-    storage = storages["images"]
+    campaign_images = [im for _, im in sorted(images.items())]
     for criterion in criteria:
         regular = campaign.items.filter(criterion=criterion, gold_image__isnull=True).count()
         needed = gold_items_needed(regular, campaign.gold_share) - campaign.items.filter(criterion=criterion, gold_image__isnull=False).count()
         if needed <= 0:
             continue
-        sources = rng.sample(campaign_images, min(needed, len(campaign_images)))
-        for i, source in enumerate(sources):
-            degradation = (GoldImage.Degradation.BLUR, GoldImage.Degradation.NOISE)[i % 2]
-            gold = GoldImage.objects.filter(source=source, degradation=degradation).first()
-            if gold is None:
-                with source.file.open("rb") as handle:
-                    data = degrade(handle.read(), degradation)
-                sha = hashlib.sha256(data).hexdigest()
-                name = storage.save(content_addressed_name(sha), ContentFile(data))
-                gold, _ = GoldImage.objects.get_or_create(source=source, degradation=degradation, defaults={"file": name, "sha256": sha})
+        if criterion.criterion == Criterion.TEXT_FAITHFULNESS:
+            decoys = _Decoys(images, pairs, dict(campaign.prompt_set.prompts.values_list("id", "category")))
+            golds = []
+            for source in rng.sample(campaign_images, len(campaign_images)):  # a shuffled copy
+                if len(golds) == needed:
+                    break
+                candidates = decoys.of(source)
+                if candidates:  # none with a one-prompt set: that campaign has no faithfulness gold
+                    golds.append((source, _other_prompt_gold(source, rng.choice(candidates))))
+        else:
+            sources = rng.sample(campaign_images, min(needed, len(campaign_images)))
+            golds = [
+                (source, _degraded_gold(source, (GoldImage.Degradation.BLUR, GoldImage.Degradation.NOISE)[i % 2]))
+                for i, source in enumerate(sources)
+            ]
+        for source, gold in golds:
             ComparisonItem.objects.get_or_create(
                 criterion=criterion, gold_image=gold, defaults={"campaign": campaign, "image_a": source, "image_b": source},
             )
+
+
+# --- What raters receive ---------------------------------------------------------------------
+#
+# Images are stored as their encoder wrote them, and PNG sizes differ by model (one model's images compressed
+# larger in 18 of 18 demo pairs) and by gold kind (a blurred copy is a third of the size). So every image a rater
+# receives is re-laid out and padded to one length per campaign (generation.pipelines.padded_png): its length,
+# headers and chunk layout are the same for both models and for gold, and only the pixels differ.
+
+
+def served_image_length(campaign: Campaign, *, refresh: bool = False) -> int:
+    """The one byte length of every image ``campaign``'s raters receive; computed once (file sizes), then stored.
+
+    The longest image of the campaign, gold included, plus the padding chunk's overhead, so every image fits.
+    """
+    if campaign.served_image_bytes and not refresh:
+        return campaign.served_image_bytes
+    items = ComparisonItem.objects.filter(campaign=campaign)
+    names = set(GeneratedImage.objects.filter(
+        Q(pk__in=items.values("image_a_id")) | Q(pk__in=items.values("image_b_id"))
+    ).values_list("file", flat=True))
+    names |= set(GoldImage.objects.filter(pk__in=items.values("gold_image_id")).values_list("file", flat=True))
+    storage = storages["images"]
+    longest = max((storage.size(name) for name in names), default=0)
+    length = max(longest + PNG_CHUNK_OVERHEAD, campaign.served_image_bytes)  # never shrinks once served
+    if length != campaign.served_image_bytes:
+        Campaign.objects.filter(pk=campaign.pk).update(served_image_bytes=length)
+        campaign.served_image_bytes = length
+    return length
+
+
+def shown_image_file(assignment: Assignment, side: str):
+    """The file shown on ``side`` of a task: the placement is the assignment's, so the URL never says which model."""
+    item = assignment.item
+    file_a = item.image_a.file
+    # A gold item shows its wrong answer as its B side (image_b repeats image_a).
+    file_b = item.gold_image.file if item.gold_image_id else item.image_b.file
+    return file_a if (side == "left") == assignment.a_on_left else file_b
+
+
+def rater_image(campaign: Campaign, assignment: Assignment, side: str) -> bytes:
+    """The PNG bytes a rater receives for one side of a task: the stored pixels, padded to the campaign's length.
+
+    Read from storage on every request, for every image alike, so no image is served from a cache that is warm
+    for one model or for gold only. Raises FileNotFoundError for a missing file.
+    """
+    file = shown_image_file(assignment, side)
+    with file.storage.open(file.name, "rb") as handle:
+        data = handle.read()
+    try:
+        return padded_png(data, served_image_length(campaign))
+    except ValueError:
+        # Longer than the stored length: items were added after it was computed. Recompute (it only grows).
+        return padded_png(data, served_image_length(campaign, refresh=True))
 
 
 _TRANSITIONS = {

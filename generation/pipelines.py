@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -331,6 +332,49 @@ def encode_png(image: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="PNG", compress_level=6)
     return buffer.getvalue()
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# A private ancillary chunk (lower-case first letter: decoders skip it; lower-case second: private; upper-case
+# third: the reserved bit; lower-case fourth: safe to copy) that holds nothing but filler bytes.
+PNG_PADDING_CHUNK = b"paDd"
+# Length, type and CRC around a chunk's data: what padding costs beyond its filler bytes.
+PNG_CHUNK_OVERHEAD = 12
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+
+def padded_png(data: bytes, length: int) -> bytes:
+    """The same image as exactly ``length`` bytes of PNG, laid out like every other image padded to that length.
+
+    Only the critical chunks are kept (IHDR, PLTE, the image data, IEND: no metadata of any kind), the image data
+    is merged into one IDAT chunk (how an encoder split it says how large it was), and a ``paDd`` chunk of random
+    bytes fills up to ``length``. Random rather than zero, so compression on the way (a proxy's gzip) cannot
+    shrink the filler and bring the real size back. Decoders skip the unknown ancillary chunk, so the pixels are
+    unchanged. Any image no longer than ``length - PNG_CHUNK_OVERHEAD`` bytes fits; a longer one is a ValueError.
+    """
+    if data[:8] != PNG_SIGNATURE:
+        raise ValueError("not a PNG file")
+    kept, idat, offset = [], [], 8
+    while offset < len(data):
+        size = int.from_bytes(data[offset : offset + 4], "big")
+        kind = data[offset + 4 : offset + 8]
+        body = data[offset + 8 : offset + 8 + size]
+        offset += PNG_CHUNK_OVERHEAD + size
+        if kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+        elif kind[:1].isupper():  # critical: IHDR, PLTE
+            kept.append(_png_chunk(kind, body))
+    head = PNG_SIGNATURE + b"".join(kept) + _png_chunk(b"IDAT", b"".join(idat))
+    tail = _png_chunk(b"IEND", b"")
+    filler = length - len(head) - len(tail) - PNG_CHUNK_OVERHEAD
+    if filler < 0:
+        raise ValueError(f"the image needs {len(head) + len(tail) + PNG_CHUNK_OVERHEAD} bytes, more than {length}")
+    return head + _png_chunk(PNG_PADDING_CHUNK, os.urandom(filler)) + tail
 
 
 def png_chunk_types(data: bytes) -> list[str]:

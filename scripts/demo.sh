@@ -23,11 +23,10 @@ echo "Celery workers started (pids $worker, $training_worker; logs var/logs/demo
 $PY manage.py generate --models tiny-base tiny-tuned --prompt-set demo --seeds 0-3 \
     --name "demo: tiny-base vs tiny-tuned" --timeout 900
 
-# A campaign over those images: the same (prompt, seed) pairs, both Emu criteria,
-# 20 tasks per rater. Launching finds every image already made and goes live.
-if ! $PY manage.py campaign status demo >/dev/null 2>&1; then
-    $PY manage.py campaign create --name demo --models tiny-base tiny-tuned --prompt-set demo --seeds 0-3 --quota 20 \
-        --rater-title "Which picture do you prefer?"
+# demo_setup made the draft campaign over those images (the same prompts and seeds, both Emu criteria, 30 tasks
+# per rater of which 20% gold, so gold can exclude; settings in demo_setup.DEMO_CAMPAIGN). Launching finds every
+# image already made and goes live.
+if $PY manage.py campaign status demo | head -n 1 | grep -q ': draft$'; then
     $PY manage.py campaign launch demo --wait --timeout 300
 fi
 invite=$($PY manage.py campaign invite demo --label "demo link" --base-url "http://127.0.0.1:$PORT")

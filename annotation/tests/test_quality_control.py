@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 
 from annotation import services
-from annotation.models import Assignment, ComparisonItem, GoldImage, Participation, Vote
+from annotation.models import Assignment, Campaign, ComparisonItem, GoldImage, Participation, Vote
 from generation import services as generation_services
+from generation.models import GeneratedImage
 
 pytestmark = pytest.mark.django_db
 
@@ -56,6 +57,54 @@ def test_gold_items_are_degraded_copies_of_campaign_images(gold_campaign):
     # Rebuilding is idempotent: no second copy of anything.
     services.build_items(gold_campaign, gold_campaign.generation_batch or services.generation_batch_for(gold_campaign))
     assert ComparisonItem.objects.filter(campaign=gold_campaign).count() == 25 and GoldImage.objects.count() == 5
+
+
+@pytest.fixture
+def two_criteria_gold_campaign(two_models, prompt_set):
+    """Both criteria, 4 prompts x 2 seeds = 8 items each, 20% gold (3 gold items each); built, not live."""
+    campaign = services.create_campaign(
+        name="gold both", models=two_models, prompt_set=prompt_set, seeds=[0, 1], gold_share=0.2,
+    )
+    batch = services.generation_batch_for(campaign)
+    generation_services.generate_batch_in_process(batch)
+    services.build_items(campaign, batch)
+    return campaign
+
+
+def test_text_faithfulness_gold_pairs_the_prompts_image_with_another_prompts_image(two_criteria_gold_campaign):
+    campaign = two_criteria_gold_campaign
+    gold = ComparisonItem.objects.filter(campaign=campaign, gold_image__isnull=False).select_related(
+        "criterion", "gold_image", "image_a__prompt"
+    )
+    faithfulness = [g for g in gold if g.criterion.criterion == "text_faithfulness"]
+    appeal = [g for g in gold if g.criterion.criterion == "visual_appeal"]
+    assert len(faithfulness) == len(appeal) == 3
+    # A blurred copy still shows what the text asks for: degraded copies are for visual appeal only.
+    assert {g.gold_image.degradation for g in appeal} == {"blur", "noise"}
+    assert {g.gold_image.degradation for g in faithfulness} == {"other_prompt"}
+    models = {m.pk for m in campaign.ordered_models()}
+    for item in faithfulness:
+        shown = item.image_a  # the prompt shown with the pair is image A's: the right answer
+        assert item.image_b_id == shown.pk == item.gold_image.source_id and item.remaining == 0
+        decoy = GeneratedImage.objects.select_related("prompt").get(sha256=item.gold_image.sha256)
+        assert item.gold_image.file.name == decoy.file.name  # the very image, not a copy
+        # Another prompt (of another category), the same seed, and the other model: a pair like any other.
+        assert decoy.prompt_id != shown.prompt_id and decoy.prompt.category != shown.prompt.category
+        assert decoy.seed == shown.seed and {decoy.model_id, shown.model_id} == models
+        assert decoy.prompt.prompt_set_id == campaign.prompt_set_id
+    # Rebuilding is idempotent.
+    services.build_items(campaign, campaign.generation_batch or services.generation_batch_for(campaign))
+    assert ComparisonItem.objects.filter(campaign=campaign, gold_image__isnull=False).count() == 6
+
+
+def test_a_one_prompt_campaign_has_no_faithfulness_gold_rather_than_a_wrong_one(two_models):
+    one, _ = generation_services.import_prompt_set(name="one", data=b"Prompt\na red apple\n", filename="one.tsv")
+    campaign = services.create_campaign(name="one prompt", models=two_models, prompt_set=one, seeds=[0, 1, 2], gold_share=0.2)
+    batch = services.generation_batch_for(campaign)
+    generation_services.generate_batch_in_process(batch)
+    services.build_items(campaign, batch)
+    gold = ComparisonItem.objects.filter(campaign=campaign, gold_image__isnull=False).select_related("criterion")
+    assert {g.criterion.criterion for g in gold} == {"visual_appeal"}
 
 
 def test_gold_is_mixed_in_at_the_configured_share_and_scored(gold_campaign, make_rater):
@@ -182,3 +231,90 @@ def test_raters_joining_through_a_simulated_link_are_recorded_and_exported_as_si
     column = VOTE_EXPORT_COLUMNS.index("simulated")
     by_rater = {row[VOTE_EXPORT_COLUMNS.index("rater_id")]: row[column] for row in vote_export_rows(live_campaign)}
     assert by_rater == {person.rater_id: False, program.rater_id: True}
+
+
+# --- Gold must be able to exclude: a quota that cannot reach the minimum gold answers is refused -----------------
+
+DEMO_BEFORE = {"quota_per_rater": 20, "gold_share": 0.1, "gold_min_answers": 4}  # 2 gold answers: gold never fires
+
+
+def test_a_quota_too_small_for_gold_to_ever_exclude_anyone_is_refused_saying_what_to_change(two_models, prompt_set):
+    with pytest.raises(services.AnnotationError) as refused:
+        services.create_campaign(name="x", models=two_models, prompt_set=prompt_set, seeds=[0], **DEMO_BEFORE)
+    message = str(refused.value)
+    assert "a quota of 20 tasks at a gold share of 0.1 gives each rater 2 gold answers, fewer than the 4" in message
+    for fix in ("raise the quota to at least 40", "raise the gold share to at least 0.2", "lower the gold answers needed before exclusion to 2"):
+        assert fix in message
+    assert not Campaign.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "fix", [{"quota_per_rater": 40}, {"gold_share": 0.2}, {"gold_min_answers": 2}, {"quota_per_rater": 0}, {"gold_share": 0},
+            {"gold_min_accuracy": 0}],
+    ids=["bigger quota", "more gold", "fewer answers needed", "no quota", "no gold", "never exclude"],
+)
+def test_settings_where_gold_can_exclude_or_is_off_are_accepted(two_models, prompt_set, fix):
+    services.create_campaign(name="x", models=two_models, prompt_set=prompt_set, seeds=[0], **{**DEMO_BEFORE, **fix})
+
+
+def test_an_update_that_leaves_gold_unable_to_exclude_is_refused_and_changes_nothing(two_models, prompt_set):
+    draft = services.create_campaign(name="x", models=two_models, prompt_set=prompt_set, seeds=[0], gold_share=0.1)
+    with pytest.raises(services.AnnotationError, match="raise the quota to at least 40"):
+        services.update_campaign(draft, quota_per_rater=20)
+    assert Campaign.objects.get(pk=draft.pk).quota_per_rater == 0
+    services.update_campaign(Campaign.objects.get(pk=draft.pk), quota_per_rater=20, gold_share=0.2)
+    # A campaign saved before this rule existed can still be renamed; the rule speaks when its gold settings change.
+    Campaign.objects.filter(pk=draft.pk).update(gold_share=0.1)
+    services.update_campaign(Campaign.objects.get(pk=draft.pk), name="renamed")
+    assert Campaign.objects.get(pk=draft.pk).name == "renamed"
+
+
+def test_the_command_the_api_the_form_and_the_admin_all_refuse_it_with_the_message(two_models, prompt_set, client):
+    from django.contrib.auth import get_user_model
+    from django.core.management import CommandError, call_command
+    from django.urls import reverse
+
+    from annotation.api import issue_api_token
+
+    why = "Gold could never exclude anyone"
+    with pytest.raises(CommandError, match=why):
+        call_command(
+            "campaign", "create", "--name", "cli", "--models", "base", "tuned", "--prompt-set", "four", "--seeds", "0",
+            "--quota", "20", "--gold-share", "0.1",
+        )
+    call_command(  # and the command can now say how many gold answers are needed
+        "campaign", "create", "--name", "cli", "--models", "base", "tuned", "--prompt-set", "four", "--seeds", "0",
+        "--quota", "20", "--gold-share", "0.1", "--gold-min-answers", "2", stdout=io.StringIO(),
+    )
+    assert Campaign.objects.get(name="cli").gold_min_answers == 2
+
+    researcher = get_user_model().objects.create_user("r", password="pw-long-enough-1", is_staff=True, is_superuser=True)
+    body = {"name": "api", "models": ["base", "tuned"], "prompt_set": "four", "seeds": "0", "quota_per_rater": 20, "gold_share": 0.1}
+    response = client.post(
+        "/annotation/api/campaigns/", body, content_type="application/json",
+        headers={"Authorization": f"Bearer {issue_api_token(researcher)}"},
+    )
+    assert response.status_code == 400 and why in response.json()["error"]
+
+    client.force_login(researcher)
+    form = {
+        "name": "page", "models": ["base", "tuned"], "pairing": "all_pairs", "prompt_set": "four", "seeds": "0",
+        "visual_appeal_enabled": "on", "visual_appeal_votes_per_item": "5", "visual_appeal_choices": ["left", "right", "tie"],
+        "gold_share": "0.1", "gold_min_accuracy": "0.7", "gold_min_answers": "4", "quota_per_rater": "20",
+        "lease_seconds": "600", "rater_title": "Compare",
+    }
+    response = client.post(reverse("annotation:campaign_new"), form)
+    assert response.status_code == 200 and why in response.content.decode()
+    assert not Campaign.objects.filter(name="page").exists()
+
+    cli = Campaign.objects.get(name="cli")
+    change = reverse("admin:annotation_campaign_change", args=[cli.pk])
+    admin_form = {
+        "name": "cli", "gold_share": "0.1", "gold_min_accuracy": "0.7", "gold_min_answers": "4", "quota_per_rater": "20",
+        "lease_seconds": "600", "rater_title": cli.rater_title, "completion_code": cli.completion_code, "completion_url": "",
+        **{f"{prefix}-{k}": v for prefix in ("campaign_models", "criteria") for k, v in
+           {"TOTAL_FORMS": "0", "INITIAL_FORMS": "0", "MIN_NUM_FORMS": "0", "MAX_NUM_FORMS": "1000"}.items()},
+    }
+    response = client.post(change, admin_form, follow=True)
+    assert response.status_code == 200 and why in response.content.decode()
+    assert Campaign.objects.get(pk=cli.pk).gold_min_answers == 2  # not saved

@@ -20,3 +20,17 @@ def test_demo_setup_is_idempotent_and_prints_a_working_login(settings, tmp_path,
     assert set(TextToImageModel.objects.values_list("name", flat=True)) == {"tiny-base", "tiny-tuned"}
     assert PromptSet.objects.get(name="demo").prompts.count() == 16
     assert (tmp_path / "demo-login.txt").stat().st_mode & 0o077 == 0
+
+
+def test_the_demo_campaign_gives_every_rater_enough_gold_answers_to_be_excluded(settings, tmp_path):
+    from annotation.models import Campaign
+    from annotation.services import guaranteed_gold_answers
+
+    settings.VAR_DIR = tmp_path
+    call_command("demo_setup")
+    call_command("demo_setup")  # idempotent: still one
+    campaign = Campaign.objects.get(name="demo")
+    assert campaign.status == "draft" and [m.name for m in campaign.ordered_models()] == ["tiny-base", "tiny-tuned"]
+    assert campaign.criteria.count() == 2 and campaign.seeds == [0, 1, 2, 3]  # the seeds scripts/demo.sh generates
+    # Was 20 tasks x 10% = 2 gold answers against 4 needed: gold could never exclude anyone.
+    assert guaranteed_gold_answers(campaign.quota_per_rater, campaign.gold_share) >= campaign.gold_min_answers

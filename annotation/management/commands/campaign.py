@@ -38,7 +38,9 @@ class Command(BaseCommand):
         create.add_argument("--prompt-set", required=True)
         create.add_argument("--seeds", required=True, help="e.g. '0-3, 10'")
         create.add_argument("--criteria", nargs="+", choices=Criterion.values, help="default: both of Emu's criteria")
-        create.add_argument("--gold-share", type=float)
+        create.add_argument("--gold-share", type=float, help="share of each rater's tasks that are gold (0 turns gold off)")
+        create.add_argument("--gold-min-answers", type=int, help="gold answers needed before a rater can be excluded")
+        create.add_argument("--gold-min-accuracy", type=float, help="raters below this gold accuracy are excluded")
         create.add_argument("--quota", type=int, help="tasks per rater, gold included; 0: no limit")
         create.add_argument("--lease", type=int, help="seconds before an unanswered task returns to the pool")
         create.add_argument("--completion-url")
@@ -79,7 +81,8 @@ class Command(BaseCommand):
         payload = {
             "name": o["name"], "models": o["models"], "pairing": o["pairing"], "baseline": o["baseline"],
             "prompt_set": o["prompt_set"], "seeds": o["seeds"], "criteria": o["criteria"],
-            "gold_share": o["gold_share"], "quota_per_rater": o["quota"], "lease_seconds": o["lease"],
+            "gold_share": o["gold_share"], "gold_min_answers": o["gold_min_answers"],
+            "gold_min_accuracy": o["gold_min_accuracy"], "quota_per_rater": o["quota"], "lease_seconds": o["lease"],
             "completion_url": o["completion_url"], "rater_title": o["rater_title"],
         }
         form = CampaignForm.from_payload({k: v for k, v in payload.items() if v is not None})

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('annotation', '0005_item_open_depth_first_per_criterion'),
+        ('annotation', '0006_campaign_integrity'),
     ]
 
     operations = [
