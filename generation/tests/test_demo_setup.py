@@ -20,3 +20,11 @@ def test_demo_setup_is_idempotent_and_prints_a_working_login(settings, tmp_path,
     assert set(TextToImageModel.objects.values_list("name", flat=True)) == {"tiny-base", "tiny-tuned"}
     assert PromptSet.objects.get(name="demo").prompts.count() == 16
     assert (tmp_path / "demo-login.txt").stat().st_mode & 0o077 == 0
+
+
+def test_demo_setup_creates_var_when_the_database_is_not_sqlite(settings, tmp_path):
+    # The settings make var/ only for the SQLite default; a fresh clone pointed at PostgreSQL has none.
+    settings.VAR_DIR = tmp_path / "fresh-clone" / "var"
+    call_command("demo_setup")
+    assert (settings.VAR_DIR / "demo-login.txt").exists()
+    assert (settings.VAR_DIR / "models" / "tiny-base" / "model_index.json").exists()
