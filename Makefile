@@ -4,11 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export HF_HUB_OFFLINE := 1
 
-# Tests run on the real services: PostgreSQL and Redis on this machine unless told otherwise.
-TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/needle
-TEST_BROKER_URL ?= redis://127.0.0.1:6379/15
-
-.PHONY: install demo test bench clean-demo
+.PHONY: install demo test pytest bench clean-demo
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +17,15 @@ install: $(VENV)/.installed
 demo: install
 	bash scripts/demo.sh
 
-test: install
-	DATABASE_URL=$${DATABASE_URL:-$(TEST_DATABASE_URL)} CELERY_BROKER_URL=$${CELERY_BROKER_URL:-$(TEST_BROKER_URL)} $(PY) -m pytest
+# Tests run on real services. scripts/test_services.sh installs and starts what is missing (PostgreSQL, Redis,
+# Chromium, tesseract; or says exactly what to run), then runs the suite with DATABASE_URL and CELERY_BROKER_URL
+# set (default: postgres://needle:needle@127.0.0.1:5432/needle, redis://127.0.0.1:6379/15).
+test:
+	bash scripts/test_services.sh $(MAKE) --no-print-directory pytest
+
+# The suite alone, on services you set up yourself (DATABASE_URL and CELERY_BROKER_URL from your environment).
+pytest: install
+	$(PY) -m pytest
 
 bench: install
 	$(PY) bench/generation.py

@@ -174,7 +174,7 @@ def campaign_settings(campaign: Campaign) -> dict:
             field: getattr(campaign, field)
             for field in (
                 "gold_share", "gold_min_accuracy", "gold_min_answers", "quota_per_rater", "lease_seconds",
-                "completion_url", "completion_code", "rater_title", "launch_error",
+                "completion_url", "completion_code", "rater_title", "consent_text", "contact", "launch_error",
             )
         },
     }

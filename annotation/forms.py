@@ -15,12 +15,12 @@ from generation import services as generation_services
 from generation.models import PromptSet, TextToImageModel
 
 from . import services
-from .models import CRITERION_DEFAULTS, Campaign, Choice, Criterion
+from .models import CRITERION_DEFAULTS, DEFAULT_CONSENT_TEXT, Campaign, Choice, Criterion
 
 # Settings a JSON payload (API, command) may give besides the criteria; the rest take the form's defaults.
 PAYLOAD_FIELDS = {
     "name", "models", "pairing", "baseline", "prompt_set", "seeds", "criteria", "gold_share", "gold_min_accuracy",
-    "gold_min_answers", "quota_per_rater", "lease_seconds", "completion_url", "rater_title",
+    "gold_min_answers", "quota_per_rater", "lease_seconds", "completion_url", "rater_title", "consent_text", "contact",
 }
 CRITERION_OVERRIDES = {"instructions", "votes_per_item", "choices"}
 # Fields with no sensible default: a payload must name them.
@@ -83,6 +83,17 @@ class CampaignForm(forms.Form):
         required=False, label="Completion URL", help_text="Where finished raters are sent, e.g. https://app.prolific.com/submissions/complete?cc=CODE",
     )
     rater_title = forms.CharField(initial="Compare two images", max_length=200, help_text="The heading raters see. Never name the models here.")
+    consent_text = forms.CharField(
+        required=False, initial=DEFAULT_CONSENT_TEXT, max_length=services.MAX_CONSENT_TEXT,
+        widget=forms.Textarea(attrs={"rows": 5}),
+        help_text="What raters agree to before they start. The first paragraph is always shown; further paragraphs "
+        "(after a blank line) fold away under 'Full information'. Plain text; left empty, Needle's short text.",
+    )
+    contact = forms.CharField(
+        required=False, max_length=services.MAX_CONTACT,
+        help_text="Who raters can write to about the study, shown on the consent and thank-you pages "
+        "(e.g. 'Dr A. Researcher, a.researcher@uni.example').",
+    )
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -125,6 +136,9 @@ class CampaignForm(forms.Form):
         if Campaign.objects.filter(name=name).exists():
             raise forms.ValidationError(f"A campaign named {name!r} already exists.")
         return name
+
+    def clean_consent_text(self):
+        return self.cleaned_data["consent_text"] or DEFAULT_CONSENT_TEXT
 
     def clean_models(self):
         models = list(self.cleaned_data["models"])
@@ -195,6 +209,7 @@ class CampaignForm(forms.Form):
                 baseline=d["baseline"], criteria=self.criteria(), lease_seconds=d["lease_seconds"],
                 quota_per_rater=d["quota_per_rater"], gold_share=d["gold_share"], gold_min_accuracy=d["gold_min_accuracy"],
                 gold_min_answers=d["gold_min_answers"], completion_url=d["completion_url"], rater_title=d["rater_title"],
+                consent_text=d["consent_text"], contact=d["contact"],
                 created_by=user if user is not None and user.is_authenticated else None,
             )
         except services.AnnotationError as exc:

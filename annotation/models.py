@@ -71,6 +71,15 @@ def new_completion_code() -> str:
     return secrets.token_hex(4).upper()
 
 
+# What raters agree to, unless the researchers write their own. The first paragraph is the summary every rater sees
+# on the consent page; further paragraphs (separated by a blank line) fold away under "Full information".
+DEFAULT_CONSENT_TEXT = (
+    "Your answers are recorded together with the time you took on each pair and the ids your recruiting platform "
+    "put in your link (for example your Prolific ID). They are used for research on image generation and are not linked "
+    "to your name. Taking part is voluntary: you may stop at any time by closing this page."
+)
+
+
 class Campaign(models.Model):
     class Status(models.TextChoices):
         DRAFT = "draft", "draft"
@@ -86,6 +95,15 @@ class Campaign(models.Model):
     name = models.CharField(max_length=200, unique=True, help_text="Researchers only; raters never see it.")
     rater_title = models.CharField(
         max_length=200, default="Compare two images", help_text="The heading raters see. Never name the models here."
+    )
+    consent_text = models.TextField(
+        default=DEFAULT_CONSENT_TEXT,
+        help_text="What raters agree to before they start. The first paragraph is always shown; the rest (after a "
+        "blank line) folds away under 'Full information'. Never name the models here.",
+    )
+    contact = models.CharField(
+        max_length=200, blank=True,
+        help_text="Who raters can write to about the study, e.g. 'Dr A. Researcher, a.researcher@uni.example'.",
     )
     prompt_set = models.ForeignKey(PromptSet, on_delete=models.PROTECT, related_name="campaigns")
     compared_models = models.ManyToManyField(TextToImageModel, through="CampaignModel", related_name="campaigns")

@@ -250,6 +250,12 @@ def _task_json(participation: Participation, assignment: Assignment) -> dict:
     return task
 
 
+def _consent_parts(text: str) -> dict:
+    """The researchers' consent text as the page shows it: the first paragraph always, the rest folded away."""
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text.strip()) if p.strip()]
+    return {"summary": paragraphs[0] if paragraphs else "", "details": paragraphs[1:]}
+
+
 def _consent_page(request, campaign: Campaign, *, action: str, hidden: dict[str, str]):
     return render(
         request,
@@ -258,6 +264,8 @@ def _consent_page(request, campaign: Campaign, *, action: str, hidden: dict[str,
             "rater_title": campaign.rater_title,
             "criteria": _criteria_for_instructions(campaign),
             "quota": campaign.quota_per_rater,
+            "consent": _consent_parts(campaign.consent_text),
+            "contact": campaign.contact,
             "action": action,
             "hidden": hidden,
         },
@@ -289,7 +297,7 @@ def join(request, link_token: str):
         params = {name: request.POST.get(name, "") for name in CROWD_PARAMETERS}
         # Without a crowd id, the engine would enrol a new rater each time; a
         # browser that consents twice (back button, double submit) is one rater.
-        participation = None if any(params.values()) else _joined_in_session(request, campaign)
+        participation = None if services.has_crowd_id(params) else _joined_in_session(request, campaign)
         if participation is None:
             try:
                 participation = services.join_with_invite(link_token, params)
@@ -362,6 +370,7 @@ def page(request, participation_token: str):
             "rater_title": participation.campaign.rater_title,
             "progress_text": _progress_text(participation),
             "token": participation.token,
+            "contact": participation.campaign.contact,
         },
     )
 
@@ -475,5 +484,8 @@ def done(request, participation_token: str):
         return redirect(url)
     return render(
         request, "annotation/rater/done.html",
-        {"rater_title": campaign.rater_title, "code": campaign.completion_code, "progress_text": _progress_text(participation)},
+        {
+            "rater_title": campaign.rater_title, "code": campaign.completion_code, "contact": campaign.contact,
+            "progress_text": _progress_text(participation),
+        },
     )

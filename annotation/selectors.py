@@ -235,12 +235,20 @@ def rater_quality(campaign: Campaign) -> list[RaterQuality]:
     return rows
 
 
-def invite_url(base_url: str, link: InviteLink) -> str:
-    """The link to give a crowd platform: the join page, with Prolific's participant placeholders appended.
+def join_url(base_url: str, link: InviteLink) -> str:
+    """The invite link as it works when opened as is: every browser that opens it is its own anonymous rater.
 
     Built as a plain path: the join view belongs to the raters' side of the site.
     """
-    return f"{base_url.rstrip('/')}/join/{link.token}/?{PROLIFIC_QUERY}"
+    return f"{base_url.rstrip('/')}/join/{link.token}/"
+
+
+def invite_url(base_url: str, link: InviteLink) -> str:
+    """The link to give Prolific: the join page with Prolific's participant placeholders, which Prolific fills in.
+
+    Opened as printed (placeholders unfilled) it still works like ``join_url``: the join refuses placeholders as ids.
+    """
+    return f"{join_url(base_url, link)}?{PROLIFIC_QUERY}"
 
 
 VOTE_EXPORT_COLUMNS = [

@@ -17,6 +17,7 @@ import io
 import itertools
 import math
 import random
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from generation.storage import content_addressed_name
 
 from .models import (
     CRITERION_DEFAULTS,
+    DEFAULT_CONSENT_TEXT,
     Assignment,
     Campaign,
     CampaignCriterion,
@@ -72,12 +74,20 @@ class AnnotationError(Exception):
 # Settings that define what is being measured: frozen once the campaign has items.
 STRUCTURAL_FIELDS = {"prompt_set", "seeds", "pairing", "baseline", "gold_share"}
 # Operational settings: editable until the campaign has votes.
-OPERATIONAL_FIELDS = {"lease_seconds", "quota_per_rater", "gold_min_accuracy", "gold_min_answers", "rater_title"}
-# Always editable.
-FREE_FIELDS = {"name", "completion_url", "completion_code"}
+# The consent text is one of them: what the raters who voted agreed to must stay what the page says.
+OPERATIONAL_FIELDS = {
+    "lease_seconds", "quota_per_rater", "gold_min_accuracy", "gold_min_answers", "rater_title", "consent_text",
+}
+# Always editable (a contact address may move mid-study).
+FREE_FIELDS = {"name", "completion_url", "completion_code", "contact"}
+MAX_CONSENT_TEXT = 10_000
+MAX_CONTACT = 200
 
 
-def _check_settings(*, lease_seconds, quota_per_rater, gold_share, gold_min_accuracy, gold_min_answers, rater_title) -> None:
+def _check_settings(
+    *, lease_seconds, quota_per_rater, gold_share, gold_min_accuracy, gold_min_answers, rater_title,
+    consent_text=DEFAULT_CONSENT_TEXT, contact="",
+) -> None:
     if not 30 <= lease_seconds <= 86_400:
         raise AnnotationError("The lease must be between 30 seconds and one day.")
     if quota_per_rater < 0:
@@ -90,6 +100,12 @@ def _check_settings(*, lease_seconds, quota_per_rater, gold_share, gold_min_accu
         raise AnnotationError("At least one gold answer is needed before excluding a rater.")
     if not rater_title.strip():
         raise AnnotationError("Give the raters' page a title.")
+    if not consent_text.strip():
+        raise AnnotationError("Give the consent text raters agree to before they start.")
+    if len(consent_text) > MAX_CONSENT_TEXT:
+        raise AnnotationError(f"The consent text can be at most {MAX_CONSENT_TEXT:,} characters.")
+    if len(contact) > MAX_CONTACT:
+        raise AnnotationError(f"The contact can be at most {MAX_CONTACT} characters.")
 
 
 # Settings that decide whether gold can ever exclude a rater (checked together by _check_gold_can_fire).
@@ -166,6 +182,8 @@ def create_campaign(
     gold_min_answers: int = 4,
     completion_url: str = "",
     rater_title: str = "Compare two images",
+    consent_text: str = DEFAULT_CONSENT_TEXT,
+    contact: str = "",
     created_by=None,
 ) -> Campaign:
     """A draft campaign comparing ``models`` (two, or N paired as ``pairing`` says).
@@ -197,9 +215,11 @@ def create_campaign(
         raise AnnotationError("A seed is listed twice.")
     if not prompt_set.prompts.exists():
         raise AnnotationError(f"Prompt set {prompt_set.name!r} has no prompts.")
+    consent_text, contact = _clean_text(consent_text), (contact or "").strip()
     _check_settings(
         lease_seconds=lease_seconds, quota_per_rater=quota_per_rater, gold_share=gold_share,
         gold_min_accuracy=gold_min_accuracy, gold_min_answers=gold_min_answers, rater_title=rater_title,
+        consent_text=consent_text, contact=contact,
     )
     _check_gold_can_fire(
         quota_per_rater=quota_per_rater, gold_share=gold_share, gold_min_answers=gold_min_answers,
@@ -211,7 +231,8 @@ def create_campaign(
             name=name, prompt_set=prompt_set, seeds=seeds, pairing=pairing, baseline=baseline,
             lease_seconds=lease_seconds, quota_per_rater=quota_per_rater, gold_share=gold_share,
             gold_min_accuracy=gold_min_accuracy, gold_min_answers=gold_min_answers,
-            completion_url=completion_url, rater_title=rater_title, created_by=created_by,
+            completion_url=completion_url, rater_title=rater_title, consent_text=consent_text, contact=contact,
+            created_by=created_by,
         )
         CampaignModel.objects.bulk_create(CampaignModel(campaign=campaign, model=m, position=i) for i, m in enumerate(models))
         CampaignCriterion.objects.bulk_create(
@@ -225,11 +246,20 @@ def create_campaign(
     return campaign
 
 
+def _clean_text(text: str | None) -> str:
+    """Researcher-written text for raters: Windows line ends unified, surrounding blank space dropped."""
+    return (text or "").replace("\r\n", "\n").strip()
+
+
 def update_campaign(campaign: Campaign, **changes) -> Campaign:
     """Change settings; what defines the measurement freezes once items exist, the rest once votes exist."""
     unknown = set(changes) - STRUCTURAL_FIELDS - OPERATIONAL_FIELDS - FREE_FIELDS
     if unknown:
         raise AnnotationError(f"These settings cannot be changed here: {', '.join(sorted(unknown))}.")
+    if "consent_text" in changes:
+        changes["consent_text"] = _clean_text(changes["consent_text"])
+    if "contact" in changes:
+        changes["contact"] = (changes["contact"] or "").strip()
     changed = {k: v for k, v in changes.items() if getattr(campaign, k) != v}
     if set(changed) & STRUCTURAL_FIELDS and campaign.items.exists():
         raise AnnotationError("The campaign's comparisons exist: models, prompts, seeds, pairing and gold share are frozen.")
@@ -240,7 +270,7 @@ def update_campaign(campaign: Campaign, **changes) -> Campaign:
     _check_settings(
         lease_seconds=campaign.lease_seconds, quota_per_rater=campaign.quota_per_rater, gold_share=campaign.gold_share,
         gold_min_accuracy=campaign.gold_min_accuracy, gold_min_answers=campaign.gold_min_answers,
-        rater_title=campaign.rater_title,
+        rater_title=campaign.rater_title, consent_text=campaign.consent_text, contact=campaign.contact,
     )
     if set(changed) & GOLD_RULE_FIELDS:  # only then: a campaign made before this rule can still be renamed
         _check_gold_can_fire(**{f: getattr(campaign, f) for f in GOLD_RULE_FIELDS})
@@ -538,6 +568,28 @@ def apply_campaign_action(campaign: Campaign, action: str) -> None:
 CROWD_PARAMETERS = {"PROLIFIC_PID": "prolific_pid", "STUDY_ID": "study_id", "SESSION_ID": "session_id"}
 
 
+# A Prolific placeholder such as {{%PROLIFIC_PID%}} that nobody filled in: the link was opened as printed.
+_UNFILLED_PLACEHOLDER = re.compile(r"\{{1,2}%\s*\w+\s*%\}{1,2}")
+
+
+def _crowd_id(value) -> str:
+    """A crowd id from an invite link's query, or "" for none. An unfilled placeholder is no id: taken as one, every
+    browser that opened the printed link would be the same rater."""
+    value = str(value or "").strip()
+    return "" if _UNFILLED_PLACEHOLDER.fullmatch(value) else value
+
+
+def has_crowd_id(params: dict) -> bool:
+    """Whether an invite link's query names a crowd worker (a filled-in id, not an unfilled placeholder)."""
+    return any(_crowd_id(value) for value in params.values())
+
+
+def invite_link_for(campaign: Campaign, *, label: str, max_raters: int = 0) -> InviteLink:
+    """The campaign's active invite link with this label and rater limit, created if there is none (idempotent)."""
+    link = InviteLink.objects.filter(campaign=campaign, label=label, max_raters=max_raters, active=True).order_by("pk").first()
+    return link if link is not None else create_invite_link(campaign, label=label, max_raters=max_raters)
+
+
 def join_with_invite(link_token: str, params: dict) -> Participation:
     """Enrol whoever opened an invite link. A crowd worker coming back with the same id resumes as the same rater."""
     link = InviteLink.objects.select_related("campaign").filter(token=link_token).first()
@@ -546,8 +598,8 @@ def join_with_invite(link_token: str, params: dict) -> Participation:
     campaign = link.campaign
     if campaign.status not in (Campaign.Status.LIVE, Campaign.Status.PAUSED):
         raise AnnotationError("This study is not open right now.")
-    ids = {field: str(params.get(param, "")).strip()[:100] for param, field in CROWD_PARAMETERS.items()}
-    external_id = str(params.get("external_id", "") or params.get("PROLIFIC_PID", "")).strip()[:200]
+    ids = {field: _crowd_id(params.get(param))[:100] for param, field in CROWD_PARAMETERS.items()}
+    external_id = (_crowd_id(params.get("external_id")) or _crowd_id(params.get("PROLIFIC_PID")))[:200]
     ids["external_id"] = external_id
     with transaction.atomic():
         InviteLink.objects.select_for_update().filter(pk=link.pk).exists()  # serialise the max_raters check

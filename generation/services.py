@@ -171,12 +171,15 @@ def create_batch(
     inference_batch_size: int | None = None,
     chunk_size: int | None = None,
     created_by=None,
+    reuse: bool = False,
 ) -> GenerationBatch:
     """Freeze a batch: each model's parameters are its defaults overridden by ``parameters``.
 
     Give explicit parameters to compare models at identical settings; the
     prompt and seed are always shared, so a pair differs only by model (and
-    by any default the models do not share).
+    by any default the models do not share). With ``reuse``, an existing batch
+    of the same name, prompt set, seeds, models and parameters is returned
+    instead of a new one (scripts that run again, such as the demo).
     """
     models = list(models)
     if not models:
@@ -215,6 +218,10 @@ def create_batch(
             raise BatchError("Steps must be at least 1; width and height positive multiples of 8.")
         resolved.append((model, params))
 
+    if reuse:
+        existing = _same_batch(name, prompt_set, seeds, resolved)
+        if existing is not None:
+            return existing
     with transaction.atomic():
         batch = GenerationBatch.objects.create(
             name=name,
@@ -228,6 +235,15 @@ def create_batch(
             BatchModel(batch=batch, model=m, parameters=p, parameters_hash=parameters_hash(p)) for m, p in resolved
         )
     return batch
+
+
+def _same_batch(name: str, prompt_set: PromptSet, seeds: list[int], resolved: list[tuple]) -> GenerationBatch | None:
+    """The oldest batch named ``name`` that stands for exactly these images, if any."""
+    wanted = {(model.pk, parameters_hash(params)) for model, params in resolved}
+    for batch in GenerationBatch.objects.filter(name=name, prompt_set=prompt_set).order_by("pk"):
+        if batch.seeds == seeds and set(batch.batch_models.values_list("model_id", "parameters_hash")) == wanted:
+            return batch
+    return None
 
 
 def dispatch_batch(batch: GenerationBatch) -> int:

@@ -5,12 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
 PY=.venv/bin/python
-PORT=${PORT:-8000}
+PORT=${PORT:-8000}   # PORT=8001 make demo, when 8000 is taken
+mkdir -p var/logs    # demo_setup writes var/ whatever DATABASE_URL says
 
 $PY manage.py migrate --noinput -v 0
 $PY manage.py demo_setup
 
-mkdir -p var/logs
 .venv/bin/celery -A evalsite worker -Q generation,default -c 1 -n demo@%h -l info >var/logs/demo-worker.log 2>&1 &
 worker=$!
 # Curation funnels and quality-tuning runs started from the pages get their own worker, so a long run never
@@ -20,8 +20,9 @@ training_worker=$!
 trap 'kill "$worker" "$training_worker" 2>/dev/null || true; wait "$worker" "$training_worker" 2>/dev/null || true' EXIT
 echo "Celery workers started (pids $worker, $training_worker; logs var/logs/demo-*worker.log)"
 
+# --reuse: a second `make demo` finds this batch (complete, or resumes it) instead of adding another.
 $PY manage.py generate --models tiny-base tiny-tuned --prompt-set demo --seeds 0-3 \
-    --name "demo: tiny-base vs tiny-tuned" --timeout 900
+    --name "demo: tiny-base vs tiny-tuned" --reuse --timeout 900
 
 # demo_setup made the draft campaign over those images (the same prompts and seeds, both Emu criteria, 30 tasks
 # per rater of which 20% gold, so gold can exclude; settings in demo_setup.DEMO_CAMPAIGN). Launching finds every
@@ -29,13 +30,22 @@ $PY manage.py generate --models tiny-base tiny-tuned --prompt-set demo --seeds 0
 if $PY manage.py campaign status demo | head -n 1 | grep -q ': draft$'; then
     $PY manage.py campaign launch demo --wait --timeout 300
 fi
-invite=$($PY manage.py campaign invite demo --label "demo link" --base-url "http://127.0.0.1:$PORT")
+# One invite link for the demo, reused on every run: printed plain (works as is: each browser that opens it is
+# its own anonymous rater) and as the template to paste into Prolific (which fills in the placeholders).
+demo_link() {
+    $PY manage.py campaign invite demo --label "demo link" --reuse --base-url "http://127.0.0.1:$PORT" "$@" \
+        2>var/logs/demo-invite.log || { cat var/logs/demo-invite.log >&2; return 1; }
+}
+invite=$(demo_link --plain)
+prolific=$(demo_link)
 
 echo
 echo "Needle is running at http://127.0.0.1:$PORT/"
 echo "Log in as: researcher / $(cat var/demo-login.txt)   (campaigns: http://127.0.0.1:$PORT/annotation/)"
-echo "Rate as a crowd worker (any id will do in place of the placeholders):"
+echo "Rate as a crowd worker (open it in several browsers or private windows: each is a new rater):"
 echo "  $invite"
-echo "(Ctrl-C stops the server and the worker.)"
+echo "The same link for a Prolific study (Prolific fills in the placeholders):"
+echo "  $prolific"
+echo "(Ctrl-C stops the server and the workers.)"
 exec_server() { $PY manage.py runserver "127.0.0.1:$PORT" --noreload; }
 exec_server

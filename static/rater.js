@@ -186,6 +186,9 @@
     }
     el.instructions.textContent = task.instructions || "";
     renderChoices(task.choices);
+    // A new pair starts at the top of the page: a rater who scrolled (to open "How to judge" on a phone, say)
+    // must still see the question and both images.
+    if (window.scrollX || window.scrollY) window.scrollTo(0, 0);
     root.dataset.visible = "true";
     root.dataset.shown = String(Number(root.dataset.shown || 0) + 1);
     shownAt = performance.now(); // time on task runs from the moment both images are on screen

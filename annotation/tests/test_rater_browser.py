@@ -1,7 +1,7 @@
 """A rater's whole visit in Debian's Chromium, driven by Playwright: invite link, consent, ten pairs, the code.
 
-Once at a laptop size, by keyboard alone, and once at a phone size, by tapping.
-Screenshots of the voting page at both sizes go to VAR_DIR/screenshots.
+Once at a laptop size, by keyboard alone, and once at a phone size, by tapping; the layout at the smallest laptop
+screens (1366x768, 1280x720) and on a touch screen. Screenshots go to VAR_DIR/screenshots.
 """
 
 import shutil
@@ -53,6 +53,14 @@ def campaign(two_models, prompt_set):
     return campaign
 
 
+def new_context(browser, **options):
+    """A browser context with waits long enough for a machine busy with other work (a page load can take seconds)."""
+    context = browser.new_context(**options)
+    context.set_default_timeout(60_000)
+    context.set_default_navigation_timeout(120_000)
+    return context
+
+
 def screenshots_dir():
     path = settings.VAR_DIR / "screenshots"
     path.mkdir(parents=True, exist_ok=True)
@@ -69,12 +77,57 @@ def wait_for_pair(page, number):
     """Until the number-th pair is on screen and takes answers."""
     page.wait_for_function(
         "n => { const r = document.getElementById('rater'); return r.dataset.state === 'ready' && r.dataset.shown === String(n); }",
-        arg=number, timeout=15_000,
+        arg=number, timeout=60_000,
     )
+
+
+def expect_text(locator, text):
+    """Waits (up to a minute) until ``locator`` reads ``text``."""
+    from playwright.sync_api import expect
+
+    expect(locator).to_have_text(text, timeout=60_000)
 
 
 def offered_choices(page):
     return page.eval_on_selector_all("#rater-choices button", "buttons => buttons.map(b => b.dataset.choice)")
+
+
+def on_screen(page, locator) -> bool:
+    """Wholly inside the viewport as the page is now (not merely somewhere on a page one could scroll)."""
+    box = locator.bounding_box()
+    size = page.viewport_size
+    return box is not None and box["x"] >= 0 and box["y"] >= 0 and (
+        box["x"] + box["width"] <= size["width"] + 0.5 and box["y"] + box["height"] <= size["height"] + 0.5
+    )
+
+
+def shown_criterion(page) -> str:
+    """Text faithfulness shows the prompt; visual appeal hides it."""
+    return "text_faithfulness" if page.locator("#rater-prompt").is_visible() else "visual_appeal"
+
+
+def assert_pair_fits_without_scrolling(page, min_image: float):
+    """The question (and text), both images, large, and every answer button: all on screen, the page unscrolled."""
+    assert page.evaluate("window.scrollY") == 0, "a new pair starts at the top of the page"
+    assert on_screen(page, page.locator("#rater-question")), "the question is on screen"
+    if shown_criterion(page) == "text_faithfulness":
+        assert on_screen(page, page.locator("#rater-prompt")), "the text is on screen"
+    for side in ("left", "right"):
+        image = page.locator(f"#rater-{side} img")
+        assert on_screen(page, image), f"the {side} image is on screen"
+        box = image.bounding_box()
+        # The square image is drawn as large as its frame allows: the frame's shorter side.
+        assert min(box["width"], box["height"]) >= min_image, f"the {side} image is large enough: {box}"
+    buttons = page.locator("#rater-choices button")
+    assert buttons.count() >= 3
+    for i in range(buttons.count()):
+        assert on_screen(page, buttons.nth(i)), f"button {buttons.nth(i).inner_text()!r} is on screen"
+
+
+def key_hints_visible(page) -> list[bool]:
+    return page.eval_on_selector_all(
+        ".choice .hints, .key-hint", "nodes => nodes.map(n => n.getClientRects().length > 0)"
+    )
 
 
 def assert_votes_recorded(campaign, pid):
@@ -87,13 +140,20 @@ def assert_votes_recorded(campaign, pid):
 
 
 def test_a_prolific_rater_consents_and_answers_ten_pairs_by_keyboard_alone(live_server, browser, campaign):
-    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    context = new_context(browser, viewport={"width": 1280, "height": 900}, permissions=["clipboard-read", "clipboard-write"])
+    page = context.new_page()
     page.goto(invite_url(live_server, campaign, "kbd-worker-1"))
     assert page.locator("h1").first.inner_text() == "Which picture is better?"
     for criterion in campaign.criteria.all():
         assert page.get_by_text(criterion.instructions).is_visible()
-    assert page.locator(".worked-example .example").nth(0).inner_text().startswith("Answer: Left (press 1): the left picture")
+    assert on_screen(page, page.locator("#agree")), "on a laptop the whole consent page fits on one screen"
     page.screenshot(path=str(screenshots_dir() / "rater-consent-desktop.png"), full_page=True)
+    # The answer keys and the worked examples are folded away until asked for.
+    example = page.locator(".worked-example .example").nth(0)
+    assert not example.is_visible()
+    page.locator(".how-to summary").nth(0).press("Enter")
+    assert example.inner_text().startswith("Answer: Left (press 1): the left picture")
+    assert all(key_hints_visible(page)[:3]), "with a keyboard the keys are shown"
 
     # Tab to "I agree, start" and press Enter: no mouse anywhere in this test.
     for _ in range(20):
@@ -106,7 +166,8 @@ def test_a_prolific_rater_consents_and_answers_ten_pairs_by_keyboard_alone(live_
     used = []
     for number in range(1, PAIRS + 1):
         wait_for_pair(page, number)
-        assert page.locator("#rater-progress").inner_text() == f"{number - 1} of {PAIRS}"
+        # The next pair shows at once; the progress follows when the server has recorded the vote.
+        expect_text(page.locator("#rater-progress"), f"{number - 1} of {PAIRS}")
         images = page.locator("#rater-pair img")
         assert [images.nth(i).get_attribute("alt") for i in range(2)] == ["left image", "right image"]
         if number == 1:
@@ -117,52 +178,127 @@ def test_a_prolific_rater_consents_and_answers_ten_pairs_by_keyboard_alone(live_
         used.append(key)
         page.keyboard.press(key)
 
-    page.locator("#rater-done").wait_for(state="visible", timeout=15_000)
+    page.locator("#rater-done").wait_for(state="visible", timeout=60_000)
     assert page.locator("#rater-code").inner_text() == campaign.completion_code
-    assert page.locator("#rater-progress").inner_text() == f"{PAIRS} of {PAIRS}"
+    expect_text(page.locator("#rater-progress"), f"{PAIRS} of {PAIRS}")
+    # "Copy the code", by keyboard too: the code lands on the clipboard, and is selected either way.
+    for _ in range(20):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.classList.contains('copy-code')"):
+            break
+    page.keyboard.press("Enter")
+    page.wait_for_function("document.querySelector('.copy-code').dataset.copied === 'true'", timeout=15_000)
+    assert page.evaluate("navigator.clipboard.readText()") == campaign.completion_code
+    assert page.evaluate("window.getSelection().toString().trim()") == campaign.completion_code
+    assert page.locator(".copied").inner_text() == "Copied."
     page.screenshot(path=str(screenshots_dir() / "rater-done-desktop.png"))
+    context.close()
     assert_votes_recorded(campaign, "kbd-worker-1")
     assert {"1", "2"} & set(used) and {"ArrowLeft", "ArrowRight"} & set(used), used
 
 
 def test_a_rater_on_a_phone_sees_the_images_stacked_and_answers_by_tapping(live_server, browser, campaign):
-    context = browser.new_context(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
+    context = new_context(browser, viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
     page = context.new_page()
     page.goto(invite_url(live_server, campaign, "phone-worker-1"))
+    # Short: the instructions and the consent summary, the details folded away; the button within two screens.
+    page.screenshot(path=str(screenshots_dir() / "rater-consent-phone.png"), full_page=True)
+    assert page.evaluate("document.documentElement.scrollHeight") <= 2 * 844
+    assert page.locator("#agree").bounding_box()["y"] < 2 * 844 - 60
+    summaries = page.locator(".how-to summary")
+    for i in range(summaries.count()):
+        summaries.nth(i).tap()
     examples = page.locator(".worked-example img")
     assert examples.count() == 4
     for i in range(4):
         # Loaded (naturalWidth > 0) and inside the phone's width.
-        assert examples.nth(i).evaluate("img => img.complete && img.naturalWidth") == 256
+        examples.nth(i).scroll_into_view_if_needed()
+        page.wait_for_function("img => img.complete && img.naturalWidth > 0", arg=examples.nth(i).element_handle())
+        assert examples.nth(i).evaluate("img => img.naturalWidth") == 256
         box = examples.nth(i).bounding_box()
         assert box["x"] >= 0 and box["x"] + box["width"] <= 390
     # The pair is stacked on a phone, on this page as on the voting page, and the words follow the layout.
     first, second = examples.nth(0).bounding_box(), examples.nth(1).bounding_box()
     assert first["y"] + first["height"] <= second["y"]
     answers = page.locator(".worked-example .example")
-    assert answers.nth(0).inner_text().startswith("Answer: Top (press 1): the top picture is sharp")
-    assert answers.nth(1).inner_text().startswith("Answer: Bottom (press 2): only the bottom picture shows")
-    page.screenshot(path=str(screenshots_dir() / "rater-consent-phone.png"), full_page=True)
+    # No keys on a touch screen: "(press 1)" is not there.
+    assert answers.nth(0).inner_text().startswith("Answer: Top: the top picture is sharp")
+    assert answers.nth(1).inner_text().startswith("Answer: Bottom: only the bottom picture shows")
+    assert not any(key_hints_visible(page)), "no key hints on a touch screen"
+    page.screenshot(path=str(screenshots_dir() / "rater-consent-phone-open.png"), full_page=True)
     page.tap("#agree")
     page.wait_for_url("**/rate/*/")
 
+    shot = set()
     for number in range(1, PAIRS + 1):
         wait_for_pair(page, number)
         left = page.locator("#rater-left img").bounding_box()
         right = page.locator("#rater-right img").bounding_box()
         assert left["y"] + left["height"] <= right["y"], "on a phone the right image sits below the left one"
-        assert min(left["width"], right["width"]) >= 250, "images stay large on a phone"
+        # Every pair, including each after "How to judge" was opened and the page scrolled to read it.
+        assert_pair_fits_without_scrolling(page, min_image=200)
+        assert not any(key_hints_visible(page)), "no key hints on a touch screen"
+        buttons = page.locator("#rater-choices button")
+        for i in range(buttons.count()):
+            assert buttons.nth(i).bounding_box()["height"] >= 44, "buttons are tap-sized"
+        criterion = shown_criterion(page)
+        if criterion not in shot:
+            shot.add(criterion)
+            page.screenshot(path=str(screenshots_dir() / f"rater-vote-phone-{criterion}.png"))
         if number == 1:
-            buttons = page.locator("#rater-choices button")
-            for i in range(buttons.count()):
-                box = buttons.nth(i).bounding_box()
-                assert box["height"] >= 44 and box["y"] + box["height"] <= 844, "buttons are tap-sized and on screen"
-            page.screenshot(path=str(screenshots_dir() / "rater-vote-phone.png"))
+            # The rater opens "How to judge" (below the buttons) and scrolls down to read it.
+            page.locator("#rater-help summary").tap()
+            page.evaluate("window.scrollTo(0, document.documentElement.scrollHeight)")
+            page.screenshot(path=str(screenshots_dir() / "rater-vote-phone-help.png"))
         offered = offered_choices(page)
         page.tap(f'#rater-choices button[data-choice="{offered[number % len(offered)]}"]')
+    assert shot == {"visual_appeal", "text_faithfulness"}
 
-    page.locator("#rater-done").wait_for(state="visible", timeout=15_000)
+    page.locator("#rater-done").wait_for(state="visible", timeout=60_000)
     assert page.locator("#rater-code").inner_text() == campaign.completion_code
     page.screenshot(path=str(screenshots_dir() / "rater-done-phone.png"))
     context.close()
     assert_votes_recorded(campaign, "phone-worker-1")
+
+
+@pytest.mark.parametrize("width, height", [(1366, 768), (1280, 720)])
+def test_on_a_laptop_both_images_and_every_button_fit_without_scrolling_for_both_questions(
+    live_server, browser, campaign, width, height
+):
+    context = new_context(browser, viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.goto(invite_url(live_server, campaign, f"laptop-{width}"))
+    assert on_screen(page, page.locator("#agree")), "the consent page fits on one laptop screen"
+    page.click("#agree")
+    page.wait_for_url("**/rate/*/")
+    shot = set()
+    for number in range(1, PAIRS + 1):
+        wait_for_pair(page, number)
+        assert_pair_fits_without_scrolling(page, min_image=300)
+        assert all(key_hints_visible(page)), "with a mouse and keyboard the key hints are shown"
+        criterion = shown_criterion(page)
+        if criterion not in shot:
+            shot.add(criterion)
+            page.screenshot(path=str(screenshots_dir() / f"rater-vote-{width}x{height}-{criterion}.png"))
+        offered = offered_choices(page)
+        page.click(f'#rater-choices button[data-choice="{offered[number % len(offered)]}"]')
+    assert shot == {"visual_appeal", "text_faithfulness"}, "both questions were on screen (8 comparisons of each)"
+    context.close()
+
+
+def test_key_hints_are_hidden_on_a_touch_screen_of_any_width(live_server, browser, campaign):
+    # A tablet in landscape: as wide as a laptop, but no keyboard to press the keys on.
+    context = new_context(browser, viewport={"width": 1180, "height": 820}, has_touch=True)
+    page = context.new_page()
+    page.goto(invite_url(live_server, campaign, "tablet-1"))
+    page.locator(".how-to summary").first.tap()
+    assert page.locator(".key-list").first.is_visible()
+    assert not any(key_hints_visible(page)), "no keys on the instructions"
+    page.tap("#agree")
+    page.wait_for_url("**/rate/*/")
+    wait_for_pair(page, 1)
+    hints = key_hints_visible(page)
+    assert hints and not any(hints), "no keys on the buttons"
+    assert page.locator("#rater-choices button").first.is_visible()
+    page.screenshot(path=str(screenshots_dir() / "rater-vote-tablet-touch.png"))
+    context.close()

@@ -68,8 +68,8 @@ def test_instructions_show_a_worked_example_pair_per_criterion_made_of_drawn_ill
         "examples/faithful-mismatch.png", "examples/faithful-match.png",  # faithfulness: the match right, answer Right
     ]
     assert all(alt.startswith("Example picture:") for _, alt in examples)
-    answers = re.findall(r'Answer: <strong class="wide-only">(\w+)</strong><strong class="narrow-only">(\w+)</strong>\s*'
-                         r'\(press <kbd>(\w)</kbd>\)', page)
+    answers = re.findall(r'Answer: <strong class="wide-only">(\w+)</strong><strong class="narrow-only">(\w+)</strong>'
+                         r'<span class="key-hint">\s*\(press <kbd>(\w)</kbd>\)</span>', page)
     # Appeal: the better picture on the left; faithfulness: the match on the right. On a phone (stacked) the same
     # answers read top and bottom, as the voting page's buttons do.
     assert answers == [("Left", "Top", "1"), ("Right", "Bottom", "2")]

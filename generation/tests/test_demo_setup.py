@@ -34,3 +34,11 @@ def test_the_demo_campaign_gives_every_rater_enough_gold_answers_to_be_excluded(
     assert campaign.criteria.count() == 2 and campaign.seeds == [0, 1, 2, 3]  # the seeds scripts/demo.sh generates
     # Was 20 tasks x 10% = 2 gold answers against 4 needed: gold could never exclude anyone.
     assert guaranteed_gold_answers(campaign.quota_per_rater, campaign.gold_share) >= campaign.gold_min_answers
+
+
+def test_demo_setup_creates_var_when_the_database_is_not_sqlite(settings, tmp_path):
+    # The settings make var/ only for the SQLite default; a fresh clone pointed at PostgreSQL has none.
+    settings.VAR_DIR = tmp_path / "fresh-clone" / "var"
+    call_command("demo_setup")
+    assert (settings.VAR_DIR / "demo-login.txt").exists()
+    assert (settings.VAR_DIR / "models" / "tiny-base" / "model_index.json").exists()

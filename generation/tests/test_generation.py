@@ -8,7 +8,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from generation import pipelines, selectors, services
-from generation.models import GeneratedImage, TextToImageModel
+from generation.models import GeneratedImage, GenerationBatch, TextToImageModel
 
 pytestmark = pytest.mark.django_db
 
@@ -244,3 +244,17 @@ def test_clean_partial_images_removes_only_old_half_written_files():
         for path in (old, fresh, storage.path(image)):
             if os.path.exists(path):
                 os.unlink(path)
+
+
+def test_generate_with_reuse_finds_the_batch_of_that_name_instead_of_adding_another(two_models, prompt_set):
+    # --no-wait: the chunks are only queued (on commit, which a test transaction never reaches); no worker needed.
+    def generate(*extra, seeds="0-1"):
+        call_command("generate", "--models", "base", "tuned", "--prompt-set", "four", "--seeds", seeds, "--name", "demo",
+                     "--no-wait", *extra)
+
+    generate("--reuse")
+    generate("--reuse")  # `make demo` run again
+    assert GenerationBatch.objects.filter(name="demo").count() == 1
+    generate("--reuse", seeds="0-2")  # other images under the same name: a batch of their own
+    generate()  # without --reuse a new batch, as before
+    assert GenerationBatch.objects.filter(name="demo").count() == 3

@@ -45,6 +45,12 @@ class Command(BaseCommand):
         create.add_argument("--lease", type=int, help="seconds before an unanswered task returns to the pool")
         create.add_argument("--completion-url")
         create.add_argument("--rater-title")
+        create.add_argument(
+            "--consent-text", metavar="TEXT",
+            help="what raters agree to (first paragraph shown, the rest folded away); default: Needle's short text",
+        )
+        create.add_argument("--consent-file", metavar="PATH", help="the consent text from a UTF-8 file")
+        create.add_argument("--contact", help="who raters can write to about the study")
 
         launch = sub.add_parser("launch", help="generate the campaign's images and go live when they are ready")
         launch.add_argument("name")
@@ -58,6 +64,14 @@ class Command(BaseCommand):
         invite.add_argument("name")
         invite.add_argument("--label", default="")
         invite.add_argument("--max-raters", type=int, default=0, help="0: no limit")
+        invite.add_argument(
+            "--reuse", action="store_true",
+            help="print the campaign's active link with this label and rater limit if there is one (create it otherwise)",
+        )
+        invite.add_argument(
+            "--plain", action="store_true",
+            help="print the link without Prolific's placeholders: each browser that opens it is its own anonymous rater",
+        )
         invite.add_argument(
             "--base-url", default=settings.NEEDLE_BASE_URL,
             help="the site's public address, e.g. https://needle.example.org",
@@ -84,6 +98,7 @@ class Command(BaseCommand):
             "gold_share": o["gold_share"], "gold_min_answers": o["gold_min_answers"],
             "gold_min_accuracy": o["gold_min_accuracy"], "quota_per_rater": o["quota"], "lease_seconds": o["lease"],
             "completion_url": o["completion_url"], "rater_title": o["rater_title"],
+            "consent_text": self._consent_text(o["consent_text"], o["consent_file"]), "contact": o["contact"],
         }
         form = CampaignForm.from_payload({k: v for k, v in payload.items() if v is not None})
         campaign = form.create() if form.is_valid() else None
@@ -99,6 +114,18 @@ class Command(BaseCommand):
             f"{keys * len(pairs) * len(criteria)} comparisons. "
             f"Launch it with: manage.py campaign launch {campaign.name!r}"
         )
+
+    @staticmethod
+    def _consent_text(text, path):
+        if text is not None and path is not None:
+            raise CommandError("Give --consent-text or --consent-file, not both.")
+        if path is None:
+            return text
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CommandError(f"Cannot read the consent file {path}: {exc}") from None
 
     def handle_launch(self, name, wait, timeout, **o):
         campaign = self._campaign(name)
@@ -116,13 +143,21 @@ class Command(BaseCommand):
     def handle_close(self, name, **o):
         self._act(name, "close")
 
-    def handle_invite(self, name, label, max_raters, base_url, **o):
+    def handle_invite(self, name, label, max_raters, base_url, reuse, plain, **o):
         campaign = self._campaign(name)
         if not base_url.startswith(("http://", "https://")):
             raise CommandError("--base-url must start with http:// or https://, e.g. https://needle.example.org")
-        link = services.create_invite_link(campaign, label=label, max_raters=max_raters)
-        self.stderr.write(f"Invite link {link.pk} for {campaign.name!r}{f' ({label})' if label else ''}; give this URL to Prolific:")
-        self.stdout.write(selectors.invite_url(base_url, link))
+        if reuse:
+            link = services.invite_link_for(campaign, label=label, max_raters=max_raters)
+        else:
+            link = services.create_invite_link(campaign, label=label, max_raters=max_raters)
+        about = f"Invite link {link.pk} for {campaign.name!r}{f' ({label})' if label else ''}"
+        if plain:
+            self.stderr.write(f"{about}; each browser that opens it is a new anonymous rater:")
+            self.stdout.write(selectors.join_url(base_url, link))
+        else:
+            self.stderr.write(f"{about}; give this URL to Prolific (it fills in the placeholders):")
+            self.stdout.write(selectors.invite_url(base_url, link))
 
     def handle_status(self, name, **o):
         campaign = self._campaign(name)

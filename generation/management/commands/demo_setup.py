@@ -30,6 +30,9 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args, **options):
+        # The settings create var/ only for the SQLite default; the demo keeps its login and models there whatever
+        # the database (a fresh clone pointed at PostgreSQL has no var/ yet).
+        settings.VAR_DIR.mkdir(parents=True, exist_ok=True)
         username, password = self._researcher()
         for name, seed in DEMO_MODELS.items():
             if TextToImageModel.objects.filter(name=name).exists():

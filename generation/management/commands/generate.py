@@ -26,6 +26,11 @@ class Command(BaseCommand):
         parser.add_argument("--inference-batch-size", type=int)
         parser.add_argument("--chunk-size", type=int)
         parser.add_argument("--resume", type=int, metavar="BATCH_ID", help="queue the missing images of an existing batch")
+        parser.add_argument(
+            "--reuse", action="store_true",
+            help="if a batch of this --name with the same models, prompts, seeds and parameters exists, resume it "
+            "instead of creating another (for scripts that run again)",
+        )
         parser.add_argument("--no-wait", action="store_true", help="queue and return at once")
         parser.add_argument("--timeout", type=float, default=0, help="give up waiting after this many seconds (0: never)")
 
@@ -72,6 +77,7 @@ class Command(BaseCommand):
             name=o["name"],
             inference_batch_size=o["inference_batch_size"],
             chunk_size=o["chunk_size"],
+            reuse=o["reuse"],
         )
 
     def _wait(self, batch, timeout):
