@@ -56,12 +56,13 @@ class Scale:
     checkpoint_prompts: int
     raters: int
     quota: int
+    gold_share: float = 0.1  # enough that each rater's quota reaches the gold answers exclusion needs
     leave_for_people: int = 0  # appeal items per campaign left for a person to vote on in the demo
 
 
 SCALES = {
     "ci": Scale(pool=240, rating_sample=60, needles=24, tune_steps=30, checkpoint_every=15, prompts=12, seeds="0",
-                checkpoint_prompts=6, raters=12, quota=24),
+                checkpoint_prompts=6, raters=12, quota=24, gold_share=0.2),
     "demo": Scale(pool=1600, rating_sample=240, needles=160, tune_steps=240, checkpoint_every=80, prompts=48, seeds="0",
                   checkpoint_prompts=16, raters=30, quota=40, leave_for_people=10),
     "full": Scale(pool=5000, rating_sample=500, needles=400, tune_steps=480, checkpoint_every=120, prompts=200, seeds="0-1",
@@ -317,7 +318,7 @@ class Loop:
             return existing
         return annotation_services.create_campaign(
             name=name, models=models, prompt_set=self.prompt_set(), seeds=generation_services.parse_seeds(self.scale.seeds),
-            quota_per_rater=self.scale.quota, gold_share=0.1, rater_title="Which picture is better?")
+            quota_per_rater=self.scale.quota, gold_share=self.scale.gold_share, rater_title="Which picture is better?")
 
     def evaluate(self, campaign: Campaign) -> dict:
         campaign = self.launch(campaign)

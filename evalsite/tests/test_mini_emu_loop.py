@@ -24,6 +24,7 @@ def test_quality_tuning_on_curated_needles_beats_the_base_on_appeal_through_the_
     loop = mini_emu.Loop(live_server.url, "ci", log=lambda *a: None, workdir=tmp_path / "world")
 
     results = loop.reproduce()
+    print(mini_emu.summary_table(results))  # the figures, for `pytest -s`
 
     tuned = results["tuned_vs_base"]
     appeal = next(row for row in tuned["win_rates"] if row["criterion"] == "visual_appeal")
