@@ -47,5 +47,19 @@ echo "  $invite"
 echo "The same link for a Prolific study (Prolific fills in the placeholders):"
 echo "  $prolific"
 echo "(Ctrl-C stops the server and the workers.)"
+
+# The mini-Emu loop (docs/mini-emu.md): curation, quality-tuning of the shipped base, checkpoint pick and three
+# campaigns, with simulated reviewers and raters using this very server over HTTP. It runs once the server is up;
+# a rerun reuses what exists. MINI_EMU=0 skips it; MINI_EMU_SCALE=ci runs the small version.
+if [ "${MINI_EMU:-1}" != "0" ]; then
+    (
+        for _ in $(seq 60); do curl -fsS -o /dev/null "http://127.0.0.1:$PORT/accounts/login/" 2>/dev/null && break; sleep 1; done
+        $PY manage.py mini_emu reproduce --scale "${MINI_EMU_SCALE:-demo}" \
+            --base-url "http://127.0.0.1:$PORT" --out var/mini-emu-results.json >var/logs/mini-emu.log 2>&1 \
+            && echo "mini-Emu loop finished: results in var/mini-emu-results.json, campaigns at http://127.0.0.1:$PORT/annotation/" \
+            || echo "mini-Emu loop stopped; see var/logs/mini-emu.log"
+    ) &
+    echo "The mini-Emu loop runs in the background (progress: tail -f var/logs/mini-emu.log)."
+fi
 exec_server() { $PY manage.py runserver "127.0.0.1:$PORT" --noreload; }
 exec_server
