@@ -140,3 +140,18 @@ def _close_stray_test_database_sessions(django_db_setup, django_db_blocker):
             )
     except OperationalError:  # a run with no database test never created the test database: nothing to let go of
         pass
+
+
+def pytest_terminal_summary(terminalreporter):
+    """The bad-input corpus's size and outcome counts (evalsite/bad_input.py), when any of it ran."""
+    from evalsite import bad_input
+
+    if not bad_input.RESULTS:
+        return
+    data = bad_input.write_summary(settings.VAR_DIR / "bad-input-corpus.json")
+    outcomes = ", ".join(f"{name} {count}" for name, count in data["outcomes"].items())
+    surfaces = ", ".join(f"{name} {count}" for name, count in data["surfaces"].items())
+    terminalreporter.write_line(f"bad-input corpus: {data['inputs']} inputs ({surfaces}); outcomes: {outcomes}")
+    for case in data["cases"]:
+        if case["outcome"] != "clear":
+            terminalreporter.write_line(f"  {case['outcome']}: {case['case']} ({case['surface']}): {case['detail'][:200]}")

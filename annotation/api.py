@@ -36,6 +36,7 @@ API_TOKEN_SALT = "annotation.api-token"
 DEFAULT_TOKEN_MAX_AGE_DAYS = 90
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 ACTIONS = ("launch", "pause", "resume", "close")
+INVITE_LINK_FIELDS = {"label", "max_raters", "base_url"}
 
 
 # --- Tokens -----------------------------------------------------------------------------------
@@ -278,13 +279,22 @@ def invite_links(request, pk):
         body = _json_body(request)
         if not isinstance(body, dict):
             raise services.AnnotationError("Send a JSON object: {\"label\": ..., \"max_raters\": ..., \"base_url\": ...}.")
-        max_raters = body.get("max_raters") or 0
+        unknown = set(body) - INVITE_LINK_FIELDS
+        if unknown:
+            raise services.AnnotationError(
+                f"Unknown settings: {', '.join(sorted(unknown))}. Known: {', '.join(sorted(INVITE_LINK_FIELDS))}.")
+        max_raters = body.get("max_raters")
+        max_raters = 0 if max_raters is None else max_raters
         if not isinstance(max_raters, int) or isinstance(max_raters, bool):
-            raise services.AnnotationError("max_raters must be a whole number (0 means no limit).")
+            raise services.AnnotationError(f"max_raters must be a whole number (0 means no limit), not {max_raters!r}.")
         base_url = body.get("base_url") or None
-        if base_url is not None and not str(base_url).startswith(("http://", "https://")):
-            raise services.AnnotationError("base_url must start with http:// or https://.")
-        link = services.create_invite_link(campaign, label=str(body.get("label") or "")[:200], max_raters=max_raters)
+        if base_url is not None and not (isinstance(base_url, str) and base_url.startswith(("http://", "https://"))):
+            raise services.AnnotationError("base_url must start with http:// or https://, e.g. https://needle.example.org.")
+        label = body.get("label")
+        label = "" if label is None else label
+        if not isinstance(label, str):
+            raise services.AnnotationError(f"label must be text (a JSON string), not {type(label).__name__}.")
+        link = services.create_invite_link(campaign, label=label, max_raters=max_raters)
     except services.AnnotationError as exc:
         return _error(400, str(exc))
     return JsonResponse(_invite_link_json(request, link, base_url), status=201)

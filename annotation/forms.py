@@ -11,6 +11,7 @@ from django import forms
 from django.contrib.auth import get_user_model
 from django.core.exceptions import NON_FIELD_ERRORS
 
+from evalsite.errors import add_to_form
 from generation import services as generation_services
 from generation.models import PromptSet, TextToImageModel
 
@@ -25,6 +26,21 @@ PAYLOAD_FIELDS = {
 CRITERION_OVERRIDES = {"instructions", "votes_per_item", "choices"}
 # Fields with no sensible default: a payload must name them.
 REQUIRED_IN_PAYLOAD = {"name", "models", "prompt_set", "seeds"}
+# JSON types a payload's settings must have (the form would turn a list into its text, a bool into a number).
+TEXT_IN_PAYLOAD = {"name", "pairing", "baseline", "prompt_set", "completion_url", "rater_title"}
+NUMBERS_IN_PAYLOAD = {"gold_share", "gold_min_accuracy"}
+WHOLE_NUMBERS_IN_PAYLOAD = {"gold_min_answers", "quota_per_rater", "lease_seconds"}
+
+
+def json_type(value) -> str:
+    """How JSON names the type of ``value``: object, array, string, number, boolean, null."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    return {dict: "an object", list: "an array", str: "a string"}.get(type(value), type(value).__name__)
 
 
 def criterion_field(criterion: str, part: str) -> str:
@@ -142,23 +158,22 @@ class CampaignForm(forms.Form):
 
     def clean_models(self):
         models = list(self.cleaned_data["models"])
+        # The queryset comes back in name order, each model once; keep the order the researcher gave (API, command).
+        given = self.data.getlist(self.add_prefix("models")) if hasattr(self.data, "getlist") else self.data.get("models")
+        given = [str(name) for name in given or []]
+        twice = sorted({name for name in given if given.count(name) > 1})
+        if twice:
+            raise forms.ValidationError(f"Choose at least two different models: {', '.join(twice)} is listed twice.")
         if len(models) < 2:
             raise forms.ValidationError("Choose at least two models to compare.")
-        # The queryset comes back in name order; keep the order the researcher gave (API, command).
-        given = self.data.getlist(self.add_prefix("models")) if hasattr(self.data, "getlist") else self.data.get("models")
-        order = {str(name): i for i, name in enumerate(given or [])}
+        order = {name: i for i, name in enumerate(given)}
         return sorted(models, key=lambda m: order.get(m.name, len(order)))
 
     def clean_seeds(self):
         try:
-            seeds = generation_services.parse_seeds(self.cleaned_data["seeds"])
+            return generation_services.parse_seeds(self.cleaned_data["seeds"])
         except generation_services.BatchError as exc:
             raise forms.ValidationError(str(exc)) from None
-        if any(not 0 <= s <= generation_services.MAX_SEED for s in seeds):
-            raise forms.ValidationError("Seeds cannot be negative.")
-        if len(set(seeds)) != len(seeds):
-            raise forms.ValidationError("A seed is listed twice.")
-        return seeds
 
     def clean_prompt_set(self):
         prompt_set = self.cleaned_data["prompt_set"]
@@ -213,7 +228,7 @@ class CampaignForm(forms.Form):
                 created_by=user if user is not None and user.is_authenticated else None,
             )
         except services.AnnotationError as exc:
-            self.add_error(None, str(exc))
+            add_to_form(self, exc)
             return None
 
     # --- JSON payloads (API, management command) ------------------------------------------
@@ -235,6 +250,7 @@ class CampaignForm(forms.Form):
         missing = sorted(f for f in REQUIRED_IN_PAYLOAD if payload.get(f) in (None, "", []))
         if missing:
             raise services.AnnotationError(f"Give {', '.join(missing)}.")
+        cls._check_payload_types(payload)
         form = cls()
         data = {name: field.initial for name, field in form.fields.items() if field.initial is not None}
         for key, value in payload.items():
@@ -242,33 +258,83 @@ class CampaignForm(forms.Form):
                 continue
             data[key] = "" if value is None else value
         models = payload["models"]
-        data["models"] = [models] if isinstance(models, str) else list(models) if isinstance(models, (list, tuple)) else models
+        data["models"] = [models] if isinstance(models, str) else list(models)
         seeds = payload["seeds"]
-        data["seeds"] = ",".join(str(s) for s in seeds) if isinstance(seeds, (list, tuple)) else str(seeds)
+        data["seeds"] = ",".join(str(s) for s in seeds) if isinstance(seeds, (list, tuple)) else seeds
         data.update(cls._criteria_data(payload.get("criteria")))
         return cls(data=data)
+
+    @staticmethod
+    def _check_payload_types(payload: dict) -> None:
+        """JSON types the form cannot tell apart once they are text: a list where a name belongs, a bool for a number."""
+        for key in TEXT_IN_PAYLOAD & set(payload):
+            if payload[key] is not None and not isinstance(payload[key], str):
+                what = "a name" if key in ("prompt_set", "baseline") else "text"
+                raise services.AnnotationError(f"{key} must be {what} (a JSON string), not {json_type(payload[key])}.",
+                                               field=key)
+        for key in NUMBERS_IN_PAYLOAD & set(payload):
+            value = payload[key]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise services.AnnotationError(f"{key} must be a number, not {json_type(value)}.", field=key)
+        for key in WHOLE_NUMBERS_IN_PAYLOAD & set(payload):
+            value = payload[key]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise services.AnnotationError(f"{key} must be a whole number, not {value!r}.", field=key)
+        models = payload["models"]
+        if not isinstance(models, (str, list)):
+            raise services.AnnotationError(
+                f'models must be a list of model names, e.g. ["base", "tuned"], not {json_type(models)}.', field="models")
+        if isinstance(models, list) and not all(isinstance(m, str) for m in models):
+            raise services.AnnotationError(
+                f'models must be a list of model names (strings), e.g. ["base", "tuned"], not {models!r}.', field="models")
+        seeds = payload["seeds"]
+        if not isinstance(seeds, (str, list)):
+            raise services.AnnotationError(
+                f"seeds must be a list of whole numbers or a string like '0-3, 10', not {json_type(seeds)}.", field="seeds")
+        if isinstance(seeds, list):
+            for seed in seeds:
+                if isinstance(seed, bool) or not isinstance(seed, (int, str)):
+                    raise services.AnnotationError(
+                        f"seeds must be whole numbers from 0 to {generation_services.MAX_SEED} (or a string like "
+                        f"'0-3, 10'), not {seed!r}.", field="seeds")
 
     @staticmethod
     def _criteria_data(criteria) -> dict:
         if criteria is None:
             return {}  # the form's defaults: both of Emu's criteria
+        known = ", ".join(Criterion.values)
         if isinstance(criteria, (list, tuple)):
+            names = [name for name in criteria if not isinstance(name, str)]
+            if names:
+                raise services.AnnotationError(
+                    f"criteria must name criteria as strings ({known}), not {names[0]!r}.", field="criteria")
             criteria = {name: {} for name in criteria}
         if not isinstance(criteria, dict):
-            raise services.AnnotationError("criteria must be a list of criterion names or an object of name -> settings.")
+            raise services.AnnotationError(
+                f"criteria must be a list of criterion names ({known}) or an object of name -> settings.", field="criteria")
         unknown = set(criteria) - set(Criterion.values)
         if unknown:
-            raise services.AnnotationError(f"Unknown criteria: {', '.join(sorted(unknown))}. Known: {', '.join(Criterion.values)}.")
+            raise services.AnnotationError(f"Unknown criteria: {', '.join(sorted(unknown))}. Known: {known}.",
+                                           field="criteria")
         data = {}
         for criterion in Criterion:
             overrides = criteria.get(criterion.value)
             data[criterion_field(criterion, "enabled")] = criterion.value in criteria
-            if not overrides:
+            if overrides is None or overrides == {}:
                 continue
             if not isinstance(overrides, dict) or set(overrides) - CRITERION_OVERRIDES:
                 raise services.AnnotationError(
-                    f"Settings of {criterion.value} can be: {', '.join(sorted(CRITERION_OVERRIDES))}."
+                    f"Settings of {criterion.value} can be: {', '.join(sorted(CRITERION_OVERRIDES))}.", field="criteria"
                 )
+            if "instructions" in overrides and not isinstance(overrides["instructions"], str):
+                raise services.AnnotationError(f"The instructions of {criterion.value} must be text (a JSON string).",
+                                               field=criterion_field(criterion, "instructions"))
+            if "choices" in overrides and not (
+                isinstance(overrides["choices"], list) and all(isinstance(c, str) for c in overrides["choices"])
+            ):
+                raise services.AnnotationError(
+                    f'The choices of {criterion.value} must be a list, e.g. ["left", "right", "tie"].',
+                    field=criterion_field(criterion, "choices"))
             for part, value in overrides.items():
                 data[criterion_field(criterion, part)] = value
         return data

@@ -31,6 +31,7 @@ from django.db.models import Exists, F, OuterRef, Q, Sum
 from django.utils import timezone
 from PIL import Image, ImageFilter
 
+from evalsite.errors import ServiceError
 from generation import selectors as generation_selectors
 from generation import services as generation_services
 from generation.models import GeneratedImage
@@ -65,8 +66,8 @@ from .models import (
 LOOKAHEAD = 2
 
 
-class AnnotationError(Exception):
-    """Refused; the message says why in words the user can act on."""
+class AnnotationError(ServiceError):
+    """Refused; the message says why in words the user can act on; ``field`` names the input it is about."""
 
 
 # --- Campaigns ---------------------------------------------------------------------------------
@@ -84,28 +85,59 @@ MAX_CONSENT_TEXT = 10_000
 MAX_CONTACT = 200
 
 
+MAX_QUOTA = 1_000_000
+MAX_GOLD_MIN_ANSWERS = 1_000
+MAX_RATERS_PER_LINK = 1_000_000
+MAX_TEXT = 200  # campaign names, rater titles, invite labels, completion URLs
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_text(value, *, field: str, what: str, blank_ok: bool = False) -> str:
+    if not isinstance(value, str):
+        raise AnnotationError(f"{what} must be text, not {type(value).__name__}.", field=field)
+    if not blank_ok and not value.strip():
+        raise AnnotationError(f"Give {what.lower()}.", field=field)
+    if len(value) > MAX_TEXT:
+        raise AnnotationError(f"{what} is {len(value):,} characters long; use at most {MAX_TEXT} characters.", field=field)
+    return value
+
+
 def _check_settings(
     *, lease_seconds, quota_per_rater, gold_share, gold_min_accuracy, gold_min_answers, rater_title,
     consent_text=DEFAULT_CONSENT_TEXT, contact="",
 ) -> None:
-    if not 30 <= lease_seconds <= 86_400:
-        raise AnnotationError("The lease must be between 30 seconds and one day.")
+    if not _whole(lease_seconds) or not 30 <= lease_seconds <= 86_400:
+        raise AnnotationError("The lease must be between 30 seconds and one day.", field="lease_seconds")
+    if not _whole(quota_per_rater):
+        raise AnnotationError(f"The quota must be a whole number of tasks, not {quota_per_rater!r}.", field="quota_per_rater")
     if quota_per_rater < 0:
-        raise AnnotationError("The quota cannot be negative.")
-    if not 0 <= gold_share <= 0.5:
-        raise AnnotationError("The gold share must be between 0 and 0.5.")
-    if not 0 <= gold_min_accuracy <= 1:
-        raise AnnotationError("The gold accuracy threshold must be between 0 and 1.")
-    if gold_min_answers < 1:
-        raise AnnotationError("At least one gold answer is needed before excluding a rater.")
-    if not rater_title.strip():
-        raise AnnotationError("Give the raters' page a title.")
-    if not consent_text.strip():
-        raise AnnotationError("Give the consent text raters agree to before they start.")
+        raise AnnotationError("The quota cannot be negative; 0 means no limit.", field="quota_per_rater")
+    if quota_per_rater > MAX_QUOTA:
+        raise AnnotationError(f"The quota must be at most {MAX_QUOTA:,} tasks per rater (0 means no limit).",
+                              field="quota_per_rater")
+    if not _number(gold_share) or not 0 <= gold_share <= 0.5:
+        raise AnnotationError("The gold share must be between 0 and 0.5.", field="gold_share")
+    if not _number(gold_min_accuracy) or not 0 <= gold_min_accuracy <= 1:
+        raise AnnotationError("The gold accuracy threshold must be between 0 and 1.", field="gold_min_accuracy")
+    if not _whole(gold_min_answers) or not 1 <= gold_min_answers <= MAX_GOLD_MIN_ANSWERS:
+        raise AnnotationError(
+            f"The gold answers needed before excluding a rater must be a whole number from 1 to {MAX_GOLD_MIN_ANSWERS:,}.",
+            field="gold_min_answers",
+        )
+    _check_text(rater_title, field="rater_title", what="The raters' page title")
+    if not isinstance(consent_text, str) or not consent_text.strip():
+        raise AnnotationError("Give the consent text raters agree to before they start.", field="consent_text")
     if len(consent_text) > MAX_CONSENT_TEXT:
-        raise AnnotationError(f"The consent text can be at most {MAX_CONSENT_TEXT:,} characters.")
-    if len(contact) > MAX_CONTACT:
-        raise AnnotationError(f"The contact can be at most {MAX_CONTACT} characters.")
+        raise AnnotationError(f"The consent text can be at most {MAX_CONSENT_TEXT:,} characters.", field="consent_text")
+    if not isinstance(contact, str) or len(contact) > MAX_CONTACT:
+        raise AnnotationError(f"The contact must be text of at most {MAX_CONTACT} characters.", field="contact")
 
 
 # Settings that decide whether gold can ever exclude a rater (checked together by _check_gold_can_fire).
@@ -146,23 +178,32 @@ def _resolve_criteria(criteria: dict[str, dict] | None) -> list[tuple[str, dict]
     criteria = criteria if criteria is not None else {c.value: {} for c in Criterion}
     if not criteria:
         raise AnnotationError("Choose at least one criterion.")
-    unknown = set(criteria) - set(Criterion.values)
+    unknown = [c for c in criteria if not isinstance(c, str) or c not in Criterion.values]
     if unknown:
-        raise AnnotationError(f"Unknown criteria: {', '.join(sorted(unknown))}.")
+        raise AnnotationError(
+            f"Unknown criteria: {', '.join(map(str, unknown))}. Known: {', '.join(Criterion.values)}.", field="criteria"
+        )
     resolved = []
     for criterion, overrides in criteria.items():
+        if overrides is not None and not isinstance(overrides, dict):
+            raise AnnotationError(f"Settings of {criterion} must be an object, not {overrides!r}.", field="criteria")
         spec = {**CRITERION_DEFAULTS[criterion], **{k: v for k, v in (overrides or {}).items() if v not in (None, "")}}
-        try:
-            k = int(spec["votes_per_item"])
-        except (TypeError, ValueError):
-            raise AnnotationError("Raters per comparison must be a whole number.") from None
+        k = spec["votes_per_item"]
+        if not _whole(k):
+            raise AnnotationError("Raters per comparison must be a whole number.", field=f"{criterion}_votes_per_item")
         if not 1 <= k <= 50:
-            raise AnnotationError("Raters per comparison must be between 1 and 50.")
-        choices = list(spec["choices"])
-        bad = set(choices) - set(Choice.values)
-        if bad or not {"left", "right"} <= set(choices) or len(set(choices)) != len(choices):
-            raise AnnotationError(f"Choices must include left and right, once each, and come from {', '.join(Choice.values)}.")
-        resolved.append((criterion, {**spec, "votes_per_item": k, "choices": choices}))
+            raise AnnotationError("Raters per comparison must be between 1 and 50.", field=f"{criterion}_votes_per_item")
+        if not isinstance(spec["instructions"], str):
+            raise AnnotationError(f"The instructions of {criterion} must be text.", field=f"{criterion}_instructions")
+        choices = spec["choices"]
+        if (not isinstance(choices, (list, tuple)) or not all(isinstance(c, str) for c in choices)
+                or set(choices) - set(Choice.values) or not {"left", "right"} <= set(choices)
+                or len(set(choices)) != len(choices)):
+            raise AnnotationError(
+                f"Choices must include left and right, once each, and come from {', '.join(Choice.values)}.",
+                field=f"{criterion}_choices",
+            )
+        resolved.append((criterion, {**spec, "votes_per_item": k, "choices": list(choices)}))
     return resolved
 
 
@@ -191,30 +232,30 @@ def create_campaign(
     ``criteria`` maps criterion -> overrides of CRITERION_DEFAULTS ({} keeps the
     defaults); None means both of Emu's criteria.
     """
-    name = (name or "").strip()
-    if not name:
-        raise AnnotationError("Give the campaign a name.")
+    name = _check_text(name if name is not None else "", field="name", what="The campaign's name").strip()
     models = list(models)
+    seen = set()
+    for model in models:
+        if model.pk in seen:
+            raise AnnotationError(f"Choose at least two different models: {model.name} is listed twice.", field="models")
+        seen.add(model.pk)
     if len(models) < 2:
-        raise AnnotationError("Choose at least two models to compare.")
-    if len({m.pk for m in models}) != len(models):
-        raise AnnotationError("A model is listed twice.")
+        raise AnnotationError("Choose at least two models to compare.", field="models")
     if pairing not in Campaign.Pairing.values:
-        raise AnnotationError(f"Pairing must be one of: {', '.join(Campaign.Pairing.values)}.")
+        raise AnnotationError(f"Pairing must be one of: {', '.join(Campaign.Pairing.values)}.", field="pairing")
     if pairing == Campaign.Pairing.VS_BASELINE:
         if baseline is None or baseline.pk not in {m.pk for m in models}:
-            raise AnnotationError("With 'each vs the baseline', choose a baseline among the campaign's models.")
+            raise AnnotationError("With 'each vs the baseline', choose a baseline among the campaign's models.",
+                                  field="baseline")
     else:
         baseline = None
     if Campaign.objects.filter(name=name).exists():
-        raise AnnotationError(f"A campaign named {name!r} already exists.")
-    seeds = list(seeds)
-    if not seeds:
-        raise AnnotationError("Give at least one seed.")
-    if len(set(seeds)) != len(seeds):
-        raise AnnotationError("A seed is listed twice.")
+        raise AnnotationError(f"A campaign named {name!r} already exists.", field="name")
+    seeds = generation_services.check_seeds(seeds, AnnotationError)
     if not prompt_set.prompts.exists():
-        raise AnnotationError(f"Prompt set {prompt_set.name!r} has no prompts.")
+        raise AnnotationError(f"Prompt set {prompt_set.name!r} has no prompts.", field="prompt_set")
+    if completion_url:
+        _check_text(completion_url, field="completion_url", what="The completion URL")
     consent_text, contact = _clean_text(consent_text), (contact or "").strip()
     _check_settings(
         lease_seconds=lease_seconds, quota_per_rater=quota_per_rater, gold_share=gold_share,
@@ -622,9 +663,16 @@ def invite_account(campaign: Campaign, user) -> Participation:
 
 def create_invite_link(campaign: Campaign, *, label: str = "", max_raters: int = 0, simulated: bool = False) -> InviteLink:
     """``simulated``: a link for programs (the mini-Emu world's raters); everyone joining through it is labelled so."""
+    if not _whole(max_raters):
+        raise AnnotationError(f"The rater limit must be a whole number (0 means no limit), not {max_raters!r}.",
+                              field="max_raters")
     if max_raters < 0:
-        raise AnnotationError("The rater limit cannot be negative.")
-    return InviteLink.objects.create(campaign=campaign, label=label, max_raters=max_raters, simulated=simulated)
+        raise AnnotationError("The rater limit cannot be negative; 0 means no limit.", field="max_raters")
+    if max_raters > MAX_RATERS_PER_LINK:
+        raise AnnotationError(f"The rater limit must be at most {MAX_RATERS_PER_LINK:,} (0 means no limit).",
+                              field="max_raters")
+    _check_text(label, field="label", what="The label", blank_ok=True)
+    return InviteLink.objects.create(campaign=campaign, label=label, max_raters=max_raters, simulated=bool(simulated))
 
 
 def record_consent(participation: Participation) -> None:

@@ -13,7 +13,7 @@ from django.http import JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.text import slugify
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_POST, require_safe
 
 from analysis.services import campaign_win_rates
 
@@ -78,6 +78,7 @@ def campaign_detail(request, pk):
 
 
 @staff_member_required
+@require_safe
 def progress_json(request, pk):
     campaign = _campaign(pk)
     return JsonResponse(campaign_state(campaign))

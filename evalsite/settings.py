@@ -75,6 +75,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Errors at JSON endpoints (NEEDLE_JSON_ENDPOINTS) answer in JSON, never in an HTML page.
+    "evalsite.json_errors.JsonErrorsMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -242,6 +244,8 @@ NEEDLE_INFERENCE_BATCH_SIZE = env_int("NEEDLE_INFERENCE_BATCH_SIZE", 8)
 NEEDLE_CHUNK_SIZE = env_int("NEEDLE_CHUNK_SIZE", 64)
 # Pipelines a worker process keeps loaded (a pairwise comparison needs two).
 NEEDLE_PIPELINE_CACHE_SIZE = env_int("NEEDLE_PIPELINE_CACHE_SIZE", 2)
+# A queued, unfinished batch no worker has reported on for this long shows as "stalled" and offers resume.
+NEEDLE_BATCH_STALL_SECONDS = env_int("NEEDLE_BATCH_STALL_SECONDS", 600)
 NEEDLE_PROMPT_FILE_MAX_BYTES = env_int("NEEDLE_PROMPT_FILE_MAX_BYTES", 10 * 1024 * 1024)
 NEEDLE_PROMPT_MAX_CHARS = env_int("NEEDLE_PROMPT_MAX_CHARS", 2000)
 
@@ -277,6 +281,8 @@ NEEDLE_TRAINING_POLL_SECONDS = float(os.environ.get("NEEDLE_TRAINING_POLL_SECOND
 # A running run whose task has not reported for this long is taken for lost
 # (worker machine gone): it may then be cancelled or resumed from the page.
 NEEDLE_TRAINING_STALE_SECONDS = env_int("NEEDLE_TRAINING_STALE_SECONDS", 600)
+# Paths (regular expressions) of the JSON endpoints: their errors (404, 405, 413, 500, ...) answer in JSON.
+NEEDLE_JSON_ENDPOINTS = [r"^/annotation/api/", r"^/analysis/api/", r"\.json$", r"^/rate/[^/]+/vote$"]
 # Reverse proxies of yours in front of Django that append to X-Forwarded-For;
 # rate limits then count the address the outermost one saw. 0: use REMOTE_ADDR.
 NEEDLE_TRUSTED_PROXY_HOPS = env_int("NEEDLE_TRUSTED_PROXY_HOPS", 0)

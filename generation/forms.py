@@ -1,5 +1,7 @@
 from django import forms
 
+from evalsite.errors import add_to_form
+
 from . import pipelines, services
 from .models import SCHEDULER_CHOICES, PromptSet, TextToImageModel
 from .prompt_files import FORMATS, PromptFileError
@@ -39,7 +41,7 @@ class RegisterModelForm(forms.Form):
                 inspected=self.pipeline_info,
             )
         except services.ModelRegistrationError as exc:
-            self.add_error(None, str(exc))
+            add_to_form(self, exc)
             return None
 
 
@@ -61,9 +63,9 @@ class PromptImportForm(forms.Form):
             )
         except PromptFileError as exc:
             for error in exc.errors[:50]:
-                self.add_error("file" if "name" not in error else "name", error)
+                self.add_error(exc.field, error)
             if len(exc.errors) > 50:
-                self.add_error("file", f"... and {len(exc.errors) - 50} more problems")
+                self.add_error(exc.field, f"... and {len(exc.errors) - 50} more problems")
             return None
 
 
@@ -101,7 +103,7 @@ class GenerationBatchForm(forms.Form):
                 created_by=user,
             )
         except services.BatchError as exc:
-            self.add_error(None, str(exc))
+            add_to_form(self, exc)
             return None
         if d["start_now"]:
             services.dispatch_batch(batch)

@@ -154,6 +154,9 @@ class GenerationBatch(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     dispatched_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last time a worker reported on the batch (starting a chunk, storing a pass)."
+    )
     error = models.TextField(blank=True, help_text="Why the batch stopped, in words a researcher can act on.")
 
     class Meta:

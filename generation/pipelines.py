@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -102,6 +103,96 @@ def _native_resolution(path: Path) -> int | None:
         return None
 
 
+def _read_model_index(index_file: Path) -> dict:
+    """model_index.json as a dict with a string _class_name, or PipelineDirectoryError saying what is wrong with it."""
+    try:
+        index = json.loads(index_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PipelineDirectoryError(
+            f"{index_file} is not a valid diffusers model index: not valid JSON ({exc}); save the pipeline again "
+            "with save_pretrained."
+        ) from None
+    if not isinstance(index, dict):
+        raise PipelineDirectoryError(
+            f"{index_file} must hold a JSON object (the diffusers model index), not a {type(index).__name__}."
+        )
+    class_name = index.get("_class_name")
+    if not isinstance(class_name, str) or not class_name:
+        raise PipelineDirectoryError(
+            f"{index_file}: _class_name must be the pipeline's class name as a string, e.g. "
+            f"\"StableDiffusionPipeline\", not {class_name!r}."
+        )
+    return index
+
+
+def _pipeline_class(class_name: str):
+    import diffusers
+
+    return getattr(diffusers, class_name, None)
+
+
+def _component_names(class_name: str) -> set[str]:
+    cls = _pipeline_class(class_name)
+    if cls is None:
+        return set()
+    expected, _ = cls._get_signature_keys(cls)
+    return set(expected)
+
+
+def _required_components(class_name: str) -> list[str]:
+    cls = _pipeline_class(class_name)
+    if cls is None:
+        return []
+    return sorted(_component_names(class_name) - set(getattr(cls, "_optional_components", [])))
+
+
+# Bytes per element of each safetensors dtype.
+_SAFETENSORS_DTYPE_BYTES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
+    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}
+_SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit
+
+
+def safetensors_problem(file: str | Path) -> str | None:
+    """What is wrong with a .safetensors file's structure, or None: header length, header JSON, every tensor's
+    byte range inside the file and of the size its dtype and shape need. Reads the header only."""
+    file = Path(file)
+    size = file.stat().st_size
+    if size < 8:
+        return f"is {size} bytes long, too short for a safetensors file (empty or truncated)"
+    with open(file, "rb") as handle:
+        header_length = int.from_bytes(handle.read(8), "little")
+        if header_length > min(size - 8, _SAFETENSORS_MAX_HEADER):
+            return (f"is truncated or not a safetensors file: its header claims {header_length:,} bytes but the file "
+                    f"has {size:,}")
+        raw = handle.read(header_length)
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return "has a header that is not valid JSON (not a safetensors file, or damaged)"
+    if not isinstance(header, dict):
+        return "has a header that is not a JSON object (not a safetensors file, or damaged)"
+    data_bytes = size - 8 - header_length
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
+                or not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape)):
+            return f"describes tensor {name!r} without a valid shape and data_offsets (damaged header)"
+        begin, end = offsets
+        if not 0 <= begin <= end <= data_bytes:
+            return (f"is truncated or damaged: tensor {name!r} lies at bytes {begin:,}-{end:,} of the data, but the "
+                    f"file holds {data_bytes:,} bytes of data")
+        per_element = _SAFETENSORS_DTYPE_BYTES.get(info.get("dtype"))
+        if per_element is not None and end - begin != per_element * math.prod(shape):
+            return (f"is damaged: tensor {name!r} ({info.get('dtype')} {shape}) needs {per_element * math.prod(shape):,} "
+                    f"bytes but its range holds {end - begin:,}")
+    return None
+
+
 def inspect_pipeline_directory(path: str | Path) -> PipelineInfo:
     """Check that ``path`` holds a complete text-to-image pipeline and fingerprint it.
 
@@ -121,11 +212,8 @@ def inspect_pipeline_directory(path: str | Path) -> PipelineInfo:
             f"{path} is not a diffusers pipeline: it has no model_index.json. "
             "Point at the folder that holds model_index.json, unet/, vae/, text_encoder/ and so on."
         )
-    try:
-        index = json.loads(index_file.read_text(encoding="utf-8"))
-        class_name = index["_class_name"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise PipelineDirectoryError(f"{index_file} is not a valid diffusers model index ({exc}).") from None
+    index = _read_model_index(index_file)
+    class_name = index["_class_name"]
     supported = text_to_image_pipeline_classes()
     if class_name not in supported:
         raise PipelineDirectoryError(
@@ -135,10 +223,26 @@ def inspect_pipeline_directory(path: str | Path) -> PipelineInfo:
 
     problems = []
     components = {}
+    for name in _required_components(class_name):
+        if name not in index:
+            problems.append(f"model_index.json lists no {name} (a {class_name} needs one)")
     for name, spec in index.items():
-        if name.startswith("_") or not isinstance(spec, list) or len(spec) != 2 or spec[1] is None:
+        if name.startswith("_"):
+            continue
+        if not isinstance(spec, list):
+            if name in _component_names(class_name):
+                problems.append(
+                    f"model_index.json: {name} should be [library, class], e.g. [\"diffusers\", \"UNet2DConditionModel\"], "
+                    f"not {spec!r}"
+                )
+            continue  # a setting such as requires_safety_checker
+        if len(spec) != 2 or not all(part is None or isinstance(part, str) for part in spec):
+            problems.append(f"model_index.json: {name} should be [library, class] (two strings, or null for an absent "
+                            f"optional component), not {spec!r}")
             continue
         library, component_class = spec
+        if component_class is None:
+            continue
         components[name] = component_class
         component_dir = path / name
         if not component_dir.is_dir():
@@ -157,6 +261,13 @@ def inspect_pipeline_directory(path: str | Path) -> PipelineInfo:
                 problems.append(f"{name}/ has no weights (expected *.safetensors or *.bin)")
     if problems:
         raise PipelineDirectoryError(f"{path} is an incomplete {class_name}: " + "; ".join(problems) + ".")
+    damaged = [f"{file.relative_to(path).as_posix()} {problem}" for file in _pipeline_files(path)
+               if file.suffix == ".safetensors" and (problem := safetensors_problem(file))]
+    if damaged:
+        raise PipelineDirectoryError(
+            f"{path} has damaged weights: " + "; ".join(damaged) + ". Copy the files again, or save the pipeline "
+            "again with save_pretrained."
+        )
 
     fingerprint, total_bytes = fingerprint_directory(path)
     return PipelineInfo(path, class_name, components, fingerprint, total_bytes, _native_resolution(path))

@@ -45,10 +45,12 @@ class ParsedPromptFile:
 
 
 class PromptFileError(ValueError):
-    """The file cannot be imported; ``errors`` lists every problem, line-numbered."""
+    """The file cannot be imported; ``errors`` lists every problem, line-numbered; ``field`` is the input they are
+    about ("file", or "name" for the prompt set's name)."""
 
-    def __init__(self, errors: list[str]):
+    def __init__(self, errors: list[str], *, field: str = "file"):
         self.errors = errors
+        self.field = field
         shown = errors[:MAX_REPORTED_ERRORS]
         more = len(errors) - len(shown)
         text = "; ".join(shown) + (f"; and {more} more" if more > 0 else "")
@@ -82,6 +84,9 @@ def _decode(data: bytes) -> str:
 def _rows_from_delimited(text: str, delimiter: str, errors: list[str]):
     # TSV (PartiPrompts) is unquoted: a prompt may start with a quote mark.
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    # The csv module refuses fields over 131,072 characters with a message about its own limit; let long prompts
+    # through to the length check below, which names the line, Needle's limit and the fix.
+    csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting, strict=True)
     try:
         header = next(reader)
@@ -165,7 +170,10 @@ def parse_prompt_file(
             errors.append(f"line {line}: empty prompt")
             continue
         if len(prompt) > max_chars:
-            errors.append(f"line {line}: prompt is {len(prompt):,} characters; the limit is {max_chars:,}")
+            errors.append(
+                f"line {line}: the prompt is {len(prompt):,} characters long; the limit is {max_chars:,} "
+                "(NEEDLE_PROMPT_MAX_CHARS): shorten it, or split it into several prompts"
+            )
             continue
         if prompt in first_seen:
             result.duplicates.append(Duplicate(line, first_seen[prompt], prompt))

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db.models import Q
+from django.utils import timezone
 
 from .models import BatchModel, GeneratedImage, GenerationBatch
 
@@ -72,12 +75,44 @@ def batch_progress(batch: GenerationBatch) -> BatchProgress:
     return BatchProgress(sum(m.done for m in per_model), sum(m.total for m in per_model), per_model)
 
 
+def last_sign_of_life(batch: GenerationBatch) -> datetime | None:
+    """When the batch was last queued or a worker last reported on it."""
+    times = [t for t in (batch.dispatched_at, batch.heartbeat_at) if t is not None]
+    return max(times) if times else None
+
+
+def is_stalled(batch: GenerationBatch, progress: BatchProgress | None = None, now: datetime | None = None) -> bool:
+    """Queued, not complete, not failed, and no worker has reported on it for NEEDLE_BATCH_STALL_SECONDS.
+
+    Workers report when they start a chunk and after every forward pass, so a batch whose worker died (on the demo's
+    filesystem broker nothing redelivers its chunks) or that no worker consumes stops here instead of showing
+    "running" forever. Resuming (dispatch_batch) queues only the missing images, so it is safe even if a slow worker
+    is still busy with it.
+    """
+    if batch.error or batch.dispatched_at is None:
+        return False
+    progress = progress or batch_progress(batch)
+    if progress.complete:
+        return False
+    quiet = (now or timezone.now()) - last_sign_of_life(batch)
+    return quiet > timedelta(seconds=settings.NEEDLE_BATCH_STALL_SECONDS)
+
+
+def stalled_message(batch: GenerationBatch, progress: BatchProgress, now: datetime | None = None) -> str:
+    quiet = int(((now or timezone.now()) - last_sign_of_life(batch)).total_seconds())
+    return (f"{batch} stalled at {progress.done}/{progress.total}: no worker has reported on it for {quiet // 60} min "
+            f"{quiet % 60} s (its worker may have died, or no worker consumes the 'generation' queue). Resume it to "
+            f"queue the missing images: manage.py generate --resume {batch.pk}, or the resume button on its page.")
+
+
 def batch_status(batch: GenerationBatch, progress: BatchProgress | None = None) -> str:
     if batch.error:
         return "failed"
     progress = progress or batch_progress(batch)
     if progress.complete:
         return "complete"
+    if is_stalled(batch, progress):
+        return "stalled"
     return "running" if batch.dispatched_at else "created"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,8 +17,11 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
+from django.core.validators import validate_slug
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+
+from evalsite.errors import ServiceError
 
 from . import pipelines
 from .models import (
@@ -38,10 +42,18 @@ from .storage import content_addressed_name
 logger = logging.getLogger(__name__)
 
 MAX_SEED = 2**63 - 1
+# Seeds in one batch or campaign: every model renders every prompt once per seed.
+MAX_SEEDS = 100_000
+MAX_STEPS = 1000
+MAX_GUIDANCE_SCALE = 50
+MIN_SIDE, MAX_SIDE = 8, 4096
+MAX_INFERENCE_BATCH_SIZE = 256
+MAX_CHUNK_SIZE = 100_000
+MAX_NAME_LENGTH = 100
 
 
-class GenerationError(Exception):
-    """An operation was refused; the message tells the researcher what to fix."""
+class GenerationError(ServiceError):
+    """An operation was refused; the message tells the researcher what to fix, ``field`` names the input."""
 
 
 class ModelRegistrationError(GenerationError):
@@ -50,6 +62,88 @@ class ModelRegistrationError(GenerationError):
 
 class BatchError(GenerationError):
     pass
+
+
+# --- Checking inputs ----------------------------------------------------------------------------
+
+
+def _is_whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_generation_parameters(params: dict, error=GenerationError, *, blank_hint: str = "") -> dict:
+    """Validate steps, guidance scale, width, height and scheduler wherever they are given (a model's defaults, a
+    batch's overrides); returns them as given. ``blank_hint`` says what leaving a size out would do."""
+    steps = params.get("steps")
+    if steps is not None and (not _is_whole(steps) or not 1 <= steps <= MAX_STEPS):
+        raise error(f"Steps must be a whole number from 1 to {MAX_STEPS}, not {steps!r}.", field="steps")
+    guidance = params.get("guidance_scale")
+    if guidance is not None and (
+        not _is_number(guidance) or not math.isfinite(guidance) or not 0 <= guidance <= MAX_GUIDANCE_SCALE
+    ):
+        raise error(f"The guidance scale must be a number from 0 to {MAX_GUIDANCE_SCALE}, not {guidance!r}.",
+                    field="guidance_scale")
+    for side in ("width", "height"):
+        value = params.get(side)
+        if value is not None and (not _is_whole(value) or value % 8 or not MIN_SIDE <= value <= MAX_SIDE):
+            raise error(
+                f"The {side} must be a whole number of pixels, a multiple of 8 from {MIN_SIDE} to {MAX_SIDE} (the VAE "
+                f"works in 8-pixel blocks), not {value!r}{blank_hint}.", field=side,
+            )
+    scheduler = params.get("scheduler")
+    if scheduler is not None and scheduler not in dict(SCHEDULER_CHOICES):
+        raise error(f"Unknown scheduler {scheduler!r}; choose one of {', '.join(dict(SCHEDULER_CHOICES))}.",
+                    field="scheduler")
+    return params
+
+
+def check_seeds(seeds, error=GenerationError, *, field: str = "seeds") -> list[int]:
+    """Seeds as a batch or campaign takes them: whole numbers from 0 to MAX_SEED, each once, at most MAX_SEEDS."""
+    if not isinstance(seeds, (list, tuple)):
+        raise error(f"Seeds must be a list of whole numbers, not {type(seeds).__name__}.", field=field)
+    seeds = list(seeds)
+    if not seeds:
+        raise error("Give at least one seed, e.g. '0-3'.", field=field)
+    if len(seeds) > MAX_SEEDS:
+        raise error(f"{len(seeds):,} seeds is too many: at most {MAX_SEEDS:,} in one batch or campaign (every model "
+                    "renders every prompt once per seed). Use fewer seeds.", field=field)
+    for seed in seeds:
+        if not _is_whole(seed):
+            raise error(f"Seeds must be whole numbers from 0 to {MAX_SEED}, not {seed!r}.", field=field)
+        if not 0 <= seed <= MAX_SEED:
+            raise error(f"Seed {seed} is out of range: seeds are whole numbers from 0 to {MAX_SEED}.", field=field)
+    seen = set()
+    for seed in seeds:
+        if seed in seen:
+            raise error(f"Seed {seed} is listed twice; list each seed once.", field=field)
+        seen.add(seed)
+    return seeds
+
+
+def _check_size(value, *, label: str, field: str, default: int, largest: int) -> int:
+    if value is None:
+        return default
+    if not _is_whole(value) or not 1 <= value <= largest:
+        raise BatchError(f"The {label} must be a whole number from 1 to {largest:,}, not {value!r}.", field=field)
+    return value
+
+
+def check_model_name(name, error=GenerationError) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise error("Give the model a name: letters, digits, hyphens and underscores, e.g. sd15-base.", field="name")
+    name = name.strip()
+    if len(name) > MAX_NAME_LENGTH:
+        raise error(f"The name is {len(name)} characters long; use at most {MAX_NAME_LENGTH} characters.", field="name")
+    try:
+        validate_slug(name)
+    except ValidationError:
+        raise error(f"{name!r} is not a valid name: use letters, digits, hyphens and underscores, e.g. sd15-base.",
+                    field="name") from None
+    return name
 
 
 # --- Model registry ---------------------------------------------------------------------------
@@ -76,16 +170,22 @@ def register_model(
     768 for SD 2.x, 1024 for SDXL), read from its configs. ``inspected`` is the
     result of an inspection the caller just made (hashing SDXL takes seconds).
     """
-    if TextToImageModel.objects.filter(name=name).exists():
-        raise ModelRegistrationError(f"A model named {name!r} already exists; choose another name.")
-    try:
-        info = inspected or pipelines.inspect_pipeline_directory(pipeline_path)
-    except pipelines.PipelineDirectoryError as exc:
-        raise ModelRegistrationError(str(exc)) from None
-    if scheduler not in dict(SCHEDULER_CHOICES):
+    name = check_model_name(name, ModelRegistrationError)
+    check_generation_parameters(
+        {"steps": steps, "guidance_scale": guidance_scale, "width": width, "height": height, "scheduler": scheduler},
+        ModelRegistrationError, blank_hint="; leave it out to use the pipeline's native resolution",
+    )
+    if not isinstance(pipeline_path, str) or not pipeline_path.strip():
         raise ModelRegistrationError(
-            f"Unknown scheduler {scheduler!r}; choose one of {', '.join(dict(SCHEDULER_CHOICES))}."
+            "Give the pipeline directory: the folder diffusers' save_pretrained wrote (it holds model_index.json).",
+            field="pipeline_path",
         )
+    if TextToImageModel.objects.filter(name=name).exists():
+        raise ModelRegistrationError(f"A model named {name!r} already exists; choose another name.", field="name")
+    try:
+        info = inspected or pipelines.inspect_pipeline_directory(pipeline_path.strip())
+    except pipelines.PipelineDirectoryError as exc:
+        raise ModelRegistrationError(str(exc), field="pipeline_path") from None
     native = info.native_resolution or 512
     model = TextToImageModel(
         name=name,
@@ -96,8 +196,8 @@ def register_model(
         weights_bytes=info.total_bytes,
         default_steps=steps if steps is not None else 30,
         default_guidance_scale=guidance_scale if guidance_scale is not None else 7.5,
-        default_width=width or native,
-        default_height=height or native,
+        default_width=native if width is None else width,
+        default_height=native if height is None else height,
         default_scheduler=scheduler,
         source=source,
         parent=parent,
@@ -106,11 +206,12 @@ def register_model(
     try:
         model.full_clean()
     except ValidationError as exc:
-        raise ModelRegistrationError("; ".join(f"{k}: {' '.join(v)}" for k, v in exc.message_dict.items())) from None
+        errors = [(None if k == "__all__" else k.removeprefix("default_"), " ".join(v)) for k, v in exc.message_dict.items()]
+        raise ModelRegistrationError("; ".join(m for _, m in errors), errors=errors) from None
     try:
         model.save()
     except IntegrityError:
-        raise ModelRegistrationError(f"A model named {name!r} already exists; choose another name.") from None
+        raise ModelRegistrationError(f"A model named {name!r} already exists; choose another name.", field="name") from None
     logger.info("registered model %s (%s, %s)", name, info.class_name, info.fingerprint[:12])
     return model
 
@@ -122,11 +223,13 @@ def import_prompt_set(
     *, name: str, data: bytes, filename: str, format: str | None = None, description: str = ""
 ) -> tuple[PromptSet, ParsedPromptFile]:
     """Import a whole prompt file or nothing. Raises PromptFileError listing every problem."""
-    name = name.strip()
+    name = name.strip() if isinstance(name, str) else ""
     if not name:
-        raise PromptFileError(["the prompt set needs a name"])
+        raise PromptFileError(["the prompt set needs a name"], field="name")
+    if len(name) > 200:
+        raise PromptFileError([f"the name is {len(name)} characters long; use at most 200"], field="name")
     if PromptSet.objects.filter(name=name).exists():
-        raise PromptFileError([f"a prompt set named {name!r} already exists; choose another name"])
+        raise PromptFileError([f"a prompt set named {name!r} already exists; choose another name"], field="name")
     parsed = parse_prompt_file(
         data,
         filename,
@@ -154,7 +257,7 @@ def import_prompt_set(
                 for i, p in enumerate(parsed.prompts)
             )
     except IntegrityError:
-        raise PromptFileError([f"a prompt set named {name!r} already exists; choose another name"]) from None
+        raise PromptFileError([f"a prompt set named {name!r} already exists; choose another name"], field="name") from None
     return prompt_set, parsed
 
 
@@ -183,40 +286,35 @@ def create_batch(
     """
     models = list(models)
     if not models:
-        raise BatchError("Choose at least one model.")
-    if len({m.pk for m in models}) != len(models):
-        raise BatchError("A model is listed twice.")
-    seeds = list(seeds)
-    if not seeds:
-        raise BatchError("Give at least one seed.")
-    if any(not isinstance(s, int) or isinstance(s, bool) or not 0 <= s <= MAX_SEED for s in seeds):
-        raise BatchError(f"Seeds must be integers from 0 to {MAX_SEED}.")
-    if len(set(seeds)) != len(seeds):
-        raise BatchError("A seed is listed twice.")
+        raise BatchError("Choose at least one model.", field="models")
+    seen = set()
+    for model in models:
+        if model.pk in seen:
+            raise BatchError(f"Model {model.name!r} is listed twice; list each model once.", field="models")
+        seen.add(model.pk)
+    seeds = check_seeds(seeds, BatchError)
     if not prompt_set.prompts.exists():
-        raise BatchError(f"Prompt set {prompt_set.name!r} has no prompts.")
+        raise BatchError(f"Prompt set {prompt_set.name!r} has no prompts.", field="prompt_set")
     overrides = {k: v for k, v in (parameters or {}).items() if v is not None}
     unknown = set(overrides) - {"steps", "guidance_scale", "width", "height", "scheduler"}
     if unknown:
-        raise BatchError(f"Unknown generation parameters: {', '.join(sorted(unknown))}.")
-    if "scheduler" in overrides and overrides["scheduler"] not in dict(SCHEDULER_CHOICES):
-        raise BatchError(f"Unknown scheduler {overrides['scheduler']!r}.")
-    inference_batch_size = inference_batch_size or settings.NEEDLE_INFERENCE_BATCH_SIZE
-    chunk_size = chunk_size or settings.NEEDLE_CHUNK_SIZE
-    if inference_batch_size < 1 or chunk_size < 1:
-        raise BatchError("Batch and chunk sizes must be positive.")
+        raise BatchError(f"Unknown generation parameters: {', '.join(sorted(unknown))}; give steps, guidance_scale, "
+                         "width, height or scheduler.")
+    check_generation_parameters(overrides, BatchError, blank_hint="; leave it out for each model's default")
+    inference_batch_size = _check_size(
+        inference_batch_size, label="inference batch size (images per forward pass)", field="inference_batch_size",
+        default=settings.NEEDLE_INFERENCE_BATCH_SIZE, largest=MAX_INFERENCE_BATCH_SIZE,
+    )
+    chunk_size = _check_size(chunk_size, label="chunk size (images per task)", field="chunk_size",
+                             default=settings.NEEDLE_CHUNK_SIZE, largest=MAX_CHUNK_SIZE)
     # A chunk holds whole forward passes, so a redone chunk regroups images exactly as before.
     chunk_size = max(inference_batch_size, chunk_size - chunk_size % inference_batch_size)
 
     resolved = []
     for model in models:
-        try:
-            params = canonical_parameters({**model.default_parameters, **overrides})
-        except (TypeError, ValueError) as exc:
-            raise BatchError(f"Invalid generation parameters: {exc}.") from None
-        if params["steps"] < 1 or params["width"] % 8 or params["height"] % 8 or params["width"] < 8 or params["height"] < 8:
-            raise BatchError("Steps must be at least 1; width and height positive multiples of 8.")
-        resolved.append((model, params))
+        params = {**model.default_parameters, **overrides}
+        check_generation_parameters(params, BatchError)  # a model's stored defaults could predate these checks
+        resolved.append((model, canonical_parameters(params)))
 
     if reuse:
         existing = _same_batch(name, prompt_set, seeds, resolved)
@@ -262,7 +360,9 @@ def dispatch_batch(batch: GenerationBatch) -> int:
             chunk = keys[index * batch.chunk_size : (index + 1) * batch.chunk_size]
             if any((k.prompt_id, k.seed) not in existing for k in chunk):
                 todo.append((batch.pk, bm.model_id, index))
-    GenerationBatch.objects.filter(pk=batch.pk).update(dispatched_at=timezone.now(), error="", completed_at=None)
+    GenerationBatch.objects.filter(pk=batch.pk).update(
+        dispatched_at=timezone.now(), heartbeat_at=None, error="", completed_at=None
+    )
     batch.refresh_from_db()
 
     def send():
@@ -324,6 +424,7 @@ def generate_chunk(batch_id: int, model_id: int, chunk_index: int) -> ChunkResul
     bm = BatchModel.objects.select_related("model").filter(batch_id=batch_id, model_id=model_id).first()
     if bm is None:
         raise BatchError(f"Model {model_id} is not part of batch {batch_id}.")
+    report_alive(batch_id)
     keys = batch_keys(batch)[chunk_index * batch.chunk_size : (chunk_index + 1) * batch.chunk_size]
     existing = set(
         images_for(bm, batch).filter(prompt_id__in={k.prompt_id for k in keys}).values_list("prompt_id", "seed")
@@ -343,10 +444,17 @@ def generate_chunk(batch_id: int, model_id: int, chunk_index: int) -> ChunkResul
                 )
                 if previous is not None:
                     record_images(previous.result())
+                    report_alive(batch_id)
                 previous = store.submit(store_pass, batch.pk, bm, loaded, keys_in_pass, images, seconds, existing)
             record_images(previous.result())
+            report_alive(batch_id)
     mark_complete_if_done(batch_id)
     return ChunkResult(len(pending), len(passes) - len(pending))
+
+
+def report_alive(batch_id: int) -> None:
+    """A worker is on the batch now (see selectors.is_stalled)."""
+    GenerationBatch.objects.filter(pk=batch_id).update(heartbeat_at=timezone.now())
 
 
 def store_pass(batch_id, bm: BatchModel, loaded, keys: list[ImageKey], images, seconds: float, existing: set) -> list[GeneratedImage]:
@@ -395,8 +503,10 @@ def generate_batch_in_process(batch: GenerationBatch) -> int:
     )
 
 
-def parse_seeds(spec: str) -> list[int]:
-    """'0-3, 10, 12' -> [0, 1, 2, 3, 10, 12]; raises BatchError on anything else."""
+def parse_seeds(spec: str, error=BatchError, *, field: str = "seeds") -> list[int]:
+    """'0-3, 10, 12' -> [0, 1, 2, 3, 10, 12]; raises ``error`` saying what to write instead."""
+    if not isinstance(spec, str):
+        raise error(f"Write seeds as text, e.g. '0-3, 10', not {spec!r}.", field=field)
     seeds: list[int] = []
     for part in spec.replace(" ", ",").split(","):
         if not part:
@@ -405,16 +515,21 @@ def parse_seeds(spec: str) -> list[int]:
             if "-" in part[1:]:
                 lo, hi = part.split("-", 1)
                 lo_i, hi_i = int(lo), int(hi)
-                if hi_i < lo_i or hi_i - lo_i > 100_000:
-                    raise ValueError
-                seeds.extend(range(lo_i, hi_i + 1))
             else:
-                seeds.append(int(part))
+                lo_i = hi_i = int(part)
         except ValueError:
-            raise BatchError(f"Cannot read seeds {part!r}: write integers and ranges, e.g. '0-3, 10'.") from None
+            raise error(f"Cannot read seeds {part!r}: write whole numbers (integers) and ranges, e.g. '0-3, 10'.",
+                        field=field) from None
+        if hi_i < lo_i:
+            raise error(f"Seed range {part!r} runs backwards: write the lower seed first, e.g. '{hi_i}-{lo_i}'.",
+                        field=field)
+        if len(seeds) + hi_i - lo_i + 1 > MAX_SEEDS:
+            raise error(f"{part!r} makes {len(seeds) + hi_i - lo_i + 1:,} seeds: at most {MAX_SEEDS:,} are allowed in "
+                        "one batch or campaign (every model renders every prompt once per seed).", field=field)
+        seeds.extend(range(lo_i, hi_i + 1))
     if not seeds:
-        raise BatchError("Give at least one seed, e.g. '0-3'.")
-    return seeds
+        raise error("Give at least one seed, e.g. '0-3'.", field=field)
+    return check_seeds(seeds, error, field=field)
 
 
 def stale_partial_images(older_than_seconds: float = 3600) -> list[str]:

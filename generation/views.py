@@ -6,7 +6,7 @@ from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.http import FileResponse, Http404, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_POST, require_safe
 
 from . import selectors, services
 from .models import GeneratedImage, GenerationBatch
@@ -14,10 +14,12 @@ from .models import GeneratedImage, GenerationBatch
 
 def _batch_summary(batch):
     progress = selectors.batch_progress(batch)
+    status = selectors.batch_status(batch, progress)
     return {
         "id": batch.pk,
         "name": str(batch),
-        "status": selectors.batch_status(batch, progress),
+        "status": status,
+        "stalled": selectors.stalled_message(batch, progress) if status == "stalled" else "",
         "done": progress.done,
         "total": progress.total,
         "percent": progress.percent,
@@ -55,6 +57,7 @@ def batch_detail(request, pk):
 
 
 @staff_member_required
+@require_safe
 def progress_json(request):
     ids = [int(i) for i in request.GET.getlist("id") if i.isdigit()][:100]
     batches = GenerationBatch.objects.filter(pk__in=ids) if ids else GenerationBatch.objects.order_by("-created_at")[:100]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from django import forms
 
+from evalsite.errors import add_to_form
 from generation import services as generation_services
 from generation.models import PromptSet, TextToImageModel
 from training.config import MIXED_PRECISIONS, PREDICTION_TYPES, QualityTuningConfig
@@ -34,7 +35,7 @@ class DatasetImportForm(forms.Form):
         try:
             return services.import_curated_dataset(d["name"], d["path"].strip(), description=d["description"], created_by=user)
         except services.TrainingError as exc:
-            self.add_error("path" if "exists" not in str(exc) else "name", str(exc))
+            add_to_form(self, exc)
             return None
 
 
@@ -118,28 +119,18 @@ class QualityTuningRunForm(forms.Form):
         try:
             services.build_config(self.config_overrides())
         except services.TrainingError as exc:
-            self._add_config_errors(str(exc))
+            add_to_form(self, exc, field_names=FORM_FIELD_FOR)
         scoring = self.aesthetic_scoring()
         if any(scoring.values()):
             try:
                 services.load_aesthetic_scoring(scoring["aesthetic_head_path"], scoring["clip_model_path"], scoring["clip_model_name"])
             except services.TrainingError as exc:
-                message = str(exc)
-                field = "clip_model_path" if message.startswith("CLIP") or "its CLIP model" in message else "aesthetic_head_path"
-                self.add_error(field, message)
+                add_to_form(self, exc)
         return cleaned
 
     def aesthetic_scoring(self) -> dict:
         names = ("aesthetic_head_path", "clip_model_path", "clip_model_name")
         return {name: (self.cleaned_data.get(name) or "").strip() for name in names}
-
-    def _add_config_errors(self, message: str) -> None:
-        prefix = "invalid quality-tuning config: "
-        problems = message[len(prefix):].split("; ") if message.startswith(prefix) else [message]
-        for problem in problems:
-            name = problem.split(" ", 1)[0]
-            field = FORM_FIELD_FOR.get(name, name)
-            self.add_error(field if field in self.fields else None, problem)
 
     def create(self, user):
         d = self.cleaned_data
@@ -150,7 +141,7 @@ class QualityTuningRunForm(forms.Form):
                 services.start_run(run)
             return run
         except services.TrainingError as exc:
-            self.add_error(None, str(exc))
+            add_to_form(self, exc, field_names=FORM_FIELD_FOR)
             return None
 
 

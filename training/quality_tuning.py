@@ -49,6 +49,7 @@ import random
 import signal
 import sys
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -761,6 +762,10 @@ def main(argv: list[str] | None = None) -> int:
     except (InvalidConfigError, RunMismatchError, RunInUseError, CuratedDatasetError, PipelineDirectoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - the traceback goes to the log, one line to the run's error field
+        traceback.print_exc()
+        print(f"error: the trainer failed: {type(exc).__name__}: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
     print(json.dumps({"step": result.step, "stopped": result.stopped, "checkpoint": str(result.checkpoint)}))

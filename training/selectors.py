@@ -96,7 +96,7 @@ def run_progress(run: QualityTuningRun) -> dict:
         "id": run.pk,
         "status": run.status,
         "active": run.is_active,
-        "stale": services.is_stale(run),
+        "stale": services.is_lost(run),
         "step": run.step,
         "max_steps": run.max_steps,
         "percent": run.percent,

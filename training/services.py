@@ -30,6 +30,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import secrets
 import shlex
 import signal
@@ -47,6 +48,7 @@ from django.core.validators import validate_slug
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
+from evalsite.errors import ServiceError
 from generation import services as generation_services
 from generation.models import TextToImageModel
 from generation.pipelines import PipelineDirectoryError, WeightsChangedError, fingerprint_directory
@@ -72,8 +74,9 @@ DYING_TRAINER_WAIT_SECONDS = 60
 _NOT_NONE_ON_COMMAND_LINE = {f.name for f in dataclasses.fields(QualityTuningConfig) if f.default is not None}
 
 
-class TrainingError(Exception):
-    """Refused or failed; the message says why in words the researcher can act on."""
+class TrainingError(ServiceError):
+    """Refused or failed; the message says why in words the researcher can act on; ``field``/``errors`` name the
+    settings it is about."""
 
 
 # --- Places ---------------------------------------------------------------------------------------
@@ -100,25 +103,26 @@ def import_curated_dataset(name: str, path: str, *, description: str = "", creat
     """Check a curated dataset folder and freeze it under ``name``: its content hash is what runs will train on."""
     name = (name or "").strip()
     if not name:
-        raise TrainingError("Give the dataset a name.")
+        raise TrainingError("Give the dataset a name.", field="name")
     try:
         validate_slug(name)
     except ValidationError:
-        raise TrainingError(f"{name!r} is not a valid name: use letters, digits, hyphens and underscores.") from None
+        raise TrainingError(f"{name!r} is not a valid name: use letters, digits, hyphens and underscores.",
+                            field="name") from None
     if CuratedDataset.objects.filter(name=name).exists():
-        raise TrainingError(f"A curated dataset named {name!r} already exists; choose another name.")
+        raise TrainingError(f"A curated dataset named {name!r} already exists; choose another name.", field="name")
     folder = Path(path).expanduser()
     try:
         dataset = load_curated_dataset(folder)
     except CuratedDatasetError as exc:
-        raise TrainingError(str(exc)) from None
+        raise TrainingError(str(exc), field="path") from None
     try:
         return CuratedDataset.objects.create(
             name=name, path=str(folder.resolve()), content_hash=dataset.content_hash, image_count=len(dataset),
             description=description, created_by=created_by,
         )
     except IntegrityError:
-        raise TrainingError(f"A curated dataset named {name!r} already exists; choose another name.") from None
+        raise TrainingError(f"A curated dataset named {name!r} already exists; choose another name.", field="name") from None
 
 
 def verify_dataset(dataset: CuratedDataset) -> None:
@@ -140,18 +144,23 @@ def verify_dataset(dataset: CuratedDataset) -> None:
 
 
 def build_config(overrides: dict) -> QualityTuningConfig:
-    """Emu's defaults overridden by ``overrides``; TrainingError with the config's own message if it cannot work."""
+    """Emu's defaults overridden by ``overrides``; TrainingError naming every setting that cannot work.
+
+    Every setting is checked here (types, finite numbers, ranges, how they combine), so a bad value is refused when
+    the run is made or started, not by the trainer hours later.
+    """
+    if not isinstance(overrides, dict):
+        raise TrainingError(f"invalid quality-tuning config: expected settings by name, not {type(overrides).__name__}.")
     try:
-        config = QualityTuningConfig.from_dict({k: v for k, v in overrides.items()})
+        config = QualityTuningConfig.from_dict(dict(overrides))
     except InvalidConfigError as exc:
-        raise TrainingError(str(exc)) from None
+        raise TrainingError(str(exc), errors=exc.problems) from None
     except TypeError as exc:
         raise TrainingError(f"invalid quality-tuning config: {exc}") from None
     for name in sorted(_NOT_NONE_ON_COMMAND_LINE):
         if getattr(config, name) is None:
-            raise TrainingError(f"invalid quality-tuning config: {name} cannot be empty (its default is {getattr(QualityTuningConfig(), name)!r}).")
-    if any(p.startswith("-") for p in config.validation_prompts):
-        raise TrainingError("invalid quality-tuning config: a validation prompt cannot start with '-'.")
+            raise TrainingError(f"invalid quality-tuning config: {name} cannot be empty (its default is "
+                                f"{getattr(QualityTuningConfig(), name)!r}).", field=name)
     return config
 
 
@@ -202,16 +211,88 @@ def create_run(
     return run
 
 
+def _last_report(run: QualityTuningRun) -> datetime:
+    return run.heartbeat_at or run.started_at or run.created_at
+
+
 def is_stale(run: QualityTuningRun, now: datetime | None = None) -> bool:
-    """A running run whose task stopped reporting: its worker is probably gone."""
+    """A running run whose task stopped reporting for NEEDLE_TRAINING_STALE_SECONDS: its worker is probably gone."""
     if run.status not in (Status.RUNNING, Status.CANCELLING):
         return False
-    seen = run.heartbeat_at or run.started_at or run.created_at
-    return (now or timezone.now()) - seen > timedelta(seconds=settings.NEEDLE_TRAINING_STALE_SECONDS)
+    return (now or timezone.now()) - _last_report(run) > timedelta(seconds=settings.NEEDLE_TRAINING_STALE_SECONDS)
+
+
+def resumable_at(run: QualityTuningRun) -> datetime:
+    """When a running run that stopped reporting counts as stale (and may be resumed or cancelled)."""
+    return _last_report(run) + timedelta(seconds=settings.NEEDLE_TRAINING_STALE_SECONDS)
+
+
+def _process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine and is not a zombie."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, under another user
+    with contextlib.suppress(OSError, IndexError):
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return state != "Z"
+    return True
+
+
+def _run_processes(run: QualityTuningRun) -> tuple[str | None, set[int]]:
+    """The host the run's task ran on and the pids that may be training it there: the task's (``worker``), the
+    trainer's, and the one in the run directory's lock file (``pid N on HOST``)."""
+    host, pids = None, set()
+    match = re.fullmatch(r"(\S+) pid (\d+)", run.worker or "")
+    if match:
+        host, pids = match[1], {int(match[2])}
+    if run.trainer_pid:
+        pids.add(run.trainer_pid)
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        lock = (Path(run.run_dir) / checkpoints.LOCK_FILE).read_text(encoding="utf-8")
+        found = re.search(r"pid (\d+) on (\S+)", lock)
+        if found and found[2] == host:
+            pids.add(int(found[1]))
+    return host, pids
+
+
+def trainer_is_dead(run: QualityTuningRun) -> bool:
+    """A running run whose task and trainer are provably gone: they ran on this machine and none of their processes
+    is alive, and no task reported a moment ago. (On another machine this cannot be known: see is_stale.)"""
+    if run.status not in (Status.RUNNING, Status.CANCELLING) or _follower_alive(run):
+        return False
+    host, pids = _run_processes(run)
+    if host != socket.gethostname() or not pids:
+        return False
+    return not any(_process_alive(pid) for pid in pids)
+
+
+def is_lost(run: QualityTuningRun, now: datetime | None = None) -> bool:
+    """Running, but nothing trains it any more: its worker died (seen at once on this machine) or went silent."""
+    return trainer_is_dead(run) or is_stale(run, now)
 
 
 def can_start(run: QualityTuningRun) -> bool:
-    return run.status in (Status.QUEUED, Status.FAILED, Status.CANCELLED) or is_stale(run)
+    return run.status in (Status.QUEUED, Status.FAILED, Status.CANCELLED) or is_lost(run)
+
+
+def _busy_message(run: QualityTuningRun) -> str:
+    """Why a running run cannot be started again now, and exactly when it can be if its worker died."""
+    when = timezone.localtime(resumable_at(run))
+    seen = int((timezone.now() - _last_report(run)).total_seconds())
+    host, pids = _run_processes(run)
+    if host == socket.gethostname() and any(_process_alive(pid) for pid in pids):
+        where = f"its task is alive on this machine (pid {', '.join(map(str, sorted(pids)))})"
+    else:
+        where = f"it runs on {host or 'another machine'}, where this server cannot see whether it is alive"
+    return (f"Run {run.pk} is {run.status} ({where}; last report {seen} s ago), so it cannot be started twice. "
+            f"If its worker died, it can be resumed from {when:%Y-%m-%d %H:%M:%S %Z} "
+            f"(NEEDLE_TRAINING_STALE_SECONDS={settings.NEEDLE_TRAINING_STALE_SECONDS} after its last report); "
+            "or cancel it first.")
 
 
 def start_run(run: QualityTuningRun) -> QualityTuningRun:
@@ -227,7 +308,12 @@ def start_run(run: QualityTuningRun) -> QualityTuningRun:
         if run.status == Status.FINISHED:
             raise TrainingError(f"Run {run.pk} has finished; create a new run (or one with more steps) instead.")
         if not can_start(run):
-            raise TrainingError(f"Run {run.pk} is {run.status} on {run.worker or 'a worker'}; it cannot be started twice.")
+            raise TrainingError(_busy_message(run))
+        try:
+            build_config(run.config)
+        except TrainingError as exc:
+            raise TrainingError(f"Run {run.pk} cannot start: {exc} Its settings are frozen: create a new run with "
+                                "valid settings.", errors=exc.errors) from None
         task_id = f"quality-tuning-{run.pk}-{secrets.token_hex(6)}"
         QualityTuningRun.objects.filter(pk=run.pk).update(
             status=Status.QUEUED, queued_at=timezone.now(), finished_at=None, error="", celery_task_id=task_id
@@ -244,7 +330,7 @@ def cancel_run(run: QualityTuningRun) -> QualityTuningRun:
         now = timezone.now()
         if run.status in QualityTuningRun.TERMINAL:
             raise TrainingError(f"Run {run.pk} is already {run.status}.")
-        if run.status == Status.QUEUED or is_stale(run, now):
+        if run.status == Status.QUEUED or is_lost(run, now):
             # No trainer (or none that reports): nothing to stop. A task delivered later sees 'cancelled' and leaves.
             note = "" if run.status == Status.QUEUED else " (its worker had stopped reporting)"
             QualityTuningRun.objects.filter(pk=run.pk).update(status=Status.CANCELLED, finished_at=now, error=f"Cancelled{note}.")
@@ -490,12 +576,26 @@ def _trainer_result(output: str) -> dict | None:
     return None
 
 
-def _trainer_error(output: str) -> str:
-    errors = [line[len("error: "):] for line in output.splitlines() if line.startswith("error: ")]
-    if errors:
-        return "\n".join(errors)
+def one_line(text: str, limit: int = 1000) -> str:
+    """``text`` on one line (a run's error field is read in a table cell and a terminal), at most ``limit`` characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _trainer_error(output: str, log_path: Path | str | None = None) -> str:
+    """One readable line on why the trainer failed: its own ``error:`` lines, else the exception a traceback ends
+    with. The traceback itself stays in the trainer's log."""
+    where = f" (the full output is in {log_path})" if log_path else ""
     lines = [line for line in output.splitlines() if line.strip()]
-    return "\n".join(lines[-15:]) or "the trainer exited without output"
+    errors = [line[len("error: "):] for line in lines if line.startswith("error: ")]
+    if errors:
+        return one_line("; ".join(errors)) + where
+    tracebacks = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    if tracebacks:
+        after = [line for line in lines[tracebacks[-1] + 1 :] if not line.startswith((" ", "\t"))]
+        if after:
+            return one_line(f"The trainer failed: {after[-1]}") + where
+    return one_line(f"The trainer failed: {lines[-1]}" if lines else "The trainer exited without output") + where
 
 
 def _signal_name(number: int) -> str:
@@ -518,10 +618,11 @@ def execute_run(run_id: int, *, task_id: str = "", requeue=None) -> str:
             logger.info("quality-tuning task for run %s does nothing: %s", run_id, reason)
             return reason
         try:
+            build_config(run.config)
             check_base_model_files(run)
             verify_dataset(run.dataset)
         except TrainingError as exc:
-            _finish(run_id, Status.FAILED, str(exc))
+            _finish(run_id, Status.FAILED, one_line(str(exc)))
             return f"run {run_id} failed: {exc}"
         outcome = _train_and_follow(run, requeue)
         if outcome != "lock-race":
@@ -628,7 +729,7 @@ def _train_and_follow(run: QualityTuningRun, requeue) -> str:
         _finish(run.pk, Status.FAILED, f"The trainer was killed by {_signal_name(-code)} at step {step} "
                                        f"(out of memory?).{resume} Its log: {log_path}")
         return f"run {run.pk} failed: trainer killed by signal {-code}"
-    _finish(run.pk, Status.FAILED, _trainer_error(output))
+    _finish(run.pk, Status.FAILED, _trainer_error(output, log_path))
     return f"run {run.pk} failed (exit {code})"
 
 
@@ -917,20 +1018,21 @@ def load_aesthetic_scoring(head_path: str, clip_path: str, clip_name: str = ""):
     from training.clip_scoring import ClipLoadError, load_clip
 
     if not head_path or not clip_path:
-        missing = "the aesthetic head" if not head_path else "the CLIP model it sits on"
-        raise TrainingError(f"Scoring validation images needs both an aesthetic head and its CLIP model; give {missing}.")
+        missing, field = ("the aesthetic head", "aesthetic_head_path") if not head_path else ("the CLIP model it sits on", "clip_model_path")
+        raise TrainingError(f"Scoring validation images needs both an aesthetic head and its CLIP model; give {missing}.",
+                            field=field)
     try:
         head = AestheticHead.load(head_path)
     except AestheticHeadError as exc:
-        raise TrainingError(f"Aesthetic head: {exc}") from None
+        raise TrainingError(f"Aesthetic head: {exc}", field="aesthetic_head_path") from None
     try:
         clip = load_clip(clip_name or None, clip_path)
     except ClipLoadError as exc:
-        raise TrainingError(f"CLIP model: {exc}") from None
+        raise TrainingError(f"CLIP model: {exc}", field="clip_model_path") from None
     if clip.embed_dim != head.input_dim:
         raise TrainingError(
             f"The aesthetic head {head_path} takes {head.input_dim}-d CLIP embeddings but {clip.model_name} makes "
-            f"{clip.embed_dim}-d ones: give the CLIP model the head was trained on."
+            f"{clip.embed_dim}-d ones: give the CLIP model the head was trained on.", field="clip_model_path",
         )
     return clip, head
 

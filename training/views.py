@@ -8,7 +8,7 @@ from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_POST, require_safe
 
 from generation.models import PromptSet
 
@@ -67,6 +67,7 @@ def run_detail(request, pk):
 
 
 @staff_member_required
+@require_safe
 def run_progress(request, pk):
     return JsonResponse(selectors.run_progress(_run(pk)))
 

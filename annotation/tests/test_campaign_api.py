@@ -127,7 +127,7 @@ def test_launch_pause_resume_close_and_invite_links(api, live_campaign, two_mode
     assert response.status_code == 201 and response.json()["url"] == (
         f"https://needle.example.org/join/{link.token}/?PROLIFIC_PID={{{{%PROLIFIC_PID%}}}}&STUDY_ID={{{{%STUDY_ID%}}}}&SESSION_ID={{{{%SESSION_ID%}}}}"
     )
-    assert post(api, f"{url}invite-links/", {"max_raters": -1}).json()["error"] == "The rater limit cannot be negative."
+    assert post(api, f"{url}invite-links/", {"max_raters": -1}).json()["error"] == "The rater limit cannot be negative; 0 means no limit."
     assert api.get(f"{url}invite-links/").json()["invite_links"][0]["label"] == "Prolific 1"
     assert api.get(f"{url}raters/").json() == {"raters": []}
 

@@ -63,7 +63,10 @@ def test_oversized_file_is_rejected_before_parsing():
 
 
 def test_overlong_prompt_is_rejected():
-    assert errors_of(b"prompt\n" + b"x" * 30 + b"\n", "p.csv", max_chars=20) == ["line 2: prompt is 30 characters; the limit is 20"]
+    assert errors_of(b"prompt\n" + b"x" * 30 + b"\n", "p.csv", max_chars=20) == [
+        "line 2: the prompt is 30 characters long; the limit is 20 (NEEDLE_PROMPT_MAX_CHARS): shorten it, or split it "
+        "into several prompts"
+    ]
 
 
 def test_bad_json_lines_are_all_reported():

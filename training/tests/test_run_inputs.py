@@ -155,7 +155,7 @@ def test_an_invalid_config_is_refused_by_the_form_next_to_its_field(staff_client
     response = staff_client.post(url, form_data(learning_rate="-0.001"))
     assert response.status_code == 200
     form = response.context["form"]
-    assert form.errors["learning_rate"] == ["learning_rate must be positive"]
+    assert form.errors["learning_rate"] == ["learning_rate must be above 0 and at most 1, not -0.001 (Emu: 1e-05)"]
     response = staff_client.post(url, form_data(batch_size="6", gradient_accumulation_steps="4"))
     assert "batch_size 6 is not a multiple of gradient_accumulation_steps 4" in response.context["form"].errors["batch_size"][0]
     response = staff_client.post(url, form_data(base="sdxl-none"))
@@ -170,7 +170,7 @@ def test_an_invalid_config_is_refused_by_the_form_next_to_its_field(staff_client
 
 
 def test_an_invalid_config_is_refused_by_the_command(base_model, dataset):
-    with pytest.raises(CommandError, match="learning_rate must be positive"):
+    with pytest.raises(CommandError, match="learning_rate must be above 0"):
         call_command("quality_tune", "start", "--base", "sd-base", "--dataset", "shapes", "--learning-rate", "-1")
     with pytest.raises(CommandError, match="resolution must be a positive multiple of 8"):
         call_command("quality_tune", "start", "--base", "sd-base", "--dataset", "shapes", "--resolution", "30")

@@ -54,12 +54,12 @@ class Command(BaseCommand):
     def _create(self, o):
         if not o["models"] or not o["prompt_set"]:
             raise CommandError("Give --models and --prompt-set (or --resume BATCH_ID).")
-        models = list(TextToImageModel.objects.filter(name__in=o["models"]))
-        missing = set(o["models"]) - {m.name for m in models}
+        by_name = {m.name: m for m in TextToImageModel.objects.filter(name__in=o["models"])}
+        missing = set(o["models"]) - set(by_name)
         if missing:
             known = ", ".join(TextToImageModel.objects.values_list("name", flat=True)) or "none registered"
             raise CommandError(f"Unknown model(s): {', '.join(sorted(missing))} (known: {known}).")
-        models.sort(key=lambda m: o["models"].index(m.name))
+        models = [by_name[name] for name in o["models"]]  # as given: the service refuses a model listed twice
         prompt_set = PromptSet.objects.filter(name=o["prompt_set"]).first()
         if prompt_set is None:
             raise CommandError(f"Unknown prompt set {o['prompt_set']!r}.")
@@ -99,6 +99,8 @@ class Command(BaseCommand):
                     raise CommandError(f"Batch {batch.pk} failed: {batch.error}")
                 if progress.complete:
                     break
+                if selectors.is_stalled(batch, progress):
+                    raise CommandError(selectors.stalled_message(batch, progress))
                 if timeout and time.monotonic() - started > timeout:
                     raise CommandError(
                         f"Gave up after {timeout:.0f}s at {progress.done}/{progress.total}; the workers go on. "
