@@ -110,7 +110,8 @@ class RaterBrowser(Browser):
         agreed = self.post_form(urllib.parse.urlparse(page.url).path, fields)
         if agreed.status != 200 or "/rate/" not in agreed.url:
             raise BrowserError(f"agreeing to take part answered {agreed.status} at {agreed.url}")
-        self.page_path = urllib.parse.urlparse(agreed.url).path
+        # Agreeing lands on the voting page, or straight on its done page when nothing is left for this rater.
+        self.page_path = re.match(r"/rate/[^/]+/", urllib.parse.urlparse(agreed.url).path).group(0)
         return self.page_path
 
     def rate(self, judge, *, max_votes: int | None = None, pause=None) -> RatingSession:
