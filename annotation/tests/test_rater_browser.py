@@ -170,6 +170,9 @@ def test_a_prolific_rater_consents_and_answers_ten_pairs_by_keyboard_alone(live_
         expect_text(page.locator("#rater-progress"), f"{number - 1} of {PAIRS}")
         images = page.locator("#rater-pair img")
         assert [images.nth(i).get_attribute("alt") for i in range(2)] == ["left image", "right image"]
+        # Chromium decodes the padded PNGs (the private paDd chunk is skipped): loaded, at the image's own width.
+        widths = [images.nth(i).evaluate("img => img.complete ? img.naturalWidth : 0") for i in range(2)]
+        assert widths[0] == widths[1] > 0, widths
         if number == 1:
             page.screenshot(path=str(screenshots_dir() / "rater-vote-desktop.png"))
         offered = offered_choices(page)

@@ -1,15 +1,18 @@
 """The rater's pages through Django's test client: consent, tasks.json, images, votes, the end."""
 
+import io
 import json
 import re
 from datetime import timedelta
 
+import numpy as np
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
+from PIL import Image
 
 from annotation import services
 from annotation.models import Assignment, Participation, Vote
@@ -51,6 +54,19 @@ def post_vote(client, participation, body):
 def image_bytes(file) -> bytes:
     with file.storage.open(file.name, "rb") as handle:
         return handle.read()
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def shows(response, file, campaign) -> bool:
+    """The response is a PNG of the campaign's one length with exactly the stored file's pixels."""
+    campaign.refresh_from_db()
+    return (
+        response.status_code == 200 and len(response.content) == campaign.served_image_bytes
+        and np.array_equal(pixels(response.content), pixels(image_bytes(file)))
+    )
 
 
 # --- Joining ----------------------------------------------------------------------------------
@@ -193,17 +209,17 @@ def test_tasks_json_offers_two_tasks_with_opaque_image_urls_and_their_criterions
     assert [t["id"] for t in get_tasks(client, participation).json()["tasks"]] == [t["id"] for t in data["tasks"]]
 
 
-def test_images_are_the_bare_png_bytes_of_each_side_as_the_assignment_places_them(client, live_campaign):
+def test_images_show_each_side_as_the_assignment_places_it_padded_to_the_campaigns_length(client, live_campaign):
     participation = join(client, live_campaign)
     for task in get_tasks(client, participation).json()["tasks"]:
         assignment = Assignment.objects.select_related("item__image_a", "item__image_b").get(token=task["id"])
-        a, b = image_bytes(assignment.item.image_a.file), image_bytes(assignment.item.image_b.file)
+        a, b = assignment.item.image_a.file, assignment.item.image_b.file
         left, right = (a, b) if assignment.a_on_left else (b, a)
         for side, expected in (("left", left), ("right", right)):
             response = client.get(task["images"][side])
-            assert response.status_code == 200 and response.content == expected
+            assert shows(response, expected, live_campaign)
             assert response["Content-Type"] == "image/png"
-            assert response["Cache-Control"] == "private, max-age=3600"
+            assert response["Cache-Control"] == "private, max-age=3600, no-transform"
             for header in ("ETag", "Last-Modified", "Content-Disposition"):
                 assert header not in response
     assert client.get(task["images"]["left"].replace("/left", "/top")).status_code == 404
@@ -232,8 +248,47 @@ def test_a_gold_item_shows_the_degraded_copy_as_its_b_side(client, gold_campaign
     task = next(t for t in tasks if t["id"] == assignment.token)
     degraded_side = "right" if assignment.a_on_left else "left"
     intact_side = "left" if assignment.a_on_left else "right"
-    assert client.get(task["images"][degraded_side]).content == image_bytes(assignment.item.gold_image.file)
-    assert client.get(task["images"][intact_side]).content == image_bytes(assignment.item.image_a.file)
+    assert shows(client.get(task["images"][degraded_side]), assignment.item.gold_image.file, gold_campaign)
+    assert shows(client.get(task["images"][intact_side]), assignment.item.image_a.file, gold_campaign)
+
+
+@pytest.fixture
+def faithfulness_gold_campaign(two_models, prompt_set):
+    """Text faithfulness only, one seed, half the tasks gold: 4 regular items and 4 gold items."""
+    campaign = services.create_campaign(
+        name="faithful gold", models=two_models, prompt_set=prompt_set, seeds=[0], gold_share=0.5,
+        criteria={"text_faithfulness": {}},
+    )
+    batch = services.generation_batch_for(campaign)
+    generation_services.generate_batch_in_process(batch)
+    services.build_items(campaign, batch)
+    services.set_status(campaign, "live")
+    return campaign
+
+
+def test_a_faithfulness_gold_item_shows_the_prompt_with_its_image_against_another_prompts_image(
+    client, faithfulness_gold_campaign
+):
+    from generation.models import GeneratedImage
+
+    participation = join(client, faithfulness_gold_campaign)
+    while True:
+        tasks = get_tasks(client, participation).json()["tasks"]
+        assignment = Assignment.objects.select_related("item__gold_image", "item__image_a__prompt").get(token=tasks[0]["id"])
+        if assignment.item.is_gold:
+            break
+        assert post_vote(client, participation, {"task": tasks[0]["id"], "choice": "neither"}).status_code == 200
+    task, item = tasks[0], assignment.item
+    decoy = GeneratedImage.objects.select_related("prompt").get(sha256=item.gold_image.sha256)
+    assert task["prompt"] == item.image_a.prompt.text != decoy.prompt.text
+    matching_side = "left" if assignment.a_on_left else "right"
+    other_side = "right" if assignment.a_on_left else "left"
+    # Both padded to the campaign's one length: the decoy is a campaign image like any other.
+    assert shows(client.get(task["images"][matching_side]), item.image_a.file, faithfulness_gold_campaign)
+    assert shows(client.get(task["images"][other_side]), decoy.file, faithfulness_gold_campaign)
+    # Picking the image made for the text shown is the right answer.
+    assert post_vote(client, participation, {"task": task["id"], "choice": matching_side}).status_code == 200
+    assert Vote.objects.get(assignment=assignment).gold_correct is True
 
 
 # --- Votes ------------------------------------------------------------------------------------
