@@ -41,16 +41,18 @@ def headline_interval() -> str:
     Why a score interval rather than the prompt-clustered bootstrap (BCa) it
     replaces: the bootstrap held 95% with 50 or more prompts, but with few
     prompts it is far too narrow (it cannot see more spread between prompts
-    than the few it has): at 5 prompts it covered 70-85%, at 2 prompts under
-    60%. The score interval adds the between-prompt variance (one-way ANOVA)
+    than the few it has): with moderate prompt effects it covered 63-84% at
+    2-5 prompts (true rates 0.5-0.8), 88-92% at 10 and 91-95% at 20, where
+    this interval holds 93.5-96.5%. The score interval adds the between-prompt variance (one-way ANOVA)
     to the binomial variance at each candidate rate, takes a t quantile with
     Satterthwaite degrees of freedom, and is deterministic (no Monte Carlo
     error, no seed). Coverage in simulation: analysis/tests/test_coverage.py and
     bench/README.md.
 
-    With fewer than ``MIN_PROMPTS`` prompts there is no interval (the report
-    says why): no method tested kept 95% there. The bootstrap is still
-    computed (``WinRateReport.bootstrap``) for comparison.
+    With fewer than ``MIN_PROMPTS`` (6) prompts there is no interval (the
+    report says why): nothing tested kept 93.5-96.5% there (this interval is
+    too wide, 96-100%). The bootstrap is still computed on request
+    (``WinRateReport.bootstrap``, ``rounds`` > 0) for comparison.
     """
     return HEADLINE_INTERVAL
 
