@@ -78,4 +78,4 @@ def test_appeal_rewards_what_its_documentation_says():
     assert appeal_score(render(replace(clean, background_saturation=1.0))) < base
     assert appeal_score(render(replace(clean, offset=(0.2, 0.15)))) < base
     assert appeal_score(render(replace(clean, specks=((0.1, 0.1, 0.3), (0.9, 0.85, 0.6), (0.85, 0.1, 0.1))))) < base
-    assert set(appeal_terms(render(clean))) == {"exposure", "contrast", "harmony", "composition", "clutter"}
+    assert set(appeal_terms(render(clean))) == {"exposure", "contrast", "harmony", "composition", "clutter", "sharpness", "cleanliness"}
