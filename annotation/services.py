@@ -137,7 +137,7 @@ def _check_settings(
     if len(consent_text) > MAX_CONSENT_TEXT:
         raise AnnotationError(f"The consent text can be at most {MAX_CONSENT_TEXT:,} characters.", field="consent_text")
     if not isinstance(contact, str) or len(contact) > MAX_CONTACT:
-        raise AnnotationError(f"The contact must be text of at most {MAX_CONTACT} characters.", field="contact")
+        raise AnnotationError(f"The contact can be at most {MAX_CONTACT} characters.", field="contact")
 
 
 # Settings that decide whether gold can ever exclude a rater (checked together by _check_gold_can_fire).
