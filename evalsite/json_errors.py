@@ -45,6 +45,10 @@ def too_large_message() -> str:
 
 def _message_for(request, response) -> str:
     status = response.status_code
+    if response.get("Content-Type", "").startswith("text/plain") and not getattr(response, "streaming", False):
+        text = response.content.decode(errors="replace").strip()
+        if text and len(text) < 2000:  # a view's own plain-text refusal already says what is wrong
+            return text
     where = f"{request.method} {request.path}"
     if status == 404:
         return (f"No such endpoint or object: {where}. Check the URL: ids in it are whole numbers, and the object "

@@ -129,3 +129,9 @@ def test_an_unexpected_failure_is_a_json_500_with_the_traceback_in_the_log(api, 
     assert "unexpected" in error.lower() and "disk on fire" not in error and "Traceback" not in error
     assert state() == before
     assert any("disk on fire" in (r.exc_text or "") or r.exc_info for r in caplog.records)
+
+
+def test_a_plain_text_refusal_at_a_json_endpoint_keeps_its_words(browser, draft):
+    response = browser.get(f"/analysis/campaigns/{draft.pk}/report.json", {"rounds": "10"})
+    assert response.status_code == 400 and response["Content-Type"].startswith("application/json")
+    assert "Bootstrap rounds must be a whole number" in response.json()["error"]
