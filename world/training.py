@@ -206,7 +206,7 @@ def train_base(args: argparse.Namespace) -> None:
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    vae = AutoencoderKL.from_pretrained(args.vae).eval()
+    vae = AutoencoderKL.from_pretrained(args.vae, torch_dtype=torch.float32).eval()
     clip = models.load_clip(args.clip)
     text_encoder = models.text_encoder_from_clip(clip)
     tokenizer = clip_tokenizer()

@@ -201,7 +201,7 @@ def test_the_launched_campaign_gives_each_step_a_win_rate_equal_to_a_count_of_th
         cp.registered_model.name for cp in run.checkpoints.order_by("step")]
     for row in rows:
         assert row["win_rate"] == pytest.approx(expected[row["step"]]) and row["comparisons"] == 4 and row["incomplete"] == 0
-        assert row["low"] <= row["win_rate"] <= row["high"]
+        assert (row["low"], row["high"]) == (None, None)  # 4 prompts: too few for a prompt-clustered interval
     assert expected == {3: 0.75, 6: 0.25}  # the votes were meant to favour the earlier step
 
     # The run page: each step's win rate with its interval and comparisons, the campaign's link, and the plot.
