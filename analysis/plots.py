@@ -265,6 +265,10 @@ def details_text(report) -> list[str]:
               *[f"  {line}" for line in textwrap.wrap(e.rule["description"], 160)]]
     for x in e.raters:
         lines.append(f"  rater {x.rater_id} {x.external_id}: {x.excluded_votes} votes left out — {x.reason}")
+    lines.append(f"  speeders flagged: {len(e.speeders)}")
+    for x in e.speeders:
+        seconds = f"{x.median_seconds:.2f} s" if x.median_seconds is not None else "—"
+        lines.append(f"  speeder rater {x.rater_id} {x.external_id}: median {seconds} between answers{', excluded' if x.excluded else ''}")
     lines += ["", "PLANNER: further complete comparisons for an interval of ±x points (at the current win rate and prompt clustering)"]
     for c in report.comparisons:
         targets = ", ".join(f"±{t.half_width_points}: {t.comparisons_needed} ({t.votes_needed} votes)" for t in c.planner)

@@ -381,11 +381,20 @@ class ExcludedRater:
 
 
 @dataclass(frozen=True)
+class FlaggedSpeeder:
+    rater_id: int
+    external_id: str
+    median_seconds: float | None  # between answers, server clock, when flagged
+    excluded: bool
+
+
+@dataclass(frozen=True)
 class Exclusions:
     rule: dict
     raters: tuple[ExcludedRater, ...]
     excluded_votes: int
     gold_votes: int  # gold answers measure raters, not models: never in the numbers
+    speeders: tuple[FlaggedSpeeder, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -806,14 +815,23 @@ def _ranking(campaign, frame, criterion: str, label: str, *, seed, rounds, level
 
 
 def exclusion_rule(campaign: Campaign) -> dict:
+    if not campaign.speeder_seconds:
+        speeders = "The speeder check is off."
+    else:
+        speeders = (
+            f"Raters whose median time between answers (server clock) fell below {campaign.speeder_seconds:g} s are "
+            + ("flagged and excluded automatically." if campaign.exclude_speeders else "flagged, not excluded.")
+        )
     return {
         "gold_share": campaign.gold_share,
         "gold_min_accuracy": campaign.gold_min_accuracy,
         "gold_min_answers": campaign.gold_min_answers,
+        "speeder_seconds": campaign.speeder_seconds,
+        "exclude_speeders": campaign.exclude_speeders,
         "description": (
             f"Raters below {campaign.gold_min_accuracy:.0%} gold accuracy after {campaign.gold_min_answers} gold answers "
-            "are excluded automatically; researchers exclude others by hand, with a reason. Excluded raters' votes are "
-            "kept, flagged, and left out of every number; gold items are left out too."
+            f"are excluded automatically; researchers exclude others by hand, with a reason. {speeders} Excluded "
+            "raters' votes are kept, flagged, and left out of every number; gold items are left out too."
         ),
     }
 
@@ -842,11 +860,17 @@ def _exclusions(campaign: Campaign) -> Exclusions:
         for p in Participation.objects.filter(campaign=campaign, excluded=True).select_related("rater").order_by("id")
     )
     gold_votes = Vote.objects.filter(assignment__campaign=campaign, assignment__item__gold_image__isnull=False).count()
+    speeders = tuple(
+        FlaggedSpeeder(rater_id=p.rater_id, external_id=p.external_id or p.rater.external_id,
+                       median_seconds=p.speeder_median_seconds, excluded=p.excluded)
+        for p in Participation.objects.filter(campaign=campaign, speeder_flagged_at__isnull=False).select_related("rater").order_by("id")
+    )
     return Exclusions(
         rule=exclusion_rule(campaign),
         raters=raters,
         excluded_votes=sum(r.excluded_votes for r in raters),
         gold_votes=gold_votes,
+        speeders=speeders,
     )
 
 

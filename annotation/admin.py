@@ -55,7 +55,8 @@ class CampaignAdmin(admin.ModelAdmin):
     actions = ["pause", "resume", "close"]
     fields = [
         "name", "status", "prompt_set", "pairing", "baseline", "seeds", "gold_share", "gold_min_accuracy", "gold_min_answers",
-        "quota_per_rater", "lease_seconds", "rater_title", "consent_text", "contact", "completion_code", "completion_url", "generation_batch",
+        "quota_per_rater", "lease_seconds", "rater_title", "consent_text", "contact", "completion_code", "completion_url",
+        "screen_out_code", "screen_out_url", "speeder_seconds", "exclude_speeders", "generation_batch",
         "launch_error", "created_by", "created_at",
     ]
     # Never editable here: status moves through the buttons and actions, the rest is bookkeeping.

@@ -176,6 +176,7 @@ def campaign_settings(campaign: Campaign) -> dict:
             for field in (
                 "gold_share", "gold_min_accuracy", "gold_min_answers", "quota_per_rater", "lease_seconds",
                 "completion_url", "completion_code", "rater_title", "consent_text", "contact", "launch_error",
+                "screen_out_url", "screen_out_code", "speeder_seconds", "exclude_speeders",
             )
         },
     }

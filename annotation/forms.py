@@ -22,13 +22,15 @@ from .models import CRITERION_DEFAULTS, DEFAULT_CONSENT_TEXT, Campaign, Choice, 
 PAYLOAD_FIELDS = {
     "name", "models", "pairing", "baseline", "prompt_set", "seeds", "criteria", "gold_share", "gold_min_accuracy",
     "gold_min_answers", "quota_per_rater", "lease_seconds", "completion_url", "rater_title", "consent_text", "contact",
+    "screen_out_url", "speeder_seconds", "exclude_speeders",
 }
 CRITERION_OVERRIDES = {"instructions", "votes_per_item", "choices"}
 # Fields with no sensible default: a payload must name them.
 REQUIRED_IN_PAYLOAD = {"name", "models", "prompt_set", "seeds"}
 # JSON types a payload's settings must have (the form would turn a list into its text, a bool into a number).
-TEXT_IN_PAYLOAD = {"name", "pairing", "baseline", "prompt_set", "completion_url", "rater_title"}
-NUMBERS_IN_PAYLOAD = {"gold_share", "gold_min_accuracy"}
+TEXT_IN_PAYLOAD = {"name", "pairing", "baseline", "prompt_set", "completion_url", "rater_title", "screen_out_url"}
+NUMBERS_IN_PAYLOAD = {"gold_share", "gold_min_accuracy", "speeder_seconds"}
+BOOLEANS_IN_PAYLOAD = {"exclude_speeders"}
 WHOLE_NUMBERS_IN_PAYLOAD = {"gold_min_answers", "quota_per_rater", "lease_seconds"}
 
 
@@ -97,6 +99,23 @@ class CampaignForm(forms.Form):
     )
     completion_url = forms.URLField(
         required=False, label="Completion URL", help_text="Where finished raters are sent, e.g. https://app.prolific.com/submissions/complete?cc=CODE",
+    )
+    screen_out_url = forms.URLField(
+        required=False, label="Screen-out URL",
+        help_text="Where raters excluded by quality control are sent (a {code} in it becomes the screen-out code). "
+        "Left empty, they are shown the screen-out code; never the completion code.",
+    )
+    speeder_seconds = forms.FloatField(
+        required=False, initial=1.0, min_value=0, max_value=services.MAX_SPEEDER_SECONDS, label="Speeder threshold (seconds per pair)",
+        help_text="Raters whose median time between answers is below this are flagged as speeders. 0 turns it off.",
+        error_messages={
+            "min_value": f"The speeder threshold must be between 0 (off) and {services.MAX_SPEEDER_SECONDS:g} seconds per pair.",
+            "max_value": f"The speeder threshold must be between 0 (off) and {services.MAX_SPEEDER_SECONDS:g} seconds per pair.",
+        },
+    )
+    exclude_speeders = forms.BooleanField(
+        required=False, label="Exclude speeders",
+        help_text="Exclude flagged speeders automatically (votes kept, flagged; they get the screen-out code).",
     )
     rater_title = forms.CharField(initial="Compare two images", max_length=200, help_text="The heading raters see. Never name the models here.")
     consent_text = forms.CharField(
@@ -224,7 +243,9 @@ class CampaignForm(forms.Form):
                 baseline=d["baseline"], criteria=self.criteria(), lease_seconds=d["lease_seconds"],
                 quota_per_rater=d["quota_per_rater"], gold_share=d["gold_share"], gold_min_accuracy=d["gold_min_accuracy"],
                 gold_min_answers=d["gold_min_answers"], completion_url=d["completion_url"], rater_title=d["rater_title"],
-                consent_text=d["consent_text"], contact=d["contact"],
+                consent_text=d["consent_text"], contact=d["contact"], screen_out_url=d["screen_out_url"],
+                speeder_seconds=1.0 if d["speeder_seconds"] is None else d["speeder_seconds"],
+                exclude_speeders=d["exclude_speeders"],
                 created_by=user if user is not None and user.is_authenticated else None,
             )
         except services.AnnotationError as exc:
@@ -276,6 +297,9 @@ class CampaignForm(forms.Form):
             value = payload[key]
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise services.AnnotationError(f"{key} must be a number, not {json_type(value)}.", field=key)
+        for key in BOOLEANS_IN_PAYLOAD & set(payload):
+            if payload[key] is not None and not isinstance(payload[key], bool):
+                raise services.AnnotationError(f"{key} must be true or false, not {json_type(payload[key])}.", field=key)
         for key in WHOLE_NUMBERS_IN_PAYLOAD & set(payload):
             value = payload[key]
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):

@@ -132,6 +132,23 @@ class Campaign(models.Model):
     completion_url = models.URLField(
         blank=True, help_text="Where finished raters are sent, e.g. https://app.prolific.com/submissions/complete?cc=CODE",
     )
+    # Raters excluded by quality control (gold, speed, a researcher) end here instead: never the completion code,
+    # which is what a crowd platform pays for. Prolific calls it a screen-out code.
+    screen_out_code = models.CharField(
+        max_length=64, default=new_completion_code,
+        help_text="Shown to raters excluded by quality control (Prolific: a screen-out code); never the completion code.",
+    )
+    screen_out_url = models.URLField(
+        blank=True, help_text="Where excluded raters are sent, e.g. https://app.prolific.com/submissions/complete?cc=SCREENED",
+    )
+    speeder_seconds = models.FloatField(
+        default=1.0, validators=[MinValueValidator(0.0), MaxValueValidator(60.0)],
+        help_text="A rater whose median time between answers is below this many seconds is flagged as a speeder. "
+        "0 turns the check off.",
+    )
+    exclude_speeders = models.BooleanField(
+        default=False, help_text="Exclude flagged speeders automatically (their votes are kept, flagged), not only flag them.",
+    )
     generation_batch = models.ForeignKey(
         "generation.GenerationBatch", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
@@ -285,6 +302,9 @@ class Participation(models.Model):
     excluded = models.BooleanField(default=False)
     exclusion_reason = models.CharField(max_length=300, blank=True)
     excluded_at = models.DateTimeField(null=True, blank=True)
+    # Set once the rater's median time between answers fell below the campaign's speeder_seconds (server clock).
+    speeder_flagged_at = models.DateTimeField(null=True, blank=True)
+    speeder_median_seconds = models.FloatField(null=True, blank=True)
     # Regular tasks shown with model A on the left minus those with B on the
     # left; kept under this row's lock by the assignment engine (within +-1).
     placement_balance = models.SmallIntegerField(default=0, editable=False)

@@ -22,7 +22,11 @@ is shown and records votes. What this module owns is who may see what:
 Completion: when a rater has no task left, the page shows the campaign's
 completion code, or sends the rater to ``campaign.completion_url`` when one is
 set. A ``{code}`` in that URL is replaced by the code, e.g.
-``https://app.prolific.com/submissions/complete?cc={code}``.
+``https://app.prolific.com/submissions/complete?cc={code}``. A rater excluded
+by quality control (gold, speed, a researcher) never sees the completion code:
+their tasks and votes are refused with ``ended`` (the URL of their ending), and
+the ending page says honestly that the study is over for them and gives the
+screen-out code (or sends them to ``campaign.screen_out_url``).
 """
 
 from __future__ import annotations
@@ -226,12 +230,16 @@ def _progress_text(participation: Participation) -> str:
     return f"{progress.done} of {progress.total}" if progress.total else f"{progress.done} done"
 
 
-def _completion_url(campaign: Campaign) -> str:
-    return campaign.completion_url.replace("{code}", campaign.completion_code) if campaign.completion_url else ""
+def _completion_json(ending: services.RaterEnding) -> dict:
+    return {"code": ending.code, "url": ending.url or None}
 
 
-def _completion_json(campaign: Campaign) -> dict:
-    return {"code": campaign.completion_code, "url": _completion_url(campaign) or None}
+def _ended_json(participation: Participation) -> dict:
+    """For an excluded rater: no tasks, and where their ending is (the page goes there)."""
+    return {
+        "tasks": [], "progress": _progress_json(participation), "done": True, "completion": None,
+        "ended": reverse("rate:done", args=[participation.token]),
+    }
 
 
 def _task_json(participation: Participation, assignment: Assignment) -> dict:
@@ -361,7 +369,7 @@ def page(request, participation_token: str):
         return _refuse_token(request)
     if participation.consented_at is None:
         return redirect("rate:consent", participation.token)
-    if participation.completed_at is not None:
+    if participation.completed_at is not None or participation.excluded:
         return redirect("rate:done", participation.token)
     return render(
         request,
@@ -384,15 +392,19 @@ def tasks(request, participation_token: str):
         return _refuse_token(request, as_json=True)
     if participation.consented_at is None:
         return JsonResponse({"error": "Please read the instructions and agree to take part first."}, status=409)
+    if participation.excluded:
+        return JsonResponse(_ended_json(participation))
     campaign = participation.campaign
     try:
         assignments = services.open_tasks(campaign, participation.rater)
     except services.AnnotationError as exc:  # paused or closed
         return JsonResponse({"error": str(exc), "progress": _progress_json(participation)}, status=409)
     if not assignments:
-        services.complete_if_done(participation)
+        ending = services.end_if_out_of_tasks(participation)
+        if ending.screened_out:  # excluded between the check above and now
+            return JsonResponse(_ended_json(participation))
         return JsonResponse(
-            {"tasks": [], "progress": _progress_json(participation), "done": True, "completion": _completion_json(campaign)}
+            {"tasks": [], "progress": _progress_json(participation), "done": True, "completion": _completion_json(ending)}
         )
     assignments = Assignment.objects.select_related("item__criterion", "item__image_a__prompt").filter(
         pk__in=[a.pk for a in assignments]
@@ -461,11 +473,17 @@ def vote(request, participation_token: str):
         return _vote_error("The time on task must be a number of seconds, zero or more.", 400)
     if participation.consented_at is None:
         return _vote_error("Please read the instructions and agree to take part first.", 409)
+    ended = reverse("rate:done", args=[participation.token])
     try:
         result = services.submit_vote(participation.rater, task, choice, seconds, campaign=participation.campaign)
+    except services.ParticipationEnded as exc:
+        return JsonResponse({"error": str(exc), "ended": ended}, status=409)
     except services.AnnotationError as exc:  # expired, closed, not a choice for this question, already answered
         return _vote_error(str(exc), 409)
-    return JsonResponse({"recorded": True, "duplicate": result.duplicate, "progress": _progress_json(participation)})
+    answer = {"recorded": True, "duplicate": result.duplicate, "progress": _progress_json(participation)}
+    if result.ended:
+        answer["ended"] = ended
+    return JsonResponse(answer)
 
 
 @never_cache
@@ -475,17 +493,17 @@ def done(request, participation_token: str):
     participation = _authorised_participation(request, participation_token)
     if participation is None:
         return _refuse_token(request)
-    if participation.completed_at is None:
+    ending = services.rater_ending(participation)
+    if ending is None:
         # The code is for raters who finished: there is work left (or the page was opened early).
         return redirect("rate:page", participation.token)
+    if ending.url:
+        return redirect(ending.url)
     campaign = participation.campaign
-    url = _completion_url(campaign)
-    if url:
-        return redirect(url)
     return render(
-        request, "annotation/rater/done.html",
+        request, "annotation/rater/screened_out.html" if ending.screened_out else "annotation/rater/done.html",
         {
-            "rater_title": campaign.rater_title, "code": campaign.completion_code, "contact": campaign.contact,
+            "rater_title": campaign.rater_title, "code": ending.code, "contact": campaign.contact,
             "progress_text": _progress_text(participation),
         },
     )

@@ -172,6 +172,9 @@ class RaterQuality:
     completed: bool
     joined_at: datetime
     simulated: bool = False  # a program (the mini-Emu world's raters), not a person
+    # Flagged when the median gap between their answers (server clock) fell below the campaign's speeder_seconds.
+    speeder: bool = False
+    speeder_median_seconds: float | None = None
 
     @property
     def gold_accuracy(self) -> float | None:
@@ -230,6 +233,7 @@ def rater_quality(campaign: Campaign) -> list[RaterQuality]:
                 left_share=s["left"] / s["left_or_right"] if s.get("left_or_right") else None,
                 excluded=p.excluded, exclusion_reason=p.exclusion_reason,
                 completed=p.completed_at is not None, joined_at=p.created_at, simulated=p.rater.simulated,
+                speeder=p.speeder_flagged_at is not None, speeder_median_seconds=p.speeder_median_seconds,
             )
         )
     return rows

@@ -13,11 +13,13 @@ same steps and the database serialises writers.
 from __future__ import annotations
 
 import hashlib
+import logging
 import io
 import itertools
 import math
 import random
 import re
+import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -65,6 +67,8 @@ from .models import (
 # page preloads so the switch after a vote is instant.
 LOOKAHEAD = 2
 
+logger = logging.getLogger(__name__)
+
 
 class AnnotationError(ServiceError):
     """Refused; the message says why in words the user can act on; ``field`` names the input it is about."""
@@ -78,9 +82,10 @@ STRUCTURAL_FIELDS = {"prompt_set", "seeds", "pairing", "baseline", "gold_share"}
 # The consent text is one of them: what the raters who voted agreed to must stay what the page says.
 OPERATIONAL_FIELDS = {
     "lease_seconds", "quota_per_rater", "gold_min_accuracy", "gold_min_answers", "rater_title", "consent_text",
+    "speeder_seconds", "exclude_speeders",
 }
 # Always editable (a contact address may move mid-study).
-FREE_FIELDS = {"name", "completion_url", "completion_code", "contact"}
+FREE_FIELDS = {"name", "completion_url", "completion_code", "contact", "screen_out_url", "screen_out_code"}
 MAX_CONSENT_TEXT = 10_000
 MAX_CONTACT = 200
 
@@ -89,6 +94,11 @@ MAX_QUOTA = 1_000_000
 MAX_GOLD_MIN_ANSWERS = 1_000
 MAX_RATERS_PER_LINK = 1_000_000
 MAX_TEXT = 200  # campaign names, rater titles, invite labels, completion URLs
+MAX_SPEEDER_SECONDS = 60.0
+# A rater is judged on the gaps between their most recent answers (server clock: the client's own timings can lie),
+# once there are enough of them that one quick click does not flag anyone.
+SPEEDER_MIN_GAPS = 5
+SPEEDER_WINDOW = 20
 
 
 def _whole(value) -> bool:
@@ -111,7 +121,8 @@ def _check_text(value, *, field: str, what: str, blank_ok: bool = False) -> str:
 
 def _check_settings(
     *, lease_seconds, quota_per_rater, gold_share, gold_min_accuracy, gold_min_answers, rater_title,
-    consent_text=DEFAULT_CONSENT_TEXT, contact="",
+    consent_text=DEFAULT_CONSENT_TEXT, contact="", speeder_seconds=1.0, exclude_speeders=False, screen_out_url="",
+    screen_out_code=None, completion_code=None,
 ) -> None:
     if not _whole(lease_seconds) or not 30 <= lease_seconds <= 86_400:
         raise AnnotationError("The lease must be between 30 seconds and one day.", field="lease_seconds")
@@ -138,6 +149,25 @@ def _check_settings(
         raise AnnotationError(f"The consent text can be at most {MAX_CONSENT_TEXT:,} characters.", field="consent_text")
     if not isinstance(contact, str) or len(contact) > MAX_CONTACT:
         raise AnnotationError(f"The contact can be at most {MAX_CONTACT} characters.", field="contact")
+    if not _number(speeder_seconds) or not 0 <= speeder_seconds <= MAX_SPEEDER_SECONDS:
+        raise AnnotationError(
+            f"The speeder threshold must be between 0 (off) and {MAX_SPEEDER_SECONDS:g} seconds per pair.",
+            field="speeder_seconds",
+        )
+    if not isinstance(exclude_speeders, bool):
+        raise AnnotationError("Say yes or no (true or false) to excluding speeders.", field="exclude_speeders")
+    if exclude_speeders and speeder_seconds == 0:
+        raise AnnotationError(
+            "Speeders cannot be excluded with the speeder check off: set a speeder threshold above 0 seconds.",
+            field="speeder_seconds",
+        )
+    if screen_out_url:
+        _check_text(screen_out_url, field="screen_out_url", what="The screen-out URL")
+    if screen_out_code is not None:
+        _check_text(screen_out_code, field="screen_out_code", what="The screen-out code")
+        if screen_out_code.strip() == (completion_code or "").strip():
+            # An excluded rater handed the completion code would be paid as if their work counted.
+            raise AnnotationError("The screen-out code must differ from the completion code.", field="screen_out_code")
 
 
 # Settings that decide whether gold can ever exclude a rater (checked together by _check_gold_can_fire).
@@ -225,6 +255,9 @@ def create_campaign(
     rater_title: str = "Compare two images",
     consent_text: str = DEFAULT_CONSENT_TEXT,
     contact: str = "",
+    screen_out_url: str = "",
+    speeder_seconds: float = 1.0,
+    exclude_speeders: bool = False,
     created_by=None,
 ) -> Campaign:
     """A draft campaign comparing ``models`` (two, or N paired as ``pairing`` says).
@@ -260,7 +293,8 @@ def create_campaign(
     _check_settings(
         lease_seconds=lease_seconds, quota_per_rater=quota_per_rater, gold_share=gold_share,
         gold_min_accuracy=gold_min_accuracy, gold_min_answers=gold_min_answers, rater_title=rater_title,
-        consent_text=consent_text, contact=contact,
+        consent_text=consent_text, contact=contact, speeder_seconds=speeder_seconds, exclude_speeders=exclude_speeders,
+        screen_out_url=screen_out_url,
     )
     _check_gold_can_fire(
         quota_per_rater=quota_per_rater, gold_share=gold_share, gold_min_answers=gold_min_answers,
@@ -273,6 +307,7 @@ def create_campaign(
             lease_seconds=lease_seconds, quota_per_rater=quota_per_rater, gold_share=gold_share,
             gold_min_accuracy=gold_min_accuracy, gold_min_answers=gold_min_answers,
             completion_url=completion_url, rater_title=rater_title, consent_text=consent_text, contact=contact,
+            screen_out_url=screen_out_url, speeder_seconds=speeder_seconds, exclude_speeders=exclude_speeders,
             created_by=created_by,
         )
         CampaignModel.objects.bulk_create(CampaignModel(campaign=campaign, model=m, position=i) for i, m in enumerate(models))
@@ -312,6 +347,9 @@ def update_campaign(campaign: Campaign, **changes) -> Campaign:
         lease_seconds=campaign.lease_seconds, quota_per_rater=campaign.quota_per_rater, gold_share=campaign.gold_share,
         gold_min_accuracy=campaign.gold_min_accuracy, gold_min_answers=campaign.gold_min_answers,
         rater_title=campaign.rater_title, consent_text=campaign.consent_text, contact=campaign.contact,
+        speeder_seconds=campaign.speeder_seconds, exclude_speeders=campaign.exclude_speeders,
+        screen_out_url=campaign.screen_out_url, screen_out_code=campaign.screen_out_code,
+        completion_code=campaign.completion_code,
     )
     if set(changed) & GOLD_RULE_FIELDS:  # only then: a campaign made before this rule can still be renamed
         _check_gold_can_fire(**{f: getattr(campaign, f) for f in GOLD_RULE_FIELDS})
@@ -938,6 +976,11 @@ def _claim(campaign, rater, criterion_id: int | None, a_on_left: bool, expires_a
 class VoteResult:
     vote: Vote
     duplicate: bool  # True when this submission repeated one already recorded
+    ended: bool = False  # True when quality control ended the rater's participation (gold, speed) after this vote
+
+
+class ParticipationEnded(AnnotationError):
+    """The rater was excluded: nothing more is recorded for them, and they are shown the screen-out ending."""
 
 
 def submit_vote(
@@ -968,6 +1011,10 @@ def submit_vote(
         if assignment is None:
             raise AnnotationError("No such task for you.")  # another rater's token reads the same as a made-up one
         existing = getattr(assignment, "vote", None)
+        if existing is None and assignment.state == Assignment.State.VOTED:
+            # A concurrent copy of this vote committed while we waited for the row lock: the lock re-reads the
+            # assignment, but the joined vote came from the statement's older snapshot. Read it afresh.
+            existing = Vote.objects.filter(assignment=assignment).first()
         if existing is not None:
             if existing.choice != choice:
                 raise AnnotationError("You already answered this task; answers cannot be changed.")
@@ -978,6 +1025,9 @@ def submit_vote(
             # A pause stops the study, not only new tasks; leases stay, so the
             # same task can be answered once it resumes (if still in time).
             raise AnnotationError("This study is paused right now, so your answer was not recorded. Please come back later.")
+        if assignment.rater_excluded:
+            # Exclusion expired the rater's open tasks; telling them the task "expired" would be false.
+            raise ParticipationEnded(SCREENED_OUT_VOTE)
         if assignment.state != Assignment.State.LEASED or assignment.expires_at <= now:
             raise AnnotationError("This task expired and went back to the pool; your answer was not recorded.")
         item = assignment.item
@@ -990,19 +1040,21 @@ def submit_vote(
             winner = Vote.Winner.TIE
         if seconds_on_task is not None and not (isinstance(seconds_on_task, (int, float)) and 0 <= seconds_on_task < 86_400):
             seconds_on_task = None
-        excluded = assignment.rater_excluded
+        excluded = False  # an excluded rater was refused above
         vote = Vote(
             assignment=assignment, choice=choice, winner=winner, seconds_on_task=seconds_on_task, excluded=excluded,
             gold_correct=(winner == Vote.Winner.A) if item.is_gold else None,  # A is the intact image
         )
-        # The vote counts toward k, except an excluded rater's: kept, but its slot goes back to the pool (gold
-        # items have no k, so nothing goes back).
-        counted = 0 if excluded else 1
-        freed = 1 if excluded and not item.is_gold else 0
-        _record_vote(vote, item.pk, counted, freed)
-    if item.is_gold and not excluded:
-        _exclude_if_failing_gold(assignment.campaign, rater)
-    return VoteResult(vote, duplicate=False)
+        _record_vote(vote, item.pk, counted=1, freed=0)
+    # Quality control runs after the vote is committed: a check that fails (or must retry) never loses the vote.
+    try:
+        ended = _exclude_if_failing_gold(assignment.campaign, rater) if item.is_gold else False
+        ended = _flag_if_speeding(assignment.campaign, rater, now) or ended
+    except OperationalError:
+        # The vote is stored and must be acknowledged; the checks run again on the rater's next answer.
+        logger.exception("quality control for rater %s in campaign %s failed; retried on their next vote", rater.pk, assignment.campaign_id)
+        ended = False
+    return VoteResult(vote, duplicate=False, ended=ended)
 
 
 _RECORD_VOTE_SQL = """
@@ -1044,45 +1096,141 @@ def _record_vote(vote: Vote, item_id: int, counted: int, freed: int) -> None:
 # --- Quality control --------------------------------------------------------------------------
 
 
-def _exclude_if_failing_gold(campaign: Campaign, rater: Rater) -> None:
+SCREENED_OUT_VOTE = "This study has ended for you, so this answer was not recorded."
+
+
+def _exclude_if_failing_gold(campaign: Campaign, rater: Rater) -> bool:
+    """Exclude the rater once their gold accuracy is below the campaign's bar; True if this call excluded them."""
     gold = Vote.objects.filter(assignment__campaign=campaign, assignment__rater=rater, gold_correct__isnull=False)
     answered = gold.count()
     if answered < campaign.gold_min_answers:
-        return
+        return False
     correct = gold.filter(gold_correct=True).count()
-    if correct / answered < campaign.gold_min_accuracy:
-        participation = Participation.objects.get(campaign=campaign, rater=rater)
-        exclude_rater(
-            participation,
-            f"automatic: gold accuracy {correct}/{answered} below {campaign.gold_min_accuracy:.0%}",
+    if correct / answered >= campaign.gold_min_accuracy:
+        return False
+    participation = Participation.objects.get(campaign=campaign, rater=rater)
+    reason = f"automatic: gold accuracy {correct}/{answered} below {campaign.gold_min_accuracy:.0%}"
+    return _exclude_with_retry(participation.pk, reason) is not None
+
+
+def median_seconds_between_votes(campaign: Campaign, rater: Rater, window: int = SPEEDER_WINDOW) -> tuple[float | None, int]:
+    """The median gap between the rater's last ``window`` + 1 answers, by the server's clock, and how many gaps."""
+    times = list(
+        Vote.objects.filter(assignment__campaign=campaign, assignment__rater=rater)
+        .order_by("-created_at").values_list("created_at", flat=True)[: window + 1]
+    )
+    gaps = [(later - earlier).total_seconds() for later, earlier in zip(times, times[1:])]
+    return (statistics.median(gaps) if gaps else None), len(gaps)
+
+
+def _flag_if_speeding(campaign: Campaign, rater: Rater, now: datetime) -> bool:
+    """Flag (and, if the campaign says so, exclude) a rater answering faster than pairs can be judged.
+
+    True if this call excluded them. The server's clock decides, not the page's reported seconds, which a script sets
+    to anything.
+    """
+    if campaign.speeder_seconds <= 0:
+        return False
+    median, gaps = median_seconds_between_votes(campaign, rater)
+    if gaps < SPEEDER_MIN_GAPS or median >= campaign.speeder_seconds:
+        return False
+    participation = Participation.objects.get(campaign=campaign, rater=rater)
+    if participation.speeder_flagged_at is None:
+        Participation.objects.filter(pk=participation.pk, speeder_flagged_at__isnull=True).update(
+            speeder_flagged_at=now, speeder_median_seconds=round(median, 3)
         )
+    if not campaign.exclude_speeders or participation.excluded:
+        return False
+    reason = f"automatic: speeder, median {median:.2f} s between answers, below {campaign.speeder_seconds:g} s"
+    return _exclude_with_retry(participation.pk, reason) is not None
+
+
+EXCLUSION_ATTEMPTS = 5
 
 
 def exclude_rater(participation: Participation, reason: str) -> int:
     """Stop a rater's votes from counting; they are kept, flagged. Their items reopen. Returns votes flagged.
 
-    Idempotent: excluding twice changes nothing.
+    Idempotent: excluding twice changes nothing (and returns 0).
+    """
+    return _exclude_with_retry(participation.pk, reason) or 0
+
+
+def _exclude_with_retry(participation_id: int, reason: str) -> int | None:
+    """Votes flagged, or None if the rater was already excluded.
+
+    Locks rows in one global order (participation, the rater's assignments by id, items by id), as the vote and the
+    claim do, and retries if PostgreSQL still breaks a deadlock: two exclusions at once both land.
     """
     reason = (reason or "").strip() or "excluded by a researcher"
-    with transaction.atomic():
-        participation = Participation.objects.select_for_update().get(pk=participation.pk)
-        if participation.excluded:
-            return 0
-        Participation.objects.filter(pk=participation.pk).update(excluded=True, exclusion_reason=reason[:300], excluded_at=timezone.now())
-        votes = Vote.objects.filter(
-            assignment__campaign_id=participation.campaign_id, assignment__rater_id=participation.rater_id, excluded=False
+    for attempt in range(EXCLUSION_ATTEMPTS):
+        try:
+            with transaction.atomic():
+                return _exclude(participation_id, reason)
+        except OperationalError:
+            if attempt == EXCLUSION_ATTEMPTS - 1:
+                raise
+            time.sleep(0.01 * 2**attempt * (1 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def _exclude(participation_id: int, reason: str) -> int | None:
+    participation = Participation.objects.select_for_update().get(pk=participation_id)
+    if participation.excluded:
+        return None
+    Participation.objects.filter(pk=participation.pk).update(excluded=True, exclusion_reason=reason[:300], excluded_at=timezone.now())
+    mine = {"campaign_id": participation.campaign_id, "rater_id": participation.rater_id}
+    # The assignment rows first (a vote locks its assignment, then its item), in id order.
+    leased = list(
+        Assignment.objects.select_for_update().filter(**mine, state=Assignment.State.LEASED).order_by("id").values_list("id", "item_id")
+    )
+    votes = Vote.objects.filter(**{f"assignment__{k}": v for k, v in mine.items()}, excluded=False)
+    counted_items = Counter(votes.filter(assignment__item__gold_image__isnull=True).values_list("assignment__item_id", flat=True))
+    flagged = votes.update(excluded=True)
+    Assignment.objects.filter(id__in=[a for a, _ in leased]).update(state=Assignment.State.EXPIRED)
+    released = Counter(item for _, item in leased)
+    # One pass over the items in id order: votes given back and leases released together, never two passes that
+    # another exclusion could interleave with in the opposite order.
+    for item_id in sorted(set(counted_items) | set(released)):
+        n, leases = counted_items.get(item_id, 0), released.get(item_id, 0)
+        ComparisonItem.objects.filter(pk=item_id, gold_image__isnull=True).update(
+            votes=F("votes") - n, open_leases=F("open_leases") - leases, remaining=F("remaining") + n + leases
         )
-        counted_items = Counter(votes.filter(assignment__item__gold_image__isnull=True).values_list("assignment__item_id", flat=True))
-        flagged = votes.update(excluded=True)
-        for item_id, n in sorted(counted_items.items()):
-            ComparisonItem.objects.filter(pk=item_id).update(votes=F("votes") - n, remaining=F("remaining") + n)
-        open_leases = Assignment.objects.select_for_update().filter(
-            campaign_id=participation.campaign_id, rater_id=participation.rater_id, state=Assignment.State.LEASED
-        )
-        released = Counter(open_leases.values_list("item_id", flat=True))
-        open_leases.update(state=Assignment.State.EXPIRED)
-        _release_slots(released)
+        if leases:
+            ComparisonItem.objects.filter(pk=item_id, gold_image__isnull=False).update(open_leases=F("open_leases") - leases)
     return flagged
+
+
+@dataclass(frozen=True)
+class RaterEnding:
+    """How a rater's participation ended: the code they hand to the crowd platform, or where they are sent."""
+
+    screened_out: bool  # excluded by quality control: the screen-out code, never the completion code
+    code: str
+    url: str  # "" when the page shows the code instead
+
+
+def _with_code(url: str, code: str) -> str:
+    return url.replace("{code}", code) if url else ""
+
+
+def rater_ending(participation: Participation) -> RaterEnding | None:
+    """The rater's ending, or None while they still have work: excluded raters always get the screen-out one."""
+    campaign = participation.campaign
+    if participation.excluded:
+        return RaterEnding(True, campaign.screen_out_code, _with_code(campaign.screen_out_url, campaign.screen_out_code))
+    if participation.completed_at is not None:
+        return RaterEnding(False, campaign.completion_code, _with_code(campaign.completion_url, campaign.completion_code))
+    return None
+
+
+def end_if_out_of_tasks(participation: Participation) -> RaterEnding:
+    """Called when the engine has no task left for the rater: complete them (unless excluded) and say how it ended."""
+    if not participation.excluded:
+        complete_if_done(participation)
+    ending = rater_ending(participation)
+    assert ending is not None
+    return ending
 
 
 def complete_if_done(participation: Participation) -> None:

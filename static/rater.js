@@ -86,6 +86,7 @@
       if (!message && response.status === 403) message = "Your session has expired. Please reload the page.";
       var err = new Error(message || "Something went wrong on the server (" + response.status + "). Please try again.");
       err.status = response.status;
+      err.ended = data && data.ended;
       throw err;
     });
   }
@@ -121,6 +122,7 @@
       .catch(function () { throw networkError(); })
       .then(readJson)
       .then(function (data) {
+        if (data.ended) return leave(data.ended);
         showProgress(data.progress);
         var open = {};
         data.tasks.forEach(function (task) { open[task.id] = true; });
@@ -279,11 +281,13 @@
       .then(readJson)
       .then(
         function (data) {
+          if (data.ended) { leave(data.ended); return true; }
           showProgress(data.progress);
           if (el.message.classList.contains("error")) say("");
           return true;
         },
         function (err) {
+          if (err.ended) { leave(err.ended); return true; }
           // Lost on the way, or the server failed: sending again is safe, a
           // recorded vote comes back as a duplicate.
           if ((err.status === 0 || err.status >= 500) && attempt < VOTE_ATTEMPTS) {
@@ -302,6 +306,13 @@
         votesInFlight -= 1;
         refill();
       });
+  }
+
+  // The study ended for this rater (quality control excluded them): their ending page says so and why.
+  function leave(url) {
+    finished = true;
+    setState("done");
+    window.location.assign(url);
   }
 
   function finish(completion) {

@@ -51,6 +51,14 @@ class Command(BaseCommand):
         )
         create.add_argument("--consent-file", metavar="PATH", help="the consent text from a UTF-8 file")
         create.add_argument("--contact", help="who raters can write to about the study")
+        create.add_argument(
+            "--screen-out-url", help="where raters excluded by quality control go ({code}: the screen-out code)",
+        )
+        create.add_argument(
+            "--speeder-seconds", type=float, metavar="S",
+            help="flag raters whose median time between answers is below S seconds (default 1; 0 turns it off)",
+        )
+        create.add_argument("--exclude-speeders", action="store_true", help="exclude flagged speeders automatically")
 
         launch = sub.add_parser("launch", help="generate the campaign's images and go live when they are ready")
         launch.add_argument("name")
@@ -99,6 +107,8 @@ class Command(BaseCommand):
             "gold_min_accuracy": o["gold_min_accuracy"], "quota_per_rater": o["quota"], "lease_seconds": o["lease"],
             "completion_url": o["completion_url"], "rater_title": o["rater_title"],
             "consent_text": self._consent_text(o["consent_text"], o["consent_file"]), "contact": o["contact"],
+            "screen_out_url": o["screen_out_url"], "speeder_seconds": o["speeder_seconds"],
+            "exclude_speeders": o["exclude_speeders"] or None,
         }
         form = CampaignForm.from_payload({k: v for k, v in payload.items() if v is not None})
         campaign = form.create() if form.is_valid() else None
