@@ -318,7 +318,9 @@ class Loop:
             return existing
         return annotation_services.create_campaign(
             name=name, models=models, prompt_set=self.prompt_set(), seeds=generation_services.parse_seeds(self.scale.seeds),
-            quota_per_rater=self.scale.quota, gold_share=self.scale.gold_share, rater_title="Which picture is better?")
+            quota_per_rater=self.scale.quota, gold_share=self.scale.gold_share, rater_title="Which picture is better?",
+            # Simulated raters answer as fast as the machine serves them; the speeder check is for people.
+            speeder_seconds=0)
 
     def evaluate(self, campaign: Campaign) -> dict:
         campaign = self.launch(campaign)

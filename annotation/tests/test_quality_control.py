@@ -312,7 +312,8 @@ def test_the_command_the_api_the_form_and_the_admin_all_refuse_it_with_the_messa
     admin_form = {
         "name": "cli", "gold_share": "0.1", "gold_min_accuracy": "0.7", "gold_min_answers": "4", "quota_per_rater": "20",
         "lease_seconds": "600", "rater_title": cli.rater_title, "consent_text": cli.consent_text, "contact": "",
-        "completion_code": cli.completion_code, "completion_url": "",
+        "completion_code": cli.completion_code, "completion_url": "", "screen_out_code": cli.screen_out_code,
+        "screen_out_url": "", "speeder_seconds": "1.0",
         **{f"{prefix}-{k}": v for prefix in ("campaign_models", "criteria") for k, v in
            {"TOTAL_FORMS": "0", "INITIAL_FORMS": "0", "MIN_NUM_FORMS": "0", "MAX_NUM_FORMS": "1000"}.items()},
     }
