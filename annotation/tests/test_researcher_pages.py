@@ -362,3 +362,26 @@ def test_the_votes_csv_neutralises_formulas_from_prompts_categories_and_rater_id
     assert {row["prompt"] for row in rows} == {"'" + text for text in FORMULA_PROMPTS}
     assert {(row["category"], row["challenge"], row["external_id"]) for row in rows} == {("'+1", "'-2+3", "'@SUM(A1)")}
     assert {row["rater_id"] for row in rows} == {str(participation.rater_id)}  # numbers untouched
+
+
+def test_a_right_to_left_override_in_crowd_ids_or_prompts_is_isolated_on_researcher_pages(staff_client, live_campaign):
+    """Ids are stripped of bidi controls when raters join, but rows stored before, and prompts, can still hold one:
+    the page isolates each untrusted value, so it cannot reorder the columns and text around it."""
+    from generation.models import GenerationBatch, Prompt
+
+    link = services.create_invite_link(live_campaign)
+    joined = services.join_with_invite(link.token, {"PROLIFIC_PID": "p-1", "STUDY_ID": "st-1", "SESSION_ID": "s-1"})
+    rtl = {name: f"\u202e{name}-evil" for name in ("prolific_pid", "study_id", "session_id", "external_id")}
+    Participation.objects.filter(pk=joined.pk).update(**rtl)
+    joined.rater.__class__.objects.filter(pk=joined.rater_id).update(external_id=rtl["external_id"])
+
+    response = staff_client.get(reverse("annotation:campaign_detail", args=[live_campaign.pk]))
+    page = html.unescape(response.content.decode())
+    for value in rtl.values():
+        assert f"<bdi>{value}</bdi>" in page
+        assert page.count(value) == page.count(f"<bdi>{value}</bdi>")  # shown nowhere without isolation
+
+    prompt = live_campaign.prompt_set.prompts.order_by("position").first()
+    Prompt.objects.filter(pk=prompt.pk).update(text="\u202ea red apple")
+    batch = staff_client.get(reverse("generation:batch_detail", args=[GenerationBatch.objects.get().pk]))
+    assert "<td><bdi>\u202ea red apple</bdi></td>" in html.unescape(batch.content.decode())

@@ -24,7 +24,8 @@ def test_numbers_stay_numbers_even_when_negative(value):
 
 
 def test_plain_text_none_and_booleans_read_as_before():
-    assert [csv_export.cell(v) for v in ["a cat", "x=1", "", None, True, False]] == ["a cat", "x=1", "", "", "true", "false"]
+    cells = [csv_export.cell(v) for v in ["a cat", "x=1", "", None, True, False]]
+    assert cells == ["a cat", "x=1", "", "", "true", "false"]
 
 
 def test_a_neutralised_cell_survives_the_round_trip_through_a_csv_reader():
