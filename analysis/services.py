@@ -42,6 +42,7 @@ from django.utils.text import slugify
 from annotation import selectors as annotation_selectors
 from annotation.models import Campaign, ComparisonItem, Participation, Vote
 from annotation.services import model_pairs
+from generation import csv_export
 
 from . import stats
 from .selectors import VOTE_COLUMNS, votes_frame
@@ -936,28 +937,6 @@ def _campaign_win_rates(campaign: Campaign) -> list[dict]:
 # --- Exports ----------------------------------------------------------------------------------
 
 
-class _Line:
-    """A file-like object whose write returns the line, so csv.writer can feed a stream."""
-
-    def write(self, value):
-        return value
-
-
-def _csv_cell(value):
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return value
-
-
-def _csv_lines(header, rows) -> Iterator[str]:
-    writer = csv.writer(_Line())
-    yield writer.writerow(header)
-    for row in rows:
-        yield writer.writerow([_csv_cell(v) for v in row])
-
-
 VOTES_CSV_COLUMNS = [*annotation_selectors.VOTE_EXPORT_COLUMNS, "counted"]
 
 
@@ -968,7 +947,7 @@ def votes_csv(campaign: Campaign) -> Iterator[str]:
     """
     gold, excluded = (annotation_selectors.VOTE_EXPORT_COLUMNS.index(name) for name in ("gold", "excluded"))
     rows = ([*row, not row[gold] and not row[excluded]] for row in annotation_selectors.vote_export_rows(campaign))
-    return _csv_lines(VOTES_CSV_COLUMNS, rows)
+    return csv_export.lines(VOTES_CSV_COLUMNS, rows)
 
 
 ITEMS_CSV_COLUMNS = [
@@ -1014,7 +993,7 @@ def items_csv(campaign: Campaign) -> Iterator[str]:
                 *counts, total, majority, model, total >= item["criterion__votes_per_item"],
             ]
 
-    return _csv_lines(ITEMS_CSV_COLUMNS, rows())
+    return csv_export.lines(ITEMS_CSV_COLUMNS, rows())
 
 
 def report_json(report: CampaignReport) -> str:

@@ -123,15 +123,16 @@ def _bad_token_key(request) -> str:
     return f"bad-token:{ratelimit.client_address(request)}"
 
 
-def _refuse_token(request, *, as_json: bool = False, message: str = INVALID_PAGE):
+def _refuse_token(request, *, as_json: bool = False, message: str = INVALID_PAGE, status: int = 404,
+                  heading: str = "Not available"):
     """The one answer to any token this client may not use: 404, or 429 once it has presented too many."""
     if not ratelimit.allow(_bad_token_key(request), settings.NEEDLE_BAD_TOKEN_LIMIT_PER_MINUTE):
         if as_json:
             return JsonResponse({"error": TOO_MANY_BAD_TOKENS}, status=429)
         return _message_page(request, TOO_MANY_BAD_TOKENS, status=429, heading="Too many attempts")
     if as_json:
-        return JsonResponse({"error": message}, status=404)
-    return _message_page(request, message, status=404)
+        return JsonResponse({"error": message}, status=status)
+    return _message_page(request, message, status=status, heading=heading)
 
 
 def _remember(request, participation: Participation) -> None:
@@ -289,7 +290,9 @@ def join(request, link_token: str):
 
     Crowd ids (PROLIFIC_PID, STUDY_ID, SESSION_ID or external_id) come in the
     link's query string and are carried through the form as hidden fields; a
-    worker who comes back with the same PROLIFIC_PID resumes their participation.
+    worker who comes back with the same PROLIFIC_PID, STUDY_ID and SESSION_ID
+    resumes their participation, and the same PROLIFIC_PID with other ids is
+    refused (``services.join_with_invite``).
     """
     # Once a client has presented too many bad tokens, refuse every invite
     # token for the rest of the minute, good ones too: answering good ones
@@ -309,6 +312,12 @@ def join(request, link_token: str):
         if participation is None:
             try:
                 participation = services.join_with_invite(link_token, params)
+            except services.ParticipationTaken as exc:
+                # Counted like a bad token: trying other SESSION_IDs for a known PROLIFIC_PID is guessing.
+                return _refuse_token(request, message=str(exc), status=403, heading="Already taking part")
+            except services.CrowdIdError as exc:
+                return _message_page(request, str(exc), status=400, heading="This link is damaged",
+                                     rater_title=campaign.rater_title)
             except services.AnnotationError as exc:  # the study is closed or full
                 return _message_page(request, str(exc), status=409, rater_title=campaign.rater_title)
         services.record_consent(participation)
@@ -321,7 +330,12 @@ def join(request, link_token: str):
     joined = _joined_in_session(request, campaign)
     if joined is not None and joined.consented_at is not None:
         return redirect("rate:page", joined.token)
-    hidden = {name: request.GET[name][:200] for name in CROWD_PARAMETERS if request.GET.get(name)}
+    try:
+        ids = services.crowd_ids(request.GET)
+    except services.CrowdIdError as exc:  # said before the rater reads the consent, not after they agree
+        return _message_page(request, str(exc), status=400, heading="This link is damaged",
+                             rater_title=campaign.rater_title)
+    hidden = {name: value for name, value in ids.items() if value}
     return _consent_page(request, campaign, action=request.path, hidden=hidden)
 
 

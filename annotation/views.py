@@ -4,8 +4,6 @@ Views stay thin: what they show comes from selectors, what they change goes
 through services, whose refusals are shown to the researcher as they are.
 """
 
-import csv
-
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.db.models import Count
@@ -16,6 +14,7 @@ from django.utils.text import slugify
 from django.views.decorators.http import require_POST, require_safe
 
 from analysis.services import campaign_win_rates
+from generation import csv_export
 
 from . import selectors, services
 from .api import campaign_state, launch_images
@@ -151,33 +150,12 @@ def exclude_rater(request, pk, participation_pk):
     return redirect("annotation:campaign_detail", pk)
 
 
-class _Echo:
-    """A file-like object whose write returns the line, so csv.writer can feed a streaming response."""
-
-    def write(self, value):
-        return value
-
-
-def _cell(value):
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return value
-
-
 @staff_member_required
 def votes_csv(request, pk):
     campaign = _campaign(pk)
-    writer = csv.writer(_Echo())
-
-    def lines():
-        yield writer.writerow(selectors.VOTE_EXPORT_COLUMNS)
-        for row in selectors.vote_export_rows(campaign):
-            yield writer.writerow([_cell(v) for v in row])
-
     # Streamed, row by row from a database cursor: a campaign of millions of votes never sits in memory.
-    response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
+    lines = csv_export.lines(selectors.VOTE_EXPORT_COLUMNS, selectors.vote_export_rows(campaign))
+    response = StreamingHttpResponse(lines, content_type="text/csv; charset=utf-8")
     filename = f"{slugify(campaign.name) or f'campaign-{campaign.pk}'}-votes.csv"
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response

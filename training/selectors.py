@@ -7,6 +7,7 @@ from pathlib import Path
 
 from django.urls import reverse
 
+from generation import csv_export
 from training import checkpoints
 from training.validation import GRID_FILE, LOSS_CURVE_FILE, VALIDATION_DIR
 
@@ -182,9 +183,7 @@ def outcome_records(curation_run):
 
 def write_outcomes_csv(curation_run, stream) -> int:
     """Write the run's outcomes as CSV (OUTCOME_CSV_COLUMNS; scores as JSON) to a text stream; returns the row count."""
-    import csv
-
-    writer = csv.writer(stream)
+    writer = csv_export.writer(stream)
     writer.writerow(OUTCOME_CSV_COLUMNS)
     count = 0
     for record in outcome_records(curation_run):

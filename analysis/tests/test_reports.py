@@ -582,3 +582,23 @@ def test_the_campaign_page_shows_win_rates_with_the_report_numbers(world, staff_
     assert rows["visual_appeal"]["compared"] == appeal.compared and rows["visual_appeal"]["wins"] == appeal.item_outcomes.wins
     listing = staff_client.get(reverse("annotation:campaign_list")).content.decode()
     assert f'href="/analysis/campaigns/{world.campaign.pk}/report/"' in listing
+
+
+def test_csv_exports_neutralise_formulas_that_strangers_wrote_and_keep_numbers(world):
+    from generation.models import Prompt
+
+    formulas = ['=HYPERLINK("http://x")', "\tx", "\rx", "@SUM(A1)", "+1", "-2+3"]
+    written = set()
+    for i, prompt in enumerate(world.campaign.prompt_set.prompts.order_by("position")):
+        text = f"{formulas[i % len(formulas)]} {i}"
+        written.add(text)
+        Prompt.objects.filter(pk=prompt.pk).update(text=text, category="+1", challenge="-2+3")
+    Rater.objects.filter(assignments__campaign=world.campaign).update(external_id="@SUM(A1)")
+
+    votes = pd.read_csv(StringIO("".join(services.votes_csv(world.campaign)), newline=""), keep_default_na=False)
+    items = pd.read_csv(StringIO("".join(services.items_csv(world.campaign)), newline=""), keep_default_na=False)
+    for frame in (votes, items):
+        assert set(frame["prompt"]) == {"'" + text for text in written}
+        assert set(frame["category"]) == {"'+1"} and set(frame["challenge"]) == {"'-2+3"}
+        assert frame["seed"].dtype.kind == "i" and frame["prompt_id"].dtype.kind == "i"  # numbers stay numbers
+    assert set(votes["external_id"]) == {"'@SUM(A1)"} and votes["seconds_on_task"].dtype.kind == "f"

@@ -6,7 +6,9 @@ Each input must be refused with a message that says what to fix, never a 500 or 
 
 from __future__ import annotations
 
+import html
 import json
+import re
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -16,7 +18,7 @@ from django.urls import reverse
 from annotation import services
 from annotation.api import issue_api_token
 from annotation.models import Campaign, CampaignCriterion, CampaignModel, InviteLink, Participation, PlacementCounter
-from evalsite.bad_input import check, from_call, from_command, from_form_page, from_json_request, snapshot
+from evalsite.bad_input import Answer, check, from_call, from_command, from_form_page, from_json_request, snapshot
 
 pytestmark = pytest.mark.django_db
 
@@ -256,3 +258,47 @@ def test_services_refuse_values_of_the_wrong_type(two_models, prompt_set, draft)
     ]:
         before = state()
         check(case, "service", from_call(call, services.AnnotationError), says=says, before=before, after=state())
+
+
+# --- The rater's invite link: crowd ids a stranger wrote ------------------------------------------------------------
+
+
+def from_rater_page(response) -> Answer:
+    """A rater page's answer: a 4xx page is a refusal whose message is the page's text, a 5xx a traceback."""
+    text = html.unescape(re.sub(r"<[^>]+>", " ", response.content.decode()))
+    if response.status_code >= 500:
+        return Answer("traceback", text, status=response.status_code)
+    return Answer("refused" if response.status_code >= 400 else "accepted", text, status=response.status_code)
+
+
+def test_the_invite_link_refuses_crowd_ids_that_are_no_id_or_someone_else_s(draft):
+    from django.core.cache import cache
+
+    Campaign.objects.filter(pk=draft.pk).update(status=Campaign.Status.LIVE)
+    link = services.create_invite_link(draft)
+    url = reverse("rate:join", args=[link.token])
+    owner = {"PROLIFIC_PID": "5f1d0c0ffee0000000000003", "STUDY_ID": "study-44", "SESSION_ID": "session-9"}
+    assert Client().post(url, owner).status_code == 302
+    for case, method, params, says in [
+        ("join: a PROLIFIC_PID of 101 characters (consent page)", "get", {**owner, "PROLIFIC_PID": "p" * 101},
+         ["PROLIFIC_PID", "101 characters", "at most 100", "study platform"]),
+        ("join: a SESSION_ID of 5,000 characters", "post", {**owner, "SESSION_ID": "s" * 5000},
+         ["SESSION_ID", "5,000 characters", "at most 100"]),
+        ("join: an external_id of 201 characters", "post", {"external_id": "e" * 201}, ["external_id", "at most 200"]),
+        ("join: someone else's PROLIFIC_PID with another SESSION_ID", "post", {**owner, "SESSION_ID": "session-10"},
+         ["already started this study in another session", "Prolific", "organisers"]),
+        ("join: someone else's PROLIFIC_PID alone", "post", {"PROLIFIC_PID": owner["PROLIFIC_PID"]},
+         ["already started this study in another session"]),
+    ]:
+        cache.clear()  # refusals of someone else's id count toward the bad-token limit
+        before = state()
+        answer = from_rater_page(getattr(Client(), method)(url, params))
+        check(case, "rater page", answer, says=says, before=before, after=state())
+    for case, params, field in [
+        ("join_with_invite: a STUDY_ID of 101 characters", {**owner, "STUDY_ID": "s" * 101}, "STUDY_ID"),
+        ("join_with_invite: a NUL-padded PROLIFIC_PID of 200 characters", {"PROLIFIC_PID": "\x00" + "p" * 199},
+         "PROLIFIC_PID"),
+    ]:
+        before = state()
+        answer = from_call(lambda: services.join_with_invite(link.token, params), services.AnnotationError)
+        check(case, "service", answer, says=[field, "at most 100"], field=field, before=before, after=state())

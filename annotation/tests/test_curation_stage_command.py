@@ -165,3 +165,15 @@ def test_a_rating_stage_keeps_at_the_threshold_and_trains_an_aesthetic_head(funn
     out = stage("train-head", "rated", "--clip", clip, "--out", tmp_path / "heads" / "rated.pth")
     assert out.strip() == f"Trained an aesthetic head on rated's ratings: {tmp_path / 'heads' / 'rated.pth'}"
     assert AestheticHead.load(tmp_path / "heads" / "rated.pth").module.input_dim == 32
+
+
+def test_the_decisions_export_neutralises_formulas_in_captions(tmp_path):
+    from training.models import Candidate
+
+    run = make_funnel(tmp_path / "photos", [(5.0, 0.3), (5.5, 0.3)], rejected=0)
+    for candidate, caption in zip(Candidate.objects.order_by("pk"), ['=HYPERLINK("http://x")', "@SUM(A1)"]):
+        Candidate.objects.filter(pk=candidate.pk).update(caption=caption)
+    stage("open-generalist", "gen", "--funnel-run", run.pk)
+    rows = list(csv.DictReader(io.StringIO(stage("export", "gen"), newline="")))
+    assert sorted(r["caption"] for r in rows) == ["'=HYPERLINK(\"http://x\")", "'@SUM(A1)"]
+    assert [r["position"] for r in rows] == ["1", "2"]

@@ -203,7 +203,9 @@ def test_invite_links_enrol_crowd_workers_once_and_respect_limits(live_campaign)
     params = {"PROLIFIC_PID": "5f00aa", "STUDY_ID": "study-1", "SESSION_ID": "s-1"}
     first = services.join_with_invite(link.token, params)
     assert (first.prolific_pid, first.study_id, first.session_id, first.external_id) == ("5f00aa", "study-1", "s-1", "5f00aa")
-    assert services.join_with_invite(link.token, {**params, "SESSION_ID": "s-2"}).pk == first.pk  # same worker resumes
+    assert services.join_with_invite(link.token, dict(params)).pk == first.pk  # same worker resumes
+    with pytest.raises(services.ParticipationTaken, match="already started this study in another session"):
+        services.join_with_invite(link.token, {**params, "SESSION_ID": "s-2"})  # the same PID alone resumes nothing
     services.join_with_invite(link.token, {"external_id": "mturk-7"})
     with pytest.raises(services.AnnotationError, match="full"):
         services.join_with_invite(link.token, {"PROLIFIC_PID": "other"})

@@ -316,3 +316,72 @@ JSON_KEYS = {
     "tasks", "progress", "done", "total", "completion", "code", "url", "id", "question", "instructions", "prompt",
     "choices", "value", "label", "keys", "images", "left", "right", "recorded", "duplicate", "error",
 }
+
+
+# --- Crowd ids: someone else's PROLIFIC_PID, ids with characters no id has ------------------------------------------
+
+
+def test_someone_else_presenting_a_known_prolific_pid_is_refused_and_learns_nothing(live_campaign):
+    link = services.create_invite_link(live_campaign)
+    owner = Client()
+    mine = join(owner, live_campaign, PROLIFIC, link=link)
+    task = first_task(owner, mine)
+    url = reverse("rate:join", args=[link.token])
+    for others in [{**PROLIFIC, "SESSION_ID": "session-9"}, {**PROLIFIC, "STUDY_ID": "study-99"},
+                   {"PROLIFIC_PID": PROLIFIC["PROLIFIC_PID"]}]:
+        intruder = Client()
+        assert intruder.get(url, others).status_code == 200  # the consent page, as anyone sees it
+        response = intruder.post(url, others)
+        page = response.content.decode()
+        assert response.status_code == 403 and "already started this study in another session" in page
+        assert "Traceback" not in page
+        for secret in (mine.token, task["id"], PROLIFIC["SESSION_ID"], PROLIFIC["STUDY_ID"]):
+            assert secret not in page
+        assert not intruder.session.get("rater_participations")
+        assert intruder.get(reverse("rate:tasks", args=[mine.token])).status_code == 404
+    assert Participation.objects.count() == 1
+
+    # The owner, after a browser restart or on another device, comes back with the same three ids: same tasks.
+    again = Client()
+    assert join(again, live_campaign, PROLIFIC, link=link).pk == mine.pk
+    assert first_task(again, mine)["id"] == task["id"]
+
+
+def test_trying_session_ids_for_a_known_prolific_pid_counts_as_guessing(client, live_campaign, settings):
+    settings.NEEDLE_BAD_TOKEN_LIMIT_PER_MINUTE = 2
+    link = services.create_invite_link(live_campaign)
+    join(Client(), live_campaign, PROLIFIC, link=link)
+    url = reverse("rate:join", args=[link.token])
+    statuses = [client.post(url, {**PROLIFIC, "SESSION_ID": f"guess-{i}"}).status_code for i in range(3)]
+    assert statuses == [403, 403, 429]
+
+
+@pytest.mark.parametrize("raw", [
+    "5f1d\x00c0ffee",  # NUL: an error on PostgreSQL, a 500 before
+    "\x075f1d\x1bc0ffee\r\n",  # control characters
+    "\u202e5f1dc0ffee\u202c",  # a right-to-left override that would reorder the researcher's pages
+    "5f1d\u2066c0\u200bffee\u2069",  # a bidi isolate and a zero-width space
+], ids=["NUL", "controls", "RTL override", "isolate and zero width"])
+def test_a_crowd_id_with_characters_no_id_has_joins_with_them_stripped(client, live_campaign, raw):
+    link = services.create_invite_link(live_campaign)
+    url = reverse("rate:join", args=[link.token])
+    params = {"PROLIFIC_PID": raw, "STUDY_ID": raw, "SESSION_ID": raw}
+    page = client.get(url, params)
+    assert page.status_code == 200 and 'name="PROLIFIC_PID" value="5f1dc0ffee"' in page.content.decode()
+    assert client.post(url, params).status_code == 302
+    joined = Participation.objects.select_related("rater").get()
+    ids = (joined.prolific_pid, joined.study_id, joined.session_id, joined.external_id, joined.rater.external_id)
+    assert ids == ("5f1dc0ffee",) * 5
+    # The same link, opened again elsewhere, resumes: the ids are compared as stored.
+    assert join(Client(), live_campaign, params, link=link).pk == joined.pk
+
+
+def test_an_overlong_crowd_id_is_refused_before_consent_and_nothing_is_stored(client, live_campaign):
+    link = services.create_invite_link(live_campaign)
+    url = reverse("rate:join", args=[link.token])
+    params = {**PROLIFIC, "PROLIFIC_PID": "5f" * 51}
+    for response in (client.get(url, params), client.post(url, params)):
+        page = response.content.decode()
+        assert response.status_code == 400 and "The PROLIFIC_PID in this link is 102 characters long" in page
+        assert "at most 100" in page and "Traceback" not in page
+    assert not Participation.objects.exists()

@@ -336,3 +336,52 @@ def test_the_campaign_page_follows_votes_as_they_arrive(live_server, live_campai
         shots.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(shots / "campaign-dashboard.png"), full_page=True)
         browser.close()
+
+
+# Cells a spreadsheet would run as formulas, as a stranger could write a prompt, a category or a crowd id.
+FORMULA_PROMPTS = ['=HYPERLINK("http://x")', "\tx", "\rx", "@SUM(A1)"]
+
+
+def campaign_with_formulas(campaign) -> Participation:
+    """The campaign's prompts, categories and challenges, and one voting rater's PROLIFIC_PID, all formulas."""
+    from generation.models import Prompt
+
+    for prompt, text in zip(campaign.prompt_set.prompts.order_by("position"), FORMULA_PROMPTS):
+        Prompt.objects.filter(pk=prompt.pk).update(text=text, category="+1", challenge="-2+3")
+    link = services.create_invite_link(campaign)
+    participation = services.join_with_invite(link.token, {"PROLIFIC_PID": "@SUM(A1)", "STUDY_ID": "s", "SESSION_ID": "x"})
+    assert vote_everything(campaign, participation.rater, "a") == 40
+    return participation
+
+
+def test_the_votes_csv_neutralises_formulas_from_prompts_categories_and_rater_ids(staff_client, live_campaign):
+    participation = campaign_with_formulas(live_campaign)
+    response = staff_client.get(reverse("annotation:votes_csv", args=[live_campaign.pk]))
+    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode(), newline="")))
+    assert len(rows) == 40
+    assert {row["prompt"] for row in rows} == {"'" + text for text in FORMULA_PROMPTS}
+    assert {(row["category"], row["challenge"], row["external_id"]) for row in rows} == {("'+1", "'-2+3", "'@SUM(A1)")}
+    assert {row["rater_id"] for row in rows} == {str(participation.rater_id)}  # numbers untouched
+
+
+def test_a_right_to_left_override_in_crowd_ids_or_prompts_is_isolated_on_researcher_pages(staff_client, live_campaign):
+    """Ids are stripped of bidi controls when raters join, but rows stored before, and prompts, can still hold one:
+    the page isolates each untrusted value, so it cannot reorder the columns and text around it."""
+    from generation.models import GenerationBatch, Prompt
+
+    link = services.create_invite_link(live_campaign)
+    joined = services.join_with_invite(link.token, {"PROLIFIC_PID": "p-1", "STUDY_ID": "st-1", "SESSION_ID": "s-1"})
+    rtl = {name: f"\u202e{name}-evil" for name in ("prolific_pid", "study_id", "session_id", "external_id")}
+    Participation.objects.filter(pk=joined.pk).update(**rtl)
+    joined.rater.__class__.objects.filter(pk=joined.rater_id).update(external_id=rtl["external_id"])
+
+    response = staff_client.get(reverse("annotation:campaign_detail", args=[live_campaign.pk]))
+    page = html.unescape(response.content.decode())
+    for value in rtl.values():
+        assert f"<bdi>{value}</bdi>" in page
+        assert page.count(value) == page.count(f"<bdi>{value}</bdi>")  # shown nowhere without isolation
+
+    prompt = live_campaign.prompt_set.prompts.order_by("position").first()
+    Prompt.objects.filter(pk=prompt.pk).update(text="\u202ea red apple")
+    batch = staff_client.get(reverse("generation:batch_detail", args=[GenerationBatch.objects.get().pk]))
+    assert "<td><bdi>\u202ea red apple</bdi></td>" in html.unescape(batch.content.decode())

@@ -3,6 +3,7 @@ selections, aesthetic heads from ratings, pages and the ``curate`` command."""
 
 from __future__ import annotations
 
+import csv
 import fcntl
 import io
 import json
@@ -338,3 +339,20 @@ def test_the_forms_import_a_folder_and_show_a_run_s_refusal_next_to_its_field(db
     page = staff_client.post(new_run, data).content.decode()
     assert 'id="clip_model_path-error"' in page and "need a CLIP model" in page
     assert not CurationRun.objects.exists()
+
+
+def test_the_outcomes_csv_neutralises_formulas_in_captions_and_reasons_and_keeps_negative_scores(db, tmp_path):
+    from annotation.tests.test_curation_stages import make_funnel
+    from training.models import Candidate
+    from training.selectors import write_outcomes_csv
+
+    run = make_funnel(tmp_path / "photos", [(-2.5, -0.125)], rejected=1)
+    formulas = ['=HYPERLINK("http://x")', "\rx"]
+    for candidate, caption in zip(Candidate.objects.order_by("pk"), formulas):
+        Candidate.objects.filter(pk=candidate.pk).update(caption=caption)
+    FunnelOutcome.objects.filter(run=run, kept=False).update(reason="-2+3", stage="@SUM(A1)")
+    stream = io.StringIO(newline="")
+    assert write_outcomes_csv(run, stream) == 2
+    kept, rejected = csv.DictReader(io.StringIO(stream.getvalue(), newline=""))
+    assert (kept["caption"], kept["aesthetic_score"], kept["clip_score"]) == ("'" + formulas[0], "-2.5", "-0.125")
+    assert (rejected["caption"], rejected["reason"], rejected["stage"]) == ("'\rx", "'-2+3", "'@SUM(A1)")

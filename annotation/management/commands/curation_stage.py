@@ -12,7 +12,6 @@ every refusal is a CommandError carrying the service's message.
     manage.py curation_stage train-head photos-rate --out /models/photos-head.pth
 """
 
-import csv
 import io
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotation import selectors, services
 from annotation.models import CurationReview, CurationStage
+from generation import csv_export
 from training.models import CurationRun
 
 
@@ -132,7 +132,7 @@ class Command(BaseCommand):
     def do_export(self, name, out, **_):
         review = self._review(name)
         buffer = io.StringIO()
-        writer = csv.writer(buffer)
+        writer = csv_export.writer(buffer)
         writer.writerow(selectors.DECISION_EXPORT_COLUMNS)
         rows = 0
         for row in selectors.decision_export_rows(review):
