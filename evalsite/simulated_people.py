@@ -128,7 +128,7 @@ class RaterBrowser(Browser):
             if body.get("done") or not body.get("tasks"):
                 session.finished = True
                 session.completion = body.get("completion")
-                session.screened_out = bool(body.get("screened_out"))
+                session.screened_out = bool(body.get("ended"))
                 break
             task = body["tasks"][0]
             started = time.monotonic()
