@@ -730,21 +730,38 @@ def _gold_is_due(participation: Participation, tasks_so_far: int, gold_share: fl
     return math.floor(gold_share * (tasks_so_far + 1) + phase) > math.floor(gold_share * tasks_so_far + phase)
 
 
-def _placement(campaign_id: int, participation: Participation) -> bool:
-    """True: model A on the left. Keeps every rater within +-1, and leans toward the campaign's balance.
+# How far a rater's left/right balance may stray. At +-1 every other side is forced, so a rater who could tell
+# the models apart knew where A would be in every second pair; at +-2 a side is forced only at the edge.
+PLACEMENT_BOUND = 2
 
-    Per rater the balance is exact (+-1 at every moment; the participation row
-    is locked). Per campaign it is a tendency: raters at -1 must each take
-    their A-left turn, so the campaign can drift by up to the number of raters
-    active at once, and the lock-free sharded counter can lag by the
-    transactions in flight.
+
+def _placement(campaign_id: int, participation: Participation, last_regular: bool = False) -> bool:
+    """True: model A on the left. A random walk per rater, within +-PLACEMENT_BOUND at every moment and within
+    +-1 after the rater's last regular task (``last_regular``: their quota leaves no other); at balance 0 it
+    leans toward the campaign's balance.
+
+    Per rater the bound is exact (the participation row is locked). Per
+    campaign it is a tendency: the campaign can drift by up to the bound times
+    the raters active at once, and the lock-free sharded counter can lag by
+    the transactions in flight.
     """
-    if participation.placement_balance:
-        return participation.placement_balance < 0
-    balance = PlacementCounter.objects.filter(campaign_id=campaign_id).aggregate(total=Sum("balance"))["total"] or 0
+    balance = participation.placement_balance
+    bound = 1 if last_regular else PLACEMENT_BOUND
+    if balance + 1 > bound:
+        return False
+    if balance - 1 < -bound:
+        return True
     if balance:
-        return balance < 0
+        return random.random() < 0.5
+    campaign = PlacementCounter.objects.filter(campaign_id=campaign_id).aggregate(total=Sum("balance"))["total"] or 0
+    if campaign:
+        return campaign < 0
     return random.random() < 0.5
+
+
+def _last_regular_task(participation: Participation, taken: int, quota: int, gold_share: float) -> bool:
+    """Whether the rater's quota leaves no regular task after this one (gold due in every later slot, or none)."""
+    return bool(quota) and not any(not _gold_is_due(participation, t, gold_share) for t in range(taken + 1, quota))
 
 
 # A rater answers one criterion for a few pairs in a row, then the next: fewer switches of question than
@@ -852,7 +869,8 @@ def _lease_one(campaign, rater, participation, taken: int, fresh: dict, criteria
             # Gold items have no k: any number of raters may answer them, so no claim is needed.
             ComparisonItem.objects.filter(pk=gold.pk).update(open_leases=F("open_leases") + 1)
             return Assignment.objects.create(item=gold, rater=rater, campaign=campaign, a_on_left=random.random() < 0.5, expires_at=expires_at)
-    a_on_left = _placement(campaign.pk, participation)
+    last = _last_regular_task(participation, taken, fresh["quota_per_rater"], fresh["gold_share"])
+    a_on_left = _placement(campaign.pk, participation, last)
     scheduled = _scheduled_criterion(criteria, participation, taken) if len(criteria) > 1 else None
     # The scheduled criterion first; then any (one criterion, or the scheduled one has nothing left for this
     # rater, or nothing free right now).

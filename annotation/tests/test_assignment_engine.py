@@ -155,18 +155,33 @@ def test_choice_is_mapped_back_to_the_model_through_the_placement(live_campaign,
             services.submit_vote(rater, a.token, "neither")
 
 
-def test_placement_is_balanced_per_rater_within_one(live_campaign, make_rater):
-    raters = [make_rater() for _ in range(3)]
-    for _ in range(13):
+def test_placement_is_unpredictable_within_two_at_every_moment_and_within_one_at_the_quota(live_campaign, make_rater):
+    # Strict alternation (the old +-1 at every moment) put A on the other side in every second pair: a rater who
+    # could tell the models apart knew where A would be. The pinned rule: |balance| <= 2 after every task, and
+    # <= 1 once the rater has taken their quota.
+    services.update_campaign(live_campaign, quota_per_rater=19)
+    raters = [make_rater() for _ in range(8)]
+    for _ in range(19):
         for rater in raters:
             a = services.next_assignment(live_campaign, rater)
             services.submit_vote(rater, a.token, "tie" if "tie" in a.item.criterion.choices else "both")
-            sides = Counter(Assignment.objects.filter(rater=rater).values_list("a_on_left", flat=True))
-            assert abs(sides[True] - sides[False]) <= 1
+    assert all(services.next_assignment(live_campaign, rater) is None for rater in raters)
+    flips = aligned_flips = aligned = 0
+    for rater in raters:
+        sides = list(Assignment.objects.filter(rater=rater).order_by("id").values_list("a_on_left", flat=True))
+        assert len(sides) == 19
+        balances = [sum(1 if s else -1 for s in sides[: n + 1]) for n in range(len(sides))]
+        assert max(map(abs, balances)) <= services.PLACEMENT_BOUND == 2, balances
+        assert abs(balances[-1]) <= 1, balances
+        flips += sum(a != b for a, b in zip(sides, sides[1:]))
+        aligned_flips += sum(sides[i] != sides[i + 1] for i in range(0, 18, 2))
+        aligned += 9
+    # Alternation flips 100% of the (1st, 2nd), (3rd, 4th)... pairs; this walk about 50%, and about 63% of all.
+    assert aligned_flips / aligned < 0.85 and flips / (8 * 18) < 0.85, (aligned_flips, aligned, flips)
     sides = Counter(Assignment.objects.values_list("a_on_left", flat=True))
     balance = sum(PlacementCounter.objects.filter(campaign=live_campaign).values_list("balance", flat=True))
     assert balance == sides[True] - sides[False]
-    assert abs(balance) <= len(raters)
+    assert abs(balance) <= services.PLACEMENT_BOUND * len(raters)
 
 
 def test_quota_ends_a_raters_work(live_campaign, make_rater):
