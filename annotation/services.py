@@ -905,11 +905,11 @@ def _lease_one(campaign, rater, participation, taken: int, fresh: dict, criteria
 # usual case costs one index scan, as before.
 _CLAIM_SQL = """
 WITH recent AS (
-    SELECT g.prompt_id, row_number() OVER (ORDER BY r.id DESC) AS n
-    FROM {assignment} r JOIN {item} ri ON ri.id = r.item_id JOIN {image} g ON g.id = ri.image_a_id
-    WHERE r.rater_id = %(rater)s AND r.campaign_id = %(campaign)s
-    ORDER BY r.id DESC
-    LIMIT %(spread)s
+    SELECT g.prompt_id, row_number() OVER (ORDER BY last.id DESC) AS n
+    FROM (
+        SELECT r.id, r.item_id FROM {assignment} r WHERE r.rater_id = %(rater)s AND r.campaign_id = %(campaign)s
+        ORDER BY r.id DESC LIMIT %(spread)s
+    ) last JOIN {item} ri ON ri.id = last.item_id JOIN {image} g ON g.id = ri.image_a_id
 ), claimed AS (
     SELECT id FROM (SELECT COALESCE({picks}) AS id) pick WHERE id IS NOT NULL
 ), leased AS (

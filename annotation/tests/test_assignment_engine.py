@@ -46,23 +46,35 @@ def test_items_fill_depth_first_and_never_exceed_k(live_campaign, make_rater):
 def test_criteria_advance_together_in_blocks_in_proportion_to_their_k(live_campaign, make_rater):
     # 20 appeal items x k=5 and 20 faithfulness items x k=3: 100 and 60 vote slots.
     services.update_campaign(live_campaign, quota_per_rater=16)
+    criteria = list(live_campaign.criteria.order_by("id").values_list("id", "votes_per_item"))
     raters = [make_rater() for _ in range(6)]
+    on_schedule = 0
     for rater in raters:
         order = []
         while (a := services.next_assignment(live_campaign, rater)) is not None:
+            participation = services.Participation.objects.get(campaign=live_campaign, rater=rater)
+            scheduled = services._scheduled_criterion(criteria, participation, len(order))
             order.append(a.item.criterion.criterion)
+            if a.item.criterion_id == scheduled:
+                on_schedule += 1
+            else:
+                # Off the schedule only when the scheduled question has no pair left that this rater has not met
+                # (a rater never takes a pair under both questions, so late raters can find one side used up).
+                left = services._unseen_pairs(live_campaign, rater).filter(remaining__gt=0, criterion_id=scheduled)
+                assert not left.exclude(pk=a.item_id).exists(), f"one question for a block of pairs: {order}"
             services.submit_vote(rater, a.token, "left")
         assert len(order) == 16
-        blocks = [order[i : i + services.CRITERION_BLOCK] for i in range(0, 15, services.CRITERION_BLOCK)]
-        assert all(len(set(block)) == 1 for block in blocks), f"one question for a block of pairs: {order}"
+    assert on_schedule >= 0.8 * 96, on_schedule  # blocks of one question, as a rule
     filled = Counter(Vote.objects.values_list("assignment__item__criterion__criterion", flat=True))
     # 96 votes, 5:3 by design (60 and 36 exactly if every rater were in step; per-rater phases spread them).
     assert filled["visual_appeal"] + filled["text_faithfulness"] == 96
     assert abs(filled["visual_appeal"] / 100 - filled["text_faithfulness"] / 60) <= 0.2, filled
     # Depth-first within each criterion: both already have complete comparisons (breadth-first would have none).
+    # Fewer than before the prompt spread and the one-criterion-per-pair rule (5 at least), which pass over the
+    # fullest item when its prompt or pair was the rater's own: 3 at least.
     for criterion in live_campaign.criteria.all():
         votes = Counter(Vote.objects.filter(assignment__item__criterion=criterion).values_list("assignment__item_id", flat=True))
-        assert sum(1 for n in votes.values() if n == criterion.votes_per_item) >= 5
+        assert sum(1 for n in votes.values() if n == criterion.votes_per_item) >= 3
 
 
 def test_the_criterion_schedule_is_five_to_three_blocks_and_spreads_raters(live_campaign, make_rater):
