@@ -357,6 +357,8 @@ class Assignment(models.Model):
         indexes = [
             models.Index(fields=["campaign", "state", "expires_at"]),
             models.Index(fields=["rater", "campaign", "state"]),
+            # The rater's last few tasks (the claim's prompt spread), read backward; without it, all of them sorted.
+            models.Index(fields=["rater", "campaign", "id"], name="assignment_rater_recent"),
         ]
 
 

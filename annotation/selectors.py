@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -32,6 +33,26 @@ def open_assignment_count(participation: Participation) -> int:
     return Assignment.objects.filter(
         campaign_id=participation.campaign_id, rater_id=participation.rater_id, state=Assignment.State.LEASED
     ).count()
+
+
+def raters_needed(campaign: Campaign) -> int:
+    """The fewest raters who can finish the campaign, none excluded and each working to the end.
+
+    A rater judges a pair (prompt, seed, two models) under one criterion only, so every pair needs as many
+    distinct raters as the criteria's k added up (Emu: 5 + 3 = 8), and each rater takes at most one task per
+    pair, or the regular tasks their quota leaves after gold if that is fewer.
+    """
+    from .services import model_pairs
+
+    votes_per_pair = sum(campaign.criteria.values_list("votes_per_item", flat=True))
+    pairs = len(model_pairs(campaign)) * campaign.prompt_set.prompts.count() * len(campaign.seeds)
+    if not votes_per_pair or not pairs:
+        return votes_per_pair
+    per_rater = pairs
+    if campaign.quota_per_rater:
+        regular = campaign.quota_per_rater - math.ceil(campaign.quota_per_rater * campaign.gold_share)
+        per_rater = max(1, min(pairs, regular))
+    return max(votes_per_pair, math.ceil(votes_per_pair * pairs / per_rater))
 
 
 # --- Researchers' views of a campaign ---------------------------------------------------------

@@ -30,14 +30,14 @@ import numpy as np
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
 from django.db import IntegrityError, OperationalError, connection, transaction
-from django.db.models import Exists, F, OuterRef, Q, Sum
+from django.db.models import Count, Exists, F, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
 from PIL import Image, ImageFilter
 
 from evalsite.errors import ServiceError
 from generation import selectors as generation_selectors
 from generation import services as generation_services
-from generation.models import GeneratedImage
+from generation.models import GeneratedImage, Prompt
 from generation.pipelines import PNG_CHUNK_OVERHEAD, encode_png, padded_png
 from generation.storage import content_addressed_name
 
@@ -813,21 +813,38 @@ def _gold_is_due(participation: Participation, tasks_so_far: int, gold_share: fl
     return math.floor(gold_share * (tasks_so_far + 1) + phase) > math.floor(gold_share * tasks_so_far + phase)
 
 
-def _placement(campaign_id: int, participation: Participation) -> bool:
-    """True: model A on the left. Keeps every rater within +-1, and leans toward the campaign's balance.
+# How far a rater's left/right balance may stray. At +-1 every other side is forced, so a rater who could tell
+# the models apart knew where A would be in every second pair; at +-2 a side is forced only at the edge.
+PLACEMENT_BOUND = 2
 
-    Per rater the balance is exact (+-1 at every moment; the participation row
-    is locked). Per campaign it is a tendency: raters at -1 must each take
-    their A-left turn, so the campaign can drift by up to the number of raters
-    active at once, and the lock-free sharded counter can lag by the
-    transactions in flight.
+
+def _placement(campaign_id: int, participation: Participation, last_regular: bool = False) -> bool:
+    """True: model A on the left. A random walk per rater, within +-PLACEMENT_BOUND at every moment and within
+    +-1 after the rater's last regular task (``last_regular``: their quota leaves no other); at balance 0 it
+    leans toward the campaign's balance.
+
+    Per rater the bound is exact (the participation row is locked). Per
+    campaign it is a tendency: the campaign can drift by up to the bound times
+    the raters active at once, and the lock-free sharded counter can lag by
+    the transactions in flight.
     """
-    if participation.placement_balance:
-        return participation.placement_balance < 0
-    balance = PlacementCounter.objects.filter(campaign_id=campaign_id).aggregate(total=Sum("balance"))["total"] or 0
+    balance = participation.placement_balance
+    bound = 1 if last_regular else PLACEMENT_BOUND
+    if balance + 1 > bound:
+        return False
+    if balance - 1 < -bound:
+        return True
     if balance:
-        return balance < 0
+        return random.random() < 0.5
+    campaign = PlacementCounter.objects.filter(campaign_id=campaign_id).aggregate(total=Sum("balance"))["total"] or 0
+    if campaign:
+        return campaign < 0
     return random.random() < 0.5
+
+
+def _last_regular_task(participation: Participation, taken: int, quota: int, gold_share: float) -> bool:
+    """Whether the rater's quota leaves no regular task after this one (gold due in every later slot, or none)."""
+    return bool(quota) and not any(not _gold_is_due(participation, t, gold_share) for t in range(taken + 1, quota))
 
 
 # A rater answers one criterion for a few pairs in a row, then the next: fewer switches of question than
@@ -882,7 +899,11 @@ def next_assignment(campaign: Campaign, rater: Rater, now: datetime | None = Non
 
 def _locked_participation(campaign: Campaign, rater: Rater) -> Participation:
     """The rater's participation row, locked, with the campaign's current settings read in the same statement."""
-    locked = Participation.objects.select_for_update(of=("self",)).select_related("campaign").filter(campaign=campaign, rater=rater)
+    prompts = Prompt.objects.filter(prompt_set=OuterRef("campaign__prompt_set")).order_by().values("prompt_set").annotate(n=Count("*")).values("n")
+    locked = (
+        Participation.objects.select_for_update(of=("self",)).select_related("campaign")
+        .annotate(campaign_prompts=Subquery(prompts)).filter(campaign=campaign, rater=rater)
+    )
     participation = locked.first()
     if participation is None:
         # Raters normally arrive through an invitation; the engine enrols anyone else on first use.
@@ -894,6 +915,7 @@ def _locked_participation(campaign: Campaign, rater: Rater) -> Participation:
 def _open_tasks(campaign: Campaign, rater: Rater, want: int, now: datetime) -> list[Assignment]:
     participation = _locked_participation(campaign, rater)  # one request per rater at a time
     fresh = {f: getattr(participation.campaign, f) for f in ("status", "quota_per_rater", "gold_share", "lease_seconds")}
+    fresh["prompts"] = participation.campaign_prompts or 1
     if fresh["status"] != Campaign.Status.LIVE:
         raise AnnotationError("This study is paused or closed right now; please come back later.")
     held = list(Assignment.objects.filter(campaign=campaign, rater=rater, state=Assignment.State.LEASED, expires_at__gt=now).order_by("id"))
@@ -930,15 +952,17 @@ def _lease_one(campaign, rater, participation, taken: int, fresh: dict, criteria
             # Gold items have no k: any number of raters may answer them, so no claim is needed.
             ComparisonItem.objects.filter(pk=gold.pk).update(open_leases=F("open_leases") + 1)
             return Assignment.objects.create(item=gold, rater=rater, campaign=campaign, a_on_left=random.random() < 0.5, expires_at=expires_at)
-    a_on_left = _placement(campaign.pk, participation)
+    last = _last_regular_task(participation, taken, fresh["quota_per_rater"], fresh["gold_share"])
+    a_on_left = _placement(campaign.pk, participation, last)
     scheduled = _scheduled_criterion(criteria, participation, taken) if len(criteria) > 1 else None
     # The scheduled criterion first; then any (one criterion, or the scheduled one has nothing left for this
     # rater, or nothing free right now).
-    assignment = _claim(campaign, rater, scheduled, a_on_left, expires_at) if scheduled else None
-    assignment = assignment or _claim(campaign, rater, None, a_on_left, expires_at)
+    prompts = fresh["prompts"]
+    assignment = _claim(campaign, rater, scheduled, a_on_left, expires_at, prompts) if scheduled else None
+    assignment = assignment or _claim(campaign, rater, None, a_on_left, expires_at, prompts)
     if assignment is None:
         expire_leases(campaign, now)
-        if ComparisonItem.objects.filter(campaign=campaign, remaining__gt=0).exclude(assignments__rater=rater).exists():
+        if _unseen_pairs(campaign, rater).filter(remaining__gt=0).exists():
             # What is left is locked by other raters at this instant (the last
             # items of a campaign). Waiting on those locks here could deadlock;
             # retry shortly instead of wrongly saying "no more tasks".
@@ -956,14 +980,21 @@ def _lease_one(campaign, rater, participation, taken: int, fresh: dict, criteria
 # take a slot from it and insert the lease, in a data-modifying CTE; the ORM
 # version (in _claim, for other databases) needs three round trips and most of
 # the request's Python time. Both take the same row lock, in the same order, and say the same thing.
+#
+# Items of one pair under other criteria share (image_a, image_b): matching on the images, rather than on the item,
+# keeps a rater who saw the prompt (faithfulness) from judging the pair without it (appeal), and vice versa.
+# The prompt spread is a fallback chain (avoid the last few prompts, then the last one, then none) inside COALESCE,
+# whose later sub-selects PostgreSQL runs only when the earlier ones found nothing: one statement still, and the
+# usual case costs one index scan, as before.
 _CLAIM_SQL = """
-WITH claimed AS (
-    SELECT i.id FROM {item} i
-    WHERE i.campaign_id = %(campaign)s AND i.remaining > 0 {criterion_filter}
-      AND NOT EXISTS (SELECT 1 FROM {assignment} seen WHERE seen.item_id = i.id AND seen.rater_id = %(rater)s)
-    ORDER BY i.remaining, i.id
-    LIMIT 1
-    FOR UPDATE OF i SKIP LOCKED
+WITH recent AS (
+    SELECT g.prompt_id, row_number() OVER (ORDER BY last.id DESC) AS n
+    FROM (
+        SELECT r.id, r.item_id FROM {assignment} r WHERE r.rater_id = %(rater)s AND r.campaign_id = %(campaign)s
+        ORDER BY r.id DESC LIMIT %(spread)s
+    ) last JOIN {item} ri ON ri.id = last.item_id JOIN {image} g ON g.id = ri.image_a_id
+), claimed AS (
+    SELECT id FROM (SELECT COALESCE({picks}) AS id) pick WHERE id IS NOT NULL
 ), leased AS (
     UPDATE {item} i SET open_leases = i.open_leases + 1, remaining = i.remaining - 1
     FROM claimed WHERE i.id = claimed.id
@@ -974,23 +1005,71 @@ SELECT leased.id, %(rater)s, %(campaign)s, %(token)s, %(a_on_left)s, %(state)s, 
 RETURNING id, item_id
 """
 
+_PICK_SQL = """(
+    SELECT i.id FROM {item} i
+    WHERE i.campaign_id = %(campaign)s AND i.remaining > 0 {criterion_filter}
+      AND NOT EXISTS (
+        SELECT 1 FROM {item} same JOIN {assignment} seen ON seen.item_id = same.id AND seen.rater_id = %(rater)s
+        WHERE same.image_a_id = i.image_a_id AND same.image_b_id = i.image_b_id
+      ) {prompt_filter}
+    ORDER BY i.remaining, i.id
+    LIMIT 1
+    FOR UPDATE OF i SKIP LOCKED
+)"""
+
+_NOT_RECENT_PROMPT_SQL = """
+      AND (SELECT g.prompt_id FROM {image} g WHERE g.id = i.image_a_id) NOT IN (SELECT prompt_id FROM recent WHERE n <= {n})"""
+
+# Consecutive tasks come from different prompts as far as the pool allows: a rater who met one prompt in 8 of
+# their first 10 pairs judged that prompt more than the pairs. Any PROMPT_SPREAD tasks in a row are of different
+# prompts while the rater's unseen open items allow it; then any two in a row; then whatever is left.
+PROMPT_SPREAD = 4
+
+
+def _spread_tiers(prompts: int) -> list[int]:
+    """How many of the rater's last prompts each claim attempt avoids, most first (0: any prompt)."""
+    window = max(0, min(PROMPT_SPREAD - 1, prompts - 1))
+    return sorted({window, min(window, 1), 0}, reverse=True)
+
 
 def single_statement_writes() -> bool:
     """Whether the claim and the vote run as one SQL statement each (PostgreSQL), rather than through the ORM."""
     return connection.vendor == "postgresql"
 
 
-def _claim(campaign, rater, criterion_id: int | None, a_on_left: bool, expires_at: datetime) -> Assignment | None:
-    """Lease the open item closest to its k votes (in ``criterion_id``, or any) that ``rater`` has not seen; or None."""
+def _unseen_pairs(campaign, rater):
+    """The campaign's items whose pair (same images, so same prompt, seed and models) ``rater`` has not met."""
+    met = Assignment.objects.filter(
+        rater=rater, item__image_a_id=OuterRef("image_a_id"), item__image_b_id=OuterRef("image_b_id")
+    )
+    return ComparisonItem.objects.filter(campaign=campaign).filter(~Exists(met))
+
+
+def _claim(
+    campaign, rater, criterion_id: int | None, a_on_left: bool, expires_at: datetime, prompts: int = 1
+) -> Assignment | None:
+    """Lease the open item closest to its k votes (in ``criterion_id``, or any) whose pair ``rater`` has not met,
+    from a prompt they did not meet in their last few tasks if there is one; or None.
+
+    ``prompts`` is how many prompts the campaign has (the spread never asks for more).
+    """
+    tiers = _spread_tiers(prompts)
     if single_statement_writes():
-        sql = _CLAIM_SQL.format(
-            item=ComparisonItem._meta.db_table, assignment=Assignment._meta.db_table,
-            criterion_filter="AND i.criterion_id = %(criterion)s" if criterion_id else "",
+        tables = {"item": ComparisonItem._meta.db_table, "assignment": Assignment._meta.db_table,
+                  "image": GeneratedImage._meta.db_table}
+        criterion_filter = "AND i.criterion_id = %(criterion)s" if criterion_id else ""
+        picks = ", ".join(
+            _PICK_SQL.format(
+                **tables, criterion_filter=criterion_filter,
+                prompt_filter=_NOT_RECENT_PROMPT_SQL.format(**tables, n=int(n)) if n else "",
+            )
+            for n in tiers
         )
+        sql = _CLAIM_SQL.format(**tables, picks=picks)
         token, leased_at = new_token(), timezone.now()
         params = {
             "campaign": campaign.pk, "rater": rater.pk, "criterion": criterion_id, "token": token, "a_on_left": a_on_left,
-            "state": Assignment.State.LEASED, "leased_at": leased_at, "expires_at": expires_at,
+            "state": Assignment.State.LEASED, "leased_at": leased_at, "expires_at": expires_at, "spread": tiers[0],
         }
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
@@ -1003,11 +1082,19 @@ def _claim(campaign, rater, criterion_id: int | None, a_on_left: bool, expires_a
         )
         assignment._state.adding, assignment._state.db = False, connection.alias
         return assignment
-    candidates = ComparisonItem.objects.filter(campaign=campaign, remaining__gt=0).exclude(assignments__rater=rater)
+    candidates = _unseen_pairs(campaign, rater).filter(remaining__gt=0)
     if criterion_id:
         candidates = candidates.filter(criterion_id=criterion_id)
-    item = candidates.order_by("remaining", "id").select_for_update(skip_locked=True).only("id").first()
-    if item is None:
+    recent = list(
+        Assignment.objects.filter(campaign=campaign, rater=rater).order_by("-id").values_list("item__image_a__prompt_id", flat=True)[: tiers[0]]
+    )
+    for n in tiers:
+        # A subquery, not a join: FOR UPDATE must lock the item alone, never an image other items share.
+        choice = candidates.exclude(image_a__in=GeneratedImage.objects.filter(prompt_id__in=recent[:n])) if n else candidates
+        item = choice.order_by("remaining", "id").select_for_update(skip_locked=True).only("id").first()
+        if item is not None:
+            break
+    else:
         return None
     assignment = Assignment.objects.create(item=item, rater=rater, campaign=campaign, a_on_left=a_on_left, expires_at=expires_at)
     ComparisonItem.objects.filter(pk=item.pk).update(open_leases=F("open_leases") + 1, remaining=F("remaining") - 1)

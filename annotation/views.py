@@ -66,6 +66,7 @@ def campaign_detail(request, pk):
         "criteria": campaign.criteria.all(),
         "generation": launch_images(campaign),
         "progress": selectors.campaign_progress(campaign),
+        "raters_needed": selectors.raters_needed(campaign),
         "win_rates": campaign_win_rates(campaign),
         "raters": selectors.rater_quality(campaign),
         "invite_links": [(link, selectors.invite_url(base_url, link)) for link in links],

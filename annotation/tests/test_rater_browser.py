@@ -1,4 +1,4 @@
-"""A rater's whole visit in Debian's Chromium, driven by Playwright: invite link, consent, ten pairs, the code.
+"""A rater's whole visit in Debian's Chromium, driven by Playwright: invite link, consent, twelve pairs, the code.
 
 Once at a laptop size, by keyboard alone, and once at a phone size, by tapping; the layout at the smallest laptop
 screens (1366x768, 1280x720) and on a touch screen. Screenshots go to VAR_DIR/screenshots.
@@ -19,7 +19,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-PAIRS = 10
+# Every pair of the campaign: a rater's blocks of five start with two of appeal for a quarter of raters, so ten
+# pairs could miss the faithfulness question; twelve never do.
+PAIRS = 12
 # A key for every choice, varied so that each key binding gets pressed.
 KEYS = {"left": ["1", "ArrowLeft"], "right": ["2", "ArrowRight"], "tie": ["3", "t"], "both": ["b"], "neither": ["n"]}
 
@@ -41,9 +43,9 @@ def browser(monkeypatch):
 
 @pytest.fixture
 def campaign(two_models, prompt_set):
-    """Both criteria over 4 prompts x 2 seeds (16 items), ten pairs per rater."""
+    """Both criteria over 4 prompts x 3 seeds (12 pairs, 24 items); a rater meets each pair once, so 12 tasks each."""
     campaign = services.create_campaign(
-        name="browser", models=two_models, prompt_set=prompt_set, seeds=[0, 1], gold_share=0,
+        name="browser", models=two_models, prompt_set=prompt_set, seeds=[0, 1, 2], gold_share=0,
         quota_per_rater=PAIRS, rater_title="Which picture is better?",
     )
     batch = services.generation_batch_for(campaign)
@@ -285,7 +287,7 @@ def test_on_a_laptop_both_images_and_every_button_fit_without_scrolling_for_both
             page.screenshot(path=str(screenshots_dir() / f"rater-vote-{width}x{height}-{criterion}.png"))
         offered = offered_choices(page)
         page.click(f'#rater-choices button[data-choice="{offered[number % len(offered)]}"]')
-    assert shot == {"visual_appeal", "text_faithfulness"}, "both questions were on screen (8 comparisons of each)"
+    assert shot == {"visual_appeal", "text_faithfulness"}, "both questions were on screen (12 comparisons of each)"
     context.close()
 
 
@@ -305,3 +307,56 @@ def test_key_hints_are_hidden_on_a_touch_screen_of_any_width(live_server, browse
     assert page.locator("#rater-choices button").first.is_visible()
     page.screenshot(path=str(screenshots_dir() / "rater-vote-tablet-touch.png"))
     context.close()
+
+
+# Each image drawn to a canvas and hashed in the page: what the rater sees, pixel for pixel (the bytes sent differ
+# every time, padded with random bytes, so they could not tell two showings of one image apart).
+PIXELS_OF_SHOWN_PAIR = """async () => {
+  const digest = async img => {
+    const canvas = document.createElement("canvas");
+    canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+    const ctx = canvas.getContext("2d");
+    ctx.drawImage(img, 0, 0);
+    const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+    const hash = await crypto.subtle.digest("SHA-256", pixels);
+    return Array.from(new Uint8Array(hash), b => b.toString(16).padStart(2, "0")).join("");
+  };
+  const images = ["#rater-left img", "#rater-right img"].map(s => document.querySelector(s));
+  return Promise.all(images.map(digest));
+}"""
+
+
+@pytest.mark.parametrize("size", ["laptop", "phone"])
+def test_a_rater_of_both_questions_never_meets_the_same_pair_twice(live_server, browser, campaign, size):
+    # The issue's sizes: the smallest common laptop screen, and a phone answering by tapping.
+    options = {"laptop": {"viewport": {"width": 1366, "height": 768}},
+               "phone": {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}}
+    context = new_context(browser, **options[size])
+    page = context.new_page()
+    page.goto(invite_url(live_server, campaign, f"pairs-{size}"))
+    page.tap("#agree") if size == "phone" else page.click("#agree")
+    page.wait_for_url("**/rate/*/")
+    met, questions, number = [], set(), 1
+    while True:
+        page.wait_for_function(
+            "n => { const r = document.getElementById('rater'); const done = document.getElementById('rater-done');"
+            " return !done.hidden || (r.dataset.state === 'ready' && r.dataset.shown === String(n)); }",
+            arg=number, timeout=60_000,
+        )
+        if page.locator("#rater-done").is_visible():
+            break
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#rater-pair img')].every(i => i.complete && i.naturalWidth > 0)"
+        )
+        assert_pair_fits_without_scrolling(page, min_image=200 if size == "phone" else 300)
+        met.append(frozenset(page.evaluate(PIXELS_OF_SHOWN_PAIR)))
+        questions.add(shown_criterion(page))
+        offered = offered_choices(page)
+        button = f'#rater-choices button[data-choice="{offered[number % len(offered)]}"]'
+        page.tap(button) if size == "phone" else page.click(button)
+        number += 1
+    page.screenshot(path=str(screenshots_dir() / f"rater-pairs-once-{size}.png"))
+    context.close()
+    assert questions == {"visual_appeal", "text_faithfulness"}, "the rater answered both questions"
+    # Every pair, under whichever question, once: two images seen together before are never shown together again.
+    assert len(set(met)) == len(met) == 12, met

@@ -38,19 +38,31 @@ def vote_everything(campaign, rater, prefer: str) -> int:
 
 
 @pytest.fixture
-def voted_campaign(live_campaign, make_rater):
-    """Three raters over the 40 items (20 appeal, k=5; 20 faithfulness, k=3): two always pick model A, one model B.
+def voted_campaign(live_campaign, make_rater, monkeypatch):
+    """Six raters over the 40 items (20 pairs, each under appeal, k=5, and faithfulness, k=3), each pair once per
+    rater: three answer faithfulness for every pair, then three appeal; in each three, two always pick model A and
+    one model B.
 
     So every faithfulness item is complete with an A majority (2 to 1); no appeal item is complete (3 of 5).
     """
+    criterion = {c.criterion: c.pk for c in live_campaign.criteria.all()}
     link = services.create_invite_link(live_campaign, label="Prolific pilot")
     first = services.join_with_invite(link.token, {"PROLIFIC_PID": "pid-1", "STUDY_ID": "study-1", "SESSION_ID": "session-1"})
     account = get_user_model().objects.create_user("lab-member", password="pw-long-enough-2")
     second = services.invite_account(live_campaign, account)
     third = make_rater()  # enrolled by the engine on first use
-    assert vote_everything(live_campaign, first.rater, "a") == 40
-    assert vote_everything(live_campaign, second.rater, "a") == 40
-    assert vote_everything(live_campaign, third, "b") == 40
+
+    def answer(rater, question, prefer):
+        # The schedule fixed to one question: a rater then meets every pair under it, and none under the other.
+        with monkeypatch.context() as patched:
+            patched.setattr(services, "_scheduled_criterion", lambda *args: criterion[question])
+            assert vote_everything(live_campaign, rater, prefer) == 20
+
+    answer(first.rater, "text_faithfulness", "a")
+    answer(second.rater, "text_faithfulness", "a")
+    answer(third, "text_faithfulness", "b")
+    for prefer in ("a", "a", "b"):
+        answer(make_rater(), "visual_appeal", prefer)
     return live_campaign, first, second, Participation.objects.get(campaign=live_campaign, rater=third)
 
 
@@ -113,7 +125,7 @@ def test_campaign_page_shows_progress_win_rates_and_rater_quality(staff_client, 
     page = staff_client.get(reverse("annotation:campaign_detail", args=[campaign.pk])).content.decode()
     assert '<span data-p="votes">' in page and "Win rates" in page and 'data-win-rate="visual_appeal:base:tuned"' in page
     assert "Prolific pilot" in page and "pid-1" in page and "account lab-member" in page and "direct" in page
-    assert page.count(">Exclude</button>") == 3 and ">Pause</button>" in page and ">Close</button>" in page
+    assert page.count(">Exclude</button>") == 6 and ">Pause</button>" in page and ">Close</button>" in page
 
     state = staff_client.get(reverse("annotation:campaign_progress", args=[campaign.pk])).json()
     assert set(state) == {"id", "name", "status", "launch_error", "progress", "generation", "win_rates"}
@@ -123,7 +135,7 @@ def test_campaign_page_shows_progress_win_rates_and_rater_quality(staff_client, 
         "active_raters", "recent_votes", "projected_finish",
     }
     assert (progress["votes"], progress["votes_needed"], progress["percent"]) == (120, 160, 75)
-    assert (progress["complete_items"], progress["items"], progress["active_raters"]) == (20, 40, 3)
+    assert (progress["complete_items"], progress["items"], progress["active_raters"]) == (20, 40, 6)
     assert progress["recent_votes"] == 120 and progress["projected_finish"] is not None
     assert {c["criterion"]: (c["votes"], c["complete_items"]) for c in progress["per_criterion"]} == {
         "visual_appeal": (60, 0), "text_faithfulness": (60, 20),
@@ -142,7 +154,7 @@ def test_campaign_page_shows_progress_win_rates_and_rater_quality(staff_client, 
     rows = {r.participation_id: r for r in page_context_raters(staff_client, campaign)}
     one = rows[first.pk]
     assert (one.source, one.prolific_pid, one.study_id, one.session_id) == ("Prolific pilot", "pid-1", "study-1", "session-1")
-    assert one.votes == 40 and one.gold_answered == 0 and one.gold_accuracy is None and one.median_seconds == 3.0
+    assert one.votes == 20 and one.gold_answered == 0 and one.gold_accuracy is None and one.median_seconds == 3.0
     assert 0.4 <= one.left_share <= 0.6  # A is shown left half the time: always picking A is not a position bias
     assert rows[second.pk].source == "account lab-member" and rows[third.pk].source == "direct"
 
@@ -162,18 +174,18 @@ def test_excluding_a_rater_keeps_their_votes_flagged_and_changes_the_win_rates(s
     assert "Say why the rater is excluded" in response.content.decode() and not Participation.objects.get(pk=second.pk).excluded
 
     response = staff_client.post(url, {"reason": "answered in under a second"}, follow=True)
-    assert "40 vote(s) kept and flagged" in response.content.decode()
+    assert "20 vote(s) kept and flagged" in response.content.decode()
     assert Vote.objects.count() == 120  # nothing deleted
-    assert Vote.objects.filter(excluded=True, assignment__rater=second.rater).count() == 40
+    assert Vote.objects.filter(excluded=True, assignment__rater=second.rater).count() == 20
     assert Participation.objects.get(pk=second.pk).exclusion_reason == "answered in under a second"
 
     state = staff_client.get(reverse("annotation:campaign_progress", args=[campaign.pk])).json()
     # Without the second rater every faithfulness comparison is back to 2 of 3 votes: none complete.
     faithfulness = win_rate_row(state["win_rates"], "text_faithfulness")
     assert (faithfulness["compared"], faithfulness["incomplete_items"], faithfulness["win_rate"]) == (0, 20, None)
-    assert state["progress"]["votes"] == 80 and state["progress"]["complete_items"] == 0
+    assert state["progress"]["votes"] == 100 and state["progress"]["complete_items"] == 0
     page = staff_client.get(reverse("annotation:campaign_detail", args=[campaign.pk])).content.decode()
-    assert "excluded</span>: answered in under a second" in page and page.count(">Exclude</button>") == 2
+    assert "excluded</span>: answered in under a second" in page and page.count(">Exclude</button>") == 5
 
 
 def test_votes_csv_has_one_tidy_row_per_vote_with_the_winning_model(staff_client, voted_campaign):
@@ -193,16 +205,28 @@ def test_votes_csv_has_one_tidy_row_per_vote_with_the_winning_model(staff_client
     assert {row["simulated"] for row in rows} == {"false"}
     by_rater = {p.rater_id: name for p, name in ((first, "base"), (second, "base"), (third, "tuned"))}
     for row in rows:
-        assert row["winner_model"] == by_rater[int(row["rater_id"])]
+        assert row["winner_model"] == by_rater.get(int(row["rater_id"]), row["winner_model"])
         assert row["winner"] == ("a" if row["winner_model"] == "base" else "b")
         # What was clicked, mapped through the placement, gives the winner.
         assert ((row["choice"] == "left") == (row["a_on_left"] == "true")) == (row["winner"] == "a")
         assert (row["model_a"], row["model_b"], row["gold"], row["gold_correct"]) == ("base", "tuned", "false", "")
         assert row["excluded"] == ("true" if int(row["rater_id"]) == second.rater_id else "false")
     assert Counter(r["criterion"] for r in rows) == {"visual_appeal": 60, "text_faithfulness": 60}
+    assert Counter((r["criterion"], r["winner_model"]) for r in rows if r["criterion"] == "visual_appeal") == {
+        ("visual_appeal", "base"): 40, ("visual_appeal", "tuned"): 20,
+    }
+    assert all(r["criterion"] == "text_faithfulness" for r in rows if int(r["rater_id"]) in by_rater)
     assert {r["external_id"] for r in rows if int(r["rater_id"]) == first.rater_id} == {"pid-1"}
     sample = next(r for r in rows if r["prompt"] == "three blue birds")
     assert (sample["category"], sample["challenge"]) == ("Animals", "Quantity")
+
+
+def test_the_campaign_page_says_how_many_raters_the_campaign_needs(staff_client, live_campaign):
+    # A rater takes each pair under one criterion only: 20 pairs x (5 + 3) votes need 8 raters, 16 at 10 tasks each.
+    detail = reverse("annotation:campaign_detail", args=[live_campaign.pk])
+    assert 'data-raters-needed="8"' in staff_client.get(detail).content.decode()
+    services.update_campaign(live_campaign, quota_per_rater=10)
+    assert 'data-raters-needed="16"' in staff_client.get(detail).content.decode()
 
 
 def test_status_buttons_invite_links_and_account_invitations(staff_client, live_campaign):
