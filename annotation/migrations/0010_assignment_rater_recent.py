@@ -3,7 +3,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("annotation", "0008_campaign_consent_text_contact"),
+        ("annotation", "0009_screen_out_and_speeders"),
     ]
 
     operations = [
