@@ -34,6 +34,33 @@ def tiny_pipeline_dir(tmp_path_factory):
     return make
 
 
+# What the tiny pipelines drew, by (weights, batch, parameters): campaign fixtures in most apps render the same
+# batches test after test. Rendering is deterministic (one seeded generator per image), so a repeat is served from
+# here. Keyed on the whole batch, so a test that renders other batch compositions still runs the pipeline; and off
+# for generation's own tests, which are about rendering itself.
+_RENDERED: dict = {}
+
+
+@pytest.fixture(autouse=True)
+def _render_once_per_batch(request, monkeypatch):
+    if request.node.path.is_relative_to(settings.BASE_DIR / "generation"):
+        yield
+        return
+    from generation import pipelines
+
+    real = pipelines.render
+
+    def render(loaded, prompts, seeds, parameters):
+        key = (loaded.fingerprint, loaded.device, tuple(prompts), tuple(int(s) for s in seeds), repr(sorted(parameters.items())))
+        if key not in _RENDERED:
+            _RENDERED[key] = real(loaded, prompts, seeds, parameters)
+        images, seconds = _RENDERED[key]
+        return [image.copy() for image in images], seconds
+
+    monkeypatch.setattr(pipelines, "render", render)
+    yield
+
+
 PROMPTS_TSV = (
     "Prompt\tCategory\tChallenge\tNote\n"
     "a red apple\tFood\tBasic\t\n"

@@ -66,9 +66,11 @@ def test_criteria_advance_together_in_blocks_in_proportion_to_their_k(live_campa
         assert len(order) == 16
     assert on_schedule >= 0.8 * 96, on_schedule  # blocks of one question, as a rule
     filled = Counter(Vote.objects.values_list("assignment__item__criterion__criterion", flat=True))
-    # 96 votes, 5:3 by design (60 and 36 exactly if every rater were in step; per-rater phases spread them).
+    # 96 votes, 5:3 in the long run (test_the_criterion_schedule_is_five_to_three_blocks_and_spreads_raters pins
+    # the schedule); over three blocks per rater the random per-rater phases decide the mix, from 1:2 to 2:1 and
+    # anything between, but both questions advance.
     assert filled["visual_appeal"] + filled["text_faithfulness"] == 96
-    assert abs(filled["visual_appeal"] / 100 - filled["text_faithfulness"] / 60) <= 0.2, filled
+    assert min(filled["visual_appeal"], filled["text_faithfulness"]) >= 0.25 * 96, filled
     # Depth-first within each criterion: both already have complete comparisons (breadth-first would have none).
     # Fewer than before the prompt spread and the one-criterion-per-pair rule (5 at least), which pass over the
     # fullest item when its prompt or pair was the rater's own: 3 at least.
