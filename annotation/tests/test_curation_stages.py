@@ -519,7 +519,11 @@ def test_a_reviewer_keeps_and_rejects_five_candidates_by_keyboard(live_server, b
     for number, key in enumerate(keys, start=1):
         wait_for_candidate(page, number)
         assert page.locator("#curate-progress").inner_text() == f"{number - 1} of 8"
-        assert page.locator("#curate-image").evaluate("img => img.complete && img.naturalWidth > 0")
+        # The candidate's image loads after its number shows; on a busy machine that takes a moment.
+        page.wait_for_function(
+            "() => { const img = document.querySelector('#curate-image'); return img.complete && img.naturalWidth > 0; }",
+            timeout=15_000,
+        )
         if number == 1:
             page.screenshot(path=str(screenshots_dir() / "curate-generalist-desktop.png"))
             page.keyboard.press(key)
