@@ -1172,12 +1172,11 @@ def submit_vote(
             winner = Vote.Winner.TIE
         if seconds_on_task is not None and not (isinstance(seconds_on_task, (int, float)) and 0 <= seconds_on_task < 86_400):
             seconds_on_task = None
-        excluded = False  # an excluded rater was refused above
         vote = Vote(
-            assignment=assignment, choice=choice, winner=winner, seconds_on_task=seconds_on_task, excluded=excluded,
+            assignment=assignment, choice=choice, winner=winner, seconds_on_task=seconds_on_task, excluded=False,
             gold_correct=(winner == Vote.Winner.A) if item.is_gold else None,  # A is the intact image
         )
-        _record_vote(vote, item.pk, counted=1, freed=0)
+        _record_vote(vote, item.pk)
     # Quality control runs after the vote is committed: a check that fails (or must retry) never loses the vote.
     try:
         ended = _exclude_if_failing_gold(assignment.campaign, rater) if item.is_gold else False
@@ -1197,20 +1196,20 @@ WITH vote AS (
 ), answered AS (
     UPDATE {assignment} SET state = %(voted)s WHERE id = %(assignment)s RETURNING id
 ), item AS (
-    UPDATE {item} SET votes = votes + %(counted)s, open_leases = open_leases - 1, remaining = remaining + %(freed)s
+    UPDATE {item} SET votes = votes + 1, open_leases = open_leases - 1
     WHERE id = %(item)s RETURNING id
 )
 SELECT vote.id FROM vote, answered, item
 """
 
 
-def _record_vote(vote: Vote, item_id: int, counted: int, freed: int) -> None:
+def _record_vote(vote: Vote, item_id: int) -> None:
     """Insert the vote, mark its assignment voted, move the item's counters: one statement on PostgreSQL."""
     if not single_statement_writes():
         vote.save(force_insert=True)
         Assignment.objects.filter(pk=vote.assignment_id).update(state=Assignment.State.VOTED)
         ComparisonItem.objects.filter(pk=item_id).update(
-            votes=F("votes") + counted, open_leases=F("open_leases") - 1, remaining=F("remaining") + freed
+            votes=F("votes") + 1, open_leases=F("open_leases") - 1
         )
         return
     vote.created_at = timezone.now()
@@ -1219,7 +1218,7 @@ def _record_vote(vote: Vote, item_id: int, counted: int, freed: int) -> None:
         cursor.execute(sql, {
             "assignment": vote.assignment_id, "choice": vote.choice, "winner": vote.winner, "seconds": vote.seconds_on_task,
             "excluded": vote.excluded, "gold_correct": vote.gold_correct, "created_at": vote.created_at,
-            "voted": Assignment.State.VOTED, "counted": counted, "freed": freed, "item": item_id,
+            "voted": Assignment.State.VOTED, "item": item_id,
         })
         vote.pk = cursor.fetchone()[0]
     vote._state.adding, vote._state.db = False, connection.alias
