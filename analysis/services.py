@@ -269,6 +269,10 @@ class Comparison:
         return percent(self.win_rate_half_ties)
 
     @property
+    def half_ties_interval_text(self) -> str:
+        return self.interval_half_ties.text if self.interval_half_ties else "—"
+
+    @property
     def p_text(self) -> str:
         return p_value_text(self.sign_test_p)
 
@@ -923,12 +927,19 @@ def _campaign_win_rates(campaign: Campaign) -> list[dict]:
                 "win_rate": c.win_rate, "low": c.interval.low if c.interval else None,
                 "high": c.interval.high if c.interval else None,
                 "interval_method": c.interval.method if c.interval else None,
+                # Ties as half a win: the figure a null campaign (A vs A) centres on 50%, where the
+                # headline rate (ties as not won) does not.
+                "win_rate_half_ties": c.win_rate_half_ties,
+                "low_half_ties": c.interval_half_ties.low if c.interval_half_ties else None,
+                "high_half_ties": c.interval_half_ties.high if c.interval_half_ties else None,
                 "interval_note": c.interval_note,
                 "verdict": c.verdict,
                 "message": c.message,
                 # Display strings, so the page's script shows exactly what the server renders.
                 "win_rate_text": percent(c.win_rate) if c.has_numbers else c.message,
                 "interval_text": c.interval_text,
+                "half_ties_text": c.half_ties_text if c.has_numbers else "",
+                "half_ties_interval_text": c.half_ties_interval_text if c.has_numbers else "",
             }
         )
     return _plain(rows)

@@ -382,8 +382,9 @@ def ground_truth(campaign: Campaign) -> dict:
 
 def summary_table(results: dict) -> str:
     """The Emu table for the world: per campaign and criterion, B's win rate over A with its interval, and ground truth."""
-    lines = ["campaign | criterion | B vs A | items won / tied / lost by B | win rate | 95% interval | hidden appeal A / B | "
-             "oracle faithfulness A / B", "---|---|---|---|---|---|---|---"]
+    lines = ["campaign | criterion | B vs A | items won / tied / lost by B | win rate | 95% interval | "
+             "ties as half a win (95% interval) | hidden appeal A / B | oracle faithfulness A / B",
+             "---|---|---|---|---|---|---|---|---"]
     for key, result in results.items():
         truth = result["ground_truth"]
         for row in result["win_rates"]:
@@ -392,6 +393,7 @@ def summary_table(results: dict) -> str:
             lines.append(
                 f"{key} | {row['criterion']} | {b} vs {a} | {row['wins']} / {row['ties']} / {row['losses']} | "
                 f"{row['win_rate_text']} | {row['interval_text']} | "
+                f"{row['half_ties_text']} ({row['half_ties_interval_text']}) | "
                 f"{ta.get('appeal', '?')} / {tb.get('appeal', '?')} | {ta.get('faithfulness', '?')} / {tb.get('faithfulness', '?')}"
             )
     return "\n".join(lines) + "\n"

@@ -346,6 +346,12 @@ def test_a_criterion_without_complete_comparisons_says_so_and_the_rest_still_rep
     rows = {w["criterion"]: w for w in services.campaign_win_rates(world.campaign)}
     assert rows["visual_appeal"]["win_rate"] is None and rows["visual_appeal"]["win_rate_text"] == appeal.message
     assert rows["text_faithfulness"]["win_rate"] == pytest.approx(faithfulness.win_rate)
+    assert rows["visual_appeal"]["half_ties_text"] == "" and rows["visual_appeal"]["low_half_ties"] is None
+    half = rows["text_faithfulness"]
+    assert half["win_rate_half_ties"] == pytest.approx(faithfulness.win_rate_half_ties)
+    bounds = faithfulness.interval_half_ties
+    assert (half["low_half_ties"], half["high_half_ties"]) == ((bounds.low, bounds.high) if bounds else (None, None))
+    assert half["half_ties_interval_text"] == faithfulness.half_ties_interval_text
 
 
 def test_agreement_counts_both_and_neither_as_different_answers(world):

@@ -196,6 +196,7 @@ class Command(BaseCommand):
             out(
                 f"  {w['criterion_label']:<18} {w['model_a']:<16} {w['model_b']:<16} {w['wins']:>7} {w['ties']:>5} "
                 f"{w['losses']:>7}   {w['win_rate_text']}{interval}"
+                + (f"; ties as half a win {w['half_ties_text']} [{w['half_ties_interval_text']}]" if w["low"] is not None else "")
             )
         out(f"Full report: manage.py report {shlex.quote(campaign.name)} --format html --out report.html")
 
