@@ -42,7 +42,7 @@ from django.utils.text import slugify
 from annotation import selectors as annotation_selectors
 from annotation.models import Campaign, ComparisonItem, Participation, Vote
 from annotation.services import model_pairs
-from generation import csv_export
+from core import csv_export
 
 from . import stats
 from .selectors import VOTE_COLUMNS, votes_frame

@@ -11,7 +11,7 @@ from django import forms
 from django.contrib.auth import get_user_model
 from django.core.exceptions import NON_FIELD_ERRORS
 
-from evalsite.errors import add_to_form
+from core.errors import add_to_form
 from generation import services as generation_services
 from generation.models import PromptSet, TextToImageModel
 

@@ -44,7 +44,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import ensure_csrf_cookie
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from evalsite import ratelimit
+from core import ratelimit
 
 from . import selectors, services
 from .models import Assignment, Campaign, Choice, InviteLink, Participation, Rater

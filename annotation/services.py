@@ -34,7 +34,7 @@ from django.db.models import Count, Exists, F, OuterRef, Q, Subquery, Sum
 from django.utils import timezone
 from PIL import Image, ImageFilter
 
-from evalsite.errors import ServiceError
+from core.errors import ServiceError
 from generation import selectors as generation_selectors
 from generation import services as generation_services
 from generation.models import GeneratedImage, Prompt

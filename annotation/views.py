@@ -14,7 +14,7 @@ from django.utils.text import slugify
 from django.views.decorators.http import require_POST, require_safe
 
 from analysis.services import campaign_win_rates
-from generation import csv_export
+from core import csv_export
 
 from . import selectors, services
 from .api import campaign_state, launch_images

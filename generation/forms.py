@@ -1,6 +1,6 @@
 from django import forms
 
-from evalsite.errors import add_to_form
+from core.errors import add_to_form
 
 from . import pipelines, services
 from .models import SCHEDULER_CHOICES, PromptSet, TextToImageModel

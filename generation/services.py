@@ -21,7 +21,7 @@ from django.core.validators import validate_slug
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from evalsite.errors import ServiceError
+from core.errors import ServiceError
 
 from . import pipelines
 from .models import (

@@ -27,7 +27,10 @@ $PY manage.py generate --models tiny-base tiny-tuned --prompt-set demo --seeds 0
 # demo_setup made the draft campaign over those images (the same prompts and seeds, both Emu criteria, 30 tasks
 # per rater of which 20% gold, so gold can exclude; settings in demo_setup.DEMO_CAMPAIGN). Launching finds every
 # image already made and goes live.
-if $PY manage.py campaign status demo | head -n 1 | grep -q ': draft$'; then
+# (The status is read whole before its first line is looked at: `status | head -n 1` would close the pipe under a
+# command still writing, and the broken pipe would skip the launch.)
+status=$($PY manage.py campaign status demo)
+if [[ ${status%%$'\n'*} == *': draft' ]]; then
     $PY manage.py campaign launch demo --wait --timeout 300
 fi
 # One invite link for the demo, reused on every run: printed plain (works as is: each browser that opens it is
@@ -54,12 +57,15 @@ echo "(Ctrl-C stops the server and the workers.)"
 if [ "${MINI_EMU:-1}" != "0" ]; then
     (
         for _ in $(seq 60); do curl -fsS -o /dev/null "http://127.0.0.1:$PORT/accounts/login/" 2>/dev/null && break; sleep 1; done
-        $PY manage.py mini_emu reproduce --scale "${MINI_EMU_SCALE:-demo}" \
-            --base-url "http://127.0.0.1:$PORT" --out var/mini-emu-results.json >var/logs/mini-emu.log 2>&1 \
+        LOG_LEVEL=WARNING $PY manage.py mini_emu reproduce --scale "${MINI_EMU_SCALE:-demo}" \
+            --base-url "http://127.0.0.1:$PORT" --out var/mini-emu-results.json 2>&1 \
+            | tee var/logs/mini-emu.log | sed -u 's/^/[mini-Emu] /' \
             && echo "mini-Emu loop finished: results in var/mini-emu-results.json, campaigns at http://127.0.0.1:$PORT/annotation/" \
             || echo "mini-Emu loop stopped; see var/logs/mini-emu.log"
     ) &
-    echo "The mini-Emu loop runs in the background (progress: tail -f var/logs/mini-emu.log)."
+    echo "The mini-Emu loop runs in the background; its progress follows here (also in var/logs/mini-emu.log)."
 fi
-exec_server() { $PY manage.py runserver "127.0.0.1:$PORT" --noreload; }
-exec_server
+# The server's request log goes to a file, so the loop's progress stays readable here.
+echo "Server log: var/logs/demo-server.log"
+$PY manage.py runserver "127.0.0.1:$PORT" --noreload >var/logs/demo-server.log 2>&1 \
+    || { tail -n 20 var/logs/demo-server.log >&2; exit 1; }

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from django import forms
 
-from evalsite.errors import add_to_form
+from core.errors import add_to_form
 from generation import services as generation_services
 from generation.models import PromptSet, TextToImageModel
 from training.config import MIXED_PRECISIONS, PREDICTION_TYPES, QualityTuningConfig

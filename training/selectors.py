@@ -7,7 +7,7 @@ from pathlib import Path
 
 from django.urls import reverse
 
-from generation import csv_export
+from core import csv_export
 from training import checkpoints
 from training.validation import GRID_FILE, LOSS_CURVE_FILE, VALIDATION_DIR
 

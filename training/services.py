@@ -48,7 +48,7 @@ from django.core.validators import validate_slug
 from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
-from evalsite.errors import ServiceError
+from core.errors import ServiceError
 from generation import services as generation_services
 from generation.models import TextToImageModel
 from generation.pipelines import PipelineDirectoryError, WeightsChangedError, fingerprint_directory

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from annotation import services
 from annotation.models import Assignment, GoldImage, Participation, Vote
-from evalsite import ratelimit
+from core import ratelimit
 from generation.models import GeneratedImage, TextToImageModel
 
 pytestmark = pytest.mark.django_db

@@ -19,7 +19,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from annotation import selectors, services
 from annotation.models import CurationReview, CurationStage
-from generation import csv_export
+from core import csv_export
 from training.models import CurationRun
 
 

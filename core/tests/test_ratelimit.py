@@ -2,7 +2,7 @@
 
 from django.test import RequestFactory
 
-from evalsite.ratelimit import client_address
+from core.ratelimit import client_address
 
 
 def test_without_trusted_proxies_a_forged_forwarded_header_is_ignored(settings):

@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 
-from generation import csv_export
+from core import csv_export
 
 FORMULAS = ['=HYPERLINK("http://x")', "+1", "-2+3", "@SUM(A1)", "\tx", "\rx"]
 
