@@ -24,7 +24,7 @@ from django.urls import path, reverse
 from django.utils.crypto import constant_time_compare, salted_hmac
 from django.views.decorators.csrf import csrf_exempt
 
-from generation import selectors as generation_selectors
+from analysis.live import campaign_state  # moves to analysis's API router (issue 11)
 
 from . import selectors, services
 from .forms import CampaignForm
@@ -179,30 +179,6 @@ def campaign_settings(campaign: Campaign) -> dict:
                 "screen_out_url", "screen_out_code", "speeder_seconds", "exclude_speeders",
             )
         },
-    }
-
-
-def launch_images(campaign: Campaign) -> dict | None:
-    """While a campaign launches: how many of its images exist. None otherwise."""
-    if campaign.status != Campaign.Status.LAUNCHING or campaign.generation_batch is None:
-        return None
-    images = generation_selectors.batch_progress(campaign.generation_batch)
-    return {"done": images.done, "total": images.total, "error": campaign.generation_batch.error}
-
-
-def campaign_state(campaign: Campaign) -> dict:
-    """What a dashboard polls: status, progress (and the launch's image generation), win rates with intervals."""
-    from analysis.services import campaign_win_rates  # local: analysis reads annotation's models
-
-    return {
-        "id": campaign.pk,
-        "name": campaign.name,
-        "status": campaign.status,
-        "launch_error": campaign.launch_error,
-        "progress": selectors.campaign_progress(campaign).as_dict(),
-        "generation": launch_images(campaign),
-        # Item-level win rates with the report's headline interval (complete comparisons only).
-        "win_rates": campaign_win_rates(campaign),
     }
 
 

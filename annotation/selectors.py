@@ -12,6 +12,8 @@ from pathlib import Path
 from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
 
+from generation import selectors as generation_selectors
+
 from .models import Assignment, Campaign, Choice, ComparisonItem, Criterion, InviteLink, Participation, Vote
 
 
@@ -434,3 +436,11 @@ def decision_export_rows(review):
             decided_at.isoformat() if decided_at else "", "" if keep is None else keep, "" if rating is None else rating,
             ";".join(reasons or ()), corrected, reviewer or "", "" if seconds is None else seconds,
         ]
+
+
+def launch_images(campaign: Campaign) -> dict | None:
+    """While a campaign launches: how many of its images exist. None otherwise."""
+    if campaign.status != Campaign.Status.LAUNCHING or campaign.generation_batch is None:
+        return None
+    images = generation_selectors.batch_progress(campaign.generation_batch)
+    return {"done": images.done, "total": images.total, "error": campaign.generation_batch.error}

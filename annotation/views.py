@@ -13,11 +13,11 @@ from django.urls import reverse
 from django.utils.text import slugify
 from django.views.decorators.http import require_POST, require_safe
 
+from analysis.live import campaign_state  # the campaign page moves to analysis (issue 11)
 from analysis.services import campaign_win_rates
 from core import csv_export
 
 from . import selectors, services
-from .api import campaign_state, launch_images
 from .forms import CampaignForm, ExcludeRaterForm, InviteAccountForm, InviteLinkForm
 from .models import Campaign, Participation
 
@@ -64,7 +64,7 @@ def campaign_detail(request, pk):
         "models": campaign.ordered_models(),
         "pairs": services.model_pairs(campaign),
         "criteria": campaign.criteria.all(),
-        "generation": launch_images(campaign),
+        "generation": selectors.launch_images(campaign),
         "progress": selectors.campaign_progress(campaign),
         "raters_needed": selectors.raters_needed(campaign),
         "win_rates": campaign_win_rates(campaign),
