@@ -41,7 +41,6 @@ from django.utils.text import slugify
 
 from annotation import selectors as annotation_selectors
 from annotation.models import Campaign, ComparisonItem, Participation, Vote
-from annotation.services import model_pairs
 from core import csv_export
 
 from . import stats
@@ -604,7 +603,7 @@ def _comparisons(campaign, frame, *, breakdowns: bool, seed, rounds, level, incl
         .order_by()
     }
     for criterion in campaign.criteria.all():
-        for model_a, model_b in model_pairs(campaign):
+        for model_a, model_b in campaign.model_pairs():
             selected = frame[
                 (frame["criterion"] == criterion.criterion) & (frame["model_a"] == model_a.name) & (frame["model_b"] == model_b.name)
             ]

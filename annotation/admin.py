@@ -8,14 +8,14 @@ from django.shortcuts import redirect
 from django.urls import reverse
 from django.utils.html import format_html
 
+from core.admin import ReadOnlyAdmin
+
 from . import services
 from .models import (
     Campaign,
     CampaignCriterion,
     CampaignModel,
     ComparisonItem,
-    CurationDecision,
-    CurationReview,
     InviteLink,
     Participation,
     Vote,
@@ -71,10 +71,10 @@ class CampaignAdmin(admin.ModelAdmin):
 
     @admin.display(description="page")
     def researcher_page(self, obj):
-        return format_html('<a href="{}">dashboard</a>', reverse("annotation:campaign_detail", args=[obj.pk]))
+        return format_html('<a href="{}">dashboard</a>', reverse("campaigns:detail", args=[obj.pk]))
 
     def view_on_site(self, obj):
-        return reverse("annotation:campaign_detail", args=[obj.pk])
+        return reverse("campaigns:detail", args=[obj.pk])
 
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
@@ -151,19 +151,6 @@ class InviteLinkAdmin(admin.ModelAdmin):
         return False  # deactivate instead: participations point at it
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Records of what happened (votes, items, participations): viewed here, never added, edited or deleted."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-
 @admin.register(Participation)
 class ParticipationAdmin(ReadOnlyAdmin):
     list_display = ["rater", "campaign", "invite_link", "prolific_pid", "study_id", "consented_at", "completed_at", "excluded", "exclusion_reason"]
@@ -207,41 +194,3 @@ class ComparisonItemAdmin(ReadOnlyAdmin):
     @admin.display(boolean=True, description="gold")
     def is_gold(self, obj):
         return obj.is_gold
-
-
-# --- Human curation stages: opened, closed and frozen on /curate/manage/; the admin reads and fixes wording ---------
-
-
-@admin.register(CurationReview)
-class CurationReviewAdmin(admin.ModelAdmin):
-    list_display = ["name", "stage", "mode", "status", "funnel_run", "source_review", "target_size", "dataset", "created_at", "researcher_page"]
-    list_filter = ["stage", "status", "mode"]
-    search_fields = ["name"]
-    list_select_related = ["funnel_run", "source_review", "dataset"]
-    # The candidates, their order and the outcome are the stage's record; only the wording and the lease may change.
-    readonly_fields = [
-        "name", "stage", "funnel_run", "source_review", "mode", "keep_threshold", "target_size", "status", "dataset",
-        "created_by", "created_at", "closed_at",
-    ]
-    fields = [*readonly_fields[:7], "instructions", "lease_seconds", *readonly_fields[7:]]
-
-    def has_add_permission(self, request):
-        return False  # stages open from a funnel run or a generalist stage, on the researchers' page
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-    @admin.display(description="page")
-    def researcher_page(self, obj):
-        return format_html('<a href="{}">stage page</a>', reverse("curation:manage_detail", args=[obj.name]))
-
-    def view_on_site(self, obj):
-        return reverse("curation:manage_detail", args=[obj.name])
-
-
-@admin.register(CurationDecision)
-class CurationDecisionAdmin(ReadOnlyAdmin):
-    list_display = ["review", "position", "candidate", "reviewer", "keep", "rating", "reasons", "decided_at", "seconds_on_task"]
-    list_filter = ["review", "keep"]
-    search_fields = ["candidate__relative_path", "caption"]
-    list_select_related = ["review", "candidate", "reviewer"]

@@ -157,7 +157,7 @@ def campaign_summary(campaign: Campaign, percent: int | None = None) -> dict:
         "seeds": campaign.seeds,
         "percent": percent,
         "created_at": campaign.created_at.isoformat(),
-        "url": reverse("annotation:campaign_detail", args=[campaign.pk]),
+        "url": reverse("campaigns:detail", args=[campaign.pk]),
     }
 
 

@@ -11,6 +11,7 @@ faithfulness the prompt's image against another prompt's image.
 
 from __future__ import annotations
 
+import itertools
 import secrets
 
 from django.conf import settings
@@ -88,6 +89,22 @@ class Campaign(models.Model):
         PAUSED = "paused", "paused"
         CLOSED = "closed", "closed"
 
+    # The campaign's state machine, written once: the moves each status allows, and the researcher's actions (the
+    # buttons, the API's action endpoints and the command's verbs), each with the statuses it starts from.
+    TRANSITIONS = {
+        Status.DRAFT: {Status.LAUNCHING, Status.LIVE},
+        Status.LAUNCHING: {Status.LIVE, Status.DRAFT},  # goes live by itself; back to draft if generation fails
+        Status.LIVE: {Status.PAUSED, Status.CLOSED},
+        Status.PAUSED: {Status.LIVE, Status.CLOSED},
+        Status.CLOSED: set(),
+    }
+    ACTIONS = {  # action: (button label, from, to)
+        "launch": ("Launch", {Status.DRAFT}, Status.LAUNCHING),
+        "pause": ("Pause", {Status.LIVE}, Status.PAUSED),
+        "resume": ("Resume", {Status.PAUSED}, Status.LIVE),
+        "close": ("Close", {Status.LIVE, Status.PAUSED}, Status.CLOSED),
+    }
+
     class Pairing(models.TextChoices):
         ALL_PAIRS = "all_pairs", "all pairs"
         VS_BASELINE = "vs_baseline", "each model vs the baseline"
@@ -159,11 +176,26 @@ class Campaign(models.Model):
     class Meta:
         ordering = ["-created_at"]
 
+    @classmethod
+    def may_move(cls, current: str, status: str) -> bool:
+        return status in cls.TRANSITIONS[current]
+
+    def available_actions(self) -> list[tuple[str, str]]:
+        """(action, label) of the actions this campaign's status offers, in the order the buttons show them."""
+        return [(action, label) for action, (label, sources, _) in self.ACTIONS.items() if self.status in sources]
+
     def __str__(self) -> str:
         return self.name
 
     def ordered_models(self) -> list[TextToImageModel]:
         return [cm.model for cm in self.campaign_models.select_related("model").order_by("position")]
+
+    def model_pairs(self) -> list[tuple[TextToImageModel, TextToImageModel]]:
+        """The (model A, model B) pairs the campaign compares, A before B in the campaign's order."""
+        models = self.ordered_models()
+        if self.pairing == self.Pairing.VS_BASELINE:
+            return [(self.baseline, m) for m in models if m.pk != self.baseline_id]
+        return list(itertools.combinations(models, 2))
 
 
 class CampaignModel(models.Model):
@@ -376,98 +408,3 @@ class Vote(models.Model):
     excluded = models.BooleanField(default=False)
     gold_correct = models.BooleanField(null=True, blank=True, help_text="For gold items: whether the known answer was picked.")
     created_at = models.DateTimeField(auto_now_add=True)
-
-
-# --- Human curation stages ------------------------------------------------------------------------------------------
-#
-# After the automatic funnel (training.CurationRun), people narrow the candidates in two
-# stages, as in Emu: generalists keep or reject fast (or rate 1-5, which also trains an
-# aesthetic head), then specialists select the final set for composition, lighting,
-# colour and contrast, subject and background, and write or correct each caption.
-# The specialist selection is frozen into a training.CuratedDataset with a content hash.
-
-
-class CurationStage(models.TextChoices):
-    GENERALIST = "generalist", "generalist (keep or reject)"
-    SPECIALIST = "specialist", "specialist (select with reasons, caption)"
-
-
-class SelectionReason(models.TextChoices):
-    COMPOSITION = "composition", "composition"
-    LIGHTING = "lighting", "lighting"
-    COLOUR_CONTRAST = "colour_contrast", "colour and contrast"
-    SUBJECT_BACKGROUND = "subject_background", "subject and background"
-
-
-class CurationReview(models.Model):
-    """One human curation stage over a set of candidates, with one decision row per candidate."""
-
-    class Mode(models.TextChoices):
-        KEEP_REJECT = "keep_reject", "keep or reject"
-        RATING = "rating", "rate 1-5 (kept at or above the threshold)"
-
-    class Status(models.TextChoices):
-        OPEN = "open", "open"
-        CLOSED = "closed", "closed"
-
-    name = models.SlugField(max_length=100, unique=True)
-    stage = models.CharField(max_length=16, choices=CurationStage.choices)
-    funnel_run = models.ForeignKey("training.CurationRun", on_delete=models.PROTECT, related_name="reviews")
-    source_review = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="next_reviews",
-        help_text="Specialist stage: the generalist stage whose kept candidates it reviews.",
-    )
-    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.KEEP_REJECT)
-    keep_threshold = models.PositiveSmallIntegerField(
-        default=4, validators=[MinValueValidator(1), MaxValueValidator(5)], help_text="Rating mode: ratings at or above keep."
-    )
-    target_size = models.PositiveIntegerField(
-        default=0, help_text="Specialist stage: the size of the final dataset (the stage is done when reached). 0: no target."
-    )
-    instructions = models.TextField(blank=True)
-    lease_seconds = models.PositiveIntegerField(default=300)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
-    dataset = models.OneToOneField(
-        "training.CuratedDataset", null=True, blank=True, on_delete=models.PROTECT, related_name="curation_review",
-        help_text="The frozen dataset made from this specialist stage's selection.",
-    )
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    created_at = models.DateTimeField(auto_now_add=True)
-    closed_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
-        permissions = [("review_curation", "Can review candidates in human curation stages")]
-
-    def __str__(self) -> str:
-        return self.name
-
-
-class CurationDecision(models.Model):
-    """One candidate in one human stage: leased to a reviewer, then decided once."""
-
-    review = models.ForeignKey(CurationReview, on_delete=models.CASCADE, related_name="decisions")
-    candidate = models.ForeignKey("training.Candidate", on_delete=models.PROTECT, related_name="curation_decisions")
-    # Review order: best automatic aesthetic score first, so a stage stopped early saw the likeliest needles.
-    position = models.PositiveIntegerField()
-    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    leased_until = models.DateTimeField(null=True, blank=True)
-    decided_at = models.DateTimeField(null=True, blank=True)
-    keep = models.BooleanField(null=True, blank=True)
-    rating = models.PositiveSmallIntegerField(null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(5)])
-    reasons = models.JSONField(default=list, blank=True, help_text="Specialist: SelectionReason values.")
-    caption = models.TextField(blank=True, help_text="Specialist: the written or corrected caption (blank: the original).")
-    seconds_on_task = models.FloatField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["review", "position"]
-        constraints = [
-            models.UniqueConstraint(fields=["review", "candidate"], name="curation_decision_once"),
-            models.UniqueConstraint(fields=["review", "position"], name="curation_decision_position"),
-        ]
-        indexes = [
-            models.Index(fields=["review", "position"], condition=Q(decided_at__isnull=True), name="curation_undecided"),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.review.name}: {self.candidate_id}"

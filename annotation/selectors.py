@@ -7,7 +7,6 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
 
 from django.db.models import Count, F, Q, Sum
 from django.utils import timezone
@@ -44,10 +43,8 @@ def raters_needed(campaign: Campaign) -> int:
     distinct raters as the criteria's k added up (Emu: 5 + 3 = 8), and each rater takes at most one task per
     pair, or the regular tasks their quota leaves after gold if that is fewer.
     """
-    from .services import model_pairs
-
     votes_per_pair = sum(campaign.criteria.values_list("votes_per_item", flat=True))
-    pairs = len(model_pairs(campaign)) * campaign.prompt_set.prompts.count() * len(campaign.seeds)
+    pairs = len(campaign.model_pairs()) * campaign.prompt_set.prompts.count() * len(campaign.seeds)
     if not votes_per_pair or not pairs:
         return votes_per_pair
     per_rater = pairs
@@ -312,129 +309,6 @@ def vote_export_rows(campaign: Campaign):
             vote_id, item_id, criterion, prompt_id, prompt, category, challenge, seed, model_a, model_b, rater_id,
             external_id, choice, a_on_left, winner, winner_model, seconds, gold_image_id is not None, gold_correct,
             excluded, simulated, created_at.isoformat(),
-        ]
-
-
-# --- Human curation stages --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ReviewerCount:
-    reviewer: str
-    decided: int
-    kept: int
-    median_seconds: float | None
-
-
-@dataclass(frozen=True)
-class ReviewProgress:
-    total: int  # candidates in the stage
-    decided: int
-    kept: int  # kept (generalist) or selected (specialist)
-    leased: int  # open leases right now
-    target: int  # specialist: the final size; 0 without a target
-    median_seconds: float | None
-    reviewers: list[ReviewerCount]
-
-    @property
-    def percent(self) -> int:
-        return int(100 * self.decided / self.total) if self.total else 0
-
-    @property
-    def done(self) -> bool:
-        return self.decided >= self.total or bool(self.target and self.kept >= self.target)
-
-
-def _median(values) -> float | None:
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
-def review_progress(review, now: datetime | None = None) -> ReviewProgress:
-    from .models import CurationDecision
-
-    now = now or timezone.now()
-    decisions = CurationDecision.objects.filter(review=review)
-    counts = decisions.aggregate(
-        total=Count("id"),
-        decided=Count("id", filter=Q(decided_at__isnull=False)),
-        kept=Count("id", filter=Q(keep=True)),
-        leased=Count("id", filter=Q(decided_at__isnull=True, leased_until__gt=now)),
-    )
-    per_reviewer: dict[str, list] = defaultdict(list)
-    seconds_all = []
-    for username, keep, seconds in decisions.filter(decided_at__isnull=False).values_list(
-        "reviewer__username", "keep", "seconds_on_task"
-    ):
-        per_reviewer[username or "(deleted account)"].append((keep, seconds))
-        seconds_all.append(seconds)
-    reviewers = [
-        ReviewerCount(name, len(rows), sum(1 for keep, _ in rows if keep), _median(s for _, s in rows))
-        for name, rows in sorted(per_reviewer.items(), key=lambda kv: (-len(kv[1]), kv[0]))
-    ]
-    return ReviewProgress(
-        total=counts["total"], decided=counts["decided"], kept=counts["kept"], leased=counts["leased"],
-        target=review.target_size if review.stage == "specialist" else 0,
-        median_seconds=_median(seconds_all), reviewers=reviewers,
-    )
-
-
-def peek_next_decision(review, user, after, now: datetime | None = None):
-    """The candidate this reviewer will most likely get after ``after``, without leasing it: for preloading only."""
-    from .models import CurationDecision
-
-    now = now or timezone.now()
-    return (
-        CurationDecision.objects.filter(review=review, decided_at__isnull=True)
-        .filter(Q(leased_until__isnull=True) | Q(leased_until__lte=now) | Q(reviewer=user))
-        .exclude(pk=after.pk)
-        .filter(position__gt=after.position)
-        .order_by("position")
-        .first()
-    )
-
-
-def open_reviews_for(user):
-    """Open stages a reviewer may work on, with their progress."""
-    from .models import CurationReview
-
-    reviews = CurationReview.objects.filter(status=CurationReview.Status.OPEN).order_by("-created_at")
-    return [(review, review_progress(review)) for review in reviews]
-
-
-def reviewer_may_review(user) -> bool:
-    return bool(user.is_authenticated and user.is_active and (user.is_staff or user.has_perm("annotation.review_curation")))
-
-
-DECISION_EXPORT_COLUMNS = [
-    "position", "candidate_path", "caption", "decided", "decided_at", "keep", "rating", "reasons",
-    "corrected_caption", "reviewer", "seconds_on_task",
-]
-
-
-def decision_export_rows(review):
-    """One row per candidate of the stage (DECISION_EXPORT_COLUMNS), in review order, undecided ones included.
-
-    ``caption`` is the candidate's imported caption and ``corrected_caption`` the
-    specialist's (blank when none was written); ``reasons`` are joined with ``;``.
-    """
-    from .models import CurationDecision
-
-    decisions = (
-        CurationDecision.objects.filter(review=review)
-        .order_by("position")
-        .values_list(
-            "position", "candidate__collection__path", "candidate__relative_path", "candidate__caption", "decided_at",
-            "keep", "rating", "reasons", "caption", "reviewer__username", "seconds_on_task",
-        )
-    )
-    for position, folder, relative_path, caption, decided_at, keep, rating, reasons, corrected, reviewer, seconds in (
-        decisions.iterator(chunk_size=2000)
-    ):
-        yield [
-            position, str(Path(folder) / relative_path), caption, decided_at is not None,
-            decided_at.isoformat() if decided_at else "", "" if keep is None else keep, "" if rating is None else rating,
-            ";".join(reasons or ()), corrected, reviewer or "", "" if seconds is None else seconds,
         ]
 
 

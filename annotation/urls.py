@@ -3,17 +3,16 @@
 from django.urls import include, path
 
 from . import views
-from .api import ACTIONS
+from .models import Campaign
 
 app_name = "annotation"
 
 urlpatterns = [
     path("", views.campaign_list, name="campaign_list"),
     path("campaigns/new/", views.campaign_new, name="campaign_new"),
-    path("campaigns/<int:pk>/", views.campaign_detail, name="campaign_detail"),
-    path("campaigns/<int:pk>/progress.json", views.progress_json, name="campaign_progress"),
+    # The campaign page itself (campaigns/<pk>/ and its progress.json) is analysis.campaign_views.
     path("campaigns/<int:pk>/votes.csv", views.votes_csv, name="votes_csv"),
-    *[path(f"campaigns/<int:pk>/{action}/", views.campaign_action, {"action": action}, name=action) for action in ACTIONS],
+    *[path(f"campaigns/<int:pk>/{action}/", views.campaign_action, {"action": action}, name=action) for action in Campaign.ACTIONS],
     path("campaigns/<int:pk>/invite-links/", views.invite_link_create, name="invite_link_create"),
     path("campaigns/<int:pk>/invite-account/", views.invite_account, name="invite_account"),
     path("campaigns/<int:pk>/raters/<int:participation_pk>/exclude/", views.exclude_rater, name="exclude_rater"),

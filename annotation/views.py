@@ -6,30 +6,16 @@ through services, whose refusals are shown to the researcher as they are.
 
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
-from django.db.models import Count
-from django.http import JsonResponse, StreamingHttpResponse
+from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import reverse
 from django.utils.text import slugify
-from django.views.decorators.http import require_POST, require_safe
+from django.views.decorators.http import require_POST
 
-from analysis.live import campaign_state  # the campaign page moves to analysis (issue 11)
-from analysis.services import campaign_win_rates
 from core import csv_export
 
 from . import selectors, services
 from .forms import CampaignForm, ExcludeRaterForm, InviteAccountForm, InviteLinkForm
 from .models import Campaign, Participation
-
-# The buttons each status offers; services.set_status has the last word on every move.
-ACTIONS_BY_STATUS = {
-    Campaign.Status.DRAFT: [("launch", "Launch")],
-    Campaign.Status.LAUNCHING: [],
-    Campaign.Status.LIVE: [("pause", "Pause"), ("close", "Close")],
-    Campaign.Status.PAUSED: [("resume", "Resume"), ("close", "Close")],
-    Campaign.Status.CLOSED: [],
-}
-
 
 def _campaign(pk) -> Campaign:
     return get_object_or_404(Campaign.objects.select_related("prompt_set", "baseline", "generation_batch"), pk=pk)
@@ -50,38 +36,8 @@ def campaign_new(request):
         campaign = form.create(request.user)
         if campaign is not None:
             messages.success(request, f"Created the draft campaign {campaign.name}. Check its settings, then launch it.")
-            return redirect("annotation:campaign_detail", campaign.pk)
+            return redirect("campaigns:detail", campaign.pk)
     return render(request, "annotation/researcher/campaign_form.html", {"form": form})
-
-
-@staff_member_required
-def campaign_detail(request, pk):
-    campaign = _campaign(pk)
-    base_url = request.build_absolute_uri("/")
-    links = campaign.invite_links.annotate(joined=Count("participations")).order_by("-created_at")
-    context = {
-        "campaign": campaign,
-        "models": campaign.ordered_models(),
-        "pairs": services.model_pairs(campaign),
-        "criteria": campaign.criteria.all(),
-        "generation": selectors.launch_images(campaign),
-        "progress": selectors.campaign_progress(campaign),
-        "raters_needed": selectors.raters_needed(campaign),
-        "win_rates": campaign_win_rates(campaign),
-        "raters": selectors.rater_quality(campaign),
-        "invite_links": [(link, selectors.invite_url(base_url, link)) for link in links],
-        "actions": [(label, reverse(f"annotation:{action}", args=[campaign.pk])) for action, label in ACTIONS_BY_STATUS[campaign.status]],
-        "invite_link_form": InviteLinkForm(),
-        "invite_account_form": InviteAccountForm(),
-    }
-    return render(request, "annotation/researcher/campaign_detail.html", context)
-
-
-@staff_member_required
-@require_safe
-def progress_json(request, pk):
-    campaign = _campaign(pk)
-    return JsonResponse(campaign_state(campaign))
 
 
 @staff_member_required
@@ -100,7 +56,7 @@ def campaign_action(request, pk, action):
             "close": "Closed: no more votes are accepted.",
         }
         messages.success(request, done[action])
-    return redirect("annotation:campaign_detail", campaign.pk)
+    return redirect("campaigns:detail", campaign.pk)
 
 
 @staff_member_required
@@ -119,7 +75,7 @@ def invite_link_create(request, pk):
             messages.success(request, f"Invite link created: {selectors.invite_url(request.build_absolute_uri('/'), link)}")
     else:
         _form_errors_as_messages(request, form)
-    return redirect("annotation:campaign_detail", campaign.pk)
+    return redirect("campaigns:detail", campaign.pk)
 
 
 @staff_member_required
@@ -133,7 +89,7 @@ def invite_account(request, pk):
         messages.success(request, f"{user.get_username()} can now vote in this campaign.")
     else:
         _form_errors_as_messages(request, form)
-    return redirect("annotation:campaign_detail", campaign.pk)
+    return redirect("campaigns:detail", campaign.pk)
 
 
 @staff_member_required
@@ -148,7 +104,7 @@ def exclude_rater(request, pk, participation_pk):
         )
     else:
         _form_errors_as_messages(request, form)
-    return redirect("annotation:campaign_detail", pk)
+    return redirect("campaigns:detail", pk)
 
 
 @staff_member_required

@@ -27,12 +27,13 @@ from django.contrib.auth.models import Permission, User
 
 from analysis import services as analysis_services
 from annotation import services as annotation_services
-from annotation.models import Campaign, CurationReview
+from annotation.models import Campaign
 from evalsite.simulated_people import RaterBrowser, ReviewerBrowser
 from generation import services as generation_services
 from generation.models import PromptSet, TextToImageModel
 from training import services as training_services
-from training.models import CandidateCollection, CuratedDataset, CurationRun, QualityTuningRun
+from training.models import CandidateCollection, CuratedDataset, CurationReview, CurationRun, QualityTuningRun
+from training.services import reviews
 from world import corpus
 from world.raters import SimulatedReviewer, crowd
 
@@ -117,7 +118,7 @@ class Loop:
         if created:
             user.set_password(password)
             user.save()
-            user.user_permissions.add(Permission.objects.get(codename="review_curation", content_type__app_label="annotation"))
+            user.user_permissions.add(Permission.objects.get(codename="review_curation", content_type__app_label="training"))
         return REVIEWER, password
 
     def review(self, review: CurationReview, decide) -> int:
@@ -196,13 +197,13 @@ class Loop:
         if review is None:
             sample = self.collection(f"mini-emu-rating-sample-{self.scale_name}", self.scale.rating_sample, corpus.POOL_SEED_BASE + 5_000_000)
             run = self.funnel(sample, [{"kind": "ResolutionStage", "min_side": 32, "max_aspect_ratio": 2.0}])
-            review = annotation_services.open_generalist_review(run, name, mode=CurationReview.Mode.RATING)
+            review = reviews.open_generalist_review(run, name, mode=CurationReview.Mode.RATING)
         reviewer = SimulatedReviewer(keep_above=0.0, noise=0.05, seed=1)
         decided = self.review(review, lambda caption, pixels: {"rating": int(round(1 + (reviewer.rating(pixels, caption) - 1) * 4 / 9))})
         self.log(f"  reviewers rated {decided} sample images on the review page")
         head = Path(settings.NEEDLE_TRAINING_DIR) / "aesthetic-heads" / f"{name}.pth"
         if not head.exists():
-            annotation_services.train_aesthetic_head_from_review(review, out_path=head)
+            reviews.train_aesthetic_head_from_review(review, out_path=head)
         return str(head)
 
     def _calibrate(self, collection: CandidateCollection, head: str, keep_aesthetic: float, keep_clip: float) -> tuple[float, float]:
@@ -236,21 +237,21 @@ class Loop:
         run = self.funnel(pool, stages, head=head)
         self.log(f"  funnel kept {run.count_kept} of {run.count_in} pool images")
         generalists = CurationReview.objects.filter(name=f"mini-emu-generalists-{self.scale_name}").first() or \
-            annotation_services.open_generalist_review(run, f"mini-emu-generalists-{self.scale_name}")
+            reviews.open_generalist_review(run, f"mini-emu-generalists-{self.scale_name}")
         # Generalists keep about the better half of what the funnel passed, by their own eye.
         appeal_cut = self._median_appeal(run)
         generalist = SimulatedReviewer(keep_above=appeal_cut, noise=0.03, seed=2)
         decided = self.review(generalists, lambda caption, pixels: {"keep": "1" if generalist.keep(pixels, caption) else "0"})
         self.log(f"  generalists decided {decided} candidates")
         specialists = CurationReview.objects.filter(name=f"mini-emu-specialists-{self.scale_name}").first() or \
-            annotation_services.open_specialist_review(generalists, f"mini-emu-specialists-{self.scale_name}", target_size=self.scale.needles)
+            reviews.open_specialist_review(generalists, f"mini-emu-specialists-{self.scale_name}", target_size=self.scale.needles)
         specialist = SimulatedReviewer(keep_above=appeal_cut + 0.02, noise=0.02, seed=3)
         decided = self.review(specialists, lambda caption, pixels: (
             {"keep": "1", "reasons": ["composition", "colour_contrast"], "caption": caption}
             if specialist.keep(pixels, caption) else {"keep": "0", "caption": caption}))
         self.log(f"  specialists decided {decided} candidates")
         specialists.refresh_from_db()
-        return annotation_services.freeze_review(specialists, name, description="mini-Emu needles: funnel, generalists, specialists")
+        return reviews.freeze_review(specialists, name, description="mini-Emu needles: funnel, generalists, specialists")
 
     def _median_appeal(self, run: CurationRun) -> float:
         from world.appeal import appeal_score

@@ -7,10 +7,11 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("generation/", include("generation.urls")),
     # Researchers (staff only): campaigns, dashboards, exports.
+    path("annotation/", include("analysis.campaign_urls")),  # the campaign page: annotation's progress, analysis's win rates
     path("annotation/", include("annotation.urls")),
     path("analysis/", include("analysis.urls")),
     path("training/", include("training.urls")),
-    path("curate/", include("annotation.curation_urls")),
+    path("curate/", include("training.review_urls")),
     # Raters: invite links and the voting page. Nothing under here names a model or campaign.
     path("", include("annotation.rater_urls")),
 ]

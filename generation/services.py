@@ -22,6 +22,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from core.errors import ServiceError
+from core.task_queue import enqueue_on_commit
 
 from . import pipelines
 from .models import (
@@ -350,8 +351,6 @@ def dispatch_batch(batch: GenerationBatch) -> int:
     Safe to call again at any time (after a crash, to resume): finished
     chunks are not queued, and a chunk queued twice does its work once.
     """
-    from .tasks import generate_chunk
-
     keys = batch_keys(batch)
     todo = []
     for bm in batch.batch_models.all():
@@ -365,11 +364,8 @@ def dispatch_batch(batch: GenerationBatch) -> int:
     )
     batch.refresh_from_db()
 
-    def send():
-        for args in todo:
-            generate_chunk.delay(*args)
-
-    transaction.on_commit(send)
+    for args in todo:
+        enqueue_on_commit("generation.tasks.generate_chunk", *args)
     if not todo:
         mark_complete_if_done(batch.pk)
     return len(todo)

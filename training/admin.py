@@ -3,8 +3,20 @@ from django.shortcuts import redirect
 from django.urls import reverse
 from django.utils.html import format_html
 
+from core.admin import ReadOnlyAdmin
+
 from . import services
-from .models import CuratedDataset, QualityTuningRun, RunCheckpoint
+from .models import (
+    Candidate,
+    CandidateCollection,
+    CuratedDataset,
+    CurationDecision,
+    CurationReview,
+    CurationRun,
+    FunnelOutcome,
+    QualityTuningRun,
+    RunCheckpoint,
+)
 
 
 @admin.register(CuratedDataset)
@@ -84,7 +96,6 @@ class RunCheckpointAdmin(admin.ModelAdmin):
 
 # --- Curation (read-mostly: imports and runs go through the curation pages and services) -------------------------
 
-from .models import Candidate, CandidateCollection, CurationRun, FunnelOutcome  # noqa: E402
 
 
 @admin.register(CandidateCollection)
@@ -156,3 +167,41 @@ class FunnelOutcomeAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+# --- Human curation stages: opened, closed and frozen on /curate/manage/; the admin reads and fixes wording ---------
+
+
+@admin.register(CurationReview)
+class CurationReviewAdmin(admin.ModelAdmin):
+    list_display = ["name", "stage", "mode", "status", "funnel_run", "source_review", "target_size", "dataset", "created_at", "researcher_page"]
+    list_filter = ["stage", "status", "mode"]
+    search_fields = ["name"]
+    list_select_related = ["funnel_run", "source_review", "dataset"]
+    # The candidates, their order and the outcome are the stage's record; only the wording and the lease may change.
+    readonly_fields = [
+        "name", "stage", "funnel_run", "source_review", "mode", "keep_threshold", "target_size", "status", "dataset",
+        "created_by", "created_at", "closed_at",
+    ]
+    fields = [*readonly_fields[:7], "instructions", "lease_seconds", *readonly_fields[7:]]
+
+    def has_add_permission(self, request):
+        return False  # stages open from a funnel run or a generalist stage, on the researchers' page
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="page")
+    def researcher_page(self, obj):
+        return format_html('<a href="{}">stage page</a>', reverse("curation:manage_detail", args=[obj.name]))
+
+    def view_on_site(self, obj):
+        return reverse("curation:manage_detail", args=[obj.name])
+
+
+@admin.register(CurationDecision)
+class CurationDecisionAdmin(ReadOnlyAdmin):
+    list_display = ["review", "position", "candidate", "reviewer", "keep", "rating", "reasons", "decided_at", "seconds_on_task"]
+    list_filter = ["review", "keep"]
+    search_fields = ["candidate__relative_path", "caption"]
+    list_select_related = ["review", "candidate", "reviewer"]

@@ -22,7 +22,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from django.conf import settings
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.db.models import Q
 
 from generation.models import TextToImageModel
 
@@ -252,3 +254,100 @@ class FunnelOutcome(models.Model):
     class Meta:
         ordering = ["run", "-kept", "-aesthetic_score", "candidate"]
         constraints = [models.UniqueConstraint(fields=["run", "candidate"], name="funnel_outcome_once")]
+
+
+# --- Human curation stages ------------------------------------------------------------------------------------------
+#
+# After the automatic funnel (training.CurationRun), people narrow the candidates in two
+# stages, as in Emu: generalists keep or reject fast (or rate 1-5, which also trains an
+# aesthetic head), then specialists select the final set for composition, lighting,
+# colour and contrast, subject and background, and write or correct each caption.
+# The specialist selection is frozen into a training.CuratedDataset with a content hash.
+
+
+class CurationStage(models.TextChoices):
+    GENERALIST = "generalist", "generalist (keep or reject)"
+    SPECIALIST = "specialist", "specialist (select with reasons, caption)"
+
+
+class SelectionReason(models.TextChoices):
+    COMPOSITION = "composition", "composition"
+    LIGHTING = "lighting", "lighting"
+    COLOUR_CONTRAST = "colour_contrast", "colour and contrast"
+    SUBJECT_BACKGROUND = "subject_background", "subject and background"
+
+
+class CurationReview(models.Model):
+    """One human curation stage over a set of candidates, with one decision row per candidate."""
+
+    class Mode(models.TextChoices):
+        KEEP_REJECT = "keep_reject", "keep or reject"
+        RATING = "rating", "rate 1-5 (kept at or above the threshold)"
+
+    class Status(models.TextChoices):
+        OPEN = "open", "open"
+        CLOSED = "closed", "closed"
+
+    name = models.SlugField(max_length=100, unique=True)
+    stage = models.CharField(max_length=16, choices=CurationStage.choices)
+    funnel_run = models.ForeignKey(CurationRun, on_delete=models.PROTECT, related_name="reviews")
+    source_review = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="next_reviews",
+        help_text="Specialist stage: the generalist stage whose kept candidates it reviews.",
+    )
+    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.KEEP_REJECT)
+    keep_threshold = models.PositiveSmallIntegerField(
+        default=4, validators=[MinValueValidator(1), MaxValueValidator(5)], help_text="Rating mode: ratings at or above keep."
+    )
+    target_size = models.PositiveIntegerField(
+        default=0, help_text="Specialist stage: the size of the final dataset (the stage is done when reached). 0: no target."
+    )
+    instructions = models.TextField(blank=True)
+    lease_seconds = models.PositiveIntegerField(default=300)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    dataset = models.OneToOneField(
+        CuratedDataset, null=True, blank=True, on_delete=models.PROTECT, related_name="curation_review",
+        help_text="The frozen dataset made from this specialist stage's selection.",
+    )
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "annotation_curationreview"  # created by annotation, which held the stages until issue 11
+        ordering = ["-created_at"]
+        permissions = [("review_curation", "Can review candidates in human curation stages")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class CurationDecision(models.Model):
+    """One candidate in one human stage: leased to a reviewer, then decided once."""
+
+    review = models.ForeignKey(CurationReview, on_delete=models.CASCADE, related_name="decisions")
+    candidate = models.ForeignKey(Candidate, on_delete=models.PROTECT, related_name="curation_decisions")
+    # Review order: best automatic aesthetic score first, so a stage stopped early saw the likeliest needles.
+    position = models.PositiveIntegerField()
+    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    leased_until = models.DateTimeField(null=True, blank=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    keep = models.BooleanField(null=True, blank=True)
+    rating = models.PositiveSmallIntegerField(null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(5)])
+    reasons = models.JSONField(default=list, blank=True, help_text="Specialist: SelectionReason values.")
+    caption = models.TextField(blank=True, help_text="Specialist: the written or corrected caption (blank: the original).")
+    seconds_on_task = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        db_table = "annotation_curationdecision"
+        ordering = ["review", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["review", "candidate"], name="curation_decision_once"),
+            models.UniqueConstraint(fields=["review", "position"], name="curation_decision_position"),
+        ]
+        indexes = [
+            models.Index(fields=["review", "position"], condition=Q(decided_at__isnull=True), name="curation_undecided"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.review.name}: {self.candidate_id}"

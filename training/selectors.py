@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import json
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
+from django.db.models import Count, Q
 from django.urls import reverse
+from django.utils import timezone
 
 from core import csv_export
 from training import checkpoints
 from training.validation import GRID_FILE, LOSS_CURVE_FILE, VALIDATION_DIR
 
 from . import services
-from .models import QualityTuningRun
+from .models import CurationDecision, CurationReview, QualityTuningRun
 
 TRAINER_LOG_TAIL_BYTES = 20_000
 
@@ -85,7 +91,7 @@ def checkpoint_campaign_summary(run: QualityTuningRun) -> dict | None:
     if campaign is None:
         return None
     return {"id": campaign.pk, "name": campaign.name, "status": campaign.status,
-            "url": reverse("annotation:campaign_detail", args=[campaign.pk])}
+            "url": reverse("campaigns:detail", args=[campaign.pk])}
 
 
 def run_progress(run: QualityTuningRun) -> dict:
@@ -205,3 +211,121 @@ def curation_run_summary(curation_run) -> dict:
         "finished_at": curation_run.finished_at.isoformat() if curation_run.finished_at else None,
         "outcomes": list(outcome_records(curation_run)),
     }
+
+
+# --- Human curation stages --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReviewerCount:
+    reviewer: str
+    decided: int
+    kept: int
+    median_seconds: float | None
+
+
+@dataclass(frozen=True)
+class ReviewProgress:
+    total: int  # candidates in the stage
+    decided: int
+    kept: int  # kept (generalist) or selected (specialist)
+    leased: int  # open leases right now
+    target: int  # specialist: the final size; 0 without a target
+    median_seconds: float | None
+    reviewers: list[ReviewerCount]
+
+    @property
+    def percent(self) -> int:
+        return int(100 * self.decided / self.total) if self.total else 0
+
+    @property
+    def done(self) -> bool:
+        return self.decided >= self.total or bool(self.target and self.kept >= self.target)
+
+
+def _median(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def review_progress(review, now: datetime | None = None) -> ReviewProgress:
+    now = now or timezone.now()
+    decisions = CurationDecision.objects.filter(review=review)
+    counts = decisions.aggregate(
+        total=Count("id"),
+        decided=Count("id", filter=Q(decided_at__isnull=False)),
+        kept=Count("id", filter=Q(keep=True)),
+        leased=Count("id", filter=Q(decided_at__isnull=True, leased_until__gt=now)),
+    )
+    per_reviewer: dict[str, list] = defaultdict(list)
+    seconds_all = []
+    for username, keep, seconds in decisions.filter(decided_at__isnull=False).values_list(
+        "reviewer__username", "keep", "seconds_on_task"
+    ):
+        per_reviewer[username or "(deleted account)"].append((keep, seconds))
+        seconds_all.append(seconds)
+    reviewers = [
+        ReviewerCount(name, len(rows), sum(1 for keep, _ in rows if keep), _median(s for _, s in rows))
+        for name, rows in sorted(per_reviewer.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    ]
+    return ReviewProgress(
+        total=counts["total"], decided=counts["decided"], kept=counts["kept"], leased=counts["leased"],
+        target=review.target_size if review.stage == "specialist" else 0,
+        median_seconds=_median(seconds_all), reviewers=reviewers,
+    )
+
+
+def peek_next_decision(review, user, after, now: datetime | None = None):
+    """The candidate this reviewer will most likely get after ``after``, without leasing it: for preloading only."""
+
+    now = now or timezone.now()
+    return (
+        CurationDecision.objects.filter(review=review, decided_at__isnull=True)
+        .filter(Q(leased_until__isnull=True) | Q(leased_until__lte=now) | Q(reviewer=user))
+        .exclude(pk=after.pk)
+        .filter(position__gt=after.position)
+        .order_by("position")
+        .first()
+    )
+
+
+def open_reviews_for(user):
+    """Open stages a reviewer may work on, with their progress."""
+
+    reviews = CurationReview.objects.filter(status=CurationReview.Status.OPEN).order_by("-created_at")
+    return [(review, review_progress(review)) for review in reviews]
+
+
+def reviewer_may_review(user) -> bool:
+    return bool(user.is_authenticated and user.is_active and (user.is_staff or user.has_perm("training.review_curation")))
+
+
+DECISION_EXPORT_COLUMNS = [
+    "position", "candidate_path", "caption", "decided", "decided_at", "keep", "rating", "reasons",
+    "corrected_caption", "reviewer", "seconds_on_task",
+]
+
+
+def decision_export_rows(review):
+    """One row per candidate of the stage (DECISION_EXPORT_COLUMNS), in review order, undecided ones included.
+
+    ``caption`` is the candidate's imported caption and ``corrected_caption`` the
+    specialist's (blank when none was written); ``reasons`` are joined with ``;``.
+    """
+
+    decisions = (
+        CurationDecision.objects.filter(review=review)
+        .order_by("position")
+        .values_list(
+            "position", "candidate__collection__path", "candidate__relative_path", "candidate__caption", "decided_at",
+            "keep", "rating", "reasons", "caption", "reviewer__username", "seconds_on_task",
+        )
+    )
+    for position, folder, relative_path, caption, decided_at, keep, rating, reasons, corrected, reviewer, seconds in (
+        decisions.iterator(chunk_size=2000)
+    ):
+        yield [
+            position, str(Path(folder) / relative_path), caption, decided_at is not None,
+            decided_at.isoformat() if decided_at else "", "" if keep is None else keep, "" if rating is None else rating,
+            ";".join(reasons or ()), corrected, reviewer or "", "" if seconds is None else seconds,
+        ]

@@ -162,7 +162,7 @@ def checkpoint_compare(request, pk, step):
         messages.error(request, str(exc))
         return redirect("training:run_detail", pk)
     messages.success(request, f"Created the draft campaign {campaign.name} (both criteria). Check it, then launch it.")
-    return redirect("annotation:campaign_detail", campaign.pk)
+    return redirect("campaigns:detail", campaign.pk)
 
 
 @staff_member_required
@@ -188,7 +188,7 @@ def checkpoint_campaign_create(request, pk):
     else:
         messages.success(request, f"Created the draft campaign {campaign.name}: every checkpoint vs {run.base_model.name}, "
                                   "visual appeal. Check it, then launch it.")
-    return redirect("annotation:campaign_detail", campaign.pk)
+    return redirect("campaigns:detail", campaign.pk)
 
 
 @staff_member_required

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from core.clip_text import CLIP_VOCAB_SIZE, clip_text_config
+
 IMAGE_SIZE = 64
 LATENT_SIZE = 16
 TEXT_WIDTH = 64
@@ -24,7 +26,7 @@ CLIP_NAME = "mini-emu-clip"
 CLIP_CONFIG = {
     "embed_dim": 64,
     "vision_cfg": {"image_size": IMAGE_SIZE, "layers": 4, "width": 128, "head_width": 32, "patch_size": 8, "mlp_ratio": 2.0},
-    "text_cfg": {"context_length": CONTEXT_LENGTH, "vocab_size": 49408, "width": TEXT_WIDTH, "heads": 2, "layers": 3, "mlp_ratio": 2.0},
+    "text_cfg": {"context_length": CONTEXT_LENGTH, "vocab_size": CLIP_VOCAB_SIZE, "width": TEXT_WIDTH, "heads": 2, "layers": 3, "mlp_ratio": 2.0},
 }
 # What open_clip's image transform needs: the world renders are already 64 px RGB in [0, 1].
 CLIP_PREPROCESS = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bicubic", "resize_mode": "shortest"}
@@ -76,11 +78,8 @@ def load_clip(directory: str | Path):
 
 
 def text_encoder_config():
-    from transformers import CLIPTextConfig
-
     text = CLIP_CONFIG["text_cfg"]
-    return CLIPTextConfig(
-        vocab_size=text["vocab_size"],
+    return clip_text_config(
         hidden_size=text["width"],
         intermediate_size=int(text["width"] * text["mlp_ratio"]),
         num_hidden_layers=text["layers"],
@@ -89,9 +88,6 @@ def text_encoder_config():
         projection_dim=CLIP_CONFIG["embed_dim"],
         hidden_act="gelu",
         layer_norm_eps=1e-5,
-        bos_token_id=49406,
-        eos_token_id=49407,
-        pad_token_id=49407,
     )
 
 

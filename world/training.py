@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from core.clip_text import clip_tokenizer
 from world import models
 from world.corpus import CORPUS_SEED_BASE, EVAL_SEED_BASE
 from world.scenes import scene_for_seed
@@ -200,9 +201,7 @@ def caption_embeddings(text_encoder, tokenizer, captions: list[str]) -> torch.Te
 
 
 def train_base(args: argparse.Namespace) -> None:
-    from diffusers import AutoencoderKL, StableDiffusionPipeline
-
-    from generation.tiny_pipelines import clip_tokenizer
+    from diffusers import AutoencoderKL
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)

@@ -554,7 +554,7 @@ def test_a_campaign_without_votes_gets_a_clear_message(world, staff_client, tmp_
     with pytest.raises(CommandError, match="has no votes yet"):
         call_command("report", "empty draft", "--format", "pdf", "--out", str(tmp_path / "r.pdf"))
     assert not list(tmp_path.iterdir())
-    page = staff_client.get(reverse("annotation:campaign_detail", args=[world.empty.pk])).content.decode()
+    page = staff_client.get(reverse("campaigns:detail", args=[world.empty.pk])).content.decode()
     assert page.count(">no votes yet</td>") == 2  # one win-rate row per criterion, nothing to compute yet
 
 
@@ -578,11 +578,11 @@ def test_three_models_get_bradley_terry_scores_and_a_ranking(world):
 
 def test_the_campaign_page_shows_win_rates_with_the_report_numbers(world, staff_client):
     report = services.build_report(world.campaign)  # the page uses the report's defaults
-    page = staff_client.get(reverse("annotation:campaign_detail", args=[world.campaign.pk])).content.decode()
+    page = staff_client.get(reverse("campaigns:detail", args=[world.campaign.pk])).content.decode()
     appeal = comparison(report, "visual_appeal")
     assert f'data-win-rate="{appeal.key}"' in page and appeal.win_rate_text in page and appeal.interval.text in page
     assert f'href="/analysis/campaigns/{world.campaign.pk}/report/"' in page
-    state = staff_client.get(reverse("annotation:campaign_progress", args=[world.campaign.pk])).json()
+    state = staff_client.get(reverse("campaigns:progress", args=[world.campaign.pk])).json()
     rows = {w["criterion"]: w for w in state["win_rates"]}
     assert rows["visual_appeal"]["win_rate"] == pytest.approx(appeal.win_rate)
     assert (rows["visual_appeal"]["low"], rows["visual_appeal"]["high"]) == (pytest.approx(appeal.interval.low), pytest.approx(appeal.interval.high))

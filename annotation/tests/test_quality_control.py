@@ -188,7 +188,7 @@ def test_n_model_campaigns_compare_all_pairs_or_each_against_the_baseline(three_
         name=pairing, models=three_models, prompt_set=prompt_set, seeds=[7], pairing=pairing, baseline=three_models[0],
         criteria={"visual_appeal": {}}, gold_share=0,
     )
-    assert {(a.name, b.name) for a, b in services.model_pairs(campaign)} == expected_pairs
+    assert {(a.name, b.name) for a, b in campaign.model_pairs()} == expected_pairs
     batch = services.generation_batch_for(campaign)
     generation_services.generate_batch_in_process(batch)
     assert services.build_items(campaign, batch) == 4 * len(expected_pairs)

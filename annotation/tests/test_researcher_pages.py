@@ -85,7 +85,7 @@ def test_staff_create_a_campaign_through_the_form(staff_client, two_models, prom
     }
     response = staff_client.post(url, form)
     campaign = Campaign.objects.get()
-    assert response.status_code == 302 and response["Location"] == reverse("annotation:campaign_detail", args=[campaign.pk])
+    assert response.status_code == 302 and response["Location"] == reverse("campaigns:detail", args=[campaign.pk])
     assert campaign.status == "draft" and campaign.seeds == [0, 1, 2] and campaign.baseline.name == "base"
     assert (campaign.gold_share, campaign.quota_per_rater, campaign.lease_seconds) == (0.2, 50, 300)
     criterion = CampaignCriterion.objects.get(campaign=campaign)
@@ -122,12 +122,12 @@ def test_the_form_shows_each_error_next_to_its_field(staff_client, two_models, p
 
 def test_campaign_page_shows_progress_win_rates_and_rater_quality(staff_client, voted_campaign):
     campaign, first, second, third = voted_campaign
-    page = staff_client.get(reverse("annotation:campaign_detail", args=[campaign.pk])).content.decode()
+    page = staff_client.get(reverse("campaigns:detail", args=[campaign.pk])).content.decode()
     assert '<span data-p="votes">' in page and "Win rates" in page and 'data-win-rate="visual_appeal:base:tuned"' in page
     assert "Prolific pilot" in page and "pid-1" in page and "account lab-member" in page and "direct" in page
     assert page.count(">Exclude</button>") == 6 and ">Pause</button>" in page and ">Close</button>" in page
 
-    state = staff_client.get(reverse("annotation:campaign_progress", args=[campaign.pk])).json()
+    state = staff_client.get(reverse("campaigns:progress", args=[campaign.pk])).json()
     assert set(state) == {"id", "name", "status", "launch_error", "progress", "generation", "win_rates"}
     progress = state["progress"]
     assert set(progress) == {
@@ -164,7 +164,7 @@ def test_campaign_page_shows_progress_win_rates_and_rater_quality(staff_client, 
 
 
 def page_context_raters(client, campaign):
-    return client.get(reverse("annotation:campaign_detail", args=[campaign.pk])).context["raters"]
+    return client.get(reverse("campaigns:detail", args=[campaign.pk])).context["raters"]
 
 
 def test_excluding_a_rater_keeps_their_votes_flagged_and_changes_the_win_rates(staff_client, voted_campaign):
@@ -179,12 +179,12 @@ def test_excluding_a_rater_keeps_their_votes_flagged_and_changes_the_win_rates(s
     assert Vote.objects.filter(excluded=True, assignment__rater=second.rater).count() == 20
     assert Participation.objects.get(pk=second.pk).exclusion_reason == "answered in under a second"
 
-    state = staff_client.get(reverse("annotation:campaign_progress", args=[campaign.pk])).json()
+    state = staff_client.get(reverse("campaigns:progress", args=[campaign.pk])).json()
     # Without the second rater every faithfulness comparison is back to 2 of 3 votes: none complete.
     faithfulness = win_rate_row(state["win_rates"], "text_faithfulness")
     assert (faithfulness["compared"], faithfulness["incomplete_items"], faithfulness["win_rate"]) == (0, 20, None)
     assert state["progress"]["votes"] == 100 and state["progress"]["complete_items"] == 0
-    page = staff_client.get(reverse("annotation:campaign_detail", args=[campaign.pk])).content.decode()
+    page = staff_client.get(reverse("campaigns:detail", args=[campaign.pk])).content.decode()
     assert "excluded</span>: answered in under a second" in page and page.count(">Exclude</button>") == 5
 
 
@@ -223,14 +223,14 @@ def test_votes_csv_has_one_tidy_row_per_vote_with_the_winning_model(staff_client
 
 def test_the_campaign_page_says_how_many_raters_the_campaign_needs(staff_client, live_campaign):
     # A rater takes each pair under one criterion only: 20 pairs x (5 + 3) votes need 8 raters, 16 at 10 tasks each.
-    detail = reverse("annotation:campaign_detail", args=[live_campaign.pk])
+    detail = reverse("campaigns:detail", args=[live_campaign.pk])
     assert 'data-raters-needed="8"' in staff_client.get(detail).content.decode()
     services.update_campaign(live_campaign, quota_per_rater=10)
     assert 'data-raters-needed="16"' in staff_client.get(detail).content.decode()
 
 
 def test_status_buttons_invite_links_and_account_invitations(staff_client, live_campaign):
-    detail = reverse("annotation:campaign_detail", args=[live_campaign.pk])
+    detail = reverse("campaigns:detail", args=[live_campaign.pk])
     staff_client.post(reverse("annotation:pause", args=[live_campaign.pk]))
     assert Campaign.objects.get().status == "paused"
     staff_client.post(reverse("annotation:resume", args=[live_campaign.pk]))
@@ -264,7 +264,7 @@ def test_admin_pages_and_the_exclude_action(staff_client, voted_campaign):
     for name in ["campaign", "invitelink", "participation", "vote", "comparisonitem"]:
         assert staff_client.get(reverse(f"admin:annotation_{name}_changelist")).status_code == 200, name
     change = staff_client.get(reverse("admin:annotation_campaign_change", args=[campaign.pk])).content.decode()
-    assert reverse("annotation:campaign_detail", args=[campaign.pk]) in change  # "view on site" leads to the dashboard
+    assert reverse("campaigns:detail", args=[campaign.pk]) in change  # "view on site" leads to the dashboard
     assert 'name="name"' in change and 'name="seeds"' not in change and 'name="lease_seconds"' not in change  # frozen
     assert staff_client.get(reverse("admin:annotation_campaign_add")).url == reverse("annotation:campaign_new")
     vote = Vote.objects.first()
@@ -280,7 +280,7 @@ def researcher_urls(campaign, participation):
     pk = campaign.pk
     gets = [
         reverse("annotation:campaign_list"), reverse("annotation:campaign_new"),
-        reverse("annotation:campaign_detail", args=[pk]), reverse("annotation:campaign_progress", args=[pk]),
+        reverse("campaigns:detail", args=[pk]), reverse("campaigns:progress", args=[pk]),
         reverse("annotation:votes_csv", args=[pk]),
     ]
     posts = [reverse(f"annotation:{a}", args=[pk]) for a in ("launch", "pause", "resume", "close")] + [
@@ -335,7 +335,7 @@ def test_the_campaign_page_follows_votes_as_they_arrive(live_server, live_campai
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         errors = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(f"{live_server.url}{reverse('annotation:campaign_detail', args=[live_campaign.pk])}")
+        page.goto(f"{live_server.url}{reverse('campaigns:detail', args=[live_campaign.pk])}")
         page.fill("#id_username", "researcher")
         page.fill("#id_password", "a-long-test-password")
         page.click("input[type=submit]")
@@ -399,7 +399,7 @@ def test_a_right_to_left_override_in_crowd_ids_or_prompts_is_isolated_on_researc
     Participation.objects.filter(pk=joined.pk).update(**rtl)
     joined.rater.__class__.objects.filter(pk=joined.rater_id).update(external_id=rtl["external_id"])
 
-    response = staff_client.get(reverse("annotation:campaign_detail", args=[live_campaign.pk]))
+    response = staff_client.get(reverse("campaigns:detail", args=[live_campaign.pk]))
     page = html.unescape(response.content.decode())
     for value in rtl.values():
         assert f"<bdi>{value}</bdi>" in page

@@ -135,7 +135,7 @@ def test_a_script_is_flagged_as_a_speeder_by_the_server_clock_whatever_seconds_i
     participation.refresh_from_db()
     assert participation.speeder_flagged_at is not None and participation.speeder_median_seconds < 1.0
     assert not participation.excluded  # flagged only: the campaign does not exclude speeders
-    page = admin_client.get(reverse("annotation:campaign_detail", args=[speed_campaign.pk])).content.decode()
+    page = admin_client.get(reverse("campaigns:detail", args=[speed_campaign.pk])).content.decode()
     assert ">speeder</span>" in page
     report = analysis_services.build_report(speed_campaign)
     assert [s.rater_id for s in report.exclusions.speeders] == [participation.rater_id]

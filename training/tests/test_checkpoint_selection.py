@@ -206,7 +206,7 @@ def test_the_launched_campaign_gives_each_step_a_win_rate_equal_to_a_count_of_th
 
     # The run page: each step's win rate with its interval and comparisons, the campaign's link, and the plot.
     page = staff_client.get(reverse("training:run_detail", args=[run.pk])).content.decode()
-    assert "75%" in page and "4 comparisons" in page and reverse("annotation:campaign_detail", args=[campaign.pk]) in page
+    assert "75%" in page and "4 comparisons" in page and reverse("campaigns:detail", args=[campaign.pk]) in page
     progress = staff_client.get(reverse("training:run_progress", args=[run.pk])).json()
     assert progress["checkpoint_campaign"]["id"] == campaign.pk
     assert [c["win_rate"]["win_rate"] for c in progress["checkpoints"]] == [0.75, 0.25]
@@ -306,7 +306,7 @@ def test_the_run_form_checks_the_scoring_files_and_the_page_creates_the_checkpoi
     url = reverse("training:checkpoint_campaign_create", args=[run.pk])
     response = staff_client.post(url, {"prompt_set": "four", "seeds": "0-1", "steps": "6"})
     run.refresh_from_db()
-    assert response["Location"] == reverse("annotation:campaign_detail", args=[run.checkpoint_campaign_id])
+    assert response["Location"] == reverse("campaigns:detail", args=[run.checkpoint_campaign_id])
     assert run.checkpoint_campaign.seeds == [0, 1] and len(run.checkpoint_campaign.ordered_models()) == 2
     page = staff_client.get(reverse("training:run_detail", args=[run.pk])).content.decode()
     assert run.checkpoint_campaign.name in page and "Create another checkpoint campaign" in page

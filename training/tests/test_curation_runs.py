@@ -342,7 +342,7 @@ def test_the_forms_import_a_folder_and_show_a_run_s_refusal_next_to_its_field(db
 
 
 def test_the_outcomes_csv_neutralises_formulas_in_captions_and_reasons_and_keeps_negative_scores(db, tmp_path):
-    from annotation.tests.test_curation_stages import make_funnel
+    from training.tests.test_review_stages import make_funnel
     from training.models import Candidate
     from training.selectors import write_outcomes_csv
 

@@ -22,16 +22,16 @@ from django.contrib.auth.models import Permission, User
 from django.core.management import call_command
 from PIL import Image, ImageDraw
 
-from annotation import selectors as annotation_selectors
 from annotation import services as annotation_services
-from annotation.models import Campaign, CurationReview, Rater
+from annotation.models import Campaign, Rater
 from generation import services as generation_services
 from generation.models import TextToImageModel
-from training import services
+from training import selectors, services
 from training.aesthetic import AestheticHead, AestheticMLP
 from training.clip_scoring import save_tiny_clip
 from training.datasets import load_curated_dataset
-from training.models import CuratedDataset, CurationRun, FunnelOutcome, QualityTuningRun
+from training.models import CuratedDataset, CurationReview, CurationRun, FunnelOutcome, QualityTuningRun
+from training.services import reviews
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -131,9 +131,9 @@ def test_a_curated_selection_quality_tunes_a_model_whose_preferred_checkpoint_fa
 
     # --- 2. Generalists keep or reject ---------------------------------------------------------------------
     reviewer = User.objects.create_user("rev", password="pw-rev-long-enough")
-    reviewer.user_permissions.add(Permission.objects.get(codename="review_curation", content_type__app_label="annotation"))
+    reviewer.user_permissions.add(Permission.objects.get(codename="review_curation", content_type__app_label="training"))
     reviewer = User.objects.get(pk=reviewer.pk)  # fresh: no stale permission cache
-    assert annotation_selectors.reviewer_may_review(reviewer) and not reviewer.is_staff
+    assert selectors.reviewer_may_review(reviewer) and not reviewer.is_staff
 
     out = command("curation_stage", "open-generalist", "gen", "--funnel-run", funnel.pk)
     assert "over 10 candidates of funnel run" in out
@@ -142,8 +142,8 @@ def test_a_curated_selection_quality_tunes_a_model_whose_preferred_checkpoint_fa
               for d in generalist.decisions.order_by("position")]
     assert scores == sorted(scores, reverse=True)  # best automatic aesthetic score reviewed first
     rejected_by_generalist = {4, 9}
-    while (decision := annotation_services.next_decision(generalist, reviewer)) is not None:
-        annotation_services.decide(generalist, decision.pk, reviewer, keep=decision.position not in rejected_by_generalist)
+    while (decision := reviews.next_decision(generalist, reviewer)) is not None:
+        reviews.decide(generalist, decision.pk, reviewer, keep=decision.position not in rejected_by_generalist)
     assert "decided 10/10 (100%), kept 8," in command("curation_stage", "status", "gen")
     assert "  rev: decided 10, kept 8," in command("curation_stage", "status", "gen")
 
@@ -152,14 +152,14 @@ def test_a_curated_selection_quality_tunes_a_model_whose_preferred_checkpoint_fa
     assert f"over 8 candidates kept by gen; it stops at {TARGET} selected" in out
     specialist = CurationReview.objects.get(name="final")
     corrected, skipped = {}, []
-    while (decision := annotation_services.next_decision(specialist, reviewer)) is not None:
+    while (decision := reviews.next_decision(specialist, reviewer)) is not None:
         if decision.position == 2:
             skipped.append(decision.candidate.relative_path)
-            annotation_services.decide(specialist, decision.pk, reviewer, keep=False)
+            reviews.decide(specialist, decision.pk, reviewer, keep=False)
             continue
         caption = f"a sharp, well-lit {decision.candidate.caption}"
         corrected[decision.candidate.relative_path] = caption
-        annotation_services.decide(specialist, decision.pk, reviewer, keep=True,
+        reviews.decide(specialist, decision.pk, reviewer, keep=True,
                                    reasons=["composition", "colour_contrast"], caption=caption)
     assert len(corrected) == TARGET and len(skipped) == 1
     assert specialist.decisions.filter(decided_at__isnull=True).count() == 8 - TARGET - 1  # the target stopped the stage

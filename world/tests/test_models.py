@@ -2,7 +2,7 @@
 
 import torch
 
-from generation.tiny_pipelines import clip_tokenizer
+from core.clip_text import clip_tokenizer
 from world import models
 
 

@@ -49,6 +49,7 @@ from django.db import DatabaseError, IntegrityError, connection, transaction
 from django.utils import timezone
 
 from core.errors import ServiceError
+from core.task_queue import enqueue_on_commit
 from generation import services as generation_services
 from generation.models import TextToImageModel
 from generation.pipelines import PipelineDirectoryError, WeightsChangedError, fingerprint_directory
@@ -56,7 +57,7 @@ from training import checkpoints
 from training.config import InvalidConfigError, QualityTuningConfig
 from training.datasets import CuratedDatasetError, load_curated_dataset
 
-from .models import CuratedDataset, QualityTuningRun, RunCheckpoint
+from training.models import CuratedDataset, QualityTuningRun, RunCheckpoint
 
 logger = logging.getLogger(__name__)
 
@@ -301,8 +302,6 @@ def start_run(run: QualityTuningRun) -> QualityTuningRun:
     Safe to repeat on a queued run: a second task finds the first one's trainer
     (the run directory lock) and leaves.
     """
-    from .tasks import run_quality_tuning
-
     with transaction.atomic():
         run = QualityTuningRun.objects.select_for_update().get(pk=run.pk)
         if run.status == Status.FINISHED:
@@ -318,7 +317,7 @@ def start_run(run: QualityTuningRun) -> QualityTuningRun:
         QualityTuningRun.objects.filter(pk=run.pk).update(
             status=Status.QUEUED, queued_at=timezone.now(), finished_at=None, error="", celery_task_id=task_id
         )
-        transaction.on_commit(lambda: run_quality_tuning.apply_async(args=[run.pk], task_id=task_id))
+        enqueue_on_commit("training.tasks.run_quality_tuning", run.pk, task_id=task_id)
     run.refresh_from_db()
     return run
 
@@ -1177,7 +1176,7 @@ import shutil  # noqa: E402
 
 from training import curation  # noqa: E402
 
-from .models import Candidate, CandidateCollection, CurationRun, FunnelOutcome  # noqa: E402
+from training.models import Candidate, CandidateCollection, CurationRun, FunnelOutcome  # noqa: E402
 
 CurationStatus = CurationRun.Status
 STAGE_KINDS = {
@@ -1373,8 +1372,6 @@ def create_curation_run(
 
 def start_curation_run(run: CurationRun) -> CurationRun:
     """Queue the funnel task (after commit). A failed run can be started again; a finished one cannot."""
-    from .tasks import run_curation_funnel
-
     with transaction.atomic():
         run = CurationRun.objects.select_for_update().get(pk=run.pk)
         if run.status == CurationStatus.FINISHED:
@@ -1383,7 +1380,7 @@ def start_curation_run(run: CurationRun) -> CurationRun:
             raise TrainingError(f"Curation run {run.pk} is running; it cannot be started twice.")
         task_id = f"curation-{run.pk}-{secrets.token_hex(6)}"
         CurationRun.objects.filter(pk=run.pk).update(status=CurationStatus.QUEUED, error="", celery_task_id=task_id, finished_at=None)
-        transaction.on_commit(lambda: run_curation_funnel.apply_async(args=[run.pk], task_id=task_id))
+        enqueue_on_commit("training.tasks.run_curation_funnel", run.pk, task_id=task_id)
     run.refresh_from_db()
     return run
 

@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from . import curation_views as views
+from . import review_views as views
 
 app_name = "curation"
 

@@ -100,7 +100,7 @@ def test_api_token_for_staff_only():
 
 
 def test_launch_wait_hints_at_a_missing_worker_and_gives_up_at_the_timeout(two_models, prompt_set, monkeypatch, capsys):
-    from annotation.management.commands import campaign as command
+    from analysis.management.commands import campaign as command
 
     monkeypatch.setattr(command, "NO_PROGRESS_HINT_SECONDS", 0.2)
     services.create_campaign(name="waiting", models=two_models, prompt_set=prompt_set, seeds=[0])

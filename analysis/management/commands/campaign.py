@@ -1,7 +1,8 @@
 """manage.py campaign SUBCOMMAND: the researcher's campaign operations from a terminal.
 
 Same validation and services as the researcher pages and the JSON API; every
-refusal is a CommandError carrying the service's message.
+refusal is a CommandError carrying the service's message. It belongs to analysis, which may read annotation, because
+``status`` shows the live win rates beside annotation's progress (as the campaign page does).
 """
 
 import shlex
@@ -114,7 +115,7 @@ class Command(BaseCommand):
         campaign = form.create() if form.is_valid() else None
         if campaign is None:
             raise CommandError(form.error_text())
-        pairs = services.model_pairs(campaign)
+        pairs = campaign.model_pairs()
         criteria = list(campaign.criteria.all())
         keys = campaign.prompt_set.prompts.count() * len(campaign.seeds)
         self.stdout.write(

@@ -1,10 +1,8 @@
-"""Researchers' forms for the human curation stages (annotation/curation_views.py). Services validate again."""
+"""Researchers' forms for the human curation stages (training/review_views.py). Services validate again."""
 
 from django import forms
 
-from training.models import CurationRun
-
-from .models import CurationReview, CurationStage
+from .models import CurationReview, CurationRun, CurationStage
 
 
 class _FunnelRunChoice(forms.ModelChoiceField):

@@ -5,11 +5,13 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 
+from annotation import services as annotation_services
+from annotation.models import Campaign
 from generation import services
 from generation.models import PromptSet, TextToImageModel
 from generation.tiny_pipelines import save_tiny_pipeline
 
-DEMO_PROMPTS = Path(__file__).resolve().parents[2] / "data" / "demo_prompts.tsv"
+DEMO_PROMPTS = Path(__file__).resolve().parents[3] / "generation" / "data" / "demo_prompts.tsv"  # prompt import's sample too
 # Two tiny SD-shaped pipelines with different random weights stand in for a
 # base model and its quality-tuned version until the mini-Emu world exists.
 DEMO_MODELS = {"tiny-base": 0, "tiny-tuned": 1}
@@ -49,9 +51,6 @@ class Command(BaseCommand):
         self.stdout.write(f"Researcher login: {username} / {password}")
 
     def _campaign(self, username):
-        from annotation import services as annotation_services
-        from annotation.models import Campaign
-
         if Campaign.objects.filter(name=DEMO_CAMPAIGN["name"]).exists():
             return
         campaign = annotation_services.create_campaign(

@@ -1,6 +1,6 @@
 """Human curation stages: the reviewers' keyboard-driven pages and the researchers' pages that steer them.
 
-Reviewers are accounts that are staff or hold the ``annotation.review_curation``
+Reviewers are accounts that are staff or hold the ``training.review_curation``
 permission; anyone else signed in gets 403, anyone signed out goes to the
 sign-in page. Researchers' pages (``manage/``) are for staff only.
 
@@ -26,8 +26,9 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
-from . import selectors, services
-from .curation_forms import AestheticHeadForm, FreezeReviewForm, GeneralistReviewForm, SpecialistReviewForm
+from . import selectors
+from .review_forms import AestheticHeadForm, FreezeReviewForm, GeneralistReviewForm, SpecialistReviewForm
+from .services import reviews as services
 from .models import CurationDecision, CurationReview, CurationStage, SelectionReason
 
 LOGIN_URL = "rate:login"  # the admin's sign-in refuses accounts that are not staff, and most reviewers are not
@@ -95,7 +96,7 @@ def _preload_url(review, user, decision) -> str | None:
 @reviewer_required
 @require_GET
 def review_list(request):
-    return render(request, "annotation/curation/review_list.html", {"reviews": selectors.open_reviews_for(request.user)})
+    return render(request, "training/review/review_list.html", {"reviews": selectors.open_reviews_for(request.user)})
 
 
 @never_cache
@@ -119,7 +120,7 @@ def review_page(request, name: str):
         context["current"] = _decision_json(review, decision)
         context["preload"] = _preload_url(review, request.user, decision)
     template = "specialist" if review.stage == CurationStage.SPECIALIST else "generalist"
-    return render(request, f"annotation/curation/{template}.html", context)
+    return render(request, f"training/review/{template}.html", context)
 
 
 def _parse_decision(post) -> dict:
@@ -149,7 +150,7 @@ def decide(request, name: str, decision_id: int):
     review = _review(name)
     try:
         result = services.decide(review, decision_id, request.user, **_parse_decision(request.POST))
-    except services.AnnotationError as exc:
+    except services.ReviewError as exc:
         if _wants_json(request):
             return JsonResponse({"error": str(exc)}, status=409)
         messages.error(request, str(exc))
@@ -196,7 +197,7 @@ def _manage_list_page(request, generalist_form=None, specialist_form=None, statu
         "generalist_form": generalist_form or GeneralistReviewForm(prefix="generalist"),
         "specialist_form": specialist_form or SpecialistReviewForm(prefix="specialist"),
     }
-    return render(request, "annotation/curation/manage_list.html", context, status=status)
+    return render(request, "training/review/manage_list.html", context, status=status)
 
 
 @never_cache
@@ -217,7 +218,7 @@ def open_generalist(request):
                 data["funnel_run"], data["name"], mode=data["mode"], keep_threshold=data["keep_threshold"],
                 instructions=data["instructions"], lease_seconds=data["lease_seconds"], created_by=request.user,
             )
-        except services.AnnotationError as exc:
+        except services.ReviewError as exc:
             form.add_error(None, str(exc))
         else:
             messages.success(request, f"Opened the generalist stage {review.name} over {review.decisions.count()} candidates.")
@@ -236,7 +237,7 @@ def open_specialist(request):
                 data["source_review"], data["name"], target_size=data["target_size"],
                 instructions=data["instructions"], lease_seconds=data["lease_seconds"], created_by=request.user,
             )
-        except services.AnnotationError as exc:
+        except services.ReviewError as exc:
             form.add_error(None, str(exc))
         else:
             messages.success(request, f"Opened the specialist stage {review.name} over {review.decisions.count()} candidates.")
@@ -255,7 +256,7 @@ def _manage_detail_page(request, review, freeze_form=None, head_form=None, statu
         "can_train_head": review.stage == CurationStage.GENERALIST and review.mode == CurationReview.Mode.RATING,
         "next_reviews": review.next_reviews.all(),
     }
-    return render(request, "annotation/curation/manage_detail.html", context, status=status)
+    return render(request, "training/review/manage_detail.html", context, status=status)
 
 
 @never_cache
@@ -283,7 +284,7 @@ def freeze(request, name: str):
             dataset = services.freeze_review(
                 review, form.cleaned_data["dataset_name"], description=form.cleaned_data["description"], created_by=request.user
             )
-        except services.AnnotationError as exc:
+        except services.ReviewError as exc:
             form.add_error(None, str(exc))
         else:
             messages.success(request, f"Froze the selection into the curated dataset {dataset.name} ({dataset.image_count} images).")
@@ -300,7 +301,7 @@ def train_aesthetic_head(request, name: str):
     if form.is_valid():
         try:
             path = services.train_aesthetic_head_from_review(review, **form.cleaned_data)
-        except services.AnnotationError as exc:
+        except services.ReviewError as exc:
             form.add_error(None, str(exc))
         else:
             messages.success(request, f"Trained an aesthetic head on this stage's ratings: {path}")

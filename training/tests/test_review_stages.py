@@ -18,8 +18,9 @@ from django.urls import reverse
 from django.utils import timezone
 from PIL import Image
 
-from annotation import selectors, services
-from annotation.models import CurationDecision, CurationReview, SelectionReason
+from training import selectors
+from training.services import reviews as services
+from training.models import CurationDecision, CurationReview, SelectionReason
 from training.datasets import load_curated_dataset
 from training.models import Candidate, CandidateCollection, CurationRun, FunnelOutcome
 
@@ -65,7 +66,7 @@ def funnel(tmp_path):
 def make_user(username, *, staff=False, reviewer=False):
     user = User.objects.create_user(username, password="pw-" + username, is_staff=staff)
     if reviewer:
-        user.user_permissions.add(Permission.objects.get(codename="review_curation", content_type__app_label="annotation"))
+        user.user_permissions.add(Permission.objects.get(codename="review_curation", content_type__app_label="training"))
     return User.objects.get(pk=user.pk)  # fresh, so the permission cache is empty
 
 
@@ -108,22 +109,22 @@ def test_a_generalist_stage_reviews_kept_candidates_best_aesthetic_score_first(t
 
 def test_a_funnel_run_not_finished_or_that_kept_nothing_is_refused(tmp_path):
     running = make_funnel(tmp_path / "a", [(5.0, 0.3)], status=CurationRun.Status.RUNNING, name="a")
-    with pytest.raises(services.AnnotationError, match="running, not finished"):
+    with pytest.raises(services.ReviewError, match="running, not finished"):
         services.open_generalist_review(running, "gen-a")
     empty = make_funnel(tmp_path / "b", [], rejected=2, name="b")
-    with pytest.raises(services.AnnotationError, match="kept no candidates"):
+    with pytest.raises(services.ReviewError, match="kept no candidates"):
         services.open_generalist_review(empty, "gen-b")
     finished = make_funnel(tmp_path / "c", [(5.0, 0.3)], name="c")
     services.open_generalist_review(finished, "gen-c")
-    with pytest.raises(services.AnnotationError, match="already exists"):
+    with pytest.raises(services.ReviewError, match="already exists"):
         services.open_generalist_review(finished, "gen-c")
-    with pytest.raises(services.AnnotationError, match="not a valid name"):
+    with pytest.raises(services.ReviewError, match="not a valid name"):
         services.open_generalist_review(finished, "gen c!")
     assert CurationReview.objects.count() == 1
 
 
 def test_a_specialist_stage_takes_what_the_generalist_kept_in_its_order(funnel, alice):
-    with pytest.raises(services.AnnotationError, match="kept no candidates yet"):
+    with pytest.raises(services.ReviewError, match="kept no candidates yet"):
         services.open_specialist_review(services.open_generalist_review(funnel, "gen-empty"), "spec-empty", target_size=2)
     generalist = generalist_keeping(funnel, alice, {2, 3, 5, 8})
     kept = list(generalist.decisions.filter(keep=True).order_by("position").values_list("candidate_id", flat=True))
@@ -131,7 +132,7 @@ def test_a_specialist_stage_takes_what_the_generalist_kept_in_its_order(funnel, 
     assert list(specialist.decisions.order_by("position").values_list("candidate_id", flat=True)) == kept
     assert specialist.source_review == generalist and specialist.funnel_run == funnel and specialist.target_size == 2
     assert "composition" in specialist.instructions and "caption" in specialist.instructions
-    with pytest.raises(services.AnnotationError, match="follows a generalist stage"):
+    with pytest.raises(services.ReviewError, match="follows a generalist stage"):
         services.open_specialist_review(specialist, "spec-2", target_size=1)
 
 
@@ -155,7 +156,7 @@ def test_an_expired_lease_returns_to_the_pool_and_then_belongs_to_its_new_holder
     later = now + timedelta(seconds=review.lease_seconds + 1)
     taken = services.next_decision(review, bob, now=later)
     assert taken.pk == held.pk and taken.reviewer_id == bob.pk
-    with pytest.raises(services.AnnotationError, match="another reviewer took it"):
+    with pytest.raises(services.ReviewError, match="another reviewer took it"):
         services.decide(review, held.pk, alice, keep=True, now=later)
     assert services.decide(review, held.pk, bob, keep=False, now=later).decision.keep is False
 
@@ -178,11 +179,11 @@ def test_a_resubmitted_decision_is_idempotent_and_a_conflicting_one_is_refused(f
     again = services.decide(review, d.pk, alice, keep=True, seconds=9.0)
     assert (first.duplicate, again.duplicate) == (False, True)
     assert again.decision.pk == first.decision.pk and again.decision.seconds_on_task == 1.5
-    with pytest.raises(services.AnnotationError, match="already decided"):
+    with pytest.raises(services.ReviewError, match="already decided"):
         services.decide(review, d.pk, alice, keep=False)
-    with pytest.raises(services.AnnotationError, match="already decided"):
+    with pytest.raises(services.ReviewError, match="already decided"):
         services.decide(review, d.pk, bob, keep=True)
-    with pytest.raises(services.AnnotationError, match="Choose keep or reject"):
+    with pytest.raises(services.ReviewError, match="Choose keep or reject"):
         services.decide(review, services.next_decision(review, alice).pk, alice)
     assert CurationDecision.objects.filter(review=review, decided_at__isnull=False).count() == 1
 
@@ -197,20 +198,20 @@ def test_rating_mode_keeps_ratings_at_or_above_the_threshold(funnel, alice):
     assert kept == {1: False, 2: False, 3: False, 4: True, 5: True}
     d = services.next_decision(review, alice)
     for bad in [0, 6, None, True, "5"]:
-        with pytest.raises(services.AnnotationError, match="from 1 to 5"):
+        with pytest.raises(services.ReviewError, match="from 1 to 5"):
             services.decide(review, d.pk, alice, rating=bad)
-    with pytest.raises(services.AnnotationError, match="rating from 1 to 5"):
+    with pytest.raises(services.ReviewError, match="rating from 1 to 5"):
         services.open_generalist_review(funnel, "rated-2", mode="rating", keep_threshold=7)
 
 
 def test_a_specialist_selection_needs_a_reason_and_a_caption(funnel, alice):
     specialist = services.open_specialist_review(generalist_keeping(funnel, alice, {1, 2, 3}), "spec", target_size=3)
     d = services.next_decision(specialist, alice)
-    with pytest.raises(services.AnnotationError, match="tick at least one"):
+    with pytest.raises(services.ReviewError, match="tick at least one"):
         services.decide(specialist, d.pk, alice, keep=True, caption="a barn")
-    with pytest.raises(services.AnnotationError, match="Write the caption"):
+    with pytest.raises(services.ReviewError, match="Write the caption"):
         services.decide(specialist, d.pk, alice, keep=True, reasons=["lighting"], caption="  ")
-    with pytest.raises(services.AnnotationError, match="Unknown reasons"):
+    with pytest.raises(services.ReviewError, match="Unknown reasons"):
         services.decide(specialist, d.pk, alice, keep=True, reasons=["vibes"], caption="a barn")
     result = services.decide(specialist, d.pk, alice, keep=True, reasons=["lighting", "composition"], caption=" a red\nbarn ")
     assert result.decision.reasons == ["composition", "lighting"] and result.decision.caption == "a red barn"
@@ -226,7 +227,7 @@ def test_the_specialist_stage_never_selects_more_than_its_target(funnel, alice, 
     select = {"keep": True, "reasons": [SelectionReason.COMPOSITION], "caption": "fine"}
     services.decide(specialist, a.pk, alice, **select)
     services.decide(specialist, b.pk, bob, **select)
-    with pytest.raises(services.AnnotationError, match="selection is full"):
+    with pytest.raises(services.ReviewError, match="selection is full"):
         services.decide(specialist, c.pk, c.reviewer, **select)
     assert services.next_decision(specialist, alice) is None  # the stage is done at its target
     assert specialist.decisions.filter(keep=True).count() == 2
@@ -238,7 +239,7 @@ def test_a_closed_review_hands_out_nothing_and_refuses_decisions(funnel, alice):
     d = services.next_decision(review, alice)
     services.close_review(review)
     assert services.next_decision(review, alice) is None
-    with pytest.raises(services.AnnotationError, match="closed"):
+    with pytest.raises(services.ReviewError, match="closed"):
         services.decide(review, d.pk, alice, keep=True)
 
 
@@ -266,10 +267,10 @@ def training_dir(settings, tmp_path):
 
 def test_freeze_writes_the_selection_with_corrected_captions_and_is_idempotent(funnel, alice, researcher, training_dir):
     generalist = generalist_keeping(funnel, alice, {1, 2, 3, 4})
-    with pytest.raises(services.AnnotationError, match="generalist stage"):
+    with pytest.raises(services.ReviewError, match="generalist stage"):
         services.freeze_review(generalist, "nope")
     specialist = services.open_specialist_review(generalist, "spec", target_size=10)
-    with pytest.raises(services.AnnotationError, match="no selected images"):
+    with pytest.raises(services.ReviewError, match="no selected images"):
         services.freeze_review(specialist, "nope")
     written = {}
     while (d := services.next_decision(specialist, alice)) is not None:
@@ -294,11 +295,11 @@ def test_an_aesthetic_head_trains_from_a_rating_stage(funnel, alice, researcher,
     from training.clip_scoring import save_tiny_clip
 
     review = services.open_generalist_review(funnel, "rated", mode="rating")
-    with pytest.raises(services.AnnotationError, match="at least a few"):
+    with pytest.raises(services.ReviewError, match="at least a few"):
         services.train_aesthetic_head_from_review(review, clip_model_path="x")
     for rating in [1, 5, 2, 4, 3]:
         services.decide(review, services.next_decision(review, alice).pk, alice, rating=rating)
-    with pytest.raises(services.AnnotationError, match="rating mode"):
+    with pytest.raises(services.ReviewError, match="rating mode"):
         services.train_aesthetic_head_from_review(services.open_generalist_review(funnel, "kr"), clip_model_path="x")
     clip_dir = save_tiny_clip(tmp_path / "tiny-clip", seed=0)
     path = services.train_aesthetic_head_from_review(review, clip_model_path=str(clip_dir), out_path=tmp_path / "head.pth")
@@ -422,9 +423,9 @@ def test_the_admin_lists_stages_and_decisions_read_mostly(funnel, alice):
     admin = User.objects.create_superuser("root", password="pw-root")
     client = client_for(admin)
     for name in ["curationreview", "curationdecision"]:
-        assert client.get(reverse(f"admin:annotation_{name}_changelist")).status_code == 200
-    assert client.get(reverse("admin:annotation_curationreview_change", args=[review.pk])).status_code == 200
-    assert client.get(reverse("admin:annotation_curationreview_add")).status_code == 403
+        assert client.get(reverse(f"admin:training_{name}_changelist")).status_code == 200
+    assert client.get(reverse("admin:training_curationreview_change", args=[review.pk])).status_code == 200
+    assert client.get(reverse("admin:training_curationreview_add")).status_code == 403
 
 
 # --- Under real concurrency (PostgreSQL) ----------------------------------------------------------

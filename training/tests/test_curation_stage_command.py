@@ -11,9 +11,9 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from annotation import services
-from annotation.models import CurationReview
-from annotation.tests.test_curation_stages import make_funnel, make_user
+from training.services import reviews as services
+from training.models import CurationReview
+from training.tests.test_review_stages import make_funnel, make_user
 from training.aesthetic import AestheticHead
 from training.datasets import load_curated_dataset
 from training.models import CuratedDataset, CurationRun

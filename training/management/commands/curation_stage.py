@@ -17,10 +17,10 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from annotation import selectors, services
-from annotation.models import CurationReview, CurationStage
 from core import csv_export
-from training.models import CurationRun
+from training import selectors
+from training.models import CurationReview, CurationRun, CurationStage
+from training.services import reviews as services
 
 
 class Command(BaseCommand):
@@ -65,7 +65,7 @@ class Command(BaseCommand):
     def handle(self, *args, subcommand, **options):
         try:
             getattr(self, "do_" + subcommand.replace("-", "_"))(**options)
-        except services.AnnotationError as exc:
+        except services.ReviewError as exc:
             raise CommandError(str(exc)) from None
 
     @staticmethod
