@@ -1,7 +1,7 @@
 import pytest
 from django.db import connection
 
-from annotation import services
+from annotation.services import assignment
 
 
 @pytest.fixture(params=["single statement", "orm"])
@@ -9,7 +9,7 @@ def both_write_paths(request, monkeypatch):
     """Run a test on both ways the engine writes claims and votes: one SQL statement each (PostgreSQL) and the ORM
     (every other database, e.g. the demo's SQLite), so the two cannot drift apart."""
     if request.param == "orm":
-        monkeypatch.setattr(services, "single_statement_writes", lambda: False)
+        monkeypatch.setattr(assignment, "single_statement_writes", lambda: False)
     elif connection.vendor != "postgresql":
         pytest.skip("the single-statement writes are PostgreSQL's")
     return request.param

@@ -5,7 +5,8 @@ import pytest
 from django.utils import timezone
 
 from annotation import selectors, services
-from annotation.models import Assignment, ComparisonItem, PlacementCounter, Vote
+from annotation.services import assignment
+from annotation.models import Assignment, ComparisonItem, Participation, PlacementCounter, Vote
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("both_write_paths")]
 
@@ -52,15 +53,15 @@ def test_criteria_advance_together_in_blocks_in_proportion_to_their_k(live_campa
     for rater in raters:
         order = []
         while (a := services.next_assignment(live_campaign, rater)) is not None:
-            participation = services.Participation.objects.get(campaign=live_campaign, rater=rater)
-            scheduled = services._scheduled_criterion(criteria, participation, len(order))
+            participation = Participation.objects.get(campaign=live_campaign, rater=rater)
+            scheduled = assignment._scheduled_criterion(criteria, participation, len(order))
             order.append(a.item.criterion.criterion)
             if a.item.criterion_id == scheduled:
                 on_schedule += 1
             else:
                 # Off the schedule only when the scheduled question has no pair left that this rater has not met
                 # (a rater never takes a pair under both questions, so late raters can find one side used up).
-                left = services._unseen_pairs(live_campaign, rater).filter(remaining__gt=0, criterion_id=scheduled)
+                left = assignment._unseen_pairs(live_campaign, rater).filter(remaining__gt=0, criterion_id=scheduled)
                 assert not left.exclude(pk=a.item_id).exists(), f"one question for a block of pairs: {order}"
             services.submit_vote(rater, a.token, "left")
         assert len(order) == 16
@@ -81,16 +82,16 @@ def test_criteria_advance_together_in_blocks_in_proportion_to_their_k(live_campa
 
 def test_the_criterion_schedule_is_five_to_three_blocks_and_spreads_raters(live_campaign, make_rater):
     appeal, faithfulness = live_campaign.criteria.order_by("id").values_list("id", "votes_per_item")
-    participation = services.Participation.objects.create(campaign=live_campaign, rater=make_rater())
+    participation = Participation.objects.create(campaign=live_campaign, rater=make_rater())
     block = services.CRITERION_BLOCK
-    schedule = [services._scheduled_criterion([appeal, faithfulness], participation, b * block) for b in range(80)]
+    schedule = [assignment._scheduled_criterion([appeal, faithfulness], participation, b * block) for b in range(80)]
     assert Counter(schedule) == {appeal[0]: 50, faithfulness[0]: 30}
     for start in range(0, 80, 8):  # every 8 blocks in a row hold 5 of appeal and 3 of faithfulness
         assert schedule[start : start + 8].count(appeal[0]) == 5
-    assert all(services._scheduled_criterion([appeal, faithfulness], participation, b * block + i) == schedule[b]
+    assert all(assignment._scheduled_criterion([appeal, faithfulness], participation, b * block + i) == schedule[b]
                for b in range(10) for i in range(block))
     firsts = Counter(
-        services._scheduled_criterion([appeal, faithfulness], services.Participation(campaign=live_campaign, rater=make_rater()), 0)
+        assignment._scheduled_criterion([appeal, faithfulness], Participation(campaign=live_campaign, rater=make_rater()), 0)
         for _ in range(40)
     )
     assert min(firsts.values()) >= 8, f"raters starting together start on different criteria: {firsts}"

@@ -12,6 +12,7 @@ from django.contrib.auth import get_user_model
 from django.urls import reverse
 
 from annotation import services
+from annotation.services import assignment
 from annotation.models import Campaign, CampaignCriterion, Participation, Vote
 
 pytestmark = pytest.mark.django_db
@@ -55,7 +56,7 @@ def voted_campaign(live_campaign, make_rater, monkeypatch):
     def answer(rater, question, prefer):
         # The schedule fixed to one question: a rater then meets every pair under it, and none under the other.
         with monkeypatch.context() as patched:
-            patched.setattr(services, "_scheduled_criterion", lambda *args: criterion[question])
+            patched.setattr(assignment, "_scheduled_criterion", lambda *args: criterion[question])
             assert vote_everything(live_campaign, rater, prefer) == 20
 
     answer(first.rater, "text_faithfulness", "a")

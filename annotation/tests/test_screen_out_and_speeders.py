@@ -9,6 +9,7 @@ from django.urls import reverse
 
 from analysis import services as analysis_services
 from annotation import services
+from annotation.services import quality_control
 from annotation.models import Campaign, Participation, Vote
 from annotation.tests.test_rater_pages import get_tasks, join, post_vote
 from generation import services as generation_services
@@ -295,8 +296,8 @@ def test_a_vote_is_acknowledged_even_when_the_exclusion_it_triggers_fails(client
     def deadlocked(*args, **kwargs):
         raise OperationalError("deadlock detected")
 
-    monkeypatch.setattr(services, "_exclude", deadlocked)
-    monkeypatch.setattr(services.time, "sleep", lambda s: None)
+    monkeypatch.setattr(quality_control, "_exclude", deadlocked)
+    monkeypatch.setattr(quality_control.time, "sleep", lambda s: None)
     participation = join(client, gold_campaign)
     for _ in range(20):
         tasks = get_tasks(client, participation).json()

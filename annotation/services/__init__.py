@@ -1,0 +1,95 @@
+"""Annotation's operations, one module per domain concept; this package re-exports their public names.
+
+- ``campaigns``: settings and the rules that freeze them, create, edit, launch, pause, resume, close;
+- ``items``: the comparison items a launch builds, and gold;
+- ``served_images``: the images raters receive (one byte length per campaign);
+- ``enrolment``: invite links, crowd ids, joining, consent;
+- ``assignment``: the assignment engine (the next tasks under the k cap, no repeats, balance);
+- ``votes``: recording a vote;
+- ``quality_control``: gold, speeders, exclusions, how a rater's study ends;
+- ``errors``: ``AnnotationError`` and its kin.
+
+Callers use ``from annotation import services`` and ``services.create_campaign(...)``; tests that reach into an
+engine's private steps import the module itself.
+"""
+
+from .errors import (  # noqa: F401
+    AnnotationError,
+)
+from .campaigns import (  # noqa: F401
+    FREE_FIELDS,
+    GOLD_RULE_FIELDS,
+    MAX_CONSENT_TEXT,
+    MAX_CONTACT,
+    MAX_GOLD_MIN_ANSWERS,
+    MAX_QUOTA,
+    MAX_RATERS_PER_LINK,
+    MAX_SPEEDER_SECONDS,
+    MAX_TEXT,
+    OPERATIONAL_FIELDS,
+    STRUCTURAL_FIELDS,
+    apply_campaign_action,
+    check_text,
+    create_campaign,
+    finish_launch,
+    generation_batch_for,
+    guaranteed_gold_answers,
+    is_whole,
+    launch_campaign,
+    set_status,
+    update_campaign,
+)
+from .items import (  # noqa: F401
+    build_items,
+    degrade,
+    gold_items_needed,
+)
+from .served_images import (  # noqa: F401
+    rater_image,
+    served_image_length,
+    shown_image_file,
+)
+from .enrolment import (  # noqa: F401
+    CROWD_ID_MAX_LENGTH,
+    CROWD_PARAMETERS,
+    CrowdIdError,
+    PARTICIPATION_TAKEN,
+    ParticipationTaken,
+    create_invite_link,
+    crowd_ids,
+    has_crowd_id,
+    invite_account,
+    invite_link_for,
+    join_with_invite,
+    record_consent,
+)
+from .assignment import (  # noqa: F401
+    CRITERION_BLOCK,
+    LOOKAHEAD,
+    PLACEMENT_BOUND,
+    PROMPT_SPREAD,
+    SWEEP_EVERY,
+    expire_leases,
+    next_assignment,
+    open_tasks,
+    single_statement_writes,
+)
+from .votes import (  # noqa: F401
+    ParticipationEnded,
+    VoteResult,
+    submit_vote,
+)
+from .quality_control import (  # noqa: F401
+    EXCLUSION_ATTEMPTS,
+    RaterEnding,
+    SCREENED_OUT_VOTE,
+    SPEEDER_MIN_GAPS,
+    SPEEDER_WINDOW,
+    complete_if_done,
+    end_if_out_of_tasks,
+    exclude_if_failing_gold,
+    exclude_rater,
+    flag_if_speeding,
+    median_seconds_between_votes,
+    rater_ending,
+)
