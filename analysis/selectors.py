@@ -22,9 +22,8 @@ VOTE_COLUMNS = [
 
 def votes_frame(campaign: Campaign, *, include_excluded: bool = False) -> pd.DataFrame:
     """One row per counting vote on the campaign's regular comparison items."""
-    votes = Vote.objects.filter(assignment__campaign=campaign, assignment__item__gold_image__isnull=True)
-    if not include_excluded:
-        votes = votes.filter(excluded=False)
+    votes = Vote.objects.filter(assignment__campaign=campaign)
+    votes = votes.on_regular_items() if include_excluded else votes.counting()
     rows = votes.order_by("id").values_list(
         "assignment__item_id",
         "assignment__item__image_a__prompt_id",

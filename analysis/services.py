@@ -482,7 +482,7 @@ def build_report(
     criteria = [(c.criterion, c.get_criterion_display()) for c in campaign.criteria.all()]
     models = [m.name for m in campaign.ordered_models()]
     exclusions = _exclusions(campaign)
-    last_vote = Vote.objects.filter(_counting(campaign)).aggregate(last=Max("created_at"))["last"]
+    last_vote = _counting_votes(campaign).aggregate(last=Max("created_at"))["last"]
     return CampaignReport(
         campaign_id=campaign.pk,
         campaign_name=campaign.name,
@@ -504,7 +504,7 @@ def build_report(
             votes=len(frame),
             votes_sha256=votes_snapshot_sha256(frame),
             last_vote_at=last_vote.isoformat() if last_vote else None,
-            simulated_votes=Vote.objects.filter(_counting(campaign), assignment__rater__simulated=True).count(),
+            simulated_votes=_counting_votes(campaign).filter(assignment__rater__simulated=True).count(),
             excluded_votes=exclusions.excluded_votes,
             exclusion_rule=exclusions.rule,
             seed=seed,
@@ -572,14 +572,14 @@ def code_version() -> str:
     return commit if result.returncode == 0 and re.fullmatch(r"[0-9a-f]{40}|[0-9a-f]{64}", commit) else "unknown"
 
 
-def _counting(campaign: Campaign) -> Q:
+def _counting_votes(campaign: Campaign):
     """The votes the numbers use: not excluded, on regular items."""
-    return Q(assignment__campaign=campaign, excluded=False, assignment__item__gold_image__isnull=True)
+    return Vote.objects.counting().filter(assignment__campaign=campaign)
 
 
 def _no_votes_message(campaign: Campaign) -> str:
     all_votes = Vote.objects.filter(assignment__campaign=campaign)
-    regular = all_votes.filter(assignment__item__gold_image__isnull=True).count()
+    regular = all_votes.on_regular_items().count()
     if regular:
         return (
             f"Campaign {campaign.name!r} has no counting votes: all {regular} vote(s) on its comparisons come from "
@@ -597,7 +597,7 @@ def _comparisons(campaign, frame, *, breakdowns: bool, seed, rounds, level, incl
     """A Comparison for every criterion x model pair the campaign compares, voted on or not."""
     item_counts = {
         (row["criterion__criterion"], row["image_a__model__name"], row["image_b__model__name"]): row["n"]
-        for row in ComparisonItem.objects.filter(campaign=campaign, gold_image__isnull=True)
+        for row in ComparisonItem.objects.regular().filter(campaign=campaign)
         .values("criterion__criterion", "image_a__model__name", "image_b__model__name")
         .annotate(n=Count("id"))
         .order_by()
@@ -902,7 +902,7 @@ def campaign_win_rates(campaign: Campaign) -> list[dict]:
     exclusion changes them) and code version, because the page polls every
     few seconds.
     """
-    state = Vote.objects.filter(_counting(campaign)).aggregate(n=Count("id"), last=Max("id"))
+    state = _counting_votes(campaign).aggregate(n=Count("id"), last=Max("id"))
     key = f"analysis:win-rates:{code_version()}:{campaign.pk}:{campaign.status}:{state['n']}:{state['last']}"
     rows = cache.get(key)
     if rows is None:
@@ -975,7 +975,7 @@ def items_csv(campaign: Campaign) -> Iterator[str]:
     """
     counting = Q(assignments__vote__excluded=False)
     items = (
-        ComparisonItem.objects.filter(campaign=campaign, gold_image__isnull=True)
+        ComparisonItem.objects.regular().filter(campaign=campaign)
         .order_by("id")
         .values(
             "id", "criterion__criterion", "image_a__prompt_id", "image_a__prompt__text", "image_a__prompt__category",

@@ -250,7 +250,19 @@ class GoldImage(models.Model):
         constraints = [models.UniqueConstraint(fields=["source", "degradation"], name="gold_image_once")]
 
 
+class ComparisonItemQuerySet(models.QuerySet):
+    def regular(self):
+        """Comparisons of two models' images: what the report counts."""
+        return self.filter(gold_image__isnull=True)
+
+    def gold(self):
+        """Gold items: an image against a copy with a known answer, to check raters; never in the report."""
+        return self.filter(gold_image__isnull=False)
+
+
 class ComparisonItem(models.Model):
+    objects = ComparisonItemQuerySet.as_manager()
+
     campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="items")
     criterion = models.ForeignKey(CampaignCriterion, on_delete=models.CASCADE, related_name="items")
     image_a = models.ForeignKey(GeneratedImage, on_delete=models.PROTECT, related_name="+")
@@ -394,11 +406,27 @@ class Assignment(models.Model):
         ]
 
 
+# The counting-vote rule, written once: a vote enters the numbers when its rater was not excluded and its item is a
+# regular comparison (gold items check raters, they measure no model).
+COUNTING_VOTE = Q(excluded=False, assignment__item__gold_image__isnull=True)
+
+
+class VoteQuerySet(models.QuerySet):
+    def counting(self):
+        return self.filter(COUNTING_VOTE)
+
+    def on_regular_items(self):
+        """Counting or not (excluded raters' votes included), on regular comparisons."""
+        return self.filter(assignment__item__gold_image__isnull=True)
+
+
 class Vote(models.Model):
     class Winner(models.TextChoices):
         A = "a", "model A"
         B = "b", "model B"
         TIE = "tie", "tie"
+
+    objects = VoteQuerySet.as_manager()
 
     assignment = models.OneToOneField(Assignment, on_delete=models.PROTECT, related_name="vote")
     choice = models.CharField(max_length=16, choices=Choice.choices, help_text="What the rater clicked, as shown.")

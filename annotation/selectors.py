@@ -67,9 +67,6 @@ RATE_WINDOW = timedelta(minutes=30)
 # Appended to invite links for Prolific, which fills in the {{%...%}} placeholders per participant.
 PROLIFIC_QUERY = "PROLIFIC_PID={{%PROLIFIC_PID%}}&STUDY_ID={{%STUDY_ID%}}&SESSION_ID={{%SESSION_ID%}}"
 
-_COUNTING = Q(excluded=False, assignment__item__gold_image__isnull=True)
-
-
 @dataclass(frozen=True)
 class CriterionProgress:
     criterion: str
@@ -124,7 +121,7 @@ def campaign_progress(campaign: Campaign, now: datetime | None = None) -> Campai
     now = now or timezone.now()
     per_criterion = []
     rows = (
-        ComparisonItem.objects.filter(campaign=campaign, gold_image__isnull=True)
+        ComparisonItem.objects.regular().filter(campaign=campaign)
         .values("criterion_id", "criterion__criterion", "criterion__votes_per_item")
         .annotate(
             n=Count("id"),
@@ -151,7 +148,7 @@ def campaign_progress(campaign: Campaign, now: datetime | None = None) -> Campai
     active_raters = (
         campaign_votes.filter(created_at__gte=now - ACTIVE_RATER_WINDOW).values("assignment__rater_id").distinct().count()
     )
-    recent = campaign_votes.filter(_COUNTING, created_at__gte=now - RATE_WINDOW).count()
+    recent = campaign_votes.counting().filter(created_at__gte=now - RATE_WINDOW).count()
     projected = None
     if recent and votes < needed:
         projected = now + RATE_WINDOW * ((needed - votes) / recent)
@@ -166,7 +163,7 @@ def campaign_progress(campaign: Campaign, now: datetime | None = None) -> Campai
 def campaign_percentages(campaigns) -> dict[int, int]:
     """Percent of needed votes cast, for many campaigns in one query (the campaign list)."""
     rows = (
-        ComparisonItem.objects.filter(campaign__in=campaigns, gold_image__isnull=True)
+        ComparisonItem.objects.regular().filter(campaign__in=campaigns)
         .values("campaign_id")
         .annotate(votes_sum=Sum("votes"), needed=Sum("criterion__votes_per_item"))
     )

@@ -367,7 +367,7 @@ def ground_truth(campaign: Campaign) -> dict:
 
     per_model: dict[str, dict[str, list[float]]] = {}
     seen = set()
-    for item in campaign.items.filter(gold_image__isnull=True).select_related("image_a__model", "image_b__model", "image_a__prompt"):
+    for item in campaign.items.regular().select_related("image_a__model", "image_b__model", "image_a__prompt"):
         for image in (item.image_a, item.image_b):
             if image.pk in seen:
                 continue

@@ -70,10 +70,10 @@ def expire_leases(campaign: Campaign | int, now: datetime) -> int:
 def _release_slots(per_item: Counter) -> None:
     # Sorted, so two transactions releasing overlapping items lock them in the same order.
     for item_id, n in sorted(per_item.items()):
-        ComparisonItem.objects.filter(pk=item_id, gold_image__isnull=True).update(
+        ComparisonItem.objects.regular().filter(pk=item_id).update(
             open_leases=F("open_leases") - n, remaining=F("remaining") + n
         )
-        ComparisonItem.objects.filter(pk=item_id, gold_image__isnull=False).update(open_leases=F("open_leases") - n)
+        ComparisonItem.objects.gold().filter(pk=item_id).update(open_leases=F("open_leases") - n)
 
 
 def _maybe_sweep(campaign_id: int, now: datetime) -> None:
@@ -221,7 +221,7 @@ def _lease_one(campaign, rater, participation, taken: int, fresh: dict, criteria
     expires_at = now + timedelta(seconds=fresh["lease_seconds"])
     if _gold_is_due(participation, taken, fresh["gold_share"]):
         gold = (
-            ComparisonItem.objects.filter(campaign=campaign, gold_image__isnull=False)
+            ComparisonItem.objects.gold().filter(campaign=campaign)
             .exclude(assignments__rater=rater)
             .order_by("?")
             .first()

@@ -55,9 +55,9 @@ def build_items(campaign: Campaign, batch) -> int:
         for a, b in pairs
         for k in keys
     ]
-    before = campaign.items.filter(gold_image__isnull=True).count()
+    before = campaign.items.regular().count()
     ComparisonItem.objects.bulk_create(rows, ignore_conflicts=True)
-    created = campaign.items.filter(gold_image__isnull=True).count() - before
+    created = campaign.items.regular().count() - before
     _build_gold_items(campaign, criteria, images, pairs)
     served_image_length(campaign, refresh=True)
     return created
@@ -137,8 +137,8 @@ def _build_gold_items(campaign: Campaign, criteria, images: dict, pairs) -> None
     rng = random.Random(f"gold:{campaign.pk}")  # the same campaign always gets the same gold items
     campaign_images = [im for _, im in sorted(images.items())]
     for criterion in criteria:
-        regular = campaign.items.filter(criterion=criterion, gold_image__isnull=True).count()
-        needed = gold_items_needed(regular, campaign.gold_share) - campaign.items.filter(criterion=criterion, gold_image__isnull=False).count()
+        regular = campaign.items.regular().filter(criterion=criterion).count()
+        needed = gold_items_needed(regular, campaign.gold_share) - campaign.items.gold().filter(criterion=criterion).count()
         if needed <= 0:
             continue
         if criterion.criterion == Criterion.TEXT_FAITHFULNESS:

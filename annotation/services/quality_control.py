@@ -123,7 +123,7 @@ def _exclude(participation_id: int, reason: str) -> int | None:
         Assignment.objects.select_for_update().filter(**mine, state=Assignment.State.LEASED).order_by("id").values_list("id", "item_id")
     )
     votes = Vote.objects.filter(**{f"assignment__{k}": v for k, v in mine.items()}, excluded=False)
-    counted_items = Counter(votes.filter(assignment__item__gold_image__isnull=True).values_list("assignment__item_id", flat=True))
+    counted_items = Counter(votes.on_regular_items().values_list("assignment__item_id", flat=True))
     flagged = votes.update(excluded=True)
     Assignment.objects.filter(id__in=[a for a, _ in leased]).update(state=Assignment.State.EXPIRED)
     released = Counter(item for _, item in leased)
@@ -131,11 +131,11 @@ def _exclude(participation_id: int, reason: str) -> int | None:
     # another exclusion could interleave with in the opposite order.
     for item_id in sorted(set(counted_items) | set(released)):
         n, leases = counted_items.get(item_id, 0), released.get(item_id, 0)
-        ComparisonItem.objects.filter(pk=item_id, gold_image__isnull=True).update(
+        ComparisonItem.objects.regular().filter(pk=item_id).update(
             votes=F("votes") - n, open_leases=F("open_leases") - leases, remaining=F("remaining") + n + leases
         )
         if leases:
-            ComparisonItem.objects.filter(pk=item_id, gold_image__isnull=False).update(open_leases=F("open_leases") - leases)
+            ComparisonItem.objects.gold().filter(pk=item_id).update(open_leases=F("open_leases") - leases)
     return flagged
 
 

@@ -261,6 +261,6 @@ class Command(BaseCommand):
                 bar.close()
         if campaign.status == Campaign.Status.DRAFT:
             raise CommandError(campaign.launch_error or "The launch failed and the campaign is back to draft.")
-        regular = campaign.items.filter(gold_image__isnull=True).count()
-        gold = campaign.items.filter(gold_image__isnull=False).count()
+        regular = campaign.items.regular().count()
+        gold = campaign.items.gold().count()
         self.stdout.write(f"{campaign.name!r} is {campaign.status}: {regular} comparisons and {gold} gold items.")
