@@ -32,7 +32,7 @@ from django.urls import reverse
 from scipy.stats import binomtest
 from statsmodels.stats.inter_rater import fleiss_kappa
 
-from analysis import services
+from analysis import services, stats
 from annotation import services as annotation_services
 from annotation.api import issue_api_token
 from annotation.models import Campaign, ComparisonItem, Participation, Rater, Vote
@@ -287,14 +287,14 @@ def test_headline_numbers_equal_an_independent_count_of_the_votes(world):
         assert c.sign_test_p == pytest.approx(binomtest(truth["wins"], truth["wins"] + truth["losses"]).pvalue, rel=1e-9)
         per_prompt = prompt_sums(world.campaign, criterion, truth["complete_items"])
         assert c.prompts == len(per_prompt) >= 6
-        expected = services.stats.clustered_score_interval([w for w, _ in per_prompt.values()], [n for _, n in per_prompt.values()])
+        expected = stats.clustered_score_interval([w for w, _ in per_prompt.values()], [n for _, n in per_prompt.values()])
         assert (c.interval.low, c.interval.high) == (expected.low, expected.high) and c.interval_note == ""
         votes = truth["votes"]
         assert (c.vote_outcomes.wins, c.vote_outcomes.ties, c.vote_outcomes.losses) == (votes["b"], votes["tie"], votes["a"])
         used = counted_votes(world.campaign, criterion).filter(assignment__item_id__in=truth["complete_items"])
         assert c.raters == used.values("assignment__rater_id").distinct().count()
         assert c.prompts == len({p for p in used.values_list("assignment__item__image_a__prompt_id", flat=True)})
-        assert c.interval.method == services.stats.HEADLINE_INTERVAL and c.interval.low <= c.win_rate <= c.interval.high
+        assert c.interval.method == stats.HEADLINE_INTERVAL and c.interval.low <= c.win_rate <= c.interval.high
         assert [t.half_width_points for t in c.planner] == [5, 3, 2]
         needed = [t.comparisons_needed for t in c.planner]
         assert needed == sorted(needed) and needed[-1] > 0 and c.design_effect >= 1

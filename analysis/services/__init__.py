@@ -1,0 +1,71 @@
+"""Analysis reads annotation's votes and renders numbers; it changes nothing. One module per part:
+
+- ``values``: the report as frozen plain values, with display strings;
+- ``reports``: ``build_report`` (the numbers of ``analysis.stats`` over a campaign's votes);
+- ``win_rates``: the campaign page's live win rates (cached per vote snapshot);
+- ``exports``: the CSV exports and the JSON, HTML and PDF renderings.
+
+This package re-exports their public names: ``from analysis import services``, ``services.build_report(...)``.
+"""
+
+from .values import (  # noqa: F401
+    AgreementSummary,
+    Bounds,
+    CampaignReport,
+    Comparison,
+    DEFAULT_ROUNDS,
+    DEFAULT_SEED,
+    ExcludedRater,
+    Exclusions,
+    FlaggedSpeeder,
+    GroupWinRate,
+    INTERVAL_METHOD_LABELS,
+    MAX_ROUNDS,
+    MAX_SEED,
+    MIN_ROUNDS,
+    Outcomes,
+    PLANNER_HALF_WIDTHS,
+    POSITION_BIAS_ALPHA,
+    PlannerTarget,
+    RankedModel,
+    Ranking,
+    RaterSideBias,
+    Reproducibility,
+    p_value_text,
+    percent,
+    plain,
+    verdict,
+)
+from .reports import (  # noqa: F401
+    ReportError,
+    analysed_votes,
+    build_report,
+    campaign_comparisons,
+    check_options,
+    code_version,
+    counting_votes,
+    design_effect,
+    exclusion_rule,
+    votes_snapshot_sha256,
+)
+from .win_rates import (  # noqa: F401
+    campaign_win_rates,
+)
+from .exports import (  # noqa: F401
+    EXPORT_FORMATS,
+    Export,
+    ExportFormat,
+    FORMAT_ALIASES,
+    ITEMS_CSV_COLUMNS,
+    VOTES_CSV_COLUMNS,
+    export,
+    export_filename,
+    export_format,
+    find_campaign,
+    items_csv,
+    report_figures,
+    report_html,
+    report_json,
+    report_pdf,
+    votes_csv,
+)
