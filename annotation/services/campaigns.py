@@ -7,6 +7,7 @@ import math
 
 from django.db import transaction
 
+from core.errors import CONFLICT, DUPLICATE
 from core.task_queue import enqueue_on_commit
 from generation import selectors as generation_selectors
 from generation import services as generation_services
@@ -233,7 +234,7 @@ def create_campaign(
     else:
         baseline = None
     if Campaign.objects.filter(name=name).exists():
-        raise AnnotationError(f"A campaign named {name!r} already exists.", field="name")
+        raise AnnotationError(f"A campaign named {name!r} already exists.", field="name", code=DUPLICATE)
     seeds = generation_services.check_seeds(seeds, AnnotationError)
     if not prompt_set.prompts.exists():
         raise AnnotationError(f"Prompt set {prompt_set.name!r} has no prompts.", field="prompt_set")
@@ -288,9 +289,11 @@ def update_campaign(campaign: Campaign, **changes) -> Campaign:
         changes["contact"] = (changes["contact"] or "").strip()
     changed = {k: v for k, v in changes.items() if getattr(campaign, k) != v}
     if set(changed) & STRUCTURAL_FIELDS and campaign.items.exists():
-        raise AnnotationError("The campaign's comparisons exist: models, prompts, seeds, pairing and gold share are frozen.")
+        raise AnnotationError("The campaign's comparisons exist: models, prompts, seeds, pairing and gold share are frozen.",
+                              code=CONFLICT)
     if set(changed) & OPERATIONAL_FIELDS and Vote.objects.filter(assignment__campaign=campaign).exists():
-        raise AnnotationError("The campaign has votes: its settings are frozen so every vote was cast under the same rules.")
+        raise AnnotationError("The campaign has votes: its settings are frozen so every vote was cast under the same rules.",
+                              code=CONFLICT)
     for key, value in changed.items():
         setattr(campaign, key, value)
     _check_settings(
@@ -304,7 +307,7 @@ def update_campaign(campaign: Campaign, **changes) -> Campaign:
     if set(changed) & GOLD_RULE_FIELDS:  # only then: a campaign made before this rule can still be renamed
         _check_gold_can_fire(**{f: getattr(campaign, f) for f in GOLD_RULE_FIELDS})
     if "name" in changed and Campaign.objects.filter(name=campaign.name).exclude(pk=campaign.pk).exists():
-        raise AnnotationError(f"A campaign named {campaign.name!r} already exists.")
+        raise AnnotationError(f"A campaign named {campaign.name!r} already exists.", field="name", code=DUPLICATE)
     if changed:
         campaign.save(update_fields=list(changed))
     return campaign
@@ -324,9 +327,9 @@ def set_status(campaign: Campaign, status: str) -> None:
     with transaction.atomic():
         current = Campaign.objects.select_for_update().values_list("status", flat=True).get(pk=campaign.pk)
         if not Campaign.may_move(current, status):
-            raise AnnotationError(f"A {current} campaign cannot become {status}.")
+            raise AnnotationError(f"A {current} campaign cannot become {status}.", code=CONFLICT)
         if status == Campaign.Status.LIVE and not campaign.items.exists():
-            raise AnnotationError("The campaign has no comparison items yet: launch it to generate its images first.")
+            raise AnnotationError("The campaign has no comparison items yet: launch it to generate its images first.", code=CONFLICT)
         Campaign.objects.filter(pk=campaign.pk).update(status=status)
     campaign.status = status
 
@@ -336,7 +339,7 @@ def launch_campaign(campaign: Campaign, parameters: dict | None = None) -> None:
     with transaction.atomic():
         locked = Campaign.objects.select_for_update().get(pk=campaign.pk)
         if locked.status != Campaign.Status.DRAFT:
-            raise AnnotationError(f"Only a draft campaign can be launched; this one is {locked.status}.")
+            raise AnnotationError(f"Only a draft campaign can be launched; this one is {locked.status}.", code=CONFLICT)
         try:
             batch = generation_batch_for(locked, parameters)
         except generation_services.GenerationError as exc:

@@ -32,9 +32,13 @@ CROWD_ID_MAX_LENGTH = {"PROLIFIC_PID": 100, "STUDY_ID": 100, "SESSION_ID": 100, 
 class CrowdIdError(AnnotationError):
     """An id in an invite link's query cannot be anyone's id (too long)."""
 
+    code = "crowd_id_refused"
+
 
 class ParticipationTaken(AnnotationError):
     """A crowd id that already took part came back with other ids: it is not resumed."""
+
+    code = "participation_taken"
 
 
 PARTICIPATION_TAKEN = (

@@ -39,6 +39,8 @@ class VoteResult:
 class ParticipationEnded(AnnotationError):
     """The rater was excluded: nothing more is recorded for them, and they are shown the screen-out ending."""
 
+    code = "participation_ended"
+
 
 def submit_vote(
     rater: Rater,

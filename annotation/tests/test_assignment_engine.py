@@ -216,8 +216,9 @@ def test_closed_or_paused_campaigns_hand_out_nothing(live_campaign, make_rater):
     services.set_status(live_campaign, "closed")
     with pytest.raises(services.AnnotationError, match="closed"):
         services.submit_vote(rater, a.token, "left")
-    with pytest.raises(services.AnnotationError, match="cannot become live"):
+    with pytest.raises(services.AnnotationError, match="cannot become live") as refused:
         services.set_status(live_campaign, "live")
+    assert refused.value.code == "conflict"  # a state refusal, not bad input: scripts tell them apart by code
     assert not Vote.objects.exists()
 
 
