@@ -6,12 +6,9 @@ through services, whose refusals are shown to the researcher as they are.
 
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
-from django.http import StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.utils.text import slugify
 from django.views.decorators.http import require_POST
 
-from core import csv_export
 
 from . import selectors, services
 from .forms import CampaignForm, ExcludeRaterForm, InviteAccountForm, InviteLinkForm
@@ -105,17 +102,6 @@ def exclude_rater(request, pk, participation_pk):
     else:
         _form_errors_as_messages(request, form)
     return redirect("campaigns:detail", pk)
-
-
-@staff_member_required
-def votes_csv(request, pk):
-    campaign = _campaign(pk)
-    # Streamed, row by row from a database cursor: a campaign of millions of votes never sits in memory.
-    lines = csv_export.lines(selectors.VOTE_EXPORT_COLUMNS, selectors.vote_export_rows(campaign))
-    response = StreamingHttpResponse(lines, content_type="text/csv; charset=utf-8")
-    filename = f"{slugify(campaign.name) or f'campaign-{campaign.pk}'}-votes.csv"
-    response["Content-Disposition"] = f'attachment; filename="{filename}"'
-    return response
 
 
 def _form_errors_as_messages(request, form):

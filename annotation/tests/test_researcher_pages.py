@@ -192,7 +192,7 @@ def test_excluding_a_rater_keeps_their_votes_flagged_and_changes_the_win_rates(s
 def test_votes_csv_has_one_tidy_row_per_vote_with_the_winning_model(staff_client, voted_campaign):
     campaign, first, second, third = voted_campaign
     services.exclude_rater(second, "test")
-    response = staff_client.get(reverse("annotation:votes_csv", args=[campaign.pk]))
+    response = staff_client.get(reverse("campaigns:votes_csv", args=[campaign.pk]))
     assert response.streaming and response["Content-Type"].startswith("text/csv")
     assert 'filename="c-votes.csv"' in response["Content-Disposition"]
     rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
@@ -201,7 +201,7 @@ def test_votes_csv_has_one_tidy_row_per_vote_with_the_winning_model(staff_client
     assert list(rows[0]) == [
         "vote_id", "item_id", "criterion", "prompt_id", "prompt", "category", "challenge", "seed", "model_a", "model_b",
         "rater_id", "external_id", "choice", "a_on_left", "winner", "winner_model", "seconds_on_task", "gold",
-        "gold_correct", "excluded", "simulated", "created_at",
+        "gold_correct", "excluded", "simulated", "created_at", "counted",
     ]
     assert {row["simulated"] for row in rows} == {"false"}
     by_rater = {p.rater_id: name for p, name in ((first, "base"), (second, "base"), (third, "tuned"))}
@@ -282,7 +282,7 @@ def researcher_urls(campaign, participation):
     gets = [
         reverse("annotation:campaign_list"), reverse("annotation:campaign_new"),
         reverse("campaigns:detail", args=[pk]), reverse("campaigns:progress", args=[pk]),
-        reverse("annotation:votes_csv", args=[pk]),
+        reverse("campaigns:votes_csv", args=[pk]),
     ]
     posts = [reverse(f"annotation:{a}", args=[pk]) for a in ("launch", "pause", "resume", "close")] + [
         reverse("annotation:campaign_new"), reverse("annotation:invite_link_create", args=[pk]),
@@ -381,7 +381,7 @@ def campaign_with_formulas(campaign) -> Participation:
 
 def test_the_votes_csv_neutralises_formulas_from_prompts_categories_and_rater_ids(staff_client, live_campaign):
     participation = campaign_with_formulas(live_campaign)
-    response = staff_client.get(reverse("annotation:votes_csv", args=[live_campaign.pk]))
+    response = staff_client.get(reverse("campaigns:votes_csv", args=[live_campaign.pk]))
     rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode(), newline="")))
     assert len(rows) == 20
     assert {row["prompt"] for row in rows} == {"'" + text for text in FORMULA_PROMPTS}
