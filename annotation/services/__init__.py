@@ -31,6 +31,7 @@ from .campaigns import (  # noqa: F401
     apply_campaign_action,
     check_text,
     create_campaign,
+    editable_settings,
     finish_launch,
     generation_batch_for,
     guaranteed_gold_answers,

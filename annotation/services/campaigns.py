@@ -278,6 +278,17 @@ def _clean_text(text: str | None) -> str:
     return (text or "").replace("\r\n", "\n").strip()
 
 
+def editable_settings(campaign: Campaign) -> set[str]:
+    """The settings that may still change: what defines the measurement until items exist, the rules raters work
+    under until the first vote, the rest always (the settings-freeze rule, for the service, the form and the admin)."""
+    editable = set(FREE_FIELDS)
+    if not campaign.items.exists():
+        editable |= STRUCTURAL_FIELDS
+    if not Vote.objects.filter(assignment__campaign=campaign).exists():
+        editable |= OPERATIONAL_FIELDS
+    return editable
+
+
 def update_campaign(campaign: Campaign, **changes) -> Campaign:
     """Change settings; what defines the measurement freezes once items exist, the rest once votes exist."""
     unknown = set(changes) - STRUCTURAL_FIELDS - OPERATIONAL_FIELDS - FREE_FIELDS
@@ -288,10 +299,11 @@ def update_campaign(campaign: Campaign, **changes) -> Campaign:
     if "contact" in changes:
         changes["contact"] = (changes["contact"] or "").strip()
     changed = {k: v for k, v in changes.items() if getattr(campaign, k) != v}
-    if set(changed) & STRUCTURAL_FIELDS and campaign.items.exists():
+    frozen = set(changed) - editable_settings(campaign) if changed else set()
+    if frozen & STRUCTURAL_FIELDS:
         raise AnnotationError("The campaign's comparisons exist: models, prompts, seeds, pairing and gold share are frozen.",
                               code=CONFLICT)
-    if set(changed) & OPERATIONAL_FIELDS and Vote.objects.filter(assignment__campaign=campaign).exists():
+    if frozen & OPERATIONAL_FIELDS:
         raise AnnotationError("The campaign has votes: its settings are frozen so every vote was cast under the same rules.",
                               code=CONFLICT)
     for key, value in changed.items():
