@@ -1,4 +1,5 @@
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -37,3 +38,15 @@ def test_generation_tasks_go_to_their_own_queue_and_survive_a_lost_worker():
     assert task.acks_late and task.reject_on_worker_lost
     assert settings.CELERY_WORKER_PREFETCH_MULTIPLIER == 1
     assert not app.conf.task_always_eager
+
+
+def test_the_readme_lists_every_environment_variable_the_code_reads():
+    read = set()
+    for package in ["core", "evalsite", "generation", "annotation", "analysis", "training"]:
+        for path in (BASE_DIR / package).rglob("*.py"):
+            if "tests" not in path.parts and "migrations" not in path.parts:
+                read |= set(re.findall(r'(?:environ\.get|environ\[|getenv|env_int|env_bool|env_float|env_list)\(?\s*"([A-Z][A-Z0-9_]+)"', path.read_text()))
+    read -= {"PYTHONPATH", "DJANGO_SETTINGS_MODULE"}  # passed on to processes, not settings
+    assert {"DATABASE_URL", "DB_CONN_MAX_AGE", "SECRET_KEY"} <= read  # the pattern finds what it must
+    readme = (BASE_DIR / "README.md").read_text()
+    assert sorted(name for name in read if f"`{name}`" not in readme) == []
