@@ -192,8 +192,8 @@ class Command(BaseCommand):
         run = self._run(run_id)
         if score:
             services.score_validation_images(run, require_all=False)
-        rates = {row["step"]: row for row in services.checkpoint_win_rates(run)}
-        pick = services.automatic_pick(run)
+        rates = {row["step"]: row for row in selectors.checkpoint_win_rates(run)}
+        pick = selectors.automatic_pick(run)
         out = self.stdout.write
         out(f"Run {run.pk}: {run.base_model.name} on {run.dataset.name}, {run.status} at step {run.step}")
         out(f"{'step':>7}  {'loss':>9}  {'aesthetic':>9}  {'vs base':>8}  {'95% interval':>13}  comparisons")
