@@ -31,6 +31,7 @@ from annotation.models import Campaign
 from evalsite.simulated_people import RaterBrowser, ReviewerBrowser
 from generation import services as generation_services
 from generation.models import PromptSet, TextToImageModel
+from training import selectors as training_selectors
 from training import services as training_services
 from training.models import CandidateCollection, CuratedDataset, CurationReview, CurationRun, QualityTuningRun
 from training.services import reviews
@@ -305,7 +306,7 @@ class Loop:
         campaign = self.launch(campaign)
         if campaign.status == Campaign.Status.LIVE:
             self.simulate_raters(campaign, max(6, self.scale.raters // 2), careless_share=0.0)
-        rows = training_services.checkpoint_win_rates(run)
+        rows = training_selectors.checkpoint_win_rates(run)
         best = max(rows, key=lambda row: (row["win_rate"] or 0.0, -row["step"]))
         self.log("  checkpoint win rates: " + ", ".join(f"step {r['step']}: {r['win_rate']}" for r in rows))
         return run.checkpoints.get(step=best["step"])

@@ -17,11 +17,11 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.base import ContentFile
 from django.core.files.storage import storages
-from django.core.validators import validate_slug
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from core.errors import ServiceError
+from core.names import check_slug_name
 from core.task_queue import enqueue_on_commit
 
 from . import pipelines
@@ -134,17 +134,7 @@ def _check_size(value, *, label: str, field: str, default: int, largest: int) ->
 
 
 def check_model_name(name, error=GenerationError) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise error("Give the model a name: letters, digits, hyphens and underscores, e.g. sd15-base.", field="name")
-    name = name.strip()
-    if len(name) > MAX_NAME_LENGTH:
-        raise error(f"The name is {len(name)} characters long; use at most {MAX_NAME_LENGTH} characters.", field="name")
-    try:
-        validate_slug(name)
-    except ValidationError:
-        raise error(f"{name!r} is not a valid name: use letters, digits, hyphens and underscores, e.g. sd15-base.",
-                    field="name") from None
-    return name
+    return check_slug_name(name, "model", error=error, field="name", example="sd15-base", max_length=MAX_NAME_LENGTH)
 
 
 # --- Model registry ---------------------------------------------------------------------------

@@ -48,6 +48,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from training.atomic import atomic_write
+
 HIDDEN = (1024, 128, 64, 16)
 DROPOUT = (0.2, 0.2, 0.1)
 LINEAR_INDICES = (0, 2, 4, 6, 7)
@@ -181,8 +183,6 @@ class AestheticHead:
 
     def save(self, path: str | Path) -> Path:
         """Write the LAION layout (``.safetensors`` by suffix, else ``torch.save``), atomically."""
-        from training.atomic import atomic_write
-
         state_dict = self.state_dict()
         path = Path(path)
         if path.suffix == ".safetensors":

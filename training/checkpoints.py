@@ -28,7 +28,7 @@ can lag one checkpoint behind a kill between the rename and its update.
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
 import json
 import os
 import re
@@ -38,6 +38,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from core.locking import try_lock
 from generation.pipelines import WeightsChangedError, fingerprint_directory
 from training.atomic import atomic_write_text, publish_directory, remove_directory, temporary_sibling
 
@@ -143,23 +144,20 @@ def run_directory_lock(run_dir: str | Path) -> Iterator[None]:
     flock semantics vary).
     """
     path = Path(run_dir) / LOCK_FILE
-    with open(path, "a+", encoding="utf-8") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
+    with try_lock(path, "a+", encoding="utf-8") as handle:
+        if handle is None:
+            holder = ""
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                holder = path.read_text(encoding="utf-8").strip()
             raise RunInUseError(
-                f"{run_dir} is being trained by another process ({handle.read().strip() or 'unknown'}); "
+                f"{run_dir} is being trained by another process ({holder or 'unknown'}); "
                 "wait for it to finish or stop it first."
-            ) from None
+            )
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
 
 
 # --- Run record ----------------------------------------------------------------------------------

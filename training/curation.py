@@ -47,6 +47,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
+from training.atomic import atomic_write
+
 log = logging.getLogger(__name__)
 
 CAPTION_FILES = ("captions.csv", "captions.jsonl")
@@ -513,7 +515,7 @@ class FunnelFeatures:
     def clip_scores(self, candidates: Sequence[Candidate]) -> np.ndarray:
         todo = [c for c in candidates if "clip_score" not in self.scores[c.id]]
         if todo:
-            from training.clip_scoring import ClipScorer
+            from training.clip_scoring import ClipScorer  # imports torch: only when CLIP scores are asked for
 
             values = ClipScorer.cosine_scores(self.image_embeddings(todo), self.text_embeddings(todo))
             for candidate, value in zip(todo, values):
@@ -991,8 +993,6 @@ def contact_sheet(
 ) -> Path:
     """Draw up to ``n`` kept (or rejected, with stage and reason under each) candidates as a grid
     and write it to ``path`` (format from the suffix, written atomically). Size: ``contact_sheet_size``."""
-    from training.atomic import atomic_write
-
     if kept:
         items = [(c, f"{c.id} " + " ".join(f"{short}={result.scores.get(c.id, {})[key]:.2f}" for key, short in (("aesthetic_score", "aes"), ("clip_score", "clip")) if key in result.scores.get(c.id, {}))) for c in result.kept[:n]]
         title = f"kept: {min(n, len(result.kept))} shown of {len(result.kept)} kept ({result.count_in} candidates)"

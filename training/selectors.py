@@ -1,24 +1,34 @@
-"""Read-only views of runs for pages, progress.json and the command: nothing here changes a row or a file."""
+"""Reads for pages, progress.json and the commands: runs, whether they are alive, checkpoints' win rates and the
+automatic pick, curation runs, human curation stages. Nothing here changes a row or a file."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import re
+import socket
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
+from django.conf import settings
 from django.db.models import Count, Q
 from django.urls import reverse
 from django.utils import timezone
 
+from analysis.services import campaign_win_rates
+from annotation.models import Campaign, Criterion
 from core import csv_export
 from training import checkpoints
+from training.trainer_process import TRAINER_LOG, process_alive
 from training.validation import GRID_FILE, LOSS_CURVE_FILE, VALIDATION_DIR
 
-from . import services
-from .models import CurationDecision, CurationReview, QualityTuningRun
+from .models import CurationDecision, CurationReview, QualityTuningRun, RunCheckpoint
+
+Status = QualityTuningRun.Status
 
 TRAINER_LOG_TAIL_BYTES = 20_000
 
@@ -56,7 +66,7 @@ def resolved_config(run: QualityTuningRun) -> dict:
 
 
 def trainer_log_tail(run: QualityTuningRun, max_bytes: int = TRAINER_LOG_TAIL_BYTES) -> str:
-    path = Path(run.run_dir) / services.TRAINER_LOG
+    path = Path(run.run_dir) / TRAINER_LOG
     if not run.run_dir or not path.is_file():
         return ""
     with open(path, "rb") as handle:
@@ -64,12 +74,123 @@ def trainer_log_tail(run: QualityTuningRun, max_bytes: int = TRAINER_LOG_TAIL_BY
         return handle.read().decode("utf-8", errors="replace")
 
 
+# --- Whether a run is alive, stale or lost --------------------------------------------------------
+
+
+def last_report(run: QualityTuningRun) -> datetime:
+    return run.heartbeat_at or run.started_at or run.created_at
+
+
+def is_stale(run: QualityTuningRun, now: datetime | None = None) -> bool:
+    """A running run whose task stopped reporting for NEEDLE_TRAINING_STALE_SECONDS: its worker is probably gone."""
+    if run.status not in (Status.RUNNING, Status.CANCELLING):
+        return False
+    return (now or timezone.now()) - last_report(run) > timedelta(seconds=settings.NEEDLE_TRAINING_STALE_SECONDS)
+
+
+def resumable_at(run: QualityTuningRun) -> datetime:
+    """When a running run that stopped reporting counts as stale (and may be resumed or cancelled)."""
+    return last_report(run) + timedelta(seconds=settings.NEEDLE_TRAINING_STALE_SECONDS)
+
+
+def follower_alive(run: QualityTuningRun) -> bool:
+    """Whether some task reported on the run a moment ago (it polls every NEEDLE_TRAINING_POLL_SECONDS)."""
+    fresh = timedelta(seconds=max(10.0, 5 * settings.NEEDLE_TRAINING_POLL_SECONDS))
+    return run.heartbeat_at is not None and timezone.now() - run.heartbeat_at < fresh
+
+
+def run_processes(run: QualityTuningRun) -> tuple[str | None, set[int]]:
+    """The host the run's task ran on and the pids that may be training it there: the task's (``worker``), the
+    trainer's, and the one in the run directory's lock file (``pid N on HOST``)."""
+    host, pids = None, set()
+    match = re.fullmatch(r"(\S+) pid (\d+)", run.worker or "")
+    if match:
+        host, pids = match[1], {int(match[2])}
+    if run.trainer_pid:
+        pids.add(run.trainer_pid)
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        lock = (Path(run.run_dir) / checkpoints.LOCK_FILE).read_text(encoding="utf-8")
+        found = re.search(r"pid (\d+) on (\S+)", lock)
+        if found and found[2] == host:
+            pids.add(int(found[1]))
+    return host, pids
+
+
+def trainer_is_dead(run: QualityTuningRun) -> bool:
+    """A running run whose task and trainer are provably gone: they ran on this machine and none of their processes
+    is alive, and no task reported a moment ago. (On another machine this cannot be known: see is_stale.)"""
+    if run.status not in (Status.RUNNING, Status.CANCELLING) or follower_alive(run):
+        return False
+    host, pids = run_processes(run)
+    if host != socket.gethostname() or not pids:
+        return False
+    return not any(process_alive(pid) for pid in pids)
+
+
+def is_lost(run: QualityTuningRun, now: datetime | None = None) -> bool:
+    """Running, but nothing trains it any more: its worker died (seen at once on this machine) or went silent."""
+    return trainer_is_dead(run) or is_stale(run, now)
+
+
+def can_start(run: QualityTuningRun) -> bool:
+    return run.status in (Status.QUEUED, Status.FAILED, Status.CANCELLED) or is_lost(run)
+
+
+# --- Choosing a checkpoint: raters' win rates per step, the automatic pick -------------------------
+
+# Where a failed automatic scoring is noted for the run page (the run itself goes on).
+SCORING_WARNING_FILE = "aesthetic_scoring_warning.txt"
+
+
+def checkpoint_win_rates(run: QualityTuningRun) -> list[dict]:
+    """Per checkpoint in the run's checkpoint campaign: its visual-appeal win rate against the base, by step.
+
+    The numbers are analysis.services.campaign_win_rates' (item-level majority,
+    prompt-clustered bootstrap interval); ``win_rate`` is None until a
+    comparison is complete. ``comparisons`` counts complete items, ``incomplete``
+    the items with some but fewer than k votes.
+    """
+    # Read afresh: the campaign may have been created (or replaced) since this run object was loaded.
+    campaign_id = QualityTuningRun.objects.filter(pk=run.pk).values_list("checkpoint_campaign", flat=True).first()
+    campaign = Campaign.objects.filter(pk=campaign_id).first() if campaign_id else None
+    if campaign is None:
+        return []
+    step_of = {
+        cp.registered_model.name: cp.step
+        for cp in run.checkpoints.select_related("registered_model").filter(registered_model__isnull=False)
+    }
+    rows = []
+    for row in campaign_win_rates(campaign):
+        if row["criterion"] != Criterion.VISUAL_APPEAL or row["model_a"] != run.base_model.name or row["model_b"] not in step_of:
+            continue
+        rows.append({
+            "step": step_of[row["model_b"]], "model": row["model_b"], "win_rate": row["win_rate"], "low": row["low"],
+            "high": row["high"], "comparisons": row["compared"], "incomplete": row["incomplete_items"],
+        })
+    return sorted(rows, key=lambda r: r["step"])
+
+
+def automatic_pick(run: QualityTuningRun) -> RunCheckpoint | None:
+    """The checkpoint whose validation images score best; on a tie the earlier step (later steps overfit more)."""
+    return (run.checkpoints.filter(validation_aesthetic_score__isnull=False)
+            .order_by("-validation_aesthetic_score", "step").first())
+
+
+def scoring_warning(run: QualityTuningRun) -> str:
+    """Why the automatic scoring of this run last failed, if it did (the run page shows it)."""
+    path = Path(run.run_dir) / SCORING_WARNING_FILE
+    try:
+        return path.read_text(encoding="utf-8").strip() if run.run_dir else ""
+    except FileNotFoundError:
+        return ""
+
+
 def checkpoint_rows(run: QualityTuningRun, win_rates: list[dict] | None = None) -> list[dict]:
     """One row per checkpoint, with its validation aesthetic score, the automatic pick, and raters' win rate vs base."""
     if win_rates is None:
-        win_rates = services.checkpoint_win_rates(run)
+        win_rates = checkpoint_win_rates(run)
     by_step = {row["step"]: row for row in win_rates}
-    pick = services.automatic_pick(run)
+    pick = automatic_pick(run)
     rows = []
     for cp in run.checkpoints.select_related("registered_model"):
         rows.append({
@@ -97,13 +218,13 @@ def checkpoint_campaign_summary(run: QualityTuningRun) -> dict | None:
 def run_progress(run: QualityTuningRun) -> dict:
     """What progress.json and ``quality_tune status`` show."""
     loss_curve, grid = run_image(run, "loss"), run_image(run, "grid")
-    win_rates = services.checkpoint_win_rates(run)
-    pick = services.automatic_pick(run)
+    win_rates = checkpoint_win_rates(run)
+    pick = automatic_pick(run)
     return {
         "id": run.pk,
         "status": run.status,
         "active": run.is_active,
-        "stale": services.is_lost(run),
+        "stale": is_lost(run),
         "step": run.step,
         "max_steps": run.max_steps,
         "percent": run.percent,
@@ -120,7 +241,7 @@ def run_progress(run: QualityTuningRun) -> dict:
         "checkpoints": checkpoint_rows(run, win_rates),
         "automatic_pick": pick.step if pick is not None else None,
         "aesthetic_scoring": bool(run.aesthetic_head_path),
-        "scoring_warning": services.scoring_warning(run),
+        "scoring_warning": scoring_warning(run),
         "checkpoint_campaign": checkpoint_campaign_summary(run),
         "checkpoint_win_rates": win_rates,
         "win_rate_curve": (reverse("training:win_rate_curve", args=[run.pk]) + "?v=" + win_rate_version(win_rates)
@@ -132,8 +253,6 @@ def run_progress(run: QualityTuningRun) -> dict:
 
 def win_rate_version(win_rates: list[dict]) -> str:
     """Changes whenever a number on the plot does, so the page can refresh it."""
-    import hashlib
-
     return hashlib.sha256(json.dumps(win_rates, sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -19,13 +19,12 @@ import logging
 from celery import shared_task
 
 from . import services
+from .models import QualityTuningRun
 
 logger = logging.getLogger(__name__)
 
 
 def _requeue(run_id: int) -> None:
-    from .models import QualityTuningRun
-
     services.start_run(QualityTuningRun.objects.get(pk=run_id))
 
 

@@ -15,6 +15,7 @@ from generation.models import PromptSet
 from . import selectors, services
 from .forms import CheckpointCampaignForm, CompareWithBaseForm, DatasetImportForm, QualityTuningRunForm, RegisterCheckpointForm
 from .models import CuratedDataset, QualityTuningRun, RunCheckpoint
+from .win_rate_plot import draw_win_rate_curve
 
 
 def _run(pk) -> QualityTuningRun:
@@ -58,7 +59,7 @@ def run_detail(request, pk):
         "campaign_form": CheckpointCampaignForm(),
         "config": selectors.config_rows(run),
         "checkpoints": checkpoints,
-        "can_start": services.can_start(run),
+        "can_start": selectors.can_start(run),
         "can_cancel": run.is_active,
         "log_tail": selectors.trainer_log_tail(run, 4000),
         "prompt_sets": PromptSet.objects.all(),
@@ -204,12 +205,10 @@ def score_validation(request, pk):
 
 @staff_member_required
 def win_rate_curve(request, pk):
-    from .win_rate_plot import draw_win_rate_curve
-
     run = _run(pk)
     if run.checkpoint_campaign_id is None:
         raise Http404("no checkpoint campaign")
-    response = HttpResponse(draw_win_rate_curve(services.checkpoint_win_rates(run)), content_type="image/png")
+    response = HttpResponse(draw_win_rate_curve(selectors.checkpoint_win_rates(run)), content_type="image/png")
     response["Cache-Control"] = "private, no-cache"  # changes with every vote
     return response
 

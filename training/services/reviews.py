@@ -24,15 +24,16 @@ from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.core.exceptions import ValidationError
-from django.core.validators import validate_slug
 from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
 from core.errors import ServiceError
+from core.names import check_slug_name
 from training.models import CurationDecision, CurationReview, CurationRun, CurationStage, FunnelOutcome, SelectionReason
-from training.services import TrainingError, freeze_curated_dataset, train_aesthetic_head_from_ratings
+from training.services.aesthetic_scoring import train_aesthetic_head_from_ratings
+from training.services.common import TrainingError
+from training.services.datasets import freeze_curated_dataset
 
 
 class ReviewError(ServiceError):
@@ -70,13 +71,7 @@ class CurationDecisionResult:
 
 
 def _review_name(name: str) -> str:
-    name = (name or "").strip()
-    if not name:
-        raise ReviewError("Give the review a name.")
-    try:
-        validate_slug(name)
-    except ValidationError:
-        raise ReviewError(f"{name!r} is not a valid name: use letters, digits, hyphens and underscores.") from None
+    name = check_slug_name(name, "review", error=ReviewError)
     if len(name) > 100:
         raise ReviewError("The review's name is too long (100 characters at most).")
     if CurationReview.objects.filter(name=name).exists():

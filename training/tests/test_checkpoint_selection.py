@@ -21,7 +21,8 @@ from PIL import Image
 from annotation import services as annotation_services
 from annotation.models import Campaign, Rater
 from generation import services as generation_services
-from training import checkpoints, services
+from training import checkpoints, selectors, services
+from training.services.trainer import Follower
 from training.aesthetic import AestheticHead, AestheticMLP
 from training.clip_scoring import load_clip, save_tiny_clip
 from training.models import QualityTuningRun, RunCheckpoint
@@ -72,7 +73,7 @@ def make_run(settings, tmp_path, tiny_pipeline_dir, curated_dataset, trained_run
         run = services.create_run(base, dataset, resolution=32, batch_size=4, max_steps=6, checkpoint_every=3,
                                   validation_every=3, **scoring)
         shutil.copytree(trained_run_dir, run.run_dir)
-        services._Follower(run).sync()  # what the task does at every poll: record checkpoints (and score them)
+        Follower(run).sync()  # what the task does at every poll: record checkpoints (and score them)
         QualityTuningRun.objects.filter(pk=run.pk).update(status="finished", step=6)
         run.refresh_from_db()
         return run
@@ -185,7 +186,7 @@ def test_the_launched_campaign_gives_each_step_a_win_rate_equal_to_a_count_of_th
     for index, rater in enumerate(raters[:2]):
         for item in vote(campaign, rater, wants(index)):
             ballots[item.pk, wants(index)(item)] += 1
-    rows = services.checkpoint_win_rates(run)
+    rows = selectors.checkpoint_win_rates(run)
     assert [(r["step"], r["win_rate"], r["comparisons"], r["incomplete"]) for r in rows] == [(3, None, 0, 4), (6, None, 0, 4)]
     for item in vote(campaign, raters[2], wants(2)):
         ballots[item.pk, wants(2)(item)] += 1
@@ -196,7 +197,7 @@ def test_the_launched_campaign_gives_each_step_a_win_rate_equal_to_a_count_of_th
         majority = [max(("a", "b", "tie"), key=lambda w: ballots[i.pk, w]) for i in items]
         assert all(ballots[i.pk, m] >= 2 for i, m in zip(items, majority))  # strict majorities of 3
         expected[step] = majority.count("b") / len(items)
-    rows = services.checkpoint_win_rates(run)
+    rows = selectors.checkpoint_win_rates(run)
     assert [r["step"] for r in rows] == STEPS and [r["model"] for r in rows] == [
         cp.registered_model.name for cp in run.checkpoints.order_by("step")]
     for row in rows:
@@ -220,17 +221,17 @@ def test_validation_images_are_scored_as_the_run_is_followed_and_the_best_step_i
     scores = {cp.step: cp.validation_aesthetic_score for cp in run.checkpoints.all()}
     expected = direct_scores(run.path, scoring_files)
     assert scores == pytest.approx(expected, rel=1e-5, abs=1e-6)
-    assert services.automatic_pick(run).step == max(expected, key=expected.get)
+    assert selectors.automatic_pick(run).step == max(expected, key=expected.get)
 
     assert services.score_validation_images(run) == {}  # nothing new to score
     assert services.score_validation_images(run, rescore=True) == pytest.approx(expected, rel=1e-5, abs=1e-6)
     RunCheckpoint.objects.filter(run=run, step=3).update(validation_aesthetic_score=4.0)
     RunCheckpoint.objects.filter(run=run, step=6).update(validation_aesthetic_score=5.0)
-    assert services.automatic_pick(run).step == 6
+    assert selectors.automatic_pick(run).step == 6
     RunCheckpoint.objects.filter(run=run).update(validation_aesthetic_score=5.0)
-    assert services.automatic_pick(run).step == 3  # a tie: the earlier step, later ones overfit more
+    assert selectors.automatic_pick(run).step == 3  # a tie: the earlier step, later ones overfit more
     RunCheckpoint.objects.filter(run=run).update(validation_aesthetic_score=None)
-    assert services.automatic_pick(run) is None
+    assert selectors.automatic_pick(run) is None
 
     # A checkpoint whose validation images are gone: the others are scored, and the error names the folder.
     shutil.rmtree(run.path / VALIDATION_DIR / "step-000006")
@@ -264,22 +265,22 @@ def test_missing_or_mismatched_scoring_files_are_refused_up_front_and_only_warne
                               **{**files, "aesthetic_head_path": str(head)})
     shutil.copytree(plain.path, run.run_dir)
     head.unlink()
-    follower = services._Follower(run)
+    follower = Follower(run)
     follower.sync()
     follower.sync()
     run.refresh_from_db()
     assert run.status == "queued" and run.error == "" and run.checkpoints.count() == 2
     assert not run.checkpoints.filter(validation_aesthetic_score__isnull=False).exists()
-    warning = services.scoring_warning(run)
+    warning = selectors.scoring_warning(run)
     assert "Scoring the validation images failed" in warning and "aesthetic head not found" in warning
     page = staff_client.get(reverse("training:run_detail", args=[run.pk])).content.decode()
     assert "aesthetic head not found" in page and "automatic pick</span>" not in page
     # Put back, scored from the page: the warning goes, the pick appears.
     shutil.copy(files["aesthetic_head_path"], head)
     response = staff_client.post(reverse("training:score_validation", args=[run.pk]))
-    assert response.status_code == 302 and services.scoring_warning(run) == ""
+    assert response.status_code == 302 and selectors.scoring_warning(run) == ""
     page = staff_client.get(reverse("training:run_detail", args=[run.pk])).content.decode()
-    pick = services.automatic_pick(run)
+    pick = selectors.automatic_pick(run)
     assert pick is not None and f"{pick.validation_aesthetic_score:.3f}" in page and "automatic pick</span>" in page
     progress = staff_client.get(reverse("training:run_progress", args=[run.pk])).json()
     assert progress["automatic_pick"] == pick.step and progress["win_rate_curve"] is None
@@ -335,7 +336,7 @@ def test_the_command_creates_the_checkpoint_campaign_and_prints_the_pick(make_ru
 
     call_command("quality_tune", "pick", str(run.pk))
     out = capsys.readouterr().out
-    pick = services.automatic_pick(run)
+    pick = selectors.automatic_pick(run)
     lines = {int(line.split()[0]): line for line in out.splitlines() if line.strip()[:1].isdigit()}
     assert sorted(lines) == STEPS and "<- automatic pick" in lines[pick.step]
     for cp in run.checkpoints.all():

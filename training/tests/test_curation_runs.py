@@ -24,7 +24,7 @@ from training import curation, services
 from training.aesthetic import AestheticHead, AestheticMLP
 from training.clip_scoring import save_tiny_clip
 from training.datasets import load_curated_dataset
-from training.models import CurationRun, FunnelOutcome
+from training.models import CandidateCollection, CurationRun, FunnelOutcome
 
 STAGES = [
     {"kind": "ResolutionStage", "min_side": 64, "max_aspect_ratio": 2.0},
@@ -128,7 +128,7 @@ def test_import_refuses_what_cannot_become_a_collection(collection, candidate_fo
     (tmp_path / "captions.csv").write_text("file,caption\nmissing.png,gone\n")
     with pytest.raises(services.TrainingError, match=r"No candidate in .* could be imported: .*missing\.png"):
         services.import_candidate_collection("nothing", str(tmp_path))
-    assert list(services.CandidateCollection.objects.values_list("name", flat=True)) == ["photos"]
+    assert list(CandidateCollection.objects.values_list("name", flat=True)) == ["photos"]
 
 
 def test_stage_configuration_and_run_creation_refuse_with_the_fix(collection, models_dir):
@@ -328,7 +328,7 @@ def test_the_forms_import_a_folder_and_show_a_run_s_refusal_next_to_its_field(db
     page = staff_client.post(url, {"name": "web-photos", "path": str(tmp_path / "nowhere")}).content.decode()
     assert "Candidate folder not found" in page
     response = staff_client.post(url, {"name": "web-photos", "path": str(candidate_folder)})
-    collection = services.CandidateCollection.objects.get(name="web-photos")
+    collection = CandidateCollection.objects.get(name="web-photos")
     assert response.status_code == 302 and response["Location"] == reverse("training:curation_collection", args=[collection.pk])
 
     new_run = reverse("training:curation_run_new", args=[collection.pk])

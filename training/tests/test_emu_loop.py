@@ -189,7 +189,7 @@ def test_a_curated_selection_quality_tunes_a_model_whose_preferred_checkpoint_fa
     assert sorted(checkpoints) == [3, 6] and all(cp.exists and cp.loss is not None for cp in checkpoints.values())
     # The automatic pick's signal: every checkpoint's validation images were scored as the run went.
     assert all(cp.validation_aesthetic_score is not None for cp in checkpoints.values())
-    assert services.automatic_pick(run).step in (3, 6)
+    assert selectors.automatic_pick(run).step in (3, 6)
 
     # --- 6. Raters compare every checkpoint with the base; the preferred step is registered ----------------------
     prompts, _ = generation_services.import_prompt_set(name="two", data=TWO_PROMPTS.encode(), filename="two.csv")
@@ -204,7 +204,7 @@ def test_a_curated_selection_quality_tunes_a_model_whose_preferred_checkpoint_fa
     assert campaign.status == "live" and campaign.items.count() == 2 * 2  # two checkpoints x two prompts
     # Emu stops early although the loss still falls: these raters prefer the earlier step.
     assert sum(vote_for(Rater.objects.create(), campaign, step_models[3]) for _ in range(3)) == 4 * 3
-    win_rates = {row["step"]: row for row in services.checkpoint_win_rates(run)}
+    win_rates = {row["step"]: row for row in selectors.checkpoint_win_rates(run)}
     assert {step: (row["win_rate"], row["comparisons"]) for step, row in win_rates.items()} == {3: (1.0, 2), 6: (0.0, 2)}
     chosen_step = max(win_rates, key=lambda step: win_rates[step]["win_rate"])
     tuned = services.register_checkpoint(checkpoints[chosen_step])

@@ -10,7 +10,8 @@ import pytest
 from django.utils import timezone
 
 from generation import services as generation_services
-from training import services
+from training import selectors, services
+from training.trainer_process import TRAINER_LOG, trainer_error
 from training.models import QualityTuningRun
 
 pytestmark = pytest.mark.django_db
@@ -43,7 +44,7 @@ def running(run, *, worker, seconds_ago, trainer_pid=None):
 
 def test_a_run_whose_worker_died_on_this_machine_can_be_resumed_at_once(run, dead_pid):
     running(run, worker=f"{socket.gethostname()} pid {dead_pid}", seconds_ago=30, trainer_pid=dead_pid)
-    assert services.trainer_is_dead(run) and services.can_start(run)
+    assert selectors.trainer_is_dead(run) and selectors.can_start(run)
     resumed = services.start_run(run)
     assert resumed.status == "queued" and resumed.error == ""
 
@@ -70,7 +71,7 @@ def test_a_live_trainer_in_the_lock_file_keeps_the_run_alive(run, dead_pid):
     running(run, worker=f"{socket.gethostname()} pid {dead_pid}", seconds_ago=30)
     run.path.mkdir(parents=True, exist_ok=True)
     (run.path / ".lock").write_text(f"pid {os.getpid()} on {socket.gethostname()}\n")
-    assert not services.trainer_is_dead(run) and not services.can_start(run)
+    assert not selectors.trainer_is_dead(run) and not selectors.can_start(run)
 
 
 def test_a_run_on_another_machine_waits_for_the_stale_time(run, settings):
@@ -84,7 +85,7 @@ def test_a_run_on_another_machine_waits_for_the_stale_time(run, settings):
 
 def test_a_task_that_reported_a_moment_ago_is_alive_whatever_its_pid(run, dead_pid):
     running(run, worker=f"{socket.gethostname()} pid {dead_pid}", seconds_ago=1)
-    assert not services.trainer_is_dead(run) and not services.can_start(run)
+    assert not selectors.trainer_is_dead(run) and not selectors.can_start(run)
 
 
 TRACEBACK = """=== attempt 1 ===
@@ -99,11 +100,11 @@ ValueError: Invalid beta parameter at index 0: 5.0
 
 
 def test_a_trainer_traceback_becomes_one_line_naming_the_exception_and_the_log():
-    error = services._trainer_error(TRACEBACK, "/runs/run-1/trainer.log")
+    error = trainer_error(TRACEBACK, "/runs/run-1/trainer.log")
     assert "\n" not in error
     assert error == ("The trainer failed: ValueError: Invalid beta parameter at index 0: 5.0 "
                      "(the full output is in /runs/run-1/trainer.log)")
-    assert services._trainer_error("error: run directory in use\nerror: second line\n") == (
+    assert trainer_error("error: run directory in use\nerror: second line\n") == (
         "run directory in use; second line")
 
 
@@ -117,7 +118,7 @@ def test_the_trainer_prints_a_one_line_error_after_an_unexpected_traceback(monke
     code = quality_tuning.main(["--base", "b", "--dataset", "d", "--run-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback (most recent call last)" in err
-    assert services._trainer_error(err) == "the trainer failed: ValueError: Invalid beta parameter at index 0: 5.0"
+    assert trainer_error(err) == "the trainer failed: ValueError: Invalid beta parameter at index 0: 5.0"
 
 
 def test_a_stored_config_that_cannot_work_fails_the_task_with_one_line_before_any_trainer_starts(run):
@@ -126,4 +127,4 @@ def test_a_stored_config_that_cannot_work_fails_the_task_with_one_line_before_an
     run.refresh_from_db()
     assert run.status == "failed" and "failed" in outcome
     assert "\n" not in run.error and "adam_beta1 must be at least 0 and below 1" in run.error
-    assert not (run.path / services.TRAINER_LOG).exists()
+    assert not (run.path / TRAINER_LOG).exists()

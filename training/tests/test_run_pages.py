@@ -18,7 +18,8 @@ from django.utils import timezone
 
 from generation import services as generation_services
 from generation.models import TextToImageModel
-from training import services
+from training import selectors, services
+from training.trainer_process import MetricsTail
 from training.models import CandidateCollection, CurationRun, QualityTuningRun, RunCheckpoint
 
 pytestmark = pytest.mark.django_db
@@ -141,7 +142,7 @@ def test_the_task_does_nothing_for_ended_runs_and_finishes_a_cancel_nobody_follo
     # A run whose worker stopped reporting can be cancelled or resumed from the page.
     QualityTuningRun.objects.filter(pk=run.pk).update(status="running", heartbeat_at=timezone.now() - timezone.timedelta(hours=1))
     run.refresh_from_db()
-    assert services.is_stale(run) and services.can_start(run)
+    assert selectors.is_stale(run) and selectors.can_start(run)
     assert services.cancel_run(run).status == "cancelled"
 
 
@@ -149,7 +150,7 @@ PARENT = """
 import os, sys, time
 import django
 django.setup()
-from training.services import spawn_trainer
+from training.trainer_process import spawn_trainer
 child = spawn_trainer([sys.executable, "-c", "import time; time.sleep(120)"], open(os.devnull, "wb"))
 print(child.pid, flush=True)
 time.sleep(120)
@@ -185,7 +186,7 @@ def test_the_trainer_dies_with_the_process_that_started_it():
 
 
 def test_following_metrics_reads_only_new_complete_lines_and_starts_over_after_a_rewrite(tmp_path):
-    tail = services.MetricsTail(tmp_path)
+    tail = MetricsTail(tmp_path)
     assert tail.poll() is False and tail.last is None
     metrics = tmp_path / "metrics.jsonl"
     with open(metrics, "w") as fh:

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from generation import services as generation_services
 from generation.models import GeneratedImage, TextToImageModel
 from training import checkpoints, services
+from training.trainer_process import TRAINER_LOG, trainer_is_running
 from training.metrics import read_metrics
 from training.models import QualityTuningRun
 
@@ -150,10 +151,10 @@ def test_a_killed_worker_s_run_resumes_on_a_new_worker_and_leaves_no_orphan_trai
     training_worker.kill()  # SIGKILL to the worker's process group: no cleanup, no acknowledgement
     # SIGKILL reaches the trainer at once; its lock goes when its last thread has exited (one may be mid-write).
     deadline = time.monotonic() + 20
-    while (not process_is_gone(trainer_pid) or services.trainer_is_running(run.run_dir)) and time.monotonic() < deadline:
+    while (not process_is_gone(trainer_pid) or trainer_is_running(run.run_dir)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert process_is_gone(trainer_pid), "the trainer outlived its worker"
-    assert not services.trainer_is_running(run.run_dir), "the run directory is still locked"
+    assert not trainer_is_running(run.run_dir), "the run directory is still locked"
     trained = len(read_metrics(run.run_dir))
     time.sleep(1.5)
     assert len(read_metrics(run.run_dir)) == trained, "something still trains in the run directory"
@@ -169,7 +170,7 @@ def test_a_killed_worker_s_run_resumes_on_a_new_worker_and_leaves_no_orphan_trai
     assert sorted(run.checkpoints.values_list("step", flat=True)) == [20, 40, 60, 80, 100, 120]
     assert_loadable(Path(first.path), first.step)  # the checkpoint reported before the kill is intact
     assert [m["step"] for m in read_metrics(run.run_dir)] == list(range(1, 121))
-    first_attempt, second_attempt = (Path(run.run_dir) / services.TRAINER_LOG).read_text().split("=== attempt 2")
+    first_attempt, second_attempt = (Path(run.run_dir) / TRAINER_LOG).read_text().split("=== attempt 2")
     assert "started at step 0" in first_attempt and f"started at step {resume_from}" in second_attempt
 
 
@@ -195,7 +196,7 @@ def test_a_duplicate_delivery_leaves_a_preempted_trainer_resumes_and_a_cancel_st
              "resumed after the preemption", training_worker, interval=0.1)
     preempted_at = run.checkpoints.get().step
     assert run.status == "running" and run.trainer_pid != trainer_pid, run.error
-    second_attempt = (Path(run.run_dir) / services.TRAINER_LOG).read_text().split("=== attempt 2")[1]
+    second_attempt = (Path(run.run_dir) / TRAINER_LOG).read_text().split("=== attempt 2")[1]
     assert f"started at step {preempted_at}" in second_attempt
 
     # Cancel from the page: the trainer finishes its step, checkpoints and stops.

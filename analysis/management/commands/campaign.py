@@ -6,7 +6,6 @@ refusal is a CommandError carrying the service's message. It belongs to analysis
 """
 
 import shlex
-import time
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -18,6 +17,7 @@ from annotation import selectors, services
 from annotation.api import issue_api_token, token_max_age_days
 from annotation.forms import CampaignForm
 from annotation.models import Campaign, Criterion
+from core.polling import Waiting, wait_until
 from generation import selectors as generation_selectors
 
 # Seconds without visible progress before `launch --wait` suggests starting a worker.
@@ -229,33 +229,34 @@ class Command(BaseCommand):
         self.stdout.write(f"{campaign.name}: {campaign.status}")
 
     def _wait_for_launch(self, campaign: Campaign, timeout: float) -> None:
-        started = last_change = time.monotonic()
-        warned = False
         bar = None
+
+        def step(waiting: Waiting) -> bool:
+            nonlocal bar
+            campaign.refresh_from_db()
+            if campaign.status != Campaign.Status.LAUNCHING:
+                return True
+            images = generation_selectors.batch_progress(campaign.generation_batch)
+            if bar is None:
+                bar = tqdm(total=images.total, unit="img", desc=f"{campaign.name}: images", file=self.stdout._out)
+            if images.done != bar.n:
+                bar.update(images.done - bar.n)
+                waiting.progressed()
+            elif waiting.hint_due():
+                if images.complete:
+                    # The images exist; going live is the finish_launch task's job, on the 'default' queue.
+                    bar.write(f"The images are ready but the campaign is not live yet. Is a worker consuming the 'default' queue? {WORKER_HINT}")
+                else:
+                    bar.write(f"No new images for {NO_PROGRESS_HINT_SECONDS} s. Is a worker consuming the 'generation' queue? {WORKER_HINT}")
+            if waiting.timed_out():
+                raise CommandError(
+                    f"Gave up waiting after {timeout:.0f}s: {campaign.name!r} is still launching ({images.done}/{images.total} images) "
+                    f"and the workers go on. Check with: manage.py campaign status {campaign.name!r}"
+                )
+            return False
+
         try:
-            while True:
-                campaign.refresh_from_db()
-                if campaign.status != Campaign.Status.LAUNCHING:
-                    break
-                images = generation_selectors.batch_progress(campaign.generation_batch)
-                if bar is None:
-                    bar = tqdm(total=images.total, unit="img", desc=f"{campaign.name}: images", file=self.stdout._out)
-                if images.done != bar.n:
-                    bar.update(images.done - bar.n)
-                    last_change = time.monotonic()
-                elif not warned and time.monotonic() - last_change > NO_PROGRESS_HINT_SECONDS:
-                    if images.complete:
-                        # The images exist; going live is the finish_launch task's job, on the 'default' queue.
-                        bar.write(f"The images are ready but the campaign is not live yet. Is a worker consuming the 'default' queue? {WORKER_HINT}")
-                    else:
-                        bar.write(f"No new images for {NO_PROGRESS_HINT_SECONDS} s. Is a worker consuming the 'generation' queue? {WORKER_HINT}")
-                    warned = True
-                if timeout and time.monotonic() - started > timeout:
-                    raise CommandError(
-                        f"Gave up waiting after {timeout:.0f}s: {campaign.name!r} is still launching ({images.done}/{images.total} images) "
-                        f"and the workers go on. Check with: manage.py campaign status {campaign.name!r}"
-                    )
-                time.sleep(0.5)
+            wait_until(step, interval=0.5, timeout=timeout, hint_after=NO_PROGRESS_HINT_SECONDS)
         finally:
             if bar is not None:
                 bar.close()

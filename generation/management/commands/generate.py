@@ -1,8 +1,7 @@
-import time
-
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
+from core.polling import Waiting, wait_until
 from generation import selectors, services
 from generation.models import SCHEDULER_CHOICES, GenerationBatch, PromptSet, TextToImageModel
 
@@ -81,30 +80,31 @@ class Command(BaseCommand):
         )
 
     def _wait(self, batch, timeout):
-        started = last_change = time.monotonic()
-        warned = False
         progress = selectors.batch_progress(batch)
         with tqdm(total=progress.total, unit="img", desc=str(batch), file=self.stdout._out) as bar:
-            while True:
+
+            def step(waiting: Waiting) -> bool:
+                nonlocal progress
                 batch.refresh_from_db()
                 progress = selectors.batch_progress(batch)
                 if progress.done != bar.n:
                     bar.update(progress.done - bar.n)
-                    last_change = time.monotonic()
-                elif not warned and time.monotonic() - last_change > 60:
+                    waiting.progressed()
+                elif waiting.hint_due():
                     bar.write("No progress for 60 s. Is a worker consuming the 'generation' queue? "
                               "Start one with: celery -A evalsite worker -Q generation -c 1")
-                    warned = True
                 if batch.error:
                     raise CommandError(f"Batch {batch.pk} failed: {batch.error}")
                 if progress.complete:
-                    break
+                    return True
                 if selectors.is_stalled(batch, progress):
                     raise CommandError(selectors.stalled_message(batch, progress))
-                if timeout and time.monotonic() - started > timeout:
+                if waiting.timed_out():
                     raise CommandError(
                         f"Gave up after {timeout:.0f}s at {progress.done}/{progress.total}; the workers go on. "
                         f"Is a worker running? celery -A evalsite worker -Q generation"
                     )
-                time.sleep(0.5)
+                return False
+
+            wait_until(step, interval=0.5, timeout=timeout, hint_after=60)
         self.stdout.write(f"Batch {batch.pk} complete: {progress.total} images.")

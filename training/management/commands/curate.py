@@ -10,11 +10,11 @@ Same validation and services as the curation pages; every refusal is a CommandEr
 
 import io
 import json
-import time
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
+from core.polling import Waiting, wait_until
 from training import selectors, services
 from training.models import CandidateCollection, CurationRun
 
@@ -80,19 +80,17 @@ class Command(BaseCommand):
             self._wait(run, timeout)
 
     def _wait(self, run, timeout):
-        started = time.monotonic()
-        warned = False
-        while True:
+        def step(waiting: Waiting) -> bool:
             run.refresh_from_db()
             if run.status in (CurationRun.Status.FINISHED, CurationRun.Status.FAILED):
-                break
-            waited = time.monotonic() - started
-            if timeout and waited > timeout:
+                return True
+            if waiting.timed_out():
                 raise CommandError(f"Curation run {run.pk} is still {run.status} after {timeout:g} s. {WORKER_HINT}")
-            if run.status == CurationRun.Status.QUEUED and waited > 60 and not warned:
+            if waiting.hint_due(when=run.status == CurationRun.Status.QUEUED):  # nothing counts as progress here
                 self.stderr.write(f"Still queued after a minute. {WORKER_HINT}")
-                warned = True
-            time.sleep(0.2)
+            return False
+
+        wait_until(step, interval=0.2, timeout=timeout, hint_after=60)
         if run.status == CurationRun.Status.FAILED:
             raise CommandError(f"Curation run {run.pk} failed: {run.error}")
         for stage in selectors.stage_rows(run):

@@ -15,10 +15,10 @@ CommandError carrying the service's message (exit status 1).
 
 import argparse
 import dataclasses
-import time
 
 from django.core.management.base import BaseCommand, CommandError
 
+from core.polling import Waiting, wait_until
 from generation.models import PromptSet, TextToImageModel
 from training import selectors, services
 from training.config import QualityTuningConfig
@@ -192,8 +192,8 @@ class Command(BaseCommand):
         run = self._run(run_id)
         if score:
             services.score_validation_images(run, require_all=False)
-        rates = {row["step"]: row for row in services.checkpoint_win_rates(run)}
-        pick = services.automatic_pick(run)
+        rates = {row["step"]: row for row in selectors.checkpoint_win_rates(run)}
+        pick = selectors.automatic_pick(run)
         out = self.stdout.write
         out(f"Run {run.pk}: {run.base_model.name} on {run.dataset.name}, {run.status} at step {run.step}")
         out(f"{'step':>7}  {'loss':>9}  {'aesthetic':>9}  {'vs base':>8}  {'95% interval':>13}  comparisons")
@@ -232,24 +232,26 @@ class Command(BaseCommand):
         return checkpoint
 
     def _wait(self, run: QualityTuningRun, timeout: float) -> None:
-        started = last_change = time.monotonic()
         last = (None, None)
-        warned = False
-        while True:
+
+        def step(waiting: Waiting) -> bool:
+            nonlocal last
             run.refresh_from_db()
             now = (run.status, run.step)
             if now != last:
                 loss = f" loss {run.loss:.5f}" if run.loss is not None else ""
                 self.stdout.write(f"{run.status}: step {run.step}/{run.max_steps}{loss}")
-                last, last_change = now, time.monotonic()
-            elif not warned and run.status == QualityTuningRun.Status.QUEUED and time.monotonic() - last_change > NO_PROGRESS_HINT_SECONDS:
+                last = now
+                waiting.progressed()
+            elif waiting.hint_due(when=run.status == QualityTuningRun.Status.QUEUED):
                 self.stderr.write(f"Still queued after {NO_PROGRESS_HINT_SECONDS} s. {WORKER_HINT}")
-                warned = True
             if run.status in QualityTuningRun.TERMINAL:
-                break
-            if timeout and time.monotonic() - started > timeout:
+                return True
+            if waiting.timed_out():
                 raise CommandError(f"Run {run.pk} is still {run.status} after {timeout:.0f} s; it goes on (quality_tune status {run.pk}).")
-            time.sleep(1)
+            return False
+
+        wait_until(step, interval=1, timeout=timeout, hint_after=NO_PROGRESS_HINT_SECONDS)
         if run.status != QualityTuningRun.Status.FINISHED:
             raise CommandError(f"Run {run.pk} {run.status} at step {run.step}: {run.error}")
         self.stdout.write(f"Run {run.pk} finished: {run.checkpoints.count()} checkpoints. Register one with: "
