@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from django import forms
 
+from core.errors import add_to_form
+
 from training import curation
 
 from . import services
@@ -21,7 +23,7 @@ class CollectionImportForm(forms.Form):
         try:
             return services.import_candidate_collection(d["name"], d["path"].strip(), created_by=user)
         except services.TrainingError as exc:
-            self.add_error("name" if "already exists" in str(exc) or "valid name" in str(exc) else "path", str(exc))
+            add_to_form(self, exc)
             return None
 
 
@@ -78,9 +80,6 @@ class CurationRunForm(forms.Form):
                 aesthetic_head_path=d["aesthetic_head_path"], created_by=user,
             )
         except services.TrainingError as exc:
-            message = str(exc)
-            field = "aesthetic_head_path" if "aesthetic head" in message.lower() else (
-                "clip_model_path" if "clip" in message.lower() else None)
-            self.add_error(field, message)
+            add_to_form(self, exc)
             return None
         return services.start_curation_run(run)

@@ -20,6 +20,7 @@ from pathlib import Path
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from core.errors import DUPLICATE
 from core.locking import try_lock
 from core.task_queue import enqueue_on_commit
 from training import curation
@@ -52,18 +53,20 @@ def import_candidate_collection(name: str, path: str, created_by=None) -> Candid
 
     Bad files do not stop the import (they are listed in ``problems``); a folder that gives nothing to curate does.
     """
-    name = check_new_name(name, "candidate collection", CandidateCollection.objects)
+    name = check_new_name(name, "candidate collection", CandidateCollection.objects, field="name")
     folder = Path(path or "").expanduser()
     if not str(path or "").strip() or not folder.is_dir():
-        raise TrainingError(f"Candidate folder not found: {folder} is not a folder. Give a folder the workers can read.")
+        raise TrainingError(f"Candidate folder not found: {folder} is not a folder. Give a folder the workers can read.",
+                            field="path")
     scan = curation.scan_candidates(folder)
     missing_captions = [p for p in scan.problems if p.kind == "caption_file_missing"]
     if missing_captions:
-        raise TrainingError(missing_captions[0].message[0].upper() + missing_captions[0].message[1:] + ".")
+        raise TrainingError(missing_captions[0].message[0].upper() + missing_captions[0].message[1:] + ".", field="path")
     if not scan.candidates:
         listed = "; ".join(str(p) for p in scan.errors[:5]) or "the folder has no images"
         more = f" (and {len(scan.errors) - 5} more)" if len(scan.errors) > 5 else ""
-        raise TrainingError(f"No candidate in {folder} could be imported: {listed}{more}. Fix the files, then import again.")
+        raise TrainingError(f"No candidate in {folder} could be imported: {listed}{more}. Fix the files, then import again.",
+                            field="path")
     try:
         with transaction.atomic():
             collection = CandidateCollection.objects.create(
@@ -79,7 +82,8 @@ def import_candidate_collection(name: str, path: str, created_by=None) -> Candid
                 batch_size=1000,
             )
     except IntegrityError:
-        raise TrainingError(f"A candidate collection named {name!r} already exists; choose another name.") from None
+        raise TrainingError(f"A candidate collection named {name!r} already exists; choose another name.",
+                            field="name", code=DUPLICATE) from None
     return collection
 
 
@@ -183,27 +187,31 @@ def create_curation_run(
         raise TrainingError(
             f"The stage(s) {', '.join(named) or 'near_duplicate (with an aesthetic head)'} need a CLIP model: give the "
             "path of a local open_clip checkpoint (an exported folder with open_clip_config.json, or a weights file "
-            "plus its architecture name), or leave those stages out."
+            "plus its architecture name), or leave those stages out.", field="clip_model_path",
         )
     if clip_model_path:
         clip_path = Path(clip_model_path).expanduser()
         if not clip_path.exists():
-            raise TrainingError(f"CLIP model not found: {clip_path} does not exist. Give a path the workers can read.")
+            raise TrainingError(f"CLIP model not found: {clip_path} does not exist. Give a path the workers can read.",
+                                field="clip_model_path")
         if clip_path.is_file() and not clip_model_name:
-            raise TrainingError(f"{clip_path} is a bare weights file: give its open_clip architecture name too (e.g. ViT-L-14).")
+            raise TrainingError(f"{clip_path} is a bare weights file: give its open_clip architecture name too (e.g. ViT-L-14).",
+                                field="clip_model_name")
         clip_model_path = str(clip_path.resolve())
     if any(entry["kind"] == "AestheticStage" for entry in stage_config) and not aesthetic_head_path:
         raise TrainingError(
             "The aesthetic stage needs an aesthetic head: give the path of a LAION-format head (.pth or .safetensors) "
-            "trained on this CLIP model's embeddings, or leave the stage out."
+            "trained on this CLIP model's embeddings, or leave the stage out.", field="aesthetic_head_path",
         )
     if aesthetic_head_path:
         head_path = Path(aesthetic_head_path).expanduser()
         if not head_path.is_file():
-            raise TrainingError(f"Aesthetic head not found: {head_path} is not a file. Give a path the workers can read.")
+            raise TrainingError(f"Aesthetic head not found: {head_path} is not a file. Give a path the workers can read.",
+                                field="aesthetic_head_path")
         aesthetic_head_path = str(head_path.resolve())
         if not clip_model_path:
-            raise TrainingError("An aesthetic head scores CLIP image embeddings: give the CLIP model it was trained on too.")
+            raise TrainingError("An aesthetic head scores CLIP image embeddings: give the CLIP model it was trained on too.",
+                                field="clip_model_path")
     return CurationRun.objects.create(
         collection=collection, stages=stage_config, clip_model_path=clip_model_path, clip_model_name=clip_model_name,
         aesthetic_head_path=aesthetic_head_path, created_by=created_by,
