@@ -11,7 +11,6 @@ but only a proxy for what raters prefer).
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from django.db import transaction
 
@@ -19,10 +18,10 @@ from annotation import services as annotation_services
 from annotation.models import Campaign, Criterion
 from generation import services as generation_services
 from generation.models import PromptSet
-from generation.pipelines import fingerprint_directory
 from training.models import QualityTuningRun, RunCheckpoint
 from training.services.common import TrainingError
 from training.services.registration import register_checkpoint
+from training.services.runs import check_base_unchanged
 
 # Three raters per comparison: enough for a strict majority, and several steps x prompts to judge stays affordable.
 CHECKPOINT_CAMPAIGN_VOTES_PER_ITEM = 3
@@ -37,20 +36,11 @@ def _checkpoint_campaign_name(run: QualityTuningRun) -> str:
 
 
 def _check_base_unchanged(run: QualityTuningRun) -> None:
-    base = run.base_model
-    path = Path(base.pipeline_path)
-    if not path.is_dir():
-        raise TrainingError(
-            f"Base model {base.name}: {path} no longer exists, so the checkpoints cannot be compared with it. "
-            "Mount the model directory here again."
-        )
-    fingerprint, _ = fingerprint_directory(path)
-    if fingerprint != run.base_fingerprint:
-        raise TrainingError(
-            f"Base model {base.name}: the files in {path} changed since run {run.pk} was created (fingerprint "
-            f"{fingerprint[:12]} != {run.base_fingerprint[:12]}), so a campaign against it would not compare the "
-            "checkpoints with the weights they were tuned from. Restore the original weights."
-        )
+    check_base_unchanged(
+        run, missing=", so the checkpoints cannot be compared with it. Mount the model directory here again.",
+        changed="a campaign against it would not compare the checkpoints with the weights they were tuned from. "
+        "Restore the original weights.",
+    )
 
 
 def _campaign_checkpoints(run: QualityTuningRun, steps) -> list[RunCheckpoint]:

@@ -10,6 +10,7 @@ import dataclasses
 import json
 import secrets
 import socket
+from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
@@ -17,7 +18,7 @@ from django.utils import timezone
 
 from core.task_queue import enqueue_on_commit
 from generation.models import TextToImageModel
-from generation.pipelines import PipelineDirectoryError
+from generation.pipelines import PipelineDirectoryError, fingerprint_directory
 from training.config import InvalidConfigError, QualityTuningConfig
 from training.models import CuratedDataset, QualityTuningRun
 from training.selectors import can_start, is_lost, last_report, resumable_at, run_processes
@@ -50,6 +51,22 @@ def build_config(overrides: dict) -> QualityTuningConfig:
             raise TrainingError(f"invalid quality-tuning config: {name} cannot be empty (its default is "
                                 f"{getattr(QualityTuningConfig(), name)!r}).", field=name)
     return config
+
+
+def check_base_unchanged(run: QualityTuningRun, *, missing: str, changed: str) -> None:
+    """The run's base model directory still holds the weights the run was created on (fingerprint, no loading);
+    else TrainingError ending with ``missing`` (the folder is gone) or ``changed`` (the files differ)."""
+    base = run.base_model
+    path = Path(base.pipeline_path)
+    if not path.is_dir():
+        separator = "" if missing.startswith(",") else " "
+        raise TrainingError(f"Base model {base.name}: {path} no longer exists{separator}{missing}")
+    fingerprint, _ = fingerprint_directory(path)
+    if fingerprint != run.base_fingerprint:
+        raise TrainingError(
+            f"Base model {base.name}: the files in {path} changed since run {run.pk} was created (fingerprint "
+            f"{fingerprint[:12]} != {run.base_fingerprint[:12]}); {changed}"
+        )
 
 
 def check_base_model(base_model: TextToImageModel):

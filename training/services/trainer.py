@@ -37,7 +37,6 @@ from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.utils import timezone
 
-from generation.pipelines import fingerprint_directory
 from training import checkpoints
 from training.config import QualityTuningConfig
 from training.models import QualityTuningRun, RunCheckpoint
@@ -45,7 +44,7 @@ from training.selectors import follower_alive
 from training.services.aesthetic_scoring import FollowerScoring
 from training.services.common import TrainingError, cache_dir
 from training.services.datasets import verify_dataset
-from training.services.runs import build_config
+from training.services.runs import build_config, check_base_unchanged
 from training.trainer_process import (
     IN_USE_MESSAGE,
     STOP_GRACE_SECONDS,
@@ -218,19 +217,10 @@ def execute_run(run_id: int, *, task_id: str = "", requeue=None) -> str:
 
 def check_base_model_files(run: QualityTuningRun) -> None:
     """The base model's directory still holds the weights the run was created on (cheap: no model loading)."""
-    base = run.base_model
-    path = Path(base.pipeline_path)
-    if not path.is_dir():
-        raise TrainingError(
-            f"Base model {base.name}: {path} no longer exists on this worker. Mount the model directory here or "
-            "register the model again."
-        )
-    fingerprint, _ = fingerprint_directory(path)
-    if fingerprint != run.base_fingerprint:
-        raise TrainingError(
-            f"Base model {base.name}: the files in {path} changed since the run was created (fingerprint "
-            f"{fingerprint[:12]} != {run.base_fingerprint[:12]}); the run cannot go on with other weights."
-        )
+    check_base_unchanged(
+        run, missing="on this worker. Mount the model directory here or register the model again.",
+        changed="the run cannot go on with other weights.",
+    )
 
 
 def _train_and_follow(run: QualityTuningRun, requeue) -> str:
