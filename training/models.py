@@ -175,7 +175,7 @@ class CandidateCollection(models.Model):
 
 
 class Candidate(models.Model):
-    """One imported image-caption pair (training.curation.Candidate as a row); ``relative_path`` is its id."""
+    """One imported image-caption pair (training.curation.FunnelCandidate as a row); ``relative_path`` is its id."""
 
     collection = models.ForeignKey(CandidateCollection, on_delete=models.CASCADE, related_name="candidates")
     relative_path = models.CharField(max_length=1000, help_text="POSIX path inside the collection folder.")

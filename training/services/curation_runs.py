@@ -87,10 +87,10 @@ def import_candidate_collection(name: str, path: str, created_by=None) -> Candid
     return collection
 
 
-def funnel_candidate(row: Candidate, folder: Path | None = None) -> curation.Candidate:
+def funnel_candidate(row: Candidate, folder: Path | None = None) -> curation.FunnelCandidate:
     """A Candidate row as the funnel's dataclass (its id is the path inside the collection folder)."""
     folder = Path(folder or row.collection.path)
-    return curation.Candidate(row.relative_path, folder / row.relative_path, row.caption, row.width, row.height,
+    return curation.FunnelCandidate(row.relative_path, folder / row.relative_path, row.caption, row.width, row.height,
                               row.sha256, row.format, row.size_bytes)
 
 

@@ -16,7 +16,7 @@ from training.aesthetic import AestheticHead, AestheticMLP
 from training.clip_scoring import ClipScorer, load_clip, save_tiny_clip
 from training.curation import (
     AestheticStage,
-    Candidate,
+    FunnelCandidate,
     ClipScoreStage,
     CurationError,
     NearDuplicateStage,
@@ -54,8 +54,8 @@ def write_jsonl(folder, rows):
     (folder / "captions.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def fake_candidate(name: str, width: int, height: int) -> Candidate:
-    return Candidate(name, None, f"caption of {name}", width, height, name * 4, "PNG", width * height)
+def fake_candidate(name: str, width: int, height: int) -> FunnelCandidate:
+    return FunnelCandidate(name, None, f"caption of {name}", width, height, name * 4, "PNG", width * height)
 
 
 @pytest.fixture(scope="module")
@@ -273,7 +273,7 @@ def test_near_duplicate_pair_search_methods_agree():
 
 
 def test_ocr_stage_without_tesseract_is_recorded_as_skipped(monkeypatch):
-    monkeypatch.setattr(curation, "ocr_unavailable_reason", lambda: "OCR is unavailable: no tesseract here")
+    monkeypatch.setattr(curation.stages, "ocr_unavailable_reason", lambda: "OCR is unavailable: no tesseract here")
     candidates = [fake_candidate("a", 600, 600), fake_candidate("b", 100, 100)]
     result = run_funnel(candidates, [TextInImageStage(max_words=3), ResolutionStage(min_side=512)])
     ocr = result.stage("text_in_image")
@@ -388,7 +388,7 @@ def test_embeddings_are_computed_once_in_batches_and_shared(collection, scorer, 
 
 
 def test_funnel_counts_report_and_contact_sheets(collection, scorer, head, tmp_path, monkeypatch):
-    monkeypatch.setattr(curation, "ocr_unavailable_reason", lambda: "OCR is unavailable: the tesseract binary is not on PATH")
+    monkeypatch.setattr(curation.stages, "ocr_unavailable_reason", lambda: "OCR is unavailable: the tesseract binary is not on PATH")
     probe = run_funnel(collection, [ClipScoreStage(min_score=-1000), AestheticStage(min_score=-1000)], scorer=scorer, aesthetic_head=head)
     aesthetic = sorted(probe.scores[c.id]["aesthetic_score"] for c in collection)
     clip = sorted(probe.scores[c.id]["clip_score"] for c in collection)
