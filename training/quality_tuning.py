@@ -1,5 +1,8 @@
 """Quality-tuning (Emu): supervised fine-tuning of a pre-trained latent diffusion model on a small curated set.
 
+(Its length is on purpose: this is the trainer script a worker launches as its own process, `python -m
+training.quality_tuning` or `accelerate launch`, and one training loop reads best in one file.)
+
 The recipe is ordinary text-to-image fine-tuning, the diffusers
 train_text_to_image.py loss, with Emu's settings as defaults: batch 64, noise
 offset 0.1, a small constant learning rate, at most 15k steps, stopped early
