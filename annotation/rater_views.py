@@ -472,7 +472,9 @@ def vote(request, participation_token: str):
     if participation is None:
         return _refuse_token(request, as_json=True)
     if not ratelimit.allow(f"vote:{participation.rater_id}", settings.NEEDLE_VOTE_RATE_LIMIT_PER_MINUTE):
-        return _vote_error(TOO_MANY_VOTES, 429)
+        refused = _vote_error(TOO_MANY_VOTES, 429)
+        refused["Retry-After"] = str(ratelimit.seconds_to_next_window(60))  # when this rater's answers count again
+        return refused
     try:
         body = json.loads(request.body)
     except (ValueError, UnicodeDecodeError):

@@ -9,6 +9,7 @@ ceiling on votes per rater and on guessed tokens per client address.
 
 from __future__ import annotations
 
+import math
 import time
 
 from django.conf import settings
@@ -20,6 +21,11 @@ clock = time.time
 
 def _window_key(key: str, window_seconds: int) -> str:
     return f"ratelimit:{key}:{int(clock() // window_seconds)}"
+
+
+def seconds_to_next_window(window_seconds: int = 60) -> int:
+    """Whole seconds until the current window ends and its counts start afresh (the 429's Retry-After)."""
+    return max(1, math.ceil(window_seconds - clock() % window_seconds))
 
 
 def hit(key: str, window_seconds: int) -> int:

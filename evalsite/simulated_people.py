@@ -140,6 +140,8 @@ class RaterBrowser(Browser):
             answer = self.post_json(vote_url, {"task": task["id"], "choice": choice, "seconds": round(time.monotonic() - started, 3)})
             if answer.status == 200:
                 session.votes += 1
+            elif answer.status == 429:  # told to slow down, a person waits, then answers the task again
+                time.sleep(min(60.0, float(answer.headers.get("Retry-After", 1))))
             else:
                 session.refused += 1
                 if session.refused > 20:

@@ -185,6 +185,7 @@ def test_votes_past_the_per_rater_limit_get_429_and_are_not_recorded(client, liv
         assert post_vote(client, participation, {"task": first["id"], "choice": "left"}).status_code == 200
     refused = post_vote(client, participation, {"task": second["id"], "choice": "left"})
     assert refused.status_code == 429 and "not recorded" in refused.json()["error"]
+    assert 1 <= int(refused["Retry-After"]) <= 60  # when the rater's next answer will count
     assert Vote.objects.count() == 1
     monkeypatch.setattr(ratelimit, "clock", lambda: 1_700_000_000.0 + 60)  # the next minute
     assert post_vote(client, participation, {"task": second["id"], "choice": "left"}).status_code == 200
