@@ -99,8 +99,11 @@ assert set(ReportFormat.__args__) == {*services.EXPORT_FORMATS, *services.FORMAT
 
 class ReportQuery(Schema):
     format: ReportFormat = Field("json", description="json inline; csv (votes), items-csv, html and pdf as files")
-    seed: int = Field(services.DEFAULT_SEED, description="bootstrap seed; moves only the Bradley-Terry intervals")
-    rounds: int = Field(services.DEFAULT_ROUNDS, description=f"bootstrap rounds, {services.MIN_ROUNDS}-{services.MAX_ROUNDS:,}")
+    # The ranges are documented here and enforced, with their own words, by services.check_options.
+    seed: int = Field(services.DEFAULT_SEED, description="bootstrap seed; moves only the Bradley-Terry intervals",
+                      json_schema_extra={"minimum": 0, "maximum": services.MAX_SEED})
+    rounds: int = Field(services.DEFAULT_ROUNDS, description="bootstrap rounds",
+                        json_schema_extra={"minimum": services.MIN_ROUNDS, "maximum": services.MAX_ROUNDS})
 
     @field_validator("seed", "rounds", mode="before")
     @classmethod

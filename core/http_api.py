@@ -2,8 +2,9 @@
 
 - ``ApiError``: a refusal with its HTTP status, answered as ``{"error": message, **extra}``.
 - ``JsonObjectIn``: the base of request bodies. A body must be a JSON object with known keys, values of exactly the
-  JSON type the field documents (no "5" for 5, no true for 1) and no NUL character in any text (PostgreSQL cannot
-  store one); ``refusal_message`` turns pydantic's errors into one sentence that names the field, answered with 400.
+  JSON type the field documents (no "5" for 5, no true for 1) and no text PostgreSQL cannot store (a NUL character,
+  a lone surrogate: JSON can spell both); ``refusal_message`` turns pydantic's errors into one sentence that names
+  the field, answered with 400.
 - ``BearerToken`` and ``StaffSession``: the two ways in. A bearer token (core.api_tokens) needs no CSRF token, since
   no browser attaches one on its own; a staff session does for every unsafe method.
 
@@ -88,9 +89,9 @@ class JsonObjectIn(Schema):
     @classmethod
     def _run_root_validator(cls, values, handler, info):
         cls.check_shape(values)
-        where = _nul_in(values)
-        if where is not None:  # PostgreSQL cannot store it; Django's forms refuse it in every text field too
-            raise refuse(f"{where or 'The body'} must not contain NUL characters (\\u0000).")
+        unstorable = _unstorable_text(values)
+        if unstorable is not None:  # PostgreSQL cannot store it (the database would answer with a 500)
+            raise refuse(unstorable)
         return handler(values)
 
     @classmethod
@@ -103,24 +104,36 @@ class JsonObjectIn(Schema):
             raise refuse(f"Unknown settings: {', '.join(unknown)}. Known: {', '.join(sorted(cls.model_fields))}.")
 
 
-def _nul_in(value, where: str = "") -> str | None:
-    """The field (dotted) of the first text, key or value, holding a NUL character; None when there is none."""
+def _text_problem(text: str, where: str) -> str | None:
+    # JSON can spell both (\u0000, a lone \ud800); a browser's form cannot, and Django's forms refuse NUL anyway.
+    if "\x00" in text:
+        return f"{where} must not contain NUL characters (\\u0000)."
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"{where} must be valid UTF-8 text: it holds a lone surrogate ({text[exc.start]!a})."
+    return None
+
+
+def _unstorable_text(value, where: str = "") -> str | None:
+    """What is wrong with the first text (key or value, at any depth) PostgreSQL cannot store; None when all can be."""
     if isinstance(value, str):
-        return where if "\x00" in value else None
+        return _text_problem(value, where or "The body")
     if isinstance(value, dict):
         for key, item in value.items():
-            inner = f"{where}.{key}".lstrip(".")
-            found = inner if "\x00" in str(key) else _nul_in(item, inner)
+            found = _text_problem(str(key), f"A key of {where or 'the body'}")
+            if found is None:
+                found = _unstorable_text(item, f"{where}.{key}".lstrip("."))
             if found is not None:
                 return found
         return None
     if isinstance(value, list):
-        return next((found for item in value if (found := _nul_in(item, where)) is not None), None)
+        return next((found for item in value if (found := _unstorable_text(item, where)) is not None), None)
     return None
 
 
 EXPECTED = {
-    "string_type": "text (a JSON string)",
+    "string_type": "text (a JSON string)", "string_unicode": "valid UTF-8 text",
     "int_type": "a whole number", "int_parsing": "a whole number", "int_from_float": "a whole number",
     "float_type": "a number", "float_parsing": "a number", "finite_number": "a finite number",
     "bool_type": "true or false", "bool_parsing": "true or false",
