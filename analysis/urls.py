@@ -1,4 +1,5 @@
-"""Report pages and downloads under /analysis/ (staff only), and the report endpoint of the JSON API under api/."""
+"""Report pages and downloads under /analysis/ (staff only); the report endpoint of the JSON API (analysis.api) is
+mounted by evalsite.api under api/."""
 
 import re
 
@@ -26,6 +27,4 @@ register_converter(ExportFormatConverter, "report_format")
 urlpatterns = [
     path("campaigns/<int:pk>/report/", views.report_page, name="report"),
     path("campaigns/<int:pk>/report.<report_format:fmt>", views.report_download, name="report_download"),
-    # Same authentication as the campaign API (annotation.api): staff session or bearer token.
-    path("api/campaigns/<int:pk>/report", views.api_report, name="api_report"),
 ]

@@ -1,15 +1,15 @@
-"""Campaign reports for researchers (staff only): the report page, its downloads, and the API endpoint.
+"""Campaign reports for researchers (staff only): the report page and its downloads (the JSON API's report
+endpoint is analysis.api).
 
 Thin: the numbers and files come from ``analysis.services``; these views read
 the query string, choose the status code and set the download headers.
 """
 
 from django.contrib.admin.views.decorators import staff_member_required
-from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.utils.http import urlencode
 
-from annotation.api import api_endpoint
 from annotation.models import Campaign
 
 from . import services
@@ -35,13 +35,12 @@ def _campaign(pk) -> Campaign:
     return get_object_or_404(Campaign.objects.select_related("prompt_set", "baseline"), pk=pk)
 
 
-def _file_response(exported: services.Export, *, attachment: bool = True):
+def _file_response(exported: services.Export):
     if isinstance(exported.content, bytes):
         response = HttpResponse(exported.content, content_type=exported.format.content_type)
     else:  # CSV lines straight from a database cursor: a large campaign never sits in memory
         response = StreamingHttpResponse(exported.content, content_type=exported.format.content_type)
-    if attachment:
-        response["Content-Disposition"] = f'attachment; filename="{exported.filename}"'
+    response["Content-Disposition"] = f'attachment; filename="{exported.filename}"'
     return response
 
 
@@ -77,21 +76,3 @@ def report_download(request, pk, fmt):
     except services.ReportError as exc:
         return HttpResponse(str(exc), status=409, content_type="text/plain; charset=utf-8")
     return _file_response(exported)
-
-
-@api_endpoint("GET")
-def api_report(request, pk):
-    """GET ?format=json|csv|items-csv|html|pdf [&seed=&rounds=]; JSON is returned inline, the others as files."""
-    campaign = Campaign.objects.select_related("prompt_set", "baseline").filter(pk=pk).first()
-    if campaign is None:
-        return JsonResponse({"error": f"There is no campaign {pk}."}, status=404)
-    try:
-        fmt = services.export_format(request.GET.get("format", "json"))
-        options = report_options(request.GET)
-    except services.ReportError as exc:
-        return JsonResponse({"error": str(exc)}, status=400)
-    try:
-        exported = services.export(campaign, fmt.name, **options)
-    except services.ReportError as exc:  # no votes yet
-        return JsonResponse({"error": str(exc)}, status=409)
-    return _file_response(exported, attachment=fmt.name != "json")

@@ -1,6 +1,6 @@
-"""Researcher-facing URLs of the annotation app (staff only), and the JSON API under api/."""
+"""Researcher-facing URLs of the annotation app (staff only); its JSON API under api/ is mounted by evalsite.api."""
 
-from django.urls import include, path
+from django.urls import path
 
 from . import views
 from .models import Campaign
@@ -15,5 +15,4 @@ urlpatterns = [
     path("campaigns/<int:pk>/invite-links/", views.invite_link_create, name="invite_link_create"),
     path("campaigns/<int:pk>/invite-account/", views.invite_account, name="invite_account"),
     path("campaigns/<int:pk>/raters/<int:participation_pk>/exclude/", views.exclude_rater, name="exclude_rater"),
-    path("api/", include("annotation.api")),
 ]

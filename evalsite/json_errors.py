@@ -43,6 +43,11 @@ def too_large_message() -> str:
             "(DATA_UPLOAD_MAX_MEMORY_SIZE). Send less in one request.")
 
 
+def _allowed(response) -> str:
+    """The Allow header in a fixed order (django-ninja lists a path's methods from a set)."""
+    return ", ".join(sorted(m.strip() for m in response.get("Allow", "").split(",") if m.strip()))
+
+
 def _message_for(request, response) -> str:
     status = response.status_code
     if response.get("Content-Type", "").startswith("text/plain") and not getattr(response, "streaming", False):
@@ -54,7 +59,7 @@ def _message_for(request, response) -> str:
         return (f"No such endpoint or object: {where}. Check the URL: ids in it are whole numbers, and the object "
                 "may have been deleted.")
     if status == 405:
-        allowed = response.get("Allow", "")
+        allowed = _allowed(response)
         return f"{request.method} is not allowed at {request.path}; use {allowed.replace(', ', ' or ') or 'another method'}."
     if status == 403:
         return (f"Forbidden: {where}. Sign in with an account that may do this; a browser session must also send "
@@ -77,7 +82,7 @@ class JsonErrorsMiddleware:
         if response.status_code >= 400 and not _is_json(response) and is_json_endpoint(request):
             replaced = JsonResponse({"error": _message_for(request, response)}, status=response.status_code)
             if response.has_header("Allow"):
-                replaced["Allow"] = response["Allow"]
+                replaced["Allow"] = _allowed(response)
             return replaced
         return response
 

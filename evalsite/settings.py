@@ -65,6 +65,8 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
+    # django-ninja: the researcher JSON API (evalsite.api); listed for its Swagger page's own static files (no CDN).
+    "ninja",
     "generation",
     "annotation",
     "analysis",
@@ -282,7 +284,7 @@ NEEDLE_TRAINING_POLL_SECONDS = float(os.environ.get("NEEDLE_TRAINING_POLL_SECOND
 # (worker machine gone): it may then be cancelled or resumed from the page.
 NEEDLE_TRAINING_STALE_SECONDS = env_int("NEEDLE_TRAINING_STALE_SECONDS", 600)
 # Paths (regular expressions) of the JSON endpoints: their errors (404, 405, 413, 500, ...) answer in JSON.
-NEEDLE_JSON_ENDPOINTS = [r"^/annotation/api/", r"^/analysis/api/", r"\.json$", r"^/rate/[^/]+/vote$"]
+NEEDLE_JSON_ENDPOINTS = [r"^/annotation/api/", r"^/analysis/api/", r"^/api/", r"\.json$", r"^/rate/[^/]+/vote$"]
 # Reverse proxies of yours in front of Django that append to X-Forwarded-For;
 # rate limits then count the address the outermost one saw. 0: use REMOTE_ADDR.
 NEEDLE_TRUSTED_PROXY_HOPS = env_int("NEEDLE_TRUSTED_PROXY_HOPS", 0)

@@ -5,7 +5,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
 from annotation import services
-from annotation.api import user_for_api_token
+from core.api_tokens import user_for_api_token
 from annotation.models import Campaign
 
 pytestmark = pytest.mark.django_db

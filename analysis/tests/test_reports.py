@@ -34,7 +34,7 @@ from statsmodels.stats.inter_rater import fleiss_kappa
 
 from analysis import services, stats
 from annotation import services as annotation_services
-from annotation.api import issue_api_token
+from core.api_tokens import issue_api_token
 from annotation.models import Campaign, ComparisonItem, Participation, Rater, Vote
 from django.core.cache import cache
 from generation import services as generation_services
@@ -512,7 +512,7 @@ def test_the_report_page_and_its_downloads_are_for_staff(world, staff_client):
 
 
 def test_the_report_api_takes_a_bearer_token_or_a_staff_session(world):
-    url = reverse("analysis:api_report", args=[world.campaign.pk])
+    url = reverse("api:report", args=[world.campaign.pk])
     assert url == f"/analysis/api/campaigns/{world.campaign.pk}/report"
     api = Client(headers={"Authorization": f"Bearer {issue_api_token(world.staff)}"})
     response = api.get(url, {"rounds": ROUNDS})
@@ -522,8 +522,8 @@ def test_the_report_api_takes_a_bearer_token_or_a_staff_session(world):
     assert csv.status_code == 200 and csv["Content-Type"].startswith("text/csv")
     assert api.get(url, {"format": "pdf", "rounds": ROUNDS}).content.startswith(b"%PDF")
     assert api.get(url, {"format": "xml"}).status_code == 400
-    assert api.get(reverse("analysis:api_report", args=[world.empty.pk])).status_code == 409
-    assert api.get(reverse("analysis:api_report", args=[999_999])).status_code == 404
+    assert api.get(reverse("api:report", args=[world.empty.pk])).status_code == 409
+    assert api.get(reverse("api:report", args=[999_999])).status_code == 404
 
     assert Client().get(url).status_code == 401
     member = Client()

@@ -16,7 +16,7 @@ from django.test import Client
 from django.urls import reverse
 
 from annotation import services
-from annotation.api import issue_api_token
+from core.api_tokens import issue_api_token
 from annotation.models import Campaign, CampaignCriterion, CampaignModel, InviteLink, Participation, PlacementCounter
 from evalsite.bad_input import Answer, check, from_call, from_command, from_form_page, from_json_request, snapshot
 
@@ -103,6 +103,11 @@ CREATE_CASES = [
     ("completion URL a number", {"completion_url": 5}, ["completion_url", "text"]),
     ("rater title empty", {"rater_title": ""}, ["rater_title", "required"]),
     ("rater title a list", {"rater_title": ["x"]}, ["rater_title", "text"]),
+    ("consent text with a NUL character", {"consent_text": "I agree\x00"}, ["consent_text", "NUL"]),
+    ("a name with a lone surrogate", '{"name": "x\\udc00", "models": ["base", "tuned"], "prompt_set": "four", "seeds": "0"}',
+     ["name", "UTF-8"]),
+    ("a criterion's instructions with a NUL character",
+     {"criteria": {"visual_appeal": {"instructions": "\x00"}}}, ["instructions", "NUL"]),
     ("pairing unknown", {"pairing": "bogus"}, ["pairing", "all_pairs", "vs_baseline"]),
     ("vs baseline without a baseline", {"pairing": "vs_baseline"}, ["choose the baseline"]),
     ("baseline unknown", {"pairing": "vs_baseline", "baseline": "nope"}, ["baseline", "no registered model"]),
@@ -141,6 +146,8 @@ INVITE_CASES = [
     ("base_url a number", {"base_url": 5}, ["base_url", "https://"]),
     ("label a list", {"label": ["a"]}, ["label", "text"]),
     ("label 500 characters", {"label": "l" * 500}, ["label", "200 characters"]),
+    ("label with a NUL character", {"label": "wave\x001"}, ["label", "NUL"]),
+    ("label with a lone surrogate", '{"label": "wave \\ud800"}', ["label", "UTF-8"]),
     ("an unknown setting", {"colour": "red"}, ["unknown", "colour", "max_raters"]),
     ("a body that is a list", "[1]", ["JSON object"]),
     ("a body that is not JSON", "{", ["not valid JSON"]),
@@ -160,6 +167,8 @@ def test_api_refuses_bad_exclusions_and_actions(api, draft):
     for case, url, body, says in [
         ("exclude with a number as reason", exclude, {"reason": 5}, ["why", "reason"]),
         ("exclude with an empty reason", exclude, {"reason": " "}, ["why", "reason"]),
+        ("exclude with a NUL character in the reason", exclude, {"reason": "bot\x00"}, ["reason", "NUL"]),
+        ("exclude with a lone surrogate in the reason", exclude, '{"reason": "bot \\udfff"}', ["reason", "UTF-8"]),
         ("exclude with a body that is a list", exclude, [1], ["why", "reason"]),
         ("exclude an unknown rater", f"{CAMPAIGNS}{draft.pk}/raters/999999/exclude/", {"reason": "x"}, ["no rater", "raters/"]),
         ("exclude a rater id past 2^63", f"{CAMPAIGNS}{draft.pk}/raters/99999999999999999999/exclude/", {"reason": "x"},

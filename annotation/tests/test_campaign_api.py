@@ -10,7 +10,7 @@ from django.test import Client
 from django.urls import reverse
 
 from annotation import services
-from annotation.api import issue_api_token
+from core.api_tokens import ApiTokenError, issue_api_token
 from annotation.models import Campaign, Vote
 
 pytestmark = pytest.mark.django_db
@@ -168,7 +168,7 @@ def test_anonymous_get_401_and_non_staff_get_403(client, researcher, two_models,
     researcher.save()
     response = client.get(CAMPAIGNS, headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 403 and response.json()["error"] == "Only staff accounts may use the campaign API."
-    with pytest.raises(services.AnnotationError, match="not an active staff account"):
+    with pytest.raises(ApiTokenError, match="not an active staff account"):
         issue_api_token(researcher)
     member = get_user_model().objects.create_user("member", password="pw-long-enough-2")
     client.force_login(member)

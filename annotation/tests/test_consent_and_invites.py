@@ -12,7 +12,7 @@ from django.test import Client
 from django.urls import reverse
 
 from annotation import selectors, services
-from annotation.api import issue_api_token
+from core.api_tokens import issue_api_token
 from annotation.models import DEFAULT_CONSENT_TEXT, Campaign, Participation
 
 pytestmark = pytest.mark.django_db

@@ -276,7 +276,7 @@ def test_the_command_the_api_the_form_and_the_admin_all_refuse_it_with_the_messa
     from django.core.management import CommandError, call_command
     from django.urls import reverse
 
-    from annotation.api import issue_api_token
+    from core.api_tokens import issue_api_token
 
     why = "Gold could never exclude anyone"
     with pytest.raises(CommandError, match=why):

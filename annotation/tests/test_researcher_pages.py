@@ -288,10 +288,10 @@ def researcher_urls(campaign, participation):
         reverse("annotation:campaign_new"), reverse("annotation:invite_link_create", args=[pk]),
         reverse("annotation:invite_account", args=[pk]), reverse("annotation:exclude_rater", args=[pk, participation.pk]),
     ]
-    api_gets = [reverse("annotation:api:campaigns"), reverse("annotation:api:campaign", args=[pk]),
-                reverse("annotation:api:raters", args=[pk]), reverse("annotation:api:invite_links", args=[pk])]
-    api_posts = [reverse("annotation:api:campaigns"), reverse("annotation:api:invite_links", args=[pk])] + [
-        reverse(f"annotation:api:{a}", args=[pk]) for a in ("launch", "pause", "resume", "close")
+    api_gets = [reverse("api:campaigns"), reverse("api:campaign", args=[pk]),
+                reverse("api:raters", args=[pk]), reverse("api:invite_links", args=[pk])]
+    api_posts = [reverse("api:campaigns"), reverse("api:invite_links", args=[pk])] + [
+        reverse(f"api:{a}", args=[pk]) for a in ("launch", "pause", "resume", "close")
     ]
     return gets, posts, api_gets, api_posts
 

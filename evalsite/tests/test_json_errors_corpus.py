@@ -14,7 +14,7 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from annotation import services
-from annotation.api import issue_api_token
+from core.api_tokens import issue_api_token
 from annotation.models import Campaign, InviteLink, Vote
 from evalsite.bad_input import check, from_json_request, snapshot
 

@@ -14,9 +14,9 @@ from tqdm import tqdm
 
 from analysis.services import campaign_win_rates
 from annotation import selectors, services
-from annotation.api import issue_api_token, token_max_age_days
 from annotation.forms import CampaignForm
 from annotation.models import Campaign, Criterion
+from core.api_tokens import ApiTokenError, issue_api_token, token_max_age_days
 from core.polling import Waiting, wait_until
 from generation import selectors as generation_selectors
 
@@ -205,7 +205,10 @@ class Command(BaseCommand):
         user = get_user_model().objects.filter(**{get_user_model().USERNAME_FIELD: username}).first()
         if user is None:
             raise CommandError(f"There is no account named {username!r}.")
-        token = issue_api_token(user)
+        try:
+            token = issue_api_token(user)
+        except ApiTokenError as exc:
+            raise CommandError(str(exc)) from None
         self.stderr.write(
             f"API token for {username}, valid {token_max_age_days()} days (changing the password revokes it). "
             "Send it as: Authorization: Bearer <token>"
