@@ -29,6 +29,7 @@ from pydantic import ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
 
 from core.api_tokens import ApiTokenError, user_for_api_token
+from core.text import unstorable_text_problem
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 NOT_JSON = "The request body is not valid JSON."
@@ -104,24 +105,13 @@ class JsonObjectIn(Schema):
             raise refuse(f"Unknown settings: {', '.join(unknown)}. Known: {', '.join(sorted(cls.model_fields))}.")
 
 
-def _text_problem(text: str, where: str) -> str | None:
-    # JSON can spell both (\u0000, a lone \ud800); a browser's form cannot, and Django's forms refuse NUL anyway.
-    if "\x00" in text:
-        return f"{where} must not contain NUL characters (\\u0000)."
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return f"{where} must be valid UTF-8 text: it holds a lone surrogate ({text[exc.start]!a})."
-    return None
-
-
 def _unstorable_text(value, where: str = "") -> str | None:
     """What is wrong with the first text (key or value, at any depth) PostgreSQL cannot store; None when all can be."""
     if isinstance(value, str):
-        return _text_problem(value, where or "The body")
+        return unstorable_text_problem(value, where or "The body")
     if isinstance(value, dict):
         for key, item in value.items():
-            found = _text_problem(str(key), f"A key of {where or 'the body'}")
+            found = unstorable_text_problem(str(key), f"A key of {where or 'the body'}")
             if found is None:
                 found = _unstorable_text(item, f"{where}.{key}".lstrip("."))
             if found is not None:

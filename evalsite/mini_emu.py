@@ -35,6 +35,8 @@ from training import selectors as training_selectors
 from training import services as training_services
 from training.models import CandidateCollection, CuratedDataset, CurationReview, CurationRun, QualityTuningRun
 from training.services import reviews
+from world.appeal import appeal_score
+from world.oracle import faithfulness
 from world import corpus
 from world.raters import SimulatedReviewer, crowd
 
@@ -209,7 +211,7 @@ class Loop:
 
     def _calibrate(self, collection: CandidateCollection, head: str, keep_aesthetic: float, keep_clip: float) -> tuple[float, float]:
         """Thresholds that keep the best ``keep_*`` share of a collection, as a researcher reads them off a sample."""
-        from training.aesthetic import AestheticHead
+        from training.aesthetic import AestheticHead  # torch and open_clip: only when a loop runs
         from training.clip_scoring import load_clip
 
         rows = list(collection.candidates.order_by("pk")[:400])
@@ -255,8 +257,6 @@ class Loop:
         return reviews.freeze_review(specialists, name, description="mini-Emu needles: funnel, generalists, specialists")
 
     def _median_appeal(self, run: CurationRun) -> float:
-        from world.appeal import appeal_score
-
         kept = [o.candidate for o in run.outcomes.filter(kept=True).select_related("candidate__collection")[:300]]
         scores = [appeal_score(np.asarray(training_services.funnel_candidate(c).open_image().convert("RGB"))) for c in kept]
         return float(np.median(scores)) if scores else 0.5
@@ -362,9 +362,6 @@ class Loop:
 def ground_truth(campaign: Campaign) -> dict:
     """The hidden appeal and oracle faithfulness of each model's campaign images: what the raters' verdict should track."""
     from PIL import Image
-
-    from world.appeal import appeal_score
-    from world.oracle import faithfulness
 
     per_model: dict[str, dict[str, list[float]]] = {}
     seen = set()

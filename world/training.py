@@ -21,7 +21,9 @@ import torch.nn.functional as F
 from core.clip_text import clip_tokenizer
 from world import models
 from world.corpus import CORPUS_SEED_BASE, EVAL_SEED_BASE
-from world.scenes import scene_for_seed
+from world.appeal import appeal_score
+from world.oracle import check
+from world.scenes import COLOURS, COUNTS, SHAPES, render, scene_for_seed
 
 
 def render_corpus(n: int, seed_base: int = CORPUS_SEED_BASE) -> tuple[np.ndarray, list[str]]:
@@ -43,8 +45,6 @@ def render_corpus(n: int, seed_base: int = CORPUS_SEED_BASE) -> tuple[np.ndarray
 
 
 def _render_corpus(n: int, seed_base: int) -> tuple[np.ndarray, list[str]]:
-    from world.scenes import render
-
     images = np.empty((n, models.IMAGE_SIZE, models.IMAGE_SIZE, 3), dtype=np.uint8)
     captions = []
     for i in range(n):
@@ -174,7 +174,6 @@ def clip_attribute_accuracy(model, images: np.ndarray, scenes) -> dict[str, floa
     """Zero-shot accuracy per attribute: the true caption against the same caption with one attribute changed."""
     from dataclasses import replace
 
-    from world.scenes import COLOURS, COUNTS, SHAPES
 
     feats = model.encode_image(clip_image_input(images), normalize=True)
     variants = {
@@ -283,8 +282,6 @@ def _save_pipeline(args, unet, ema, vae, text_encoder, tokenizer, scheduler, log
 @torch.no_grad()
 def evaluate_pipeline(pipe, n: int = 64, seed: int = 0, steps: int = 25, guidance_scale: float = 3.0) -> dict:
     """Oracle faithfulness and hidden appeal of ``n`` samples for held-out captions (never used in training)."""
-    from world.appeal import appeal_score
-    from world.oracle import check
 
     captions = [scene_for_seed(EVAL_SEED_BASE + i).caption() for i in range(n)]
     checks, appeals = [], []

@@ -9,11 +9,10 @@ from django.db import transaction
 
 from core.errors import CONFLICT, DUPLICATE
 from core.task_queue import enqueue_on_commit
+from core.text import unstorable_text_problem
 from generation import selectors as generation_selectors
 from generation import services as generation_services
 
-from .errors import AnnotationError
-from .items import build_items
 from ..models import (
     CRITERION_DEFAULTS,
     DEFAULT_CONSENT_TEXT,
@@ -25,6 +24,8 @@ from ..models import (
     PlacementCounter,
     Vote,
 )
+from .errors import AnnotationError
+from .items import build_items
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ def check_text(value, *, field: str, what: str, blank_ok: bool = False) -> str:
         raise AnnotationError(f"Give {what.lower()}.", field=field)
     if len(value) > MAX_TEXT:
         raise AnnotationError(f"{what} is {len(value):,} characters long; use at most {MAX_TEXT} characters.", field=field)
+    if problem := unstorable_text_problem(value, what):
+        raise AnnotationError(problem, field=field)
     return value
 
 

@@ -14,7 +14,9 @@ from django.db import OperationalError, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from core.text import unstorable_text_problem
 
+from .errors import AnnotationError
 from ..models import (
     Assignment,
     Campaign,
@@ -91,6 +93,10 @@ def exclude_rater(participation: Participation, reason: str) -> int:
 
     Idempotent: excluding twice changes nothing (and returns 0).
     """
+    if not isinstance(reason, str):
+        raise AnnotationError(f"The reason must be text, not {type(reason).__name__}.", field="reason")
+    if problem := unstorable_text_problem(reason, "The reason"):
+        raise AnnotationError(problem, field="reason")
     return _exclude_with_retry(participation.pk, reason) or 0
 
 

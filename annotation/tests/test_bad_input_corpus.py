@@ -264,6 +264,11 @@ def test_services_refuse_values_of_the_wrong_type(two_models, prompt_set, draft)
          ["rater limit", "1,000,000"]),
         ("create_invite_link: max raters a string", lambda: services.create_invite_link(draft, max_raters="5"),
          ["rater limit", "whole number"]),
+        # Text PostgreSQL cannot store, refused by the service itself (not only at the API's door).
+        ("create_campaign: a NUL in the name", lambda: services.create_campaign(**{**good, "name": "a\x00b"}),
+         ["NUL"]),
+        ("create_invite_link: a lone surrogate in the label", lambda: services.create_invite_link(draft, label="x\ud800"),
+         ["surrogate"]),
     ]:
         before = state()
         check(case, "service", from_call(call, services.AnnotationError), says=says, before=before, after=state())
