@@ -51,7 +51,13 @@ def _render_once_per_batch(request, monkeypatch):
     real = pipelines.render
 
     def render(loaded, prompts, seeds, parameters):
-        key = (loaded.fingerprint, loaded.device, tuple(prompts), tuple(int(s) for s in seeds), repr(sorted(parameters.items())))
+        key = (
+            loaded.fingerprint,
+            loaded.device,
+            tuple(prompts),
+            tuple(int(s) for s in seeds),
+            repr(sorted(parameters.items())),
+        )
         if key not in _RENDERED:
             _RENDERED[key] = real(loaded, prompts, seeds, parameters)
         images, seconds = _RENDERED[key]
@@ -75,8 +81,12 @@ def two_models(tiny_pipeline_dir):
     """Two registered tiny SD models with different weights: "base" and "tuned" (4 steps)."""
     from generation import services as generation_services
 
-    base = generation_services.register_model(name="base", pipeline_path=str(tiny_pipeline_dir("sd", 0)), steps=4, guidance_scale=5.0)
-    tuned = generation_services.register_model(name="tuned", pipeline_path=str(tiny_pipeline_dir("sd", 1)), steps=4, guidance_scale=5.0)
+    base = generation_services.register_model(
+        name="base", pipeline_path=str(tiny_pipeline_dir("sd", 0)), steps=4, guidance_scale=5.0
+    )
+    tuned = generation_services.register_model(
+        name="tuned", pipeline_path=str(tiny_pipeline_dir("sd", 1)), steps=4, guidance_scale=5.0
+    )
     return base, tuned
 
 
@@ -89,7 +99,6 @@ def prompt_set():
     return prompt_set
 
 
-
 @pytest.fixture
 def live_campaign(two_models, prompt_set):
     """A live two-model campaign over 4 prompts x 5 seeds: 20 appeal items (k=5) and 20 faithfulness items (k=3).
@@ -100,7 +109,9 @@ def live_campaign(two_models, prompt_set):
     from annotation import services
     from generation import services as generation_services
 
-    campaign = services.create_campaign(name="c", models=two_models, prompt_set=prompt_set, seeds=[0, 1, 2, 3, 4], gold_share=0)
+    campaign = services.create_campaign(
+        name="c", models=two_models, prompt_set=prompt_set, seeds=[0, 1, 2, 3, 4], gold_share=0
+    )
     batch = services.generation_batch_for(campaign)
     generation_services.generate_batch_in_process(batch)
     assert services.build_items(campaign, batch) == 40
@@ -113,6 +124,7 @@ def make_rater():
     from annotation.models import Rater
 
     return lambda: Rater.objects.create()
+
 
 def _purge_queues():
     from evalsite.celery import app
@@ -154,9 +166,7 @@ def celery_worker(django_db_setup, django_db_blocker):
 def _close_stray_test_database_sessions(django_db_setup, django_db_blocker):
     """Let the test database be dropped at the end: live-server request threads can leave a session open."""
     yield
-    from django.db import connection
-
-    from django.db import OperationalError
+    from django.db import OperationalError, connection
 
     if connection.vendor != "postgresql":
         return
@@ -181,4 +191,6 @@ def pytest_terminal_summary(terminalreporter):
     terminalreporter.write_line(f"bad-input corpus: {data['inputs']} inputs ({surfaces}); outcomes: {outcomes}")
     for case in data["cases"]:
         if case["outcome"] != "clear":
-            terminalreporter.write_line(f"  {case['outcome']}: {case['case']} ({case['surface']}): {case['detail'][:200]}")
+            terminalreporter.write_line(
+                f"  {case['outcome']}: {case['case']} ({case['surface']}): {case['detail'][:200]}"
+            )

@@ -75,8 +75,9 @@ class CampaignDetailOut(CampaignSettingsOut):
     invite_links: list[InviteLinkOut]
 
 
-@campaigns_router.get("campaigns/{int:pk}/", response={200: CampaignDetailOut, **ERRORS}, url_name="campaign",
-                      summary="A campaign, live")
+@campaigns_router.get(
+    "campaigns/{int:pk}/", response={200: CampaignDetailOut, **ERRORS}, url_name="campaign", summary="A campaign, live"
+)
 def campaign_detail(request, pk: int):
     """The campaign's settings and invite links, its progress and its win rates so far (complete comparisons)."""
     campaign = find_campaign(pk)
@@ -100,10 +101,16 @@ assert set(ReportFormat.__args__) == {*services.EXPORT_FORMATS, *services.FORMAT
 class ReportQuery(Schema):
     format: ReportFormat = Field("json", description="json inline; csv (votes), items-csv, html and pdf as files")
     # The ranges are documented here and enforced, with their own words, by services.check_options.
-    seed: int = Field(services.DEFAULT_SEED, description="bootstrap seed; moves only the Bradley-Terry intervals",
-                      json_schema_extra={"minimum": 0, "maximum": services.MAX_SEED})
-    rounds: int = Field(services.DEFAULT_ROUNDS, description="bootstrap rounds",
-                        json_schema_extra={"minimum": services.MIN_ROUNDS, "maximum": services.MAX_ROUNDS})
+    seed: int = Field(
+        services.DEFAULT_SEED,
+        description="bootstrap seed; moves only the Bradley-Terry intervals",
+        json_schema_extra={"minimum": 0, "maximum": services.MAX_SEED},
+    )
+    rounds: int = Field(
+        services.DEFAULT_ROUNDS,
+        description="bootstrap rounds",
+        json_schema_extra={"minimum": services.MIN_ROUNDS, "maximum": services.MAX_ROUNDS},
+    )
 
     @field_validator("seed", "rounds", mode="before")
     @classmethod
@@ -303,8 +310,13 @@ def _file_response(exported: services.Export):
     return response
 
 
-@router.get("campaigns/{int:pk}/report", response={200: ReportOut, **ERRORS, 409: ErrorOut}, url_name="report",
-            summary="A campaign's report", openapi_extra={"responses": {200: {"content": FILES}}})
+@router.get(
+    "campaigns/{int:pk}/report",
+    response={200: ReportOut, **ERRORS, 409: ErrorOut},
+    url_name="report",
+    summary="A campaign's report",
+    openapi_extra={"responses": {200: {"content": FILES}}},
+)
 def report(request, pk: int, query: Query[ReportQuery]):
     """The report in ``format``; 409 while the campaign has no votes to report."""
     campaign = find_campaign(pk)

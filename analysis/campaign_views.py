@@ -41,7 +41,10 @@ def campaign_detail(request, pk):
         "win_rates": campaign_win_rates(campaign),
         "raters": annotation_selectors.rater_quality(campaign),
         "invite_links": [(link, annotation_selectors.invite_url(base_url, link)) for link in links],
-        "actions": [(label, reverse(f"annotation:{action}", args=[campaign.pk])) for action, label in campaign.available_actions()],
+        "actions": [
+            (label, reverse(f"annotation:{action}", args=[campaign.pk]))
+            for action, label in campaign.available_actions()
+        ],
         "invite_link_form": InviteLinkForm(),
         "invite_account_form": InviteAccountForm(),
     }

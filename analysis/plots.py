@@ -62,15 +62,28 @@ def outcome_bars(comparisons, *, level: float = 0.95, page: bool = False) -> Fig
         for yi, width, left in zip(y, widths, lefts, strict=True):
             if width >= 0.07:  # narrower segments cannot hold a label
                 # In the lower half of the bar: the error bar runs through the upper half.
-                ax.text(left + width / 2, yi - 0.14, f"{100 * width:.1f}%", ha="center", va="center", fontsize=9, color=text_colour)
+                ax.text(
+                    left + width / 2,
+                    yi - 0.14,
+                    f"{100 * width:.1f}%",
+                    ha="center",
+                    va="center",
+                    fontsize=9,
+                    color=text_colour,
+                )
     with_interval = np.array([c.interval is not None for c in rows])
     if with_interval.any():  # none with fewer prompts than an interval needs
         low = np.array([c.interval.low for c in rows if c.interval])
         high = np.array([c.interval.high for c in rows if c.interval])
         shown = wins[with_interval]
         ax.errorbar(
-            shown, y[with_interval] + 0.12, xerr=[np.clip(shown - low, 0, None), np.clip(high - shown, 0, None)],
-            fmt="none", ecolor="black", elinewidth=1.2, capsize=5,
+            shown,
+            y[with_interval] + 0.12,
+            xerr=[np.clip(shown - low, 0, None), np.clip(high - shown, 0, None)],
+            fmt="none",
+            ecolor="black",
+            elinewidth=1.2,
+            capsize=5,
         )
     for yi, c in zip(y, rows, strict=True):
         ax.text(1.01, yi, f"n = {c.compared}", transform=ax.get_yaxis_transform(), va="center", fontsize=9)
@@ -85,7 +98,8 @@ def outcome_bars(comparisons, *, level: float = 0.95, page: bool = False) -> Fig
     ax.set_title(
         f"{title}: share of comparisons (majority of each comparison's raters)\n"
         f"error bar: {level:.0%} interval of {names[0]}'s win rate",
-        fontsize=10, loc="left",
+        fontsize=10,
+        loc="left",
     )
     figure.legend(loc="outside lower center", ncols=3, frameon=False)
     return figure
@@ -104,12 +118,22 @@ def breakdown_plot(comparisons, *, by: str = "category", page: bool = False) -> 
         y = np.arange(len(groups))[::-1]
         for yi, group in zip(y, groups, strict=True):
             if group.win_rate is None:
-                ax.text(0.01, yi, f"no complete comparisons ({group.incomplete_items} incomplete)", va="center", fontsize=8, color=MUTED)
+                ax.text(
+                    0.01,
+                    yi,
+                    f"no complete comparisons ({group.incomplete_items} incomplete)",
+                    va="center",
+                    fontsize=8,
+                    color=MUTED,
+                )
                 continue
             if group.interval is None:  # too few prompts for an interval: the point alone, hollow
                 ax.plot(group.win_rate, yi, "o", markerfacecolor="none", color=B_COLOUR, markersize=5)
             else:
-                error = [[max(0.0, group.win_rate - group.interval.low)], [max(0.0, group.interval.high - group.win_rate)]]
+                error = [
+                    [max(0.0, group.win_rate - group.interval.low)],
+                    [max(0.0, group.interval.high - group.win_rate)],
+                ]
                 ax.errorbar(group.win_rate, yi, xerr=error, fmt="o", color=B_COLOUR, capsize=3, markersize=5)
             ax.text(1.01, yi, f"n = {group.comparisons}", transform=ax.get_yaxis_transform(), va="center", fontsize=8)
         ax.axvline(0.5, color=MUTED, linestyle="--", linewidth=0.9)
@@ -152,25 +176,60 @@ def _table(figure: Figure, rect, header, cells, font_size=8):
 
 def headline_cells(report) -> tuple[list[str], list[list[str]]]:
     level = report.level_text
-    header = ["Criterion", "B vs A", "Comparisons", "Prompts", "Raters", "B wins", "Ties", "A wins",
-              f"B win rate ({level} interval)", "Ties as half", "Sign test p", "Incomplete"]
+    header = [
+        "Criterion",
+        "B vs A",
+        "Comparisons",
+        "Prompts",
+        "Raters",
+        "B wins",
+        "Ties",
+        "A wins",
+        f"B win rate ({level} interval)",
+        "Ties as half",
+        "Sign test p",
+        "Incomplete",
+    ]
     cells = []
     for c in report.comparisons:
         pair = f"{c.model_b} vs {c.model_a}"
         if not c.has_numbers:
-            cells.append([c.criterion_label, pair, "0", str(c.prompts), str(c.raters), "—", "—", "—", c.message, "—", "—",
-                          str(c.incomplete_items)])
+            cells.append(
+                [
+                    c.criterion_label,
+                    pair,
+                    "0",
+                    str(c.prompts),
+                    str(c.raters),
+                    "—",
+                    "—",
+                    "—",
+                    c.message,
+                    "—",
+                    "—",
+                    str(c.incomplete_items),
+                ]
+            )
             continue
         o = c.item_outcomes
-        cells.append([
-            c.criterion_label, pair, str(c.compared), str(c.prompts), str(c.raters),
-            f"{o.wins} ({_percent(o.win_share)})", f"{o.ties} ({_percent(o.tie_share)})", f"{o.losses} ({_percent(o.loss_share)})",
-            f"{_percent(c.win_rate)} [{_percent(c.interval.low)}, {_percent(c.interval.high)}]" if c.interval
-            else f"{_percent(c.win_rate)} (no interval: {c.prompts} prompts)",
-            _percent(c.win_rate_half_ties),
-            "< 0.001" if c.sign_test_p < 0.001 else f"{c.sign_test_p:.3g}",
-            str(c.incomplete_items),
-        ])
+        cells.append(
+            [
+                c.criterion_label,
+                pair,
+                str(c.compared),
+                str(c.prompts),
+                str(c.raters),
+                f"{o.wins} ({_percent(o.win_share)})",
+                f"{o.ties} ({_percent(o.tie_share)})",
+                f"{o.losses} ({_percent(o.loss_share)})",
+                f"{_percent(c.win_rate)} [{_percent(c.interval.low)}, {_percent(c.interval.high)}]"
+                if c.interval
+                else f"{_percent(c.win_rate)} (no interval: {c.prompts} prompts)",
+                _percent(c.win_rate_half_ties),
+                "< 0.001" if c.sign_test_p < 0.001 else f"{c.sign_test_p:.3g}",
+                str(c.incomplete_items),
+            ]
+        )
     return header, cells
 
 
@@ -218,9 +277,13 @@ def ranking_page(report, ranking) -> Figure:
     figure.text(0.04, 0.90, textwrap.fill(intro, 150), fontsize=9, color=MUTED, va="top")
     header = ["Rank", "Model", "Score", f"{report.level_text} interval", "Rank, upper bound"]
     cells = [
-        [str(m.rank), m.model, f"{m.score:+.3f}",
-         f"[{m.low:+.3f}, {m.high:+.3f}] ±{m.mc_error:.3f}" if m.low is not None else "—",
-         str(m.rank_upper) if m.rank_upper is not None else "—"]
+        [
+            str(m.rank),
+            m.model,
+            f"{m.score:+.3f}",
+            f"[{m.low:+.3f}, {m.high:+.3f}] ±{m.mc_error:.3f}" if m.low is not None else "—",
+            str(m.rank_upper) if m.rank_upper is not None else "—",
+        ]
         for m in ranking.models
     ]
     _table(figure, [0.04, 0.45, 0.42, 0.4], header, cells, font_size=9)
@@ -237,8 +300,14 @@ def ranking_page(report, ranking) -> Figure:
     ax.set_yticks(range(len(names)), names)
     ax.set_title("Share of comparisons the row model won against the column model", fontsize=9)
     if ranking.degenerate_rounds:
-        figure.text(0.04, 0.08, f"{ranking.degenerate_rounds} of {report.reproducibility.rounds} bootstrap rounds had a model "
-                    "winning or losing every comparison; intervals are rough.", fontsize=8, color=MUTED)
+        figure.text(
+            0.04,
+            0.08,
+            f"{ranking.degenerate_rounds} of {report.reproducibility.rounds} bootstrap rounds had a model "
+            "winning or losing every comparison; intervals are rough.",
+            fontsize=8,
+            color=MUTED,
+        )
     return figure
 
 
@@ -256,26 +325,42 @@ def details_text(report) -> list[str]:
         )
     tested = [b for b in report.position_bias if b.side_votes]
     flagged = [b for b in tested if b.flagged]
-    lines += ["", f"POSITION BIAS: {len(tested)} rater(s) tested, {len(flagged)} flagged (left share far from 50%, Bonferroni 5%)"]
+    lines += [
+        "",
+        f"POSITION BIAS: {len(tested)} rater(s) tested, {len(flagged)} flagged (left share far from 50%, Bonferroni 5%)",
+    ]
     for b in flagged[:10]:
-        lines.append(f"  rater {b.rater_id} {b.external_id}: {b.left_picks}/{b.side_votes} left picks, p {b.p_value:.2g}")
+        lines.append(
+            f"  rater {b.rater_id} {b.external_id}: {b.left_picks}/{b.side_votes} left picks, p {b.p_value:.2g}"
+        )
     e = report.exclusions
-    lines += ["", f"EXCLUSIONS: {len(e.raters)} rater(s) excluded, {e.excluded_votes} of their votes left out; "
-              f"gold answers (attention checks, never counted): {e.gold_votes}",
-              *[f"  {line}" for line in textwrap.wrap(e.rule["description"], 160)]]
+    lines += [
+        "",
+        f"EXCLUSIONS: {len(e.raters)} rater(s) excluded, {e.excluded_votes} of their votes left out; "
+        f"gold answers (attention checks, never counted): {e.gold_votes}",
+        *[f"  {line}" for line in textwrap.wrap(e.rule["description"], 160)],
+    ]
     for x in e.raters:
         lines.append(f"  rater {x.rater_id} {x.external_id}: {x.excluded_votes} votes left out — {x.reason}")
     lines.append(f"  speeders flagged: {len(e.speeders)}")
     for x in e.speeders:
         seconds = f"{x.median_seconds:.2f} s" if x.median_seconds is not None else "—"
-        lines.append(f"  speeder rater {x.rater_id} {x.external_id}: median {seconds} between answers{', excluded' if x.excluded else ''}")
-    lines += ["", "PLANNER: further complete comparisons for an interval of ±x points (at the current win rate and prompt clustering)"]
+        lines.append(
+            f"  speeder rater {x.rater_id} {x.external_id}: median {seconds} between answers{', excluded' if x.excluded else ''}"
+        )
+    lines += [
+        "",
+        "PLANNER: further complete comparisons for an interval of ±x points (at the current win rate and prompt clustering)",
+    ]
     for c in report.comparisons:
-        targets = ", ".join(f"±{t.half_width_points}: {t.comparisons_needed} ({t.votes_needed} votes)" for t in c.planner)
+        targets = ", ".join(
+            f"±{t.half_width_points}: {t.comparisons_needed} ({t.votes_needed} votes)" for t in c.planner
+        )
         lines.append(f"  {c.title}: {targets}; design effect {c.design_effect:.2f}")
     r = report.reproducibility
     lines += [
-        "", "REPRODUCIBILITY",
+        "",
+        "REPRODUCIBILITY",
         f"  votes snapshot: {r.votes} counting votes, sha256 {r.votes_sha256}",
         f"  last vote: {r.last_vote_at}; excluded votes: {r.excluded_votes}",
         f"  exclusion rule: gold accuracy >= {r.exclusion_rule['gold_min_accuracy']:.0%} after {r.exclusion_rule['gold_min_answers']} gold answers "
@@ -289,7 +374,9 @@ def details_text(report) -> list[str]:
 
 
 def details_pages(report) -> list[Figure]:
-    wrapped = [piece for line in details_text(report) for piece in (textwrap.wrap(line, 175, subsequent_indent="    ") or [""])]
+    wrapped = [
+        piece for line in details_text(report) for piece in (textwrap.wrap(line, 175, subsequent_indent="    ") or [""])
+    ]
     pages = []
     for start in range(0, len(wrapped), LINES_PER_PAGE):
         figure = _page("Agreement, exclusions, planner, reproducibility" + (" (continued)" if start else ""))

@@ -15,8 +15,19 @@ import pandas as pd
 from annotation.models import Campaign, Vote
 
 VOTE_COLUMNS = [
-    "item_id", "prompt_id", "category", "challenge", "criterion", "model_a", "model_b",
-    "rater_id", "winner", "a_on_left", "seconds_on_task", "votes_per_item", "answer",
+    "item_id",
+    "prompt_id",
+    "category",
+    "challenge",
+    "criterion",
+    "model_a",
+    "model_b",
+    "rater_id",
+    "winner",
+    "a_on_left",
+    "seconds_on_task",
+    "votes_per_item",
+    "answer",
 ]
 
 

@@ -14,7 +14,6 @@ from annotation.models import Campaign
 
 from . import services
 
-
 DEFAULT_OPTIONS = {"seed": services.DEFAULT_SEED, "rounds": services.DEFAULT_ROUNDS}
 
 

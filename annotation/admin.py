@@ -54,10 +54,30 @@ class CampaignAdmin(admin.ModelAdmin):
     inlines = [CampaignModelInline, CampaignCriterionInline]
     actions = ["pause", "resume", "close"]
     fields = [
-        "name", "status", "prompt_set", "pairing", "baseline", "seeds", "gold_share", "gold_min_accuracy", "gold_min_answers",
-        "quota_per_rater", "lease_seconds", "rater_title", "consent_text", "contact", "completion_code", "completion_url",
-        "screen_out_code", "screen_out_url", "speeder_seconds", "exclude_speeders", "generation_batch",
-        "launch_error", "created_by", "created_at",
+        "name",
+        "status",
+        "prompt_set",
+        "pairing",
+        "baseline",
+        "seeds",
+        "gold_share",
+        "gold_min_accuracy",
+        "gold_min_answers",
+        "quota_per_rater",
+        "lease_seconds",
+        "rater_title",
+        "consent_text",
+        "contact",
+        "completion_code",
+        "completion_url",
+        "screen_out_code",
+        "screen_out_url",
+        "speeder_seconds",
+        "exclude_speeders",
+        "generation_batch",
+        "launch_error",
+        "created_by",
+        "created_at",
     ]
     # Never editable here: status moves through the buttons and actions, the rest is bookkeeping.
     always_readonly = ["status", "generation_batch", "launch_error", "created_by", "created_at"]
@@ -149,7 +169,17 @@ class InviteLinkAdmin(admin.ModelAdmin):
 
 @admin.register(Participation)
 class ParticipationAdmin(ReadOnlyAdmin):
-    list_display = ["rater", "campaign", "invite_link", "prolific_pid", "study_id", "consented_at", "completed_at", "excluded", "exclusion_reason"]
+    list_display = [
+        "rater",
+        "campaign",
+        "invite_link",
+        "prolific_pid",
+        "study_id",
+        "consented_at",
+        "completed_at",
+        "excluded",
+        "exclusion_reason",
+    ]
     list_filter = ["excluded", "campaign"]
     list_select_related = ["rater", "campaign", "invite_link"]
     search_fields = ["prolific_pid", "external_id", "study_id", "session_id"]
@@ -158,13 +188,28 @@ class ParticipationAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Exclude the selected raters (their votes are kept, flagged, and stop counting)")
     def exclude_raters(self, request, queryset):
-        flagged = sum(services.exclude_rater(p, f"excluded by {request.user.get_username()} in the admin") for p in queryset)
-        self.message_user(request, f"Excluded {queryset.count()} rater(s); {flagged} vote(s) flagged.", messages.SUCCESS)
+        flagged = sum(
+            services.exclude_rater(p, f"excluded by {request.user.get_username()} in the admin") for p in queryset
+        )
+        self.message_user(
+            request, f"Excluded {queryset.count()} rater(s); {flagged} vote(s) flagged.", messages.SUCCESS
+        )
 
 
 @admin.register(Vote)
 class VoteAdmin(ReadOnlyAdmin):
-    list_display = ["id", "campaign", "rater", "criterion", "choice", "winner", "seconds_on_task", "gold_correct", "excluded", "created_at"]
+    list_display = [
+        "id",
+        "campaign",
+        "rater",
+        "criterion",
+        "choice",
+        "winner",
+        "seconds_on_task",
+        "gold_correct",
+        "excluded",
+        "created_at",
+    ]
     list_filter = ["excluded", "winner", "assignment__campaign"]
     list_select_related = ["assignment__campaign", "assignment__item__criterion"]
 

@@ -48,12 +48,16 @@ def _body():
 @router.get("campaigns/", response={200: CampaignListOut, **ERRORS}, url_name="campaigns", summary="List campaigns")
 def list_campaigns(request):
     """The newest 500 campaigns, with the share of their needed votes cast."""
-    rows = list(Campaign.objects.select_related("prompt_set", "baseline").prefetch_related("campaign_models__model")[:500])
+    rows = list(
+        Campaign.objects.select_related("prompt_set", "baseline").prefetch_related("campaign_models__model")[:500]
+    )
     percent = selectors.campaign_percentages(rows)
     return {"campaigns": [campaign_summary(c, percent.get(c.pk, 0)) for c in rows]}
 
 
-@router.post("campaigns/", response={201: CampaignSettingsOut, **ERRORS}, url_name="campaigns", summary="Create a campaign")
+@router.post(
+    "campaigns/", response={201: CampaignSettingsOut, **ERRORS}, url_name="campaigns", summary="Create a campaign"
+)
 def create_campaign(request, payload: CampaignIn = _body()):
     """A draft campaign, checked like the campaign form's (400 names the field: ``fields`` holds every problem)."""
     try:
@@ -77,24 +81,38 @@ def _action_endpoint(action: str):
         return {"id": campaign.pk, "status": campaign.status, "launch_error": campaign.launch_error}
 
     endpoint.__name__ = endpoint.__qualname__ = f"{action}_campaign"
-    endpoint.__doc__ = (f"{action.capitalize()} the campaign; a move its status does not allow is refused (400)."
-                        + (" Launching generates the missing images, then the campaign goes live." if action == "launch" else ""))
+    endpoint.__doc__ = f"{action.capitalize()} the campaign; a move its status does not allow is refused (400)." + (
+        " Launching generates the missing images, then the campaign goes live." if action == "launch" else ""
+    )
     return endpoint
 
 
 for _action in ACTIONS:
-    router.post(f"campaigns/{{int:pk}}/{_action}/", response={200: StatusOut, **ERRORS}, url_name=_action,
-                operation_id=f"{_action}_campaign", summary=f"{_action.capitalize()} a campaign")(_action_endpoint(_action))
+    router.post(
+        f"campaigns/{{int:pk}}/{_action}/",
+        response={200: StatusOut, **ERRORS},
+        url_name=_action,
+        operation_id=f"{_action}_campaign",
+        summary=f"{_action.capitalize()} a campaign",
+    )(_action_endpoint(_action))
 
 
-@router.get("campaigns/{int:pk}/invite-links/", response={200: InviteLinksOut, **ERRORS}, url_name="invite_links",
-            summary="List invite links")
+@router.get(
+    "campaigns/{int:pk}/invite-links/",
+    response={200: InviteLinksOut, **ERRORS},
+    url_name="invite_links",
+    summary="List invite links",
+)
 def list_invite_links(request, pk: int):
     return {"invite_links": invite_links_json(find_campaign(pk), request.build_absolute_uri("/"))}
 
 
-@router.post("campaigns/{int:pk}/invite-links/", response={201: InviteLinkOut, **ERRORS}, url_name="invite_links",
-             summary="Create an invite link")
+@router.post(
+    "campaigns/{int:pk}/invite-links/",
+    response={201: InviteLinkOut, **ERRORS},
+    url_name="invite_links",
+    summary="Create an invite link",
+)
 def create_invite_link(request, pk: int, payload: InviteLinkIn = _body()):
     """The link to give Prolific (its participant placeholders included), printed with ``base_url`` if given."""
     campaign = find_campaign(pk)
@@ -111,8 +129,12 @@ def list_raters(request, pk: int):
     return {"raters": [row.as_dict() for row in selectors.rater_quality(find_campaign(pk))]}
 
 
-@router.post("campaigns/{int:pk}/raters/{int:participation_pk}/exclude/", response={200: ExclusionOut, **ERRORS},
-             url_name="exclude_rater", summary="Exclude a rater")
+@router.post(
+    "campaigns/{int:pk}/raters/{int:participation_pk}/exclude/",
+    response={200: ExclusionOut, **ERRORS},
+    url_name="exclude_rater",
+    summary="Exclude a rater",
+)
 def exclude_rater(request, pk: int, participation_pk: int, payload: ExclusionIn = _body()):
     """Exclude a rater by their participation id (from raters/): their votes are kept, flagged, and stop counting."""
     participation = Participation.objects.filter(pk=participation_pk, campaign_id=pk).first()
@@ -120,5 +142,9 @@ def exclude_rater(request, pk: int, participation_pk: int, payload: ExclusionIn 
         raise ApiError(404, f"Campaign {pk} has no rater with participation id {participation_pk} (see its raters/).")
     flagged = services.exclude_rater(participation, payload.reason)
     participation.refresh_from_db()
-    return {"participation_id": participation.pk, "excluded": participation.excluded,
-            "exclusion_reason": participation.exclusion_reason, "votes_flagged": flagged}
+    return {
+        "participation_id": participation.pk,
+        "excluded": participation.excluded,
+        "exclusion_reason": participation.exclusion_reason,
+        "votes_flagged": flagged,
+    }

@@ -20,9 +20,25 @@ from .models import CRITERION_DEFAULTS, DEFAULT_CONSENT_TEXT, Campaign, Choice, 
 
 # Settings a JSON payload (API, command) may give besides the criteria; the rest take the form's defaults.
 PAYLOAD_FIELDS = {
-    "name", "models", "pairing", "baseline", "prompt_set", "seeds", "criteria", "gold_share", "gold_min_accuracy",
-    "gold_min_answers", "quota_per_rater", "lease_seconds", "completion_url", "rater_title", "consent_text", "contact",
-    "screen_out_url", "speeder_seconds", "exclude_speeders",
+    "name",
+    "models",
+    "pairing",
+    "baseline",
+    "prompt_set",
+    "seeds",
+    "criteria",
+    "gold_share",
+    "gold_min_accuracy",
+    "gold_min_answers",
+    "quota_per_rater",
+    "lease_seconds",
+    "completion_url",
+    "rater_title",
+    "consent_text",
+    "contact",
+    "screen_out_url",
+    "speeder_seconds",
+    "exclude_speeders",
 }
 CRITERION_OVERRIDES = {"instructions", "votes_per_item", "choices"}
 # Fields with no sensible default: a payload must name them.
@@ -52,7 +68,9 @@ def criterion_field(criterion: str, part: str) -> str:
 class CampaignForm(forms.Form):
     name = forms.CharField(max_length=200, help_text="For researchers only; raters never see it.")
     models = forms.ModelMultipleChoiceField(
-        queryset=TextToImageModel.objects.all(), to_field_name="name", widget=forms.CheckboxSelectMultiple,
+        queryset=TextToImageModel.objects.all(),
+        to_field_name="name",
+        widget=forms.CheckboxSelectMultiple,
         help_text="Two or more registered models. Pairs are ordered as the models are listed (model A first).",
         error_messages={
             "required": "Choose at least two models to compare.",
@@ -60,37 +78,62 @@ class CampaignForm(forms.Form):
         },
     )
     pairing = forms.ChoiceField(
-        choices=Campaign.Pairing.choices, initial=Campaign.Pairing.ALL_PAIRS, widget=forms.RadioSelect,
+        choices=Campaign.Pairing.choices,
+        initial=Campaign.Pairing.ALL_PAIRS,
+        widget=forms.RadioSelect,
         error_messages={"invalid_choice": "Pairing must be all_pairs or vs_baseline, not %(value)s."},
     )
     baseline = forms.ModelChoiceField(
-        queryset=TextToImageModel.objects.all(), to_field_name="name", required=False,
+        queryset=TextToImageModel.objects.all(),
+        to_field_name="name",
+        required=False,
         help_text="With 'each model vs the baseline': the model every other one is compared against (e.g. the pre-trained base).",
         error_messages={"invalid_choice": "There is no registered model by that name."},
     )
     prompt_set = forms.ModelChoiceField(
-        queryset=PromptSet.objects.all(), to_field_name="name",
+        queryset=PromptSet.objects.all(),
+        to_field_name="name",
         error_messages={"invalid_choice": "There is no prompt set by that name.", "required": "Choose a prompt set."},
     )
-    seeds = forms.CharField(initial="0-3", help_text="Integers and ranges, e.g. '0-3, 10'. Every model renders every (prompt, seed).")
+    seeds = forms.CharField(
+        initial="0-3", help_text="Integers and ranges, e.g. '0-3, 10'. Every model renders every (prompt, seed)."
+    )
     gold_share = forms.FloatField(
-        initial=0.1, min_value=0, max_value=0.5,
+        initial=0.1,
+        min_value=0,
+        max_value=0.5,
         help_text="Share of each rater's tasks that are gold items (an image against a visibly degraded copy). 0 turns gold off.",
-        error_messages={"min_value": "The gold share must be between 0 and 0.5.", "max_value": "The gold share must be between 0 and 0.5."},
+        error_messages={
+            "min_value": "The gold share must be between 0 and 0.5.",
+            "max_value": "The gold share must be between 0 and 0.5.",
+        },
     )
     gold_min_accuracy = forms.FloatField(
-        initial=0.7, min_value=0, max_value=1, help_text="Raters below this gold accuracy are excluded automatically (votes kept, flagged).",
-        error_messages={"min_value": "Give an accuracy between 0 and 1.", "max_value": "Give an accuracy between 0 and 1."},
+        initial=0.7,
+        min_value=0,
+        max_value=1,
+        help_text="Raters below this gold accuracy are excluded automatically (votes kept, flagged).",
+        error_messages={
+            "min_value": "Give an accuracy between 0 and 1.",
+            "max_value": "Give an accuracy between 0 and 1.",
+        },
     )
-    gold_min_answers = forms.IntegerField(initial=4, min_value=1, help_text="Gold answers needed before a rater can be excluded.")
+    gold_min_answers = forms.IntegerField(
+        initial=4, min_value=1, help_text="Gold answers needed before a rater can be excluded."
+    )
     quota_per_rater = forms.IntegerField(
-        initial=0, min_value=0, label="Quota per rater",
+        initial=0,
+        min_value=0,
+        label="Quota per rater",
         help_text="Tasks per rater, gold included; 0 means no limit. With a quota, quota x gold share must reach the "
         "gold answers needed, or gold could never exclude anyone.",
         error_messages={"min_value": "The quota cannot be negative."},
     )
     lease_seconds = forms.IntegerField(
-        initial=600, min_value=30, max_value=86_400, label="Lease (seconds)",
+        initial=600,
+        min_value=30,
+        max_value=86_400,
+        label="Lease (seconds)",
         help_text="An unanswered task goes back to the pool after this.",
         error_messages={
             "min_value": "The lease must be between 30 seconds and one day.",
@@ -98,15 +141,22 @@ class CampaignForm(forms.Form):
         },
     )
     completion_url = forms.URLField(
-        required=False, label="Completion URL", help_text="Where finished raters are sent, e.g. https://app.prolific.com/submissions/complete?cc=CODE",
+        required=False,
+        label="Completion URL",
+        help_text="Where finished raters are sent, e.g. https://app.prolific.com/submissions/complete?cc=CODE",
     )
     screen_out_url = forms.URLField(
-        required=False, label="Screen-out URL",
+        required=False,
+        label="Screen-out URL",
         help_text="Where raters excluded by quality control are sent (a {code} in it becomes the screen-out code). "
         "Left empty, they are shown the screen-out code; never the completion code.",
     )
     speeder_seconds = forms.FloatField(
-        required=False, initial=1.0, min_value=0, max_value=services.MAX_SPEEDER_SECONDS, label="Speeder threshold (seconds per pair)",
+        required=False,
+        initial=1.0,
+        min_value=0,
+        max_value=services.MAX_SPEEDER_SECONDS,
+        label="Speeder threshold (seconds per pair)",
         help_text="Raters whose median time between answers is below this are flagged as speeders. 0 turns it off.",
         error_messages={
             "min_value": f"The speeder threshold must be between 0 (off) and {services.MAX_SPEEDER_SECONDS:g} seconds per pair.",
@@ -114,18 +164,24 @@ class CampaignForm(forms.Form):
         },
     )
     exclude_speeders = forms.BooleanField(
-        required=False, label="Exclude speeders",
+        required=False,
+        label="Exclude speeders",
         help_text="Exclude flagged speeders automatically (votes kept, flagged; they get the screen-out code).",
     )
-    rater_title = forms.CharField(initial="Compare two images", max_length=200, help_text="The heading raters see. Never name the models here.")
+    rater_title = forms.CharField(
+        initial="Compare two images", max_length=200, help_text="The heading raters see. Never name the models here."
+    )
     consent_text = forms.CharField(
-        required=False, initial=DEFAULT_CONSENT_TEXT, max_length=services.MAX_CONSENT_TEXT,
+        required=False,
+        initial=DEFAULT_CONSENT_TEXT,
+        max_length=services.MAX_CONSENT_TEXT,
         widget=forms.Textarea(attrs={"rows": 5}),
         help_text="What raters agree to before they start. The first paragraph is always shown; further paragraphs "
         "(after a blank line) fold away under 'Full information'. Plain text; left empty, Needle's short text.",
     )
     contact = forms.CharField(
-        required=False, max_length=services.MAX_CONTACT,
+        required=False,
+        max_length=services.MAX_CONTACT,
         help_text="Who raters can write to about the study, shown on the consent and thank-you pages "
         "(e.g. 'Dr A. Researcher, a.researcher@uni.example').",
     )
@@ -136,28 +192,46 @@ class CampaignForm(forms.Form):
         for criterion in Criterion:
             defaults = CRITERION_DEFAULTS[criterion]
             self.fields[criterion_field(criterion, "enabled")] = forms.BooleanField(
-                required=False, initial=True, label=f"Judge {criterion.label}",
+                required=False,
+                initial=True,
+                label=f"Judge {criterion.label}",
                 help_text="Shown with the prompt." if defaults["show_prompt"] else "Shown without the prompt.",
             )
             self.fields[criterion_field(criterion, "instructions")] = forms.CharField(
-                required=False, initial=defaults["instructions"], widget=forms.Textarea(attrs={"rows": 3}), label="Instructions",
+                required=False,
+                initial=defaults["instructions"],
+                widget=forms.Textarea(attrs={"rows": 3}),
+                label="Instructions",
             )
             self.fields[criterion_field(criterion, "votes_per_item")] = forms.IntegerField(
-                required=False, initial=defaults["votes_per_item"], min_value=1, max_value=50, label="Raters per comparison (k)",
+                required=False,
+                initial=defaults["votes_per_item"],
+                min_value=1,
+                max_value=50,
+                label="Raters per comparison (k)",
                 error_messages={
                     "min_value": "Raters per comparison must be between 1 and 50.",
                     "max_value": "Raters per comparison must be between 1 and 50.",
                 },
             )
             self.fields[criterion_field(criterion, "choices")] = forms.MultipleChoiceField(
-                required=False, initial=defaults["choices"], choices=Choice.choices, widget=forms.CheckboxSelectMultiple,
+                required=False,
+                initial=defaults["choices"],
+                choices=Choice.choices,
+                widget=forms.CheckboxSelectMultiple,
                 label="Answers raters can give",
             )
 
     def criterion_groups(self):
         """(criterion, its bound fields) pairs, for the template to lay out one box per criterion."""
         return [
-            (criterion, [self[criterion_field(criterion, part)] for part in ("enabled", "instructions", "votes_per_item", "choices")])
+            (
+                criterion,
+                [
+                    self[criterion_field(criterion, part)]
+                    for part in ("enabled", "instructions", "votes_per_item", "choices")
+                ],
+            )
             for criterion in Criterion
         ]
 
@@ -178,7 +252,9 @@ class CampaignForm(forms.Form):
     def clean_models(self):
         models = list(self.cleaned_data["models"])
         # The queryset comes back in name order, each model once; keep the order the researcher gave (API, command).
-        given = self.data.getlist(self.add_prefix("models")) if hasattr(self.data, "getlist") else self.data.get("models")
+        given = (
+            self.data.getlist(self.add_prefix("models")) if hasattr(self.data, "getlist") else self.data.get("models")
+        )
         given = [str(name) for name in given or []]
         twice = sorted({name for name in given if given.count(name) > 1})
         if twice:
@@ -211,7 +287,9 @@ class CampaignForm(forms.Form):
                 self.add_error("baseline", f"The baseline {baseline.name} is not one of the chosen models.")
         enabled = [c for c in Criterion if data.get(criterion_field(c, "enabled"))]
         if not enabled:
-            self.add_error(criterion_field(Criterion.VISUAL_APPEAL, "enabled"), "Choose at least one criterion to judge.")
+            self.add_error(
+                criterion_field(Criterion.VISUAL_APPEAL, "enabled"), "Choose at least one criterion to judge."
+            )
         for criterion in enabled:
             choices = data.get(criterion_field(criterion, "choices")) or CRITERION_DEFAULTS[criterion]["choices"]
             if not {"left", "right"} <= set(choices):
@@ -239,11 +317,23 @@ class CampaignForm(forms.Form):
         d = self.cleaned_data
         try:
             return services.create_campaign(
-                name=d["name"], models=d["models"], prompt_set=d["prompt_set"], seeds=d["seeds"], pairing=d["pairing"],
-                baseline=d["baseline"], criteria=self.criteria(), lease_seconds=d["lease_seconds"],
-                quota_per_rater=d["quota_per_rater"], gold_share=d["gold_share"], gold_min_accuracy=d["gold_min_accuracy"],
-                gold_min_answers=d["gold_min_answers"], completion_url=d["completion_url"], rater_title=d["rater_title"],
-                consent_text=d["consent_text"], contact=d["contact"], screen_out_url=d["screen_out_url"],
+                name=d["name"],
+                models=d["models"],
+                prompt_set=d["prompt_set"],
+                seeds=d["seeds"],
+                pairing=d["pairing"],
+                baseline=d["baseline"],
+                criteria=self.criteria(),
+                lease_seconds=d["lease_seconds"],
+                quota_per_rater=d["quota_per_rater"],
+                gold_share=d["gold_share"],
+                gold_min_accuracy=d["gold_min_accuracy"],
+                gold_min_answers=d["gold_min_answers"],
+                completion_url=d["completion_url"],
+                rater_title=d["rater_title"],
+                consent_text=d["consent_text"],
+                contact=d["contact"],
+                screen_out_url=d["screen_out_url"],
                 speeder_seconds=1.0 if d["speeder_seconds"] is None else d["speeder_seconds"],
                 exclude_speeders=d["exclude_speeders"],
                 created_by=user if user is not None and user.is_authenticated else None,
@@ -291,15 +381,18 @@ class CampaignForm(forms.Form):
         for key in TEXT_IN_PAYLOAD & set(payload):
             if payload[key] is not None and not isinstance(payload[key], str):
                 what = "a name" if key in ("prompt_set", "baseline") else "text"
-                raise services.AnnotationError(f"{key} must be {what} (a JSON string), not {json_type(payload[key])}.",
-                                               field=key)
+                raise services.AnnotationError(
+                    f"{key} must be {what} (a JSON string), not {json_type(payload[key])}.", field=key
+                )
         for key in NUMBERS_IN_PAYLOAD & set(payload):
             value = payload[key]
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
                 raise services.AnnotationError(f"{key} must be a number, not {json_type(value)}.", field=key)
         for key in BOOLEANS_IN_PAYLOAD & set(payload):
             if payload[key] is not None and not isinstance(payload[key], bool):
-                raise services.AnnotationError(f"{key} must be true or false, not {json_type(payload[key])}.", field=key)
+                raise services.AnnotationError(
+                    f"{key} must be true or false, not {json_type(payload[key])}.", field=key
+                )
         for key in WHOLE_NUMBERS_IN_PAYLOAD & set(payload):
             value = payload[key]
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
@@ -307,20 +400,28 @@ class CampaignForm(forms.Form):
         models = payload["models"]
         if not isinstance(models, (str, list)):
             raise services.AnnotationError(
-                f'models must be a list of model names, e.g. ["base", "tuned"], not {json_type(models)}.', field="models")
+                f'models must be a list of model names, e.g. ["base", "tuned"], not {json_type(models)}.',
+                field="models",
+            )
         if isinstance(models, list) and not all(isinstance(m, str) for m in models):
             raise services.AnnotationError(
-                f'models must be a list of model names (strings), e.g. ["base", "tuned"], not {models!r}.', field="models")
+                f'models must be a list of model names (strings), e.g. ["base", "tuned"], not {models!r}.',
+                field="models",
+            )
         seeds = payload["seeds"]
         if not isinstance(seeds, (str, list)):
             raise services.AnnotationError(
-                f"seeds must be a list of whole numbers or a string like '0-3, 10', not {json_type(seeds)}.", field="seeds")
+                f"seeds must be a list of whole numbers or a string like '0-3, 10', not {json_type(seeds)}.",
+                field="seeds",
+            )
         if isinstance(seeds, list):
             for seed in seeds:
                 if isinstance(seed, bool) or not isinstance(seed, (int, str)):
                     raise services.AnnotationError(
                         f"seeds must be whole numbers from 0 to {generation_services.MAX_SEED} (or a string like "
-                        f"'0-3, 10'), not {seed!r}.", field="seeds")
+                        f"'0-3, 10'), not {seed!r}.",
+                        field="seeds",
+                    )
 
     @staticmethod
     def _criteria_data(criteria) -> dict:
@@ -331,15 +432,19 @@ class CampaignForm(forms.Form):
             names = [name for name in criteria if not isinstance(name, str)]
             if names:
                 raise services.AnnotationError(
-                    f"criteria must name criteria as strings ({known}), not {names[0]!r}.", field="criteria")
+                    f"criteria must name criteria as strings ({known}), not {names[0]!r}.", field="criteria"
+                )
             criteria = {name: {} for name in criteria}
         if not isinstance(criteria, dict):
             raise services.AnnotationError(
-                f"criteria must be a list of criterion names ({known}) or an object of name -> settings.", field="criteria")
+                f"criteria must be a list of criterion names ({known}) or an object of name -> settings.",
+                field="criteria",
+            )
         unknown = set(criteria) - set(Criterion.values)
         if unknown:
-            raise services.AnnotationError(f"Unknown criteria: {', '.join(sorted(unknown))}. Known: {known}.",
-                                           field="criteria")
+            raise services.AnnotationError(
+                f"Unknown criteria: {', '.join(sorted(unknown))}. Known: {known}.", field="criteria"
+            )
         data = {}
         for criterion in Criterion:
             overrides = criteria.get(criterion.value)
@@ -351,14 +456,17 @@ class CampaignForm(forms.Form):
                     f"Settings of {criterion.value} can be: {', '.join(sorted(CRITERION_OVERRIDES))}.", field="criteria"
                 )
             if "instructions" in overrides and not isinstance(overrides["instructions"], str):
-                raise services.AnnotationError(f"The instructions of {criterion.value} must be text (a JSON string).",
-                                               field=criterion_field(criterion, "instructions"))
+                raise services.AnnotationError(
+                    f"The instructions of {criterion.value} must be text (a JSON string).",
+                    field=criterion_field(criterion, "instructions"),
+                )
             if "choices" in overrides and not (
                 isinstance(overrides["choices"], list) and all(isinstance(c, str) for c in overrides["choices"])
             ):
                 raise services.AnnotationError(
                     f'The choices of {criterion.value} must be a list, e.g. ["left", "right", "tie"].',
-                    field=criterion_field(criterion, "choices"))
+                    field=criterion_field(criterion, "choices"),
+                )
             for part, value in overrides.items():
                 data[criterion_field(criterion, part)] = value
         return data
@@ -375,7 +483,11 @@ class CampaignForm(forms.Form):
 class InviteLinkForm(forms.Form):
     label = forms.CharField(max_length=200, required=False, help_text="e.g. 'Prolific study 1'")
     max_raters = forms.IntegerField(
-        min_value=0, initial=0, required=False, label="Rater limit", help_text="0 means no limit.",
+        min_value=0,
+        initial=0,
+        required=False,
+        label="Rater limit",
+        help_text="0 means no limit.",
         error_messages={"min_value": "The rater limit cannot be negative."},
     )
 
@@ -395,5 +507,6 @@ class InviteAccountForm(forms.Form):
 
 class ExcludeRaterForm(forms.Form):
     reason = forms.CharField(
-        max_length=300, error_messages={"required": "Say why the rater is excluded; the reason is kept with their votes."},
+        max_length=300,
+        error_messages={"required": "Say why the rater is excluded; the reason is kept with their votes."},
     )

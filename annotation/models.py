@@ -119,52 +119,72 @@ class Campaign(models.Model):
         "blank line) folds away under 'Full information'. Never name the models here.",
     )
     contact = models.CharField(
-        max_length=200, blank=True,
+        max_length=200,
+        blank=True,
         help_text="Who raters can write to about the study, e.g. 'Dr A. Researcher, a.researcher@uni.example'.",
     )
     prompt_set = models.ForeignKey(PromptSet, on_delete=models.PROTECT, related_name="campaigns")
     compared_models = models.ManyToManyField(TextToImageModel, through="CampaignModel", related_name="campaigns")
     pairing = models.CharField(max_length=16, choices=Pairing.choices, default=Pairing.ALL_PAIRS)
     baseline = models.ForeignKey(
-        TextToImageModel, null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        TextToImageModel,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
         help_text="With 'each vs the baseline': the model every other model is compared against.",
     )
     seeds = models.JSONField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
-    lease_seconds = models.PositiveIntegerField(default=600, help_text="An unanswered task returns to the pool after this.")
-    quota_per_rater = models.PositiveIntegerField(default=0, help_text="Tasks per rater, gold included; 0 means no limit.")
+    lease_seconds = models.PositiveIntegerField(
+        default=600, help_text="An unanswered task returns to the pool after this."
+    )
+    quota_per_rater = models.PositiveIntegerField(
+        default=0, help_text="Tasks per rater, gold included; 0 means no limit."
+    )
     gold_share = models.FloatField(
-        default=0.1, validators=[MinValueValidator(0.0), MaxValueValidator(0.5)],
+        default=0.1,
+        validators=[MinValueValidator(0.0), MaxValueValidator(0.5)],
         help_text="Share of a rater's tasks that are gold items with a known answer.",
     )
     gold_min_accuracy = models.FloatField(
-        default=0.7, validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
+        default=0.7,
+        validators=[MinValueValidator(0.0), MaxValueValidator(1.0)],
         help_text="Raters below this gold accuracy are excluded automatically (their votes are kept, flagged).",
     )
-    gold_min_answers = models.PositiveIntegerField(default=4, help_text="Gold answers needed before a rater can be excluded.")
+    gold_min_answers = models.PositiveIntegerField(
+        default=4, help_text="Gold answers needed before a rater can be excluded."
+    )
     # Every image a rater receives is padded to this one length, so that byte counts say nothing about model or
     # gold (services.served_image_length); set when the items are built. 0: not computed yet.
     served_image_bytes = models.PositiveIntegerField(default=0, editable=False)
-    completion_code = models.CharField(max_length=64, default=new_completion_code, help_text="Shown to raters when they finish.")
+    completion_code = models.CharField(
+        max_length=64, default=new_completion_code, help_text="Shown to raters when they finish."
+    )
     completion_url = models.URLField(
-        blank=True, help_text="Where finished raters are sent, e.g. https://app.prolific.com/submissions/complete?cc=CODE",
+        blank=True,
+        help_text="Where finished raters are sent, e.g. https://app.prolific.com/submissions/complete?cc=CODE",
     )
     # Raters excluded by quality control (gold, speed, a researcher) end here instead: never the completion code,
     # which is what a crowd platform pays for. Prolific calls it a screen-out code.
     screen_out_code = models.CharField(
-        max_length=64, default=new_completion_code,
+        max_length=64,
+        default=new_completion_code,
         help_text="Shown to raters excluded by quality control (Prolific: a screen-out code); never the completion code.",
     )
     screen_out_url = models.URLField(
-        blank=True, help_text="Where excluded raters are sent, e.g. https://app.prolific.com/submissions/complete?cc=SCREENED",
+        blank=True,
+        help_text="Where excluded raters are sent, e.g. https://app.prolific.com/submissions/complete?cc=SCREENED",
     )
     speeder_seconds = models.FloatField(
-        default=1.0, validators=[MinValueValidator(0.0), MaxValueValidator(60.0)],
+        default=1.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(60.0)],
         help_text="A rater whose median time between answers is below this many seconds is flagged as a speeder. "
         "0 turns the check off.",
     )
     exclude_speeders = models.BooleanField(
-        default=False, help_text="Exclude flagged speeders automatically (their votes are kept, flagged), not only flag them.",
+        default=False,
+        help_text="Exclude flagged speeders automatically (their votes are kept, flagged), not only flag them.",
     )
     generation_batch = models.ForeignKey(
         "generation.GenerationBatch", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -284,13 +304,17 @@ class ComparisonItem(models.Model):
         ordering = ["id"]
         constraints = [
             models.UniqueConstraint(
-                fields=["criterion", "image_a", "image_b"], condition=Q(gold_image__isnull=True), name="comparison_item_unique"
+                fields=["criterion", "image_a", "image_b"],
+                condition=Q(gold_image__isnull=True),
+                name="comparison_item_unique",
             ),
             models.UniqueConstraint(fields=["criterion", "gold_image"], name="gold_item_unique"),
         ]
         indexes = [
             # Depth-first claim: WHERE campaign = ? AND remaining > 0 ORDER BY remaining, id.
-            models.Index(fields=["campaign", "remaining", "id"], condition=Q(remaining__gt=0), name="item_open_depth_first"),
+            models.Index(
+                fields=["campaign", "remaining", "id"], condition=Q(remaining__gt=0), name="item_open_depth_first"
+            ),
             # The same within one criterion: the usual claim, for the criterion the rater's schedule names.
             models.Index(
                 fields=["criterion", "remaining", "id"], condition=Q(remaining__gt=0), name="item_open_depth_first_crit"
@@ -305,7 +329,9 @@ class ComparisonItem(models.Model):
 class Rater(models.Model):
     """Someone who votes: an invited account, or an anonymous crowd worker known by external ids."""
 
-    user = models.OneToOneField(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="rater")
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE, related_name="rater"
+    )
     external_id = models.CharField(max_length=200, blank=True, help_text="e.g. PROLIFIC_PID")
     # A program, not a person (the mini-Emu world's simulated raters): counted like anyone, but always labelled.
     simulated = models.BooleanField(default=False)
@@ -324,7 +350,8 @@ class InviteLink(models.Model):
     max_raters = models.PositiveIntegerField(default=0, help_text="0 means no limit.")
     active = models.BooleanField(default=True)
     simulated = models.BooleanField(
-        default=False, help_text="Whoever joins through this link is recorded as a simulated rater (pages, exports, reports say so)."
+        default=False,
+        help_text="Whoever joins through this link is recorded as a simulated rater (pages, exports, reports say so).",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -336,7 +363,9 @@ class Participation(models.Model):
     rater = models.ForeignKey(Rater, on_delete=models.CASCADE, related_name="participations")
     # The opaque id in the rater's URLs; it names neither campaign nor models.
     token = models.CharField(max_length=64, unique=True, default=new_token)
-    invite_link = models.ForeignKey(InviteLink, null=True, blank=True, on_delete=models.SET_NULL, related_name="participations")
+    invite_link = models.ForeignKey(
+        InviteLink, null=True, blank=True, on_delete=models.SET_NULL, related_name="participations"
+    )
     prolific_pid = models.CharField(max_length=100, blank=True)
     study_id = models.CharField(max_length=100, blank=True)
     session_id = models.CharField(max_length=100, blank=True)
@@ -386,7 +415,9 @@ class Assignment(models.Model):
     item = models.ForeignKey(ComparisonItem, on_delete=models.CASCADE, related_name="assignments")
     rater = models.ForeignKey(Rater, on_delete=models.CASCADE, related_name="assignments")
     campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="assignments")
-    token = models.CharField(max_length=64, unique=True, default=new_token, help_text="Opaque id the rater's pages use.")
+    token = models.CharField(
+        max_length=64, unique=True, default=new_token, help_text="Opaque id the rater's pages use."
+    )
     a_on_left = models.BooleanField()
     state = models.CharField(max_length=16, choices=State.choices, default=State.LEASED)
     leased_at = models.DateTimeField(auto_now_add=True)
@@ -434,5 +465,7 @@ class Vote(models.Model):
     seconds_on_task = models.FloatField(null=True, blank=True)
     # Votes are never deleted: an excluded rater's votes stay, flagged, and stop counting.
     excluded = models.BooleanField(default=False)
-    gold_correct = models.BooleanField(null=True, blank=True, help_text="For gold items: whether the known answer was picked.")
+    gold_correct = models.BooleanField(
+        null=True, blank=True, help_text="For gold items: whether the known answer was picked."
+    )
     created_at = models.DateTimeField(auto_now_add=True)

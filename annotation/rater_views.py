@@ -63,7 +63,13 @@ SIDES = ("left", "right")
 # How each choice reads on its button, what its keys are (``KeyboardEvent.key``
 # values; letters match either case) and what it means, for the instructions.
 CHOICE_LABELS = {"left": "Left", "right": "Right", "tie": "Tie", "both": "Both", "neither": "Neither"}
-CHOICE_KEYS = {"left": ["1", "ArrowLeft"], "right": ["2", "ArrowRight"], "tie": ["3", "t"], "both": ["b"], "neither": ["n"]}
+CHOICE_KEYS = {
+    "left": ["1", "ArrowLeft"],
+    "right": ["2", "ArrowRight"],
+    "tie": ["3", "t"],
+    "both": ["b"],
+    "neither": ["n"],
+}
 CHOICE_MEANINGS = {
     "left": "the left image is better",
     "right": "the right image is better",
@@ -117,8 +123,10 @@ CROWD_PARAMETERS = [*services.CROWD_PARAMETERS, "external_id"]
 
 def _message_page(request, message: str, *, status: int, heading: str = "Not available", rater_title: str = ""):
     return render(
-        request, "annotation/rater/message.html",
-        {"heading": heading, "message": message, "rater_title": rater_title}, status=status,
+        request,
+        "annotation/rater/message.html",
+        {"heading": heading, "message": message, "rater_title": rater_title},
+        status=status,
     )
 
 
@@ -126,8 +134,9 @@ def _bad_token_key(request) -> str:
     return f"bad-token:{ratelimit.client_address(request)}"
 
 
-def _refuse_token(request, *, as_json: bool = False, message: str = INVALID_PAGE, status: int = 404,
-                  heading: str = "Not available"):
+def _refuse_token(
+    request, *, as_json: bool = False, message: str = INVALID_PAGE, status: int = 404, heading: str = "Not available"
+):
     """The one answer to any token this client may not use: 404, or 429 once it has presented too many."""
     if not ratelimit.allow(_bad_token_key(request), settings.NEEDLE_BAD_TOKEN_LIMIT_PER_MINUTE):
         if as_json:
@@ -200,7 +209,9 @@ def _choice_for_instructions(value: str) -> dict:
         "label": CHOICE_LABELS[value],
         "stacked_label": word.capitalize() if word else "",
         "keys": _key_hint(value),
-        "meaning": _wide_and_stacked(CHOICE_MEANINGS[value].replace(value, "{%s}" % value) if word else CHOICE_MEANINGS[value]),
+        "meaning": _wide_and_stacked(
+            CHOICE_MEANINGS[value].replace(value, "{%s}" % value) if word else CHOICE_MEANINGS[value]
+        ),
     }
 
 
@@ -241,7 +252,10 @@ def _completion_json(ending: services.RaterEnding) -> dict:
 def _ended_json(participation: Participation) -> dict:
     """For an excluded rater: no tasks, and where their ending is (the page goes there)."""
     return {
-        "tasks": [], "progress": _progress_json(participation), "done": True, "completion": None,
+        "tasks": [],
+        "progress": _progress_json(participation),
+        "done": True,
+        "completion": None,
         "ended": reverse("rate:done", args=[participation.token]),
     }
 
@@ -253,9 +267,7 @@ def _task_json(participation: Participation, assignment: Assignment) -> dict:
         "question": criterion.question,
         "instructions": criterion.instructions,
         "choices": [_choice_json(c) for c in _ordered_choices(criterion.choices)],
-        "images": {
-            side: reverse("rate:image", args=[participation.token, assignment.token, side]) for side in SIDES
-        },
+        "images": {side: reverse("rate:image", args=[participation.token, assignment.token, side]) for side in SIDES},
     }
     if criterion.show_prompt:
         task["prompt"] = assignment.item.image_a.prompt.text
@@ -319,8 +331,9 @@ def join(request, link_token: str):
                 # Counted like a bad token: trying other SESSION_IDs for a known PROLIFIC_PID is guessing.
                 return _refuse_token(request, message=str(exc), status=403, heading="Already taking part")
             except services.CrowdIdError as exc:
-                return _message_page(request, str(exc), status=400, heading="This link is damaged",
-                                     rater_title=campaign.rater_title)
+                return _message_page(
+                    request, str(exc), status=400, heading="This link is damaged", rater_title=campaign.rater_title
+                )
             except services.AnnotationError as exc:  # the study is closed or full
                 return _message_page(request, str(exc), status=409, rater_title=campaign.rater_title)
         services.record_consent(participation)
@@ -336,8 +349,9 @@ def join(request, link_token: str):
     try:
         ids = services.crowd_ids(request.GET)
     except services.CrowdIdError as exc:  # said before the rater reads the consent, not after they agree
-        return _message_page(request, str(exc), status=400, heading="This link is damaged",
-                             rater_title=campaign.rater_title)
+        return _message_page(
+            request, str(exc), status=400, heading="This link is damaged", rater_title=campaign.rater_title
+        )
     hidden = {name: value for name, value in ids.items() if value}
     return _consent_page(request, campaign, action=request.path, hidden=hidden)
 
@@ -370,7 +384,9 @@ def home(request):
         if rater is not None
         else []
     )
-    return render(request, "annotation/rater/home.html", {"participations": participations, "rater_title": "Your studies"})
+    return render(
+        request, "annotation/rater/home.html", {"participations": participations, "rater_title": "Your studies"}
+    )
 
 
 # --- Voting -----------------------------------------------------------------------------------
@@ -421,11 +437,18 @@ def tasks(request, participation_token: str):
         if ending.screened_out:  # excluded between the check above and now
             return JsonResponse(_ended_json(participation))
         return JsonResponse(
-            {"tasks": [], "progress": _progress_json(participation), "done": True, "completion": _completion_json(ending)}
+            {
+                "tasks": [],
+                "progress": _progress_json(participation),
+                "done": True,
+                "completion": _completion_json(ending),
+            }
         )
-    assignments = Assignment.objects.select_related("item__criterion", "item__image_a__prompt").filter(
-        pk__in=[a.pk for a in assignments]
-    ).order_by("id")
+    assignments = (
+        Assignment.objects.select_related("item__criterion", "item__image_a__prompt")
+        .filter(pk__in=[a.pk for a in assignments])
+        .order_by("id")
+    )
     return JsonResponse(
         {
             "tasks": [_task_json(participation, a) for a in assignments],
@@ -520,9 +543,12 @@ def done(request, participation_token: str):
         return redirect(ending.url)
     campaign = participation.campaign
     return render(
-        request, "annotation/rater/screened_out.html" if ending.screened_out else "annotation/rater/done.html",
+        request,
+        "annotation/rater/screened_out.html" if ending.screened_out else "annotation/rater/done.html",
         {
-            "rater_title": campaign.rater_title, "code": ending.code, "contact": campaign.contact,
+            "rater_title": campaign.rater_title,
+            "code": ending.code,
+            "contact": campaign.contact,
             "progress_text": _progress_text(participation),
         },
     )

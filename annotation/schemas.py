@@ -24,7 +24,9 @@ from .models import Campaign, Criterion
 Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]  # datetime.isoformat(), as it was
 CampaignStatus = Literal["draft", "launching", "live", "paused", "closed"]
 CriterionName = Literal["visual_appeal", "text_faithfulness"]
-assert set(CampaignStatus.__args__) == set(Campaign.Status.values) and set(CriterionName.__args__) == set(Criterion.values)
+assert set(CampaignStatus.__args__) == set(Campaign.Status.values) and set(CriterionName.__args__) == set(
+    Criterion.values
+)
 
 
 # --- Request bodies ---------------------------------------------------------------------------------------------------
@@ -77,7 +79,9 @@ class InviteLinkIn(JsonObjectIn):
 
     label: str | None = None
     max_raters: int | None = Field(None, description="0 means no limit")
-    base_url: str | None = Field(None, description="the site's public address for the printed link, e.g. https://needle.example.org")
+    base_url: str | None = Field(
+        None, description="the site's public address for the printed link, e.g. https://needle.example.org"
+    )
 
     @field_validator("base_url", mode="before")
     @classmethod
@@ -264,13 +268,19 @@ def campaign_settings(campaign: Campaign) -> dict:
         **campaign_summary(campaign),
         "criteria": {
             c.criterion: {
-                "question": c.question, "instructions": c.instructions, "votes_per_item": c.votes_per_item,
-                "choices": c.choices, "show_prompt": c.show_prompt,
+                "question": c.question,
+                "instructions": c.instructions,
+                "votes_per_item": c.votes_per_item,
+                "choices": c.choices,
+                "show_prompt": c.show_prompt,
             }
             for c in campaign.criteria.all()
         },
-        **{field: getattr(campaign, field) for field in CampaignSettingsOut.model_fields if field not in
-           CampaignSummaryOut.model_fields and field != "criteria"},
+        **{
+            field: getattr(campaign, field)
+            for field in CampaignSettingsOut.model_fields
+            if field not in CampaignSummaryOut.model_fields and field != "criteria"
+        },
     }
 
 

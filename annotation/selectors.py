@@ -67,6 +67,7 @@ RATE_WINDOW = timedelta(minutes=30)
 # Appended to invite links for Prolific, which fills in the {{%...%}} placeholders per participant.
 PROLIFIC_QUERY = "PROLIFIC_PID={{%PROLIFIC_PID%}}&STUDY_ID={{%STUDY_ID%}}&SESSION_ID={{%SESSION_ID%}}"
 
+
 @dataclass(frozen=True)
 class CriterionProgress:
     criterion: str
@@ -121,7 +122,8 @@ def campaign_progress(campaign: Campaign, now: datetime | None = None) -> Campai
     now = now or timezone.now()
     per_criterion = []
     rows = (
-        ComparisonItem.objects.regular().filter(campaign=campaign)
+        ComparisonItem.objects.regular()
+        .filter(campaign=campaign)
         .values("criterion_id", "criterion__criterion", "criterion__votes_per_item")
         .annotate(
             n=Count("id"),
@@ -143,27 +145,38 @@ def campaign_progress(campaign: Campaign, now: datetime | None = None) -> Campai
         )
     votes = sum(c.votes for c in per_criterion)
     needed = sum(c.votes_needed for c in per_criterion)
-    open_leases = Assignment.objects.filter(campaign=campaign, state=Assignment.State.LEASED, expires_at__gt=now).count()
+    open_leases = Assignment.objects.filter(
+        campaign=campaign, state=Assignment.State.LEASED, expires_at__gt=now
+    ).count()
     campaign_votes = Vote.objects.filter(assignment__campaign=campaign)
     active_raters = (
-        campaign_votes.filter(created_at__gte=now - ACTIVE_RATER_WINDOW).values("assignment__rater_id").distinct().count()
+        campaign_votes.filter(created_at__gte=now - ACTIVE_RATER_WINDOW)
+        .values("assignment__rater_id")
+        .distinct()
+        .count()
     )
     recent = campaign_votes.counting().filter(created_at__gte=now - RATE_WINDOW).count()
     projected = None
     if recent and votes < needed:
         projected = now + RATE_WINDOW * ((needed - votes) / recent)
     return CampaignProgress(
-        votes=votes, votes_needed=needed,
-        complete_items=sum(c.complete_items for c in per_criterion), items=sum(c.items for c in per_criterion),
-        per_criterion=per_criterion, open_leases=open_leases, active_raters=active_raters,
-        recent_votes=recent, projected_finish=projected,
+        votes=votes,
+        votes_needed=needed,
+        complete_items=sum(c.complete_items for c in per_criterion),
+        items=sum(c.items for c in per_criterion),
+        per_criterion=per_criterion,
+        open_leases=open_leases,
+        active_raters=active_raters,
+        recent_votes=recent,
+        projected_finish=projected,
     )
 
 
 def campaign_percentages(campaigns) -> dict[int, int]:
     """Percent of needed votes cast, for many campaigns in one query (the campaign list)."""
     rows = (
-        ComparisonItem.objects.regular().filter(campaign__in=campaigns)
+        ComparisonItem.objects.regular()
+        .filter(campaign__in=campaigns)
         .values("campaign_id")
         .annotate(votes_sum=Sum("votes"), needed=Sum("criterion__votes_per_item"))
     )
@@ -242,15 +255,25 @@ def rater_quality(campaign: Campaign) -> list[RaterQuality]:
         s = stats.get(p.rater_id, {})
         rows.append(
             RaterQuality(
-                participation_id=p.pk, rater_id=p.rater_id, source=_how_they_came(p),
-                prolific_pid=p.prolific_pid, study_id=p.study_id, session_id=p.session_id,
+                participation_id=p.pk,
+                rater_id=p.rater_id,
+                source=_how_they_came(p),
+                prolific_pid=p.prolific_pid,
+                study_id=p.study_id,
+                session_id=p.session_id,
                 external_id=p.external_id or p.rater.external_id,
-                votes=s.get("regular", 0), gold_answered=s.get("gold_answered", 0), gold_correct=s.get("gold_correct", 0),
+                votes=s.get("regular", 0),
+                gold_answered=s.get("gold_answered", 0),
+                gold_correct=s.get("gold_correct", 0),
                 median_seconds=statistics.median(seconds[p.rater_id]) if seconds.get(p.rater_id) else None,
                 left_share=s["left"] / s["left_or_right"] if s.get("left_or_right") else None,
-                excluded=p.excluded, exclusion_reason=p.exclusion_reason,
-                completed=p.completed_at is not None, joined_at=p.created_at, simulated=p.rater.simulated,
-                speeder=p.speeder_flagged_at is not None, speeder_median_seconds=p.speeder_median_seconds,
+                excluded=p.excluded,
+                exclusion_reason=p.exclusion_reason,
+                completed=p.completed_at is not None,
+                joined_at=p.created_at,
+                simulated=p.rater.simulated,
+                speeder=p.speeder_flagged_at is not None,
+                speeder_median_seconds=p.speeder_median_seconds,
             )
         )
     return rows
@@ -273,9 +296,28 @@ def invite_url(base_url: str, link: InviteLink) -> str:
 
 
 VOTE_EXPORT_COLUMNS = [
-    "vote_id", "item_id", "criterion", "prompt_id", "prompt", "category", "challenge", "seed", "model_a", "model_b",
-    "rater_id", "external_id", "choice", "a_on_left", "winner", "winner_model", "seconds_on_task", "gold",
-    "gold_correct", "excluded", "simulated", "created_at",
+    "vote_id",
+    "item_id",
+    "criterion",
+    "prompt_id",
+    "prompt",
+    "category",
+    "challenge",
+    "seed",
+    "model_a",
+    "model_b",
+    "rater_id",
+    "external_id",
+    "choice",
+    "a_on_left",
+    "winner",
+    "winner_model",
+    "seconds_on_task",
+    "gold",
+    "gold_correct",
+    "excluded",
+    "simulated",
+    "created_at",
 ]
 
 
@@ -289,23 +331,76 @@ def vote_export_rows(campaign: Campaign):
         Vote.objects.filter(assignment__campaign=campaign)
         .order_by("id")
         .values_list(
-            "id", "assignment__item_id", "assignment__item__criterion__criterion", "assignment__item__image_a__prompt_id",
-            "assignment__item__image_a__prompt__text", "assignment__item__image_a__prompt__category",
-            "assignment__item__image_a__prompt__challenge", "assignment__item__image_a__seed",
-            "assignment__item__image_a__model__name", "assignment__item__image_b__model__name",
-            "assignment__rater_id", "assignment__rater__external_id", "choice", "assignment__a_on_left", "winner",
-            "seconds_on_task", "assignment__item__gold_image_id", "gold_correct", "excluded", "assignment__rater__simulated",
+            "id",
+            "assignment__item_id",
+            "assignment__item__criterion__criterion",
+            "assignment__item__image_a__prompt_id",
+            "assignment__item__image_a__prompt__text",
+            "assignment__item__image_a__prompt__category",
+            "assignment__item__image_a__prompt__challenge",
+            "assignment__item__image_a__seed",
+            "assignment__item__image_a__model__name",
+            "assignment__item__image_b__model__name",
+            "assignment__rater_id",
+            "assignment__rater__external_id",
+            "choice",
+            "assignment__a_on_left",
+            "winner",
+            "seconds_on_task",
+            "assignment__item__gold_image_id",
+            "gold_correct",
+            "excluded",
+            "assignment__rater__simulated",
             "created_at",
         )
     )
-    for (vote_id, item_id, criterion, prompt_id, prompt, category, challenge, seed, model_a, model_b, rater_id,
-         external_id, choice, a_on_left, winner, seconds, gold_image_id, gold_correct, excluded, simulated,
-         created_at) in votes.iterator(chunk_size=2000):
+    for (
+        vote_id,
+        item_id,
+        criterion,
+        prompt_id,
+        prompt,
+        category,
+        challenge,
+        seed,
+        model_a,
+        model_b,
+        rater_id,
+        external_id,
+        choice,
+        a_on_left,
+        winner,
+        seconds,
+        gold_image_id,
+        gold_correct,
+        excluded,
+        simulated,
+        created_at,
+    ) in votes.iterator(chunk_size=2000):
         winner_model = model_a if winner == Vote.Winner.A else model_b if winner == Vote.Winner.B else ""
         yield [
-            vote_id, item_id, criterion, prompt_id, prompt, category, challenge, seed, model_a, model_b, rater_id,
-            external_id, choice, a_on_left, winner, winner_model, seconds, gold_image_id is not None, gold_correct,
-            excluded, simulated, created_at.isoformat(),
+            vote_id,
+            item_id,
+            criterion,
+            prompt_id,
+            prompt,
+            category,
+            challenge,
+            seed,
+            model_a,
+            model_b,
+            rater_id,
+            external_id,
+            choice,
+            a_on_left,
+            winner,
+            winner_model,
+            seconds,
+            gold_image_id is not None,
+            gold_correct,
+            excluded,
+            simulated,
+            created_at.isoformat(),
         ]
 
 

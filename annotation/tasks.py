@@ -24,4 +24,7 @@ def finish_launch(self, campaign_id: int) -> str:
 def sweep_expired_leases() -> int:
     """Return every live campaign's abandoned tasks to the pool (the engine also sweeps as it goes)."""
     now = timezone.now()
-    return sum(services.expire_leases(pk, now) for pk in Campaign.objects.filter(status=Campaign.Status.LIVE).values_list("pk", flat=True))
+    return sum(
+        services.expire_leases(pk, now)
+        for pk in Campaign.objects.filter(status=Campaign.Status.LIVE).values_list("pk", flat=True)
+    )

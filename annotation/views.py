@@ -9,10 +9,10 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-
 from . import selectors, services
 from .forms import CampaignForm, ExcludeRaterForm, InviteAccountForm, InviteLinkForm
 from .models import Campaign, Participation
+
 
 def _campaign(pk) -> Campaign:
     return get_object_or_404(Campaign.objects.select_related("prompt_set", "baseline", "generation_batch"), pk=pk)
@@ -32,7 +32,9 @@ def campaign_new(request):
     if request.method == "POST" and form.is_valid():
         campaign = form.create(request.user)
         if campaign is not None:
-            messages.success(request, f"Created the draft campaign {campaign.name}. Check its settings, then launch it.")
+            messages.success(
+                request, f"Created the draft campaign {campaign.name}. Check its settings, then launch it."
+            )
             return redirect("campaigns:detail", campaign.pk)
     return render(request, "annotation/researcher/campaign_form.html", {"form": form})
 
@@ -69,7 +71,9 @@ def invite_link_create(request, pk):
         except services.AnnotationError as exc:
             messages.error(request, str(exc))
         else:
-            messages.success(request, f"Invite link created: {selectors.invite_url(request.build_absolute_uri('/'), link)}")
+            messages.success(
+                request, f"Invite link created: {selectors.invite_url(request.build_absolute_uri('/'), link)}"
+            )
     else:
         _form_errors_as_messages(request, form)
     return redirect("campaigns:detail", campaign.pk)

@@ -14,10 +14,10 @@ Uses BENCH_DATABASE_URL (default postgres://postgres@127.0.0.1:5432/needle_bench
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import sys
-import multiprocessing
 import time
 from pathlib import Path
 
@@ -74,15 +74,31 @@ def main() -> None:
 
     call_command("migrate", verbosity=0)
     models = [
-        TextToImageModel.objects.create(name=n, pipeline_path="/bench", pipeline_class="StableDiffusionPipeline", weights_fingerprint=n)
+        TextToImageModel.objects.create(
+            name=n, pipeline_path="/bench", pipeline_class="StableDiffusionPipeline", weights_fingerprint=n
+        )
         for n in ("a", "b")
     ]
     prompt_set = PromptSet.objects.create(name="bench")
-    prompts = Prompt.objects.bulk_create(Prompt(prompt_set=prompt_set, position=i, text=f"p{i}") for i in range(args.items))
+    prompts = Prompt.objects.bulk_create(
+        Prompt(prompt_set=prompt_set, position=i, text=f"p{i}") for i in range(args.items)
+    )
     images = {
         m.pk: GeneratedImage.objects.bulk_create(
-            GeneratedImage(model=m, prompt=p, seed=0, parameters={}, parameters_hash="h", weights_fingerprint="f",
-                           file="00/00/x.png", sha256="0" * 64, width=64, height=64, seconds=0, device="cpu")
+            GeneratedImage(
+                model=m,
+                prompt=p,
+                seed=0,
+                parameters={},
+                parameters_hash="h",
+                weights_fingerprint="f",
+                file="00/00/x.png",
+                sha256="0" * 64,
+                width=64,
+                height=64,
+                seconds=0,
+                device="cpu",
+            )
             for p in prompts
         )
         for m in models
@@ -143,9 +159,13 @@ def main() -> None:
     lat = sorted(latencies)
     p50 = statistics.median(lat) * 1000
     p99 = lat[int(0.99 * (len(lat) - 1))] * 1000
-    print(f"{args.items} items x {criterion.votes_per_item} votes = {total} round trips, {args.raters} concurrent raters "
-          f"(one process each), PostgreSQL, {os.cpu_count()} CPU cores shared by client and server")
-    print(f"Needle round trips (next task + vote): {total / needle_seconds:8.1f}/s   p50 {p50:.1f} ms   p99 {p99:.1f} ms")
+    print(
+        f"{args.items} items x {criterion.votes_per_item} votes = {total} round trips, {args.raters} concurrent raters "
+        f"(one process each), PostgreSQL, {os.cpu_count()} CPU cores shared by client and server"
+    )
+    print(
+        f"Needle round trips (next task + vote): {total / needle_seconds:8.1f}/s   p50 {p50:.1f} ms   p99 {p99:.1f} ms"
+    )
     print(f"bare SQL vote inserts:                 {total / bare_seconds:8.1f}/s")
     print(f"ratio Needle / bare inserts: {bare_seconds / needle_seconds:.3f}")
 

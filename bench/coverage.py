@@ -95,7 +95,10 @@ def main() -> None:
     for concentration in (float(c) for c in args.concentrations.split(",")):
         for items_per_prompt in (int(i) for i in args.items_per_prompt.split(",")):
             started = time.perf_counter()
-            icc = [campaign_model(r, concentration=concentration, votes_per_item=args.votes_per_item).item_icc for r in rates]
+            icc = [
+                campaign_model(r, concentration=concentration, votes_per_item=args.votes_per_item).item_icc
+                for r in rates
+            ]
             print(
                 f"\n{args.method}, {'wins + ties / 2' if args.half_ties else 'win rate'}: concentration {concentration:g} "
                 f"(item-level ICC {min(icc):.2f}-{max(icc):.2f}), {items_per_prompt} items per prompt, "
@@ -104,8 +107,14 @@ def main() -> None:
             print("| prompts | " + " | ".join(f"true rate {r:g}" for r in rates) + " |")
             print("|---|" + "---|" * len(rates))
             for m, cells in coverage_table(
-                args.method, concentration=concentration, items_per_prompt=items_per_prompt, prompts=prompts,
-                rates=rates, campaigns=args.campaigns, rounds=args.rounds, half=args.half_ties,
+                args.method,
+                concentration=concentration,
+                items_per_prompt=items_per_prompt,
+                prompts=prompts,
+                rates=rates,
+                campaigns=args.campaigns,
+                rounds=args.rounds,
+                half=args.half_ties,
                 votes_per_item=args.votes_per_item,
             ):
                 text = [f"{100 * c:.1f} ({100 * above:.1f} \\| {100 * below:.1f})" for c, above, below, _ in cells]

@@ -34,7 +34,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "evalsite.settings")
 
 
-def bare_loop(pipeline_dir: Path, prompts: list[str], seeds: list[int], steps: int, guidance: float, size: int, batch_size: int) -> float:
+def bare_loop(
+    pipeline_dir: Path, prompts: list[str], seeds: list[int], steps: int, guidance: float, size: int, batch_size: int
+) -> float:
     import torch
     from diffusers import AutoPipelineForText2Image
 
@@ -48,8 +50,12 @@ def bare_loop(pipeline_dir: Path, prompts: list[str], seeds: list[int], steps: i
         generators = [torch.Generator("cpu").manual_seed(s) for _, s in group]
         with torch.inference_mode():
             images = pipe(
-                prompt=[p for p, _ in group], generator=generators, num_inference_steps=steps,
-                guidance_scale=guidance, width=size, height=size,
+                prompt=[p for p, _ in group],
+                generator=generators,
+                num_inference_steps=steps,
+                guidance_scale=guidance,
+                width=size,
+                height=size,
             ).images
         assert len(images) == len(group)
     return len(jobs) / (time.perf_counter() - started)
@@ -88,18 +94,29 @@ def main() -> None:
     warm_prompt, prompts = prompts[0], prompts[1:]
     seeds = list(range(n_seeds))
     size = model.default_width
-    print(f"{len(prompts) * n_seeds} images of {size}x{size}, {args.steps} steps, batch {args.batch_size}, "
-          f"chunk {args.chunk_size}, pool {args.pool}, broker {settings.CELERY_BROKER_URL.split(':')[0]}, db {connection.vendor}")
+    print(
+        f"{len(prompts) * n_seeds} images of {size}x{size}, {args.steps} steps, batch {args.batch_size}, "
+        f"chunk {args.chunk_size}, pool {args.pool}, broker {settings.CELERY_BROKER_URL.split(':')[0]}, db {connection.vendor}"
+    )
 
     baseline_before = bare_loop(pipeline_dir, prompts, seeds, args.steps, 5.0, size, args.batch_size)
     print(f"bare diffusers loop (before): {baseline_before:8.1f} images/s")
 
-    worker = WorkerProcess(queues="generation", database_url=database_url_for(connection.settings_dict), log_dir=VAR / "logs", pool=args.pool)
+    worker = WorkerProcess(
+        queues="generation",
+        database_url=database_url_for(connection.settings_dict),
+        log_dir=VAR / "logs",
+        pool=args.pool,
+    )
     worker.start()
     try:
         # Warm-up: the worker loads the pipeline once, as in a long-running deployment.
-        warm_set, _ = services.import_prompt_set(name="warm", data=f"prompt\n{warm_prompt}\n".encode(), filename="w.csv")
-        warm = services.create_batch(models=[model], prompt_set=warm_set, seeds=seeds, inference_batch_size=args.batch_size)
+        warm_set, _ = services.import_prompt_set(
+            name="warm", data=f"prompt\n{warm_prompt}\n".encode(), filename="w.csv"
+        )
+        warm = services.create_batch(
+            models=[model], prompt_set=warm_set, seeds=seeds, inference_batch_size=args.batch_size
+        )
         services.dispatch_batch(warm)
         wait(warm, selectors, worker)
 
@@ -108,7 +125,11 @@ def main() -> None:
         )
         started = time.time()
         batch = services.create_batch(
-            models=[model], prompt_set=bench_set, seeds=seeds, inference_batch_size=args.batch_size, chunk_size=args.chunk_size
+            models=[model],
+            prompt_set=bench_set,
+            seeds=seeds,
+            inference_batch_size=args.batch_size,
+            chunk_size=args.chunk_size,
         )
         services.dispatch_batch(batch)
         total = wait(batch, selectors, worker)

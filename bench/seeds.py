@@ -40,7 +40,9 @@ def campaign(rng, prompts: int, models=("base", "tuned", "third"), seeds: int = 
                     rows.append((item, prompt, f"c{prompt % 8}", a, b, rater, winner))
                 item += 1
     frame = pd.DataFrame(rows, columns=["item_id", "prompt_id", "category", "model_a", "model_b", "rater_id", "winner"])
-    return frame.assign(challenge="", criterion="visual_appeal", a_on_left=True, seconds_on_task=np.nan, votes_per_item=k)
+    return frame.assign(
+        challenge="", criterion="visual_appeal", a_on_left=True, seconds_on_task=np.nan, votes_per_item=k
+    )
 
 
 def main() -> None:
@@ -57,20 +59,30 @@ def main() -> None:
         ends = []
         for seed in range(args.seeds):
             report = stats.win_rate_report(subset, rounds=2000, seed=seed)
-            old = report.bootstrap.bca if np.isfinite([report.bootstrap.bca.low, report.bootstrap.bca.high]).all() else report.bootstrap.percentile
+            old = (
+                report.bootstrap.bca
+                if np.isfinite([report.bootstrap.bca.low, report.bootstrap.bca.high]).all()
+                else report.bootstrap.percentile
+            )
             ends.append((old.low, old.high))
         ends = np.array(ends)
         moved = 100 * (ends.max(axis=0) - ends.min(axis=0)).max()
         new = stats.win_rate_report(subset, rounds=0).interval
-        print(f"win rate, {name}: BCa 2,000 rounds, largest move of an end over {args.seeds} seeds {moved:.1f} points; "
-              f"clustered score interval {new and f'{100 * new.low:.1f}-{100 * new.high:.1f}%'} (no seed)")
+        print(
+            f"win rate, {name}: BCa 2,000 rounds, largest move of an end over {args.seeds} seeds {moved:.1f} points; "
+            f"clustered score interval {new and f'{100 * new.low:.1f}-{100 * new.high:.1f}%'} (no seed)"
+        )
 
     for rounds in (2000, 10_000):
         results = [stats.bradley_terry(votes, unit="item", rounds=rounds, seed=seed) for seed in range(args.seeds)]
-        ends = np.array([[r.ranking.loc[m, ["low", "high"]].to_numpy(float) for m in ("base", "tuned", "third")] for r in results])
+        ends = np.array(
+            [[r.ranking.loc[m, ["low", "high"]].to_numpy(float) for m in ("base", "tuned", "third")] for r in results]
+        )
         errors = np.array([r.ranking["mc_error"].max() for r in results])
-        print(f"Bradley–Terry, {rounds:,} rounds: largest move of an end over {args.seeds} seeds {(ends.max(0) - ends.min(0)).max():.4f}; "
-              f"sd of an end across seeds up to {ends.std(0, ddof=1).max():.4f}; printed MC error {errors.min():.4f}-{errors.max():.4f}")
+        print(
+            f"Bradley–Terry, {rounds:,} rounds: largest move of an end over {args.seeds} seeds {(ends.max(0) - ends.min(0)).max():.4f}; "
+            f"sd of an end across seeds up to {ends.std(0, ddof=1).max():.4f}; printed MC error {errors.min():.4f}-{errors.max():.4f}"
+        )
 
 
 if __name__ == "__main__":

@@ -85,13 +85,27 @@ def baseline_steps_per_second(base: Path, dataset_dir: Path, config, steps: int)
     def step() -> None:
         indices = order.next_indices(config.batch_size)
         flips = torch.randint(0, 2, (len(indices),), generator=generator).tolist()
-        pixels = torch.stack([
-            torch.from_numpy(preprocess(dataset.open_image(i), resolution=config.resolution, mode=mode,
-                                        file_name=dataset.images[i].file_name, flip=bool(f)))
-            for i, f in zip(indices, flips)
-        ])
-        tokens = tokenizer([dataset.images[i].caption for i in indices], max_length=tokenizer.model_max_length,
-                           padding="max_length", truncation=True, return_tensors="pt")
+        pixels = torch.stack(
+            [
+                torch.from_numpy(
+                    preprocess(
+                        dataset.open_image(i),
+                        resolution=config.resolution,
+                        mode=mode,
+                        file_name=dataset.images[i].file_name,
+                        flip=bool(f),
+                    )
+                )
+                for i, f in zip(indices, flips)
+            ]
+        )
+        tokens = tokenizer(
+            [dataset.images[i].caption for i in indices],
+            max_length=tokenizer.model_max_length,
+            padding="max_length",
+            truncation=True,
+            return_tensors="pt",
+        )
         with torch.no_grad():
             latents = vae.encode(pixels).latent_dist.sample(generator) * vae.config.scaling_factor
             embeddings = text_encoder(tokens.input_ids, return_dict=False)[0]
@@ -113,14 +127,22 @@ def baseline_steps_per_second(base: Path, dataset_dir: Path, config, steps: int)
     return median_rate(durations)
 
 
-def needle_steps_per_second(base: Path, dataset_dir: Path, config, run_dir: Path, cache_dir: Path) -> tuple[float, float]:
+def needle_steps_per_second(
+    base: Path, dataset_dir: Path, config, run_dir: Path, cache_dir: Path
+) -> tuple[float, float]:
     """(steps/s over steps 2..N, seconds from the call to the end of step 1: loading + encoding the cache + 1 step)."""
     from training.quality_tuning import train
 
     times: dict[int, float] = {}
     started = time.perf_counter()
-    train(config, base, dataset_dir, run_dir, cache_dir=cache_dir,
-          progress=lambda e: times.setdefault(e.step, time.perf_counter()) if e.event == "step" else None)
+    train(
+        config,
+        base,
+        dataset_dir,
+        run_dir,
+        cache_dir=cache_dir,
+        progress=lambda e: times.setdefault(e.step, time.perf_counter()) if e.event == "step" else None,
+    )
     durations = [times[s] - times[s - 1] for s in range(2, config.max_steps + 1)]
     return median_rate(durations), times[1] - started
 
@@ -131,8 +153,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--images", type=int, default=64)
-    parser.add_argument("--source-scale", type=float, default=4.0,
-                        help="source photo height / training resolution (curated photographs are larger than 512 px)")
+    parser.add_argument(
+        "--source-scale",
+        type=float,
+        default=4.0,
+        help="source photo height / training resolution (curated photographs are larger than 512 px)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: this machine is shared)")
     args = parser.parse_args()
 
@@ -148,18 +174,28 @@ def main() -> None:
         source_height = round(args.resolution * args.source_scale)
         dataset = make_dataset(work / "dataset", args.images, source_height)
         config = QualityTuningConfig(
-            resolution=args.resolution, batch_size=args.batch_size, max_steps=args.steps, random_flip=True,
-            checkpoint_every=args.steps, validation_every=args.steps, validation_prompts=("a red circle",),
-            validation_seeds=(0,), validation_inference_steps=2,
+            resolution=args.resolution,
+            batch_size=args.batch_size,
+            max_steps=args.steps,
+            random_flip=True,
+            checkpoint_every=args.steps,
+            validation_every=args.steps,
+            validation_prompts=("a red circle",),
+            validation_seeds=(0,),
+            validation_inference_steps=2,
         )
-        print(f"tiny SD pipeline (UNet 32/64 channels, VAE 8-32 channels, 2-layer CLIP), {args.images} images "
-              f"{source_height * 5 // 4}x{source_height} JPEG -> {args.resolution} px, batch {args.batch_size}, "
-              f"{args.steps} steps, random flip, {args.threads} thread(s)")
+        print(
+            f"tiny SD pipeline (UNet 32/64 channels, VAE 8-32 channels, 2-layer CLIP), {args.images} images "
+            f"{source_height * 5 // 4}x{source_height} JPEG -> {args.resolution} px, batch {args.batch_size}, "
+            f"{args.steps} steps, random flip, {args.threads} thread(s)"
+        )
         before = baseline_steps_per_second(base, dataset, config, args.steps)
         print(f"diffusers-style loop (encode every step): {before:.2f} steps/s")
         needle, startup = needle_steps_per_second(base, dataset, config, work / "run", work / "cache")
-        print(f"Needle (cached latents + embeddings):      {needle:.2f} steps/s "
-              f"(loading + encoding {args.images} images x 2 flips once: {startup:.1f} s)")
+        print(
+            f"Needle (cached latents + embeddings):      {needle:.2f} steps/s "
+            f"(loading + encoding {args.images} images x 2 flips once: {startup:.1f} s)"
+        )
         after = baseline_steps_per_second(base, dataset, dataclasses.replace(config), args.steps)
         print(f"diffusers-style loop again:                {after:.2f} steps/s")
         baseline = (before + after) / 2

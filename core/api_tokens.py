@@ -38,7 +38,8 @@ def issue_api_token(user) -> str:
     """A bearer token for a staff account, valid for token_max_age_days()."""
     if not (user.is_active and user.is_staff):
         raise ApiTokenError(
-            f"{user.get_username()} is not an active staff account; API tokens are for researchers only.", field="user")
+            f"{user.get_username()} is not an active staff account; API tokens are for researchers only.", field="user"
+        )
     return signing.TimestampSigner(salt=API_TOKEN_SALT).sign(f"{user.pk}:{_password_stamp(user)}")
 
 
@@ -47,7 +48,9 @@ def user_for_api_token(token: str):
     try:
         value = signing.TimestampSigner(salt=API_TOKEN_SALT).unsign(token, max_age=token_max_age_days() * 86_400)
     except signing.SignatureExpired:
-        raise ApiTokenError("The API token has expired; get a new one with: manage.py campaign api-token USERNAME") from None
+        raise ApiTokenError(
+            "The API token has expired; get a new one with: manage.py campaign api-token USERNAME"
+        ) from None
     except signing.BadSignature:
         raise ApiTokenError("The API token is not valid.") from None
     pk, _, stamp = value.partition(":")

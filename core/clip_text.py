@@ -61,14 +61,29 @@ def clip_tokenizer(model_max_length: int = 77):
     return tokenizer
 
 
-def clip_text_config(*, hidden_size: int, intermediate_size: int, num_hidden_layers: int, num_attention_heads: int,
-                     projection_dim: int, max_position_embeddings: int = 77, **extra):
+def clip_text_config(
+    *,
+    hidden_size: int,
+    intermediate_size: int,
+    num_hidden_layers: int,
+    num_attention_heads: int,
+    projection_dim: int,
+    max_position_embeddings: int = 77,
+    **extra,
+):
     """A transformers ``CLIPTextConfig`` over the real CLIP vocabulary and its start, end and padding tokens."""
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
-        vocab_size=CLIP_VOCAB_SIZE, hidden_size=hidden_size, intermediate_size=intermediate_size,
-        num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
-        max_position_embeddings=max_position_embeddings, projection_dim=projection_dim,
-        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, **extra,
+        vocab_size=CLIP_VOCAB_SIZE,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers,
+        num_attention_heads=num_attention_heads,
+        max_position_embeddings=max_position_embeddings,
+        projection_dim=projection_dim,
+        bos_token_id=49406,
+        eos_token_id=49407,
+        pad_token_id=49407,
+        **extra,
     )

@@ -10,7 +10,6 @@ refusal by its field and code, never by searching its wording.
 
 from __future__ import annotations
 
-
 INVALID, CONFLICT, DUPLICATE = "invalid", "conflict", "duplicate"
 
 
@@ -20,7 +19,11 @@ class ServiceError(Exception):
     code = INVALID
 
     def __init__(
-        self, message: str, *, field: str | None = None, code: str | None = None,
+        self,
+        message: str,
+        *,
+        field: str | None = None,
+        code: str | None = None,
         errors: list[tuple[str | None, str]] | None = None,
     ):
         super().__init__(message)

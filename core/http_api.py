@@ -123,11 +123,19 @@ def _unstorable_text(value, where: str = "") -> str | None:
 
 
 EXPECTED = {
-    "string_type": "text (a JSON string)", "string_unicode": "valid UTF-8 text",
-    "int_type": "a whole number", "int_parsing": "a whole number", "int_from_float": "a whole number",
-    "float_type": "a number", "float_parsing": "a number", "finite_number": "a finite number",
-    "bool_type": "true or false", "bool_parsing": "true or false",
-    "list_type": "a list (a JSON array)", "dict_type": "a JSON object", "model_type": "a JSON object",
+    "string_type": "text (a JSON string)",
+    "string_unicode": "valid UTF-8 text",
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "finite_number": "a finite number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "list_type": "a list (a JSON array)",
+    "dict_type": "a JSON object",
+    "model_type": "a JSON object",
     "model_attributes_type": "a JSON object",
 }
 
@@ -282,9 +290,18 @@ class ResearcherApi(NinjaAPI):
         for context in error_contexts:
             model = context.model
             for error in context.pydantic_validation_error.errors(include_url=False):
-                loc = (model.__ninja_param_source__,) + model.__ninja_flatten_map_reverse__.get(error["loc"], error["loc"])
-                entry = {"loc": loc, "type": error["type"], "msg": error["msg"], "ctx": {
-                    k: v if isinstance(v, str | int | float | bool | None) else str(v) for k, v in (error.get("ctx") or {}).items()}}
+                loc = (model.__ninja_param_source__,) + model.__ninja_flatten_map_reverse__.get(
+                    error["loc"], error["loc"]
+                )
+                entry = {
+                    "loc": loc,
+                    "type": error["type"],
+                    "msg": error["msg"],
+                    "ctx": {
+                        k: v if isinstance(v, str | int | float | bool | None) else str(v)
+                        for k, v in (error.get("ctx") or {}).items()
+                    },
+                }
                 if "input" in error:
                     entry["given"] = json_type(error["input"])
                 errors.append(entry)

@@ -14,7 +14,12 @@ ALLOWED = "letters, digits, hyphens and underscores"
 
 
 def check_slug_name(
-    name, what: str, *, error: type[ServiceError] = ServiceError, field: str | None = None, example: str = "",
+    name,
+    what: str,
+    *,
+    error: type[ServiceError] = ServiceError,
+    field: str | None = None,
+    example: str = "",
     max_length: int | None = None,
 ) -> str:
     """``name`` without surrounding spaces, or ``error`` saying how to fix it (on ``field``).

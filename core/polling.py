@@ -38,7 +38,11 @@ class Waiting:
 
 
 def wait_until(
-    step: Callable[[Waiting], bool], *, interval: float, timeout: float | None = None, hint_after: float | None = None,
+    step: Callable[[Waiting], bool],
+    *,
+    interval: float,
+    timeout: float | None = None,
+    hint_after: float | None = None,
 ) -> Waiting:
     """Call ``step(waiting)`` every ``interval`` seconds until it returns True.
 

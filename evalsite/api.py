@@ -46,7 +46,7 @@ api = ResearcherApi(
     description=(
         "Create, launch, watch and steer human-preference campaigns, and fetch their reports. Authenticate with "
         "`Authorization: Bearer <token>` (`manage.py campaign api-token USERNAME`) or a staff session (unsafe "
-        "methods then need the `X-CSRFToken` header). Every error is JSON: `{\"error\": \"...\"}`."
+        'methods then need the `X-CSRFToken` header). Every error is JSON: `{"error": "..."}`.'
     ),
     urls_namespace="api",
     auth=AUTH,

@@ -18,12 +18,12 @@ to $NEEDLE_VAR_DIR/bad-input-corpus.json.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
 import re
 import traceback
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,8 +110,13 @@ def from_form_page(send, form_key: str = "form") -> Answer:
         return Answer("accepted", response.content.decode(errors="replace")[:2000], status=response.status_code)
     errors = {name: [str(e) for e in messages] for name, messages in form.errors.items()}
     first = next(iter(errors))
-    return Answer("refused", " | ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()), field=first,
-                  status=response.status_code, errors=errors)
+    return Answer(
+        "refused",
+        " | ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()),
+        field=first,
+        status=response.status_code,
+        errors=errors,
+    )
 
 
 # --- Watching for partial writes ------------------------------------------------------------------------------------
@@ -154,7 +159,9 @@ def judge(answer: Answer, says: list[str], field: str | None, before, after) -> 
     return "clear", answer.message
 
 
-def check(case: str, surface: str, answer: Answer, *, says: list[str], field: str | None = None, before=None, after=None):
+def check(
+    case: str, surface: str, answer: Answer, *, says: list[str], field: str | None = None, before=None, after=None
+):
     """Judge one case, record it, and (unless recording only) fail unless the answer is clear."""
     outcome, detail = judge(answer, says, field, before, after)
     RESULTS.append({"case": case, "surface": surface, "outcome": outcome, "detail": detail[:300]})

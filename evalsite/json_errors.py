@@ -20,8 +20,10 @@ from django.http import Http404, JsonResponse
 
 logger = logging.getLogger("django.request")
 
-UNEXPECTED = ("An unexpected error stopped this request; the details are in the server's log. Try again, and tell "
-              "the site's administrators if it keeps happening.")
+UNEXPECTED = (
+    "An unexpected error stopped this request; the details are in the server's log. Try again, and tell "
+    "the site's administrators if it keeps happening."
+)
 
 
 @lru_cache(maxsize=8)
@@ -39,8 +41,10 @@ def _is_json(response) -> bool:
 
 
 def too_large_message() -> str:
-    return (f"The request body is too large: at most {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes are accepted "
-            "(DATA_UPLOAD_MAX_MEMORY_SIZE). Send less in one request.")
+    return (
+        f"The request body is too large: at most {settings.DATA_UPLOAD_MAX_MEMORY_SIZE:,} bytes are accepted "
+        "(DATA_UPLOAD_MAX_MEMORY_SIZE). Send less in one request."
+    )
 
 
 def _allowed(response) -> str:
@@ -56,14 +60,18 @@ def _message_for(request, response) -> str:
             return text
     where = f"{request.method} {request.path}"
     if status == 404:
-        return (f"No such endpoint or object: {where}. Check the URL: ids in it are whole numbers, and the object "
-                "may have been deleted.")
+        return (
+            f"No such endpoint or object: {where}. Check the URL: ids in it are whole numbers, and the object "
+            "may have been deleted."
+        )
     if status == 405:
         allowed = _allowed(response)
         return f"{request.method} is not allowed at {request.path}; use {allowed.replace(', ', ' or ') or 'another method'}."
     if status == 403:
-        return (f"Forbidden: {where}. Sign in with an account that may do this; a browser session must also send "
-                "the csrftoken cookie's value as X-CSRFToken.")
+        return (
+            f"Forbidden: {where}. Sign in with an account that may do this; a browser session must also send "
+            "the csrftoken cookie's value as X-CSRFToken."
+        )
     if status == 413:
         return too_large_message()
     if status == 400:
@@ -98,8 +106,13 @@ class JsonErrorsMiddleware:
             return JsonResponse({"error": f"Forbidden: {request.method} {request.path}."}, status=403)
         if isinstance(exception, SuspiciousOperation):
             logger.warning("Refused %s %s: %s", request.method, request.path, exception)
-            return JsonResponse({"error": f"The request was refused as malformed ({request.method} {request.path})."},
-                                status=400)
-        logger.error("Internal Server Error: %s", request.path, exc_info=exception,
-                     extra={"status_code": 500, "request": request})
+            return JsonResponse(
+                {"error": f"The request was refused as malformed ({request.method} {request.path})."}, status=400
+            )
+        logger.error(
+            "Internal Server Error: %s",
+            request.path,
+            exc_info=exception,
+            extra={"status_code": 500, "request": request},
+        )
         return JsonResponse({"error": UNEXPECTED}, status=500)

@@ -35,9 +35,9 @@ from training import selectors as training_selectors
 from training import services as training_services
 from training.models import CandidateCollection, CuratedDataset, CurationReview, CurationRun, QualityTuningRun
 from training.services import reviews
+from world import corpus
 from world.appeal import appeal_score
 from world.oracle import faithfulness
-from world import corpus
 from world.raters import SimulatedReviewer, crowd
 
 WEIGHTS_DIR = Path(settings.BASE_DIR) / "world" / "weights"
@@ -65,16 +65,56 @@ class Scale:
 
 
 SCALES = {
-    "ci": Scale(pool=240, rating_sample=60, needles=24, tune_steps=30, checkpoint_every=15, prompts=12, seeds="0",
-                checkpoint_prompts=6, raters=12, quota=24, gold_share=0.2),
-    "demo": Scale(pool=1600, rating_sample=240, needles=160, tune_steps=240, checkpoint_every=80, prompts=48, seeds="0",
-                  checkpoint_prompts=16, raters=30, quota=40, leave_for_people=10),
-    "full": Scale(pool=5000, rating_sample=500, needles=400, tune_steps=480, checkpoint_every=120, prompts=200, seeds="0-1",
-                  checkpoint_prompts=40, raters=80, quota=60),
+    "ci": Scale(
+        pool=240,
+        rating_sample=60,
+        needles=24,
+        tune_steps=30,
+        checkpoint_every=15,
+        prompts=12,
+        seeds="0",
+        checkpoint_prompts=6,
+        raters=12,
+        quota=24,
+        gold_share=0.2,
+    ),
+    "demo": Scale(
+        pool=1600,
+        rating_sample=240,
+        needles=160,
+        tune_steps=240,
+        checkpoint_every=80,
+        prompts=48,
+        seeds="0",
+        checkpoint_prompts=16,
+        raters=30,
+        quota=40,
+        leave_for_people=10,
+    ),
+    "full": Scale(
+        pool=5000,
+        rating_sample=500,
+        needles=400,
+        tune_steps=480,
+        checkpoint_every=120,
+        prompts=200,
+        seeds="0-1",
+        checkpoint_prompts=40,
+        raters=80,
+        quota=60,
+    ),
 }
 #: Emu's recipe scaled to the world: a small constant learning rate, noise offset 0.1, a short run, batch 16.
-TUNING = {"learning_rate": 5e-5, "noise_offset": 0.1, "batch_size": 16, "resolution": 64, "validation_every": 10_000,
-          "validation_inference_steps": 10, "validation_guidance_scale": 3.0, "seed": 0}
+TUNING = {
+    "learning_rate": 5e-5,
+    "noise_offset": 0.1,
+    "batch_size": 16,
+    "resolution": 64,
+    "validation_every": 10_000,
+    "validation_inference_steps": 10,
+    "validation_guidance_scale": 3.0,
+    "seed": 0,
+}
 
 
 class Loop:
@@ -93,24 +133,34 @@ class Loop:
         if existing:
             return existing
         self.log(f"Registering the shipped base model {BASE_MODEL} ({WEIGHTS_DIR / 'base'})")
-        return generation_services.register_model(name=BASE_MODEL, pipeline_path=str(WEIGHTS_DIR / "base"), steps=20,
-                                                  guidance_scale=3.0, width=64, height=64)
+        return generation_services.register_model(
+            name=BASE_MODEL, pipeline_path=str(WEIGHTS_DIR / "base"), steps=20, guidance_scale=3.0, width=64, height=64
+        )
 
     def null_model(self) -> TextToImageModel:
         existing = TextToImageModel.objects.filter(name=NULL_MODEL).first()
         if existing:
             return existing
-        return generation_services.register_model(name=NULL_MODEL, pipeline_path=str(WEIGHTS_DIR / "base"), steps=20,
-                                                  guidance_scale=3.0, width=64, height=64,
-                                                  description="The base again, for the null campaign (base vs base).")
+        return generation_services.register_model(
+            name=NULL_MODEL,
+            pipeline_path=str(WEIGHTS_DIR / "base"),
+            steps=20,
+            guidance_scale=3.0,
+            width=64,
+            height=64,
+            description="The base again, for the null campaign (base vs base).",
+        )
 
-    def prompt_set(self, name: str = PROMPT_SET, count: int | None = None, seed_base: int = corpus.EVAL_SEED_BASE) -> PromptSet:
+    def prompt_set(
+        self, name: str = PROMPT_SET, count: int | None = None, seed_base: int = corpus.EVAL_SEED_BASE
+    ) -> PromptSet:
         name = f"{name}-{self.scale_name}"
         existing = PromptSet.objects.filter(name=name).first()
         if existing:
             return existing
         prompt_set, _ = generation_services.import_prompt_set(
-            name=name, data=corpus.prompt_set_csv(count or self.scale.prompts, seed_base), filename=f"{name}.csv")
+            name=name, data=corpus.prompt_set_csv(count or self.scale.prompts, seed_base), filename=f"{name}.csv"
+        )
         return prompt_set
 
     # --- simulated people ---------------------------------------------------------------------------
@@ -121,7 +171,9 @@ class Loop:
         if created:
             user.set_password(password)
             user.save()
-            user.user_permissions.add(Permission.objects.get(codename="review_curation", content_type__app_label="training"))
+            user.user_permissions.add(
+                Permission.objects.get(codename="review_curation", content_type__app_label="training")
+            )
         return REVIEWER, password
 
     def review(self, review: CurationReview, decide) -> int:
@@ -130,12 +182,21 @@ class Loop:
         return browser.review(review.name, decide)
 
     def invite_url(self, campaign: Campaign) -> str:
-        link = campaign.invite_links.filter(label=SIMULATED_LINK, simulated=True).first() or annotation_services.create_invite_link(
-            campaign, label=SIMULATED_LINK, simulated=True)
+        link = campaign.invite_links.filter(
+            label=SIMULATED_LINK, simulated=True
+        ).first() or annotation_services.create_invite_link(campaign, label=SIMULATED_LINK, simulated=True)
         return f"{self.base_url}/join/{link.token}/"
 
-    def simulate_raters(self, campaign: Campaign, count: int | None = None, *, seed: int = 0, careless_share: float = 0.1,
-                        threads: int = 6, stop_before: int = 0) -> dict:
+    def simulate_raters(
+        self,
+        campaign: Campaign,
+        count: int | None = None,
+        *,
+        seed: int = 0,
+        careless_share: float = 0.1,
+        threads: int = 6,
+        stop_before: int = 0,
+    ) -> dict:
         """``count`` simulated raters vote on the campaign through its invite link, several at a time."""
         invite = self.invite_url(campaign)
         raters = crowd(count or self.scale.raters, seed=seed + campaign.pk * 1000, careless_share=careless_share)
@@ -148,6 +209,7 @@ class Loop:
                 if "prompt" in task:
                     return rater.judge_faithfulness(left, right, task["prompt"], salt=task["id"])
                 return rater.judge_appeal(left, right, salt=task["id"])
+
             return judge
 
         def work():
@@ -186,7 +248,9 @@ class Loop:
         existing = next((run for run in existing if run.stage_config == stages), None) if stages else None
         if existing:
             return existing
-        run = training_services.create_curation_run(collection, stages, clip_model_path=self.clip_path, aesthetic_head_path=head)
+        run = training_services.create_curation_run(
+            collection, stages, clip_model_path=self.clip_path, aesthetic_head_path=head
+        )
         training_services.execute_curation_run(run.pk)
         run.refresh_from_db()
         if run.status != "finished":
@@ -198,18 +262,24 @@ class Loop:
         name = f"mini-emu-ratings-{self.scale_name}"
         review = CurationReview.objects.filter(name=name).first()
         if review is None:
-            sample = self.collection(f"mini-emu-rating-sample-{self.scale_name}", self.scale.rating_sample, corpus.POOL_SEED_BASE + 5_000_000)
+            sample = self.collection(
+                f"mini-emu-rating-sample-{self.scale_name}", self.scale.rating_sample, corpus.POOL_SEED_BASE + 5_000_000
+            )
             run = self.funnel(sample, [{"kind": "ResolutionStage", "min_side": 32, "max_aspect_ratio": 2.0}])
             review = reviews.open_generalist_review(run, name, mode=CurationReview.Mode.RATING)
         reviewer = SimulatedReviewer(keep_above=0.0, noise=0.05, seed=1)
-        decided = self.review(review, lambda caption, pixels: {"rating": int(round(1 + (reviewer.rating(pixels, caption) - 1) * 4 / 9))})
+        decided = self.review(
+            review, lambda caption, pixels: {"rating": int(round(1 + (reviewer.rating(pixels, caption) - 1) * 4 / 9))}
+        )
         self.log(f"  reviewers rated {decided} sample images on the review page")
         head = Path(settings.NEEDLE_TRAINING_DIR) / "aesthetic-heads" / f"{name}.pth"
         if not head.exists():
             reviews.train_aesthetic_head_from_review(review, out_path=head)
         return str(head)
 
-    def _calibrate(self, collection: CandidateCollection, head: str, keep_aesthetic: float, keep_clip: float) -> tuple[float, float]:
+    def _calibrate(
+        self, collection: CandidateCollection, head: str, keep_aesthetic: float, keep_clip: float
+    ) -> tuple[float, float]:
         """Thresholds that keep the best ``keep_*`` share of a collection, as a researcher reads them off a sample."""
         from training.aesthetic import AestheticHead  # torch and open_clip: only when a loop runs
         from training.clip_scoring import load_clip
@@ -239,26 +309,41 @@ class Loop:
         ]
         run = self.funnel(pool, stages, head=head)
         self.log(f"  funnel kept {run.count_kept} of {run.count_in} pool images")
-        generalists = CurationReview.objects.filter(name=f"mini-emu-generalists-{self.scale_name}").first() or \
-            reviews.open_generalist_review(run, f"mini-emu-generalists-{self.scale_name}")
+        generalists = CurationReview.objects.filter(
+            name=f"mini-emu-generalists-{self.scale_name}"
+        ).first() or reviews.open_generalist_review(run, f"mini-emu-generalists-{self.scale_name}")
         # Generalists keep about the better half of what the funnel passed, by their own eye.
         appeal_cut = self._median_appeal(run)
         generalist = SimulatedReviewer(keep_above=appeal_cut, noise=0.03, seed=2)
-        decided = self.review(generalists, lambda caption, pixels: {"keep": "1" if generalist.keep(pixels, caption) else "0"})
+        decided = self.review(
+            generalists, lambda caption, pixels: {"keep": "1" if generalist.keep(pixels, caption) else "0"}
+        )
         self.log(f"  generalists decided {decided} candidates")
-        specialists = CurationReview.objects.filter(name=f"mini-emu-specialists-{self.scale_name}").first() or \
-            reviews.open_specialist_review(generalists, f"mini-emu-specialists-{self.scale_name}", target_size=self.scale.needles)
+        specialists = CurationReview.objects.filter(
+            name=f"mini-emu-specialists-{self.scale_name}"
+        ).first() or reviews.open_specialist_review(
+            generalists, f"mini-emu-specialists-{self.scale_name}", target_size=self.scale.needles
+        )
         specialist = SimulatedReviewer(keep_above=appeal_cut + 0.02, noise=0.02, seed=3)
-        decided = self.review(specialists, lambda caption, pixels: (
-            {"keep": "1", "reasons": ["composition", "colour_contrast"], "caption": caption}
-            if specialist.keep(pixels, caption) else {"keep": "0", "caption": caption}))
+        decided = self.review(
+            specialists,
+            lambda caption, pixels: (
+                {"keep": "1", "reasons": ["composition", "colour_contrast"], "caption": caption}
+                if specialist.keep(pixels, caption)
+                else {"keep": "0", "caption": caption}
+            ),
+        )
         self.log(f"  specialists decided {decided} candidates")
         specialists.refresh_from_db()
-        return reviews.freeze_review(specialists, name, description="mini-Emu needles: funnel, generalists, specialists")
+        return reviews.freeze_review(
+            specialists, name, description="mini-Emu needles: funnel, generalists, specialists"
+        )
 
     def _median_appeal(self, run: CurationRun) -> float:
         kept = [o.candidate for o in run.outcomes.filter(kept=True).select_related("candidate__collection")[:300]]
-        scores = [appeal_score(np.asarray(training_services.funnel_candidate(c).open_image().convert("RGB"))) for c in kept]
+        scores = [
+            appeal_score(np.asarray(training_services.funnel_candidate(c).open_image().convert("RGB"))) for c in kept
+        ]
         return float(np.median(scores)) if scores else 0.5
 
     def random_dataset(self, size: int) -> CuratedDataset:
@@ -270,8 +355,11 @@ class Loop:
         pool = self.collection(f"mini-emu-pool-{self.scale_name}", self.scale.pool, corpus.POOL_SEED_BASE)
         rows = list(pool.candidates.order_by("pk"))
         chosen = random.Random(0).sample(rows, min(size, len(rows)))
-        return training_services.freeze_curated_dataset(name, [(row, row.caption) for row in chosen],
-                                                        description="mini-Emu control: random pool images, no curation")
+        return training_services.freeze_curated_dataset(
+            name,
+            [(row, row.caption) for row in chosen],
+            description="mini-Emu control: random pool images, no curation",
+        )
 
     # --- 2. quality-tuning ------------------------------------------------------------------------------
 
@@ -280,10 +368,18 @@ class Loop:
         run = QualityTuningRun.objects.filter(dataset=dataset, base_model=base).order_by("-pk").first()
         if run is None:
             run = training_services.create_run(
-                base, dataset, max_steps=self.scale.tune_steps, checkpoint_every=self.scale.checkpoint_every,
-                validation_prompts=[corpus.evaluation_prompts(1)[0][0]], validation_seeds=[0], **TUNING)
+                base,
+                dataset,
+                max_steps=self.scale.tune_steps,
+                checkpoint_every=self.scale.checkpoint_every,
+                validation_prompts=[corpus.evaluation_prompts(1)[0][0]],
+                validation_seeds=[0],
+                **TUNING,
+            )
         if run.status != "finished":
-            self.log(f"  quality-tuning {base.name} on {dataset.name} ({dataset.image_count} images, {self.scale.tune_steps} steps)")
+            self.log(
+                f"  quality-tuning {base.name} on {dataset.name} ({dataset.image_count} images, {self.scale.tune_steps} steps)"
+            )
             outcome = training_services.execute_run(run.pk)
             run.refresh_from_db()
             if run.status != "finished":
@@ -301,7 +397,9 @@ class Loop:
         return campaign
 
     def pick_checkpoint(self, run: QualityTuningRun):
-        prompts = self.prompt_set("mini-emu-checkpoint-prompts", self.scale.checkpoint_prompts, corpus.EVAL_SEED_BASE + 3_000_000)
+        prompts = self.prompt_set(
+            "mini-emu-checkpoint-prompts", self.scale.checkpoint_prompts, corpus.EVAL_SEED_BASE + 3_000_000
+        )
         campaign = training_services.create_checkpoint_campaign(run, prompt_set=prompts, seeds=(0,), gold_share=0)
         campaign = self.launch(campaign)
         if campaign.status == Campaign.Status.LIVE:
@@ -319,18 +417,27 @@ class Loop:
         if existing:
             return existing
         return annotation_services.create_campaign(
-            name=name, models=models, prompt_set=self.prompt_set(), seeds=generation_services.parse_seeds(self.scale.seeds),
-            quota_per_rater=self.scale.quota, gold_share=self.scale.gold_share, rater_title="Which picture is better?",
+            name=name,
+            models=models,
+            prompt_set=self.prompt_set(),
+            seeds=generation_services.parse_seeds(self.scale.seeds),
+            quota_per_rater=self.scale.quota,
+            gold_share=self.scale.gold_share,
+            rater_title="Which picture is better?",
             # Simulated raters answer as fast as the machine serves them; the speeder check is for people.
-            speeder_seconds=0)
+            speeder_seconds=0,
+        )
 
     def evaluate(self, campaign: Campaign) -> dict:
         campaign = self.launch(campaign)
         if campaign.status == Campaign.Status.LIVE:
             totals = self.simulate_raters(campaign)
             self.log(f"  {campaign.name}: {totals['raters']} simulated raters, {totals['votes']} votes")
-        return {"campaign": campaign.name, "win_rates": analysis_services.campaign_win_rates(campaign),
-                "ground_truth": ground_truth(campaign)}
+        return {
+            "campaign": campaign.name,
+            "win_rates": analysis_services.campaign_win_rates(campaign),
+            "ground_truth": ground_truth(campaign),
+        }
 
     def tuned_model(self, name: str, dataset: CuratedDataset, pick_by_raters: bool) -> TextToImageModel:
         existing = TextToImageModel.objects.filter(name=name).first()
@@ -375,15 +482,19 @@ def ground_truth(campaign: Campaign) -> dict:
             scores = per_model.setdefault(image.model.name, {"appeal": [], "faithfulness": []})
             scores["appeal"].append(appeal_score(pixels))
             scores["faithfulness"].append(faithfulness(pixels, image.prompt.text))
-    return {name: {k: round(float(np.mean(v)), 4) for k, v in s.items()} | {"images": len(s["appeal"])}
-            for name, s in per_model.items()}
+    return {
+        name: {k: round(float(np.mean(v)), 4) for k, v in s.items()} | {"images": len(s["appeal"])}
+        for name, s in per_model.items()
+    }
 
 
 def summary_table(results: dict) -> str:
     """The Emu table for the world: per campaign and criterion, B's win rate over A with its interval, and ground truth."""
-    lines = ["campaign | criterion | B vs A | items won / tied / lost by B | win rate | 95% interval | "
-             "ties as half a win (95% interval) | hidden appeal A / B | oracle faithfulness A / B",
-             "---|---|---|---|---|---|---|---|---"]
+    lines = [
+        "campaign | criterion | B vs A | items won / tied / lost by B | win rate | 95% interval | "
+        "ties as half a win (95% interval) | hidden appeal A / B | oracle faithfulness A / B",
+        "---|---|---|---|---|---|---|---|---",
+    ]
     for key, result in results.items():
         truth = result["ground_truth"]
         for row in result["win_rates"]:

@@ -51,7 +51,9 @@ DEBUG = env_bool("DEBUG", True)
 SECRET_KEY = os.environ.get("SECRET_KEY", "")
 if not SECRET_KEY:
     if not DEBUG:
-        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off (e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))').")
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set when DEBUG is off (e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))')."
+        )
     SECRET_KEY = "dev-only-not-secret-" + "x" * 40
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]" if DEBUG else "")

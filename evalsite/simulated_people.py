@@ -70,12 +70,20 @@ class Browser:
         return self.request("GET", path, headers=headers)
 
     def post_form(self, path: str, fields: dict | list) -> Response:
-        return self.request("POST", path, urllib.parse.urlencode(fields, doseq=True).encode(),
-                            {"Content-Type": "application/x-www-form-urlencoded"})
+        return self.request(
+            "POST",
+            path,
+            urllib.parse.urlencode(fields, doseq=True).encode(),
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        )
 
     def post_json(self, path: str, payload: dict) -> Response:
-        return self.request("POST", path, json.dumps(payload).encode(),
-                            {"Content-Type": "application/json", "X-CSRFToken": self.csrf_cookie()})
+        return self.request(
+            "POST",
+            path,
+            json.dumps(payload).encode(),
+            {"Content-Type": "application/json", "X-CSRFToken": self.csrf_cookie()},
+        )
 
     def csrf_cookie(self) -> str:
         return next((c.value for c in self.cookies if c.name == "csrftoken"), "")
@@ -106,7 +114,9 @@ class RaterBrowser(Browser):
         token = _CSRF_INPUT.search(form)
         if token is None:
             raise BrowserError("the consent page has no form to agree with")
-        fields = [("csrfmiddlewaretoken", token.group(1))] + [(k, v) for k, v in _HIDDEN_INPUT.findall(form) if k != "csrfmiddlewaretoken"]
+        fields = [("csrfmiddlewaretoken", token.group(1))] + [
+            (k, v) for k, v in _HIDDEN_INPUT.findall(form) if k != "csrfmiddlewaretoken"
+        ]
         agreed = self.post_form(urllib.parse.urlparse(page.url).path, fields)
         if agreed.status != 200 or "/rate/" not in agreed.url:
             raise BrowserError(f"agreeing to take part answered {agreed.status} at {agreed.url}")
@@ -137,7 +147,9 @@ class RaterBrowser(Browser):
             choice = judge(task, left, right)
             if pause is not None:
                 pause()
-            answer = self.post_json(vote_url, {"task": task["id"], "choice": choice, "seconds": round(time.monotonic() - started, 3)})
+            answer = self.post_json(
+                vote_url, {"task": task["id"], "choice": choice, "seconds": round(time.monotonic() - started, 3)}
+            )
             if answer.status == 200:
                 session.votes += 1
             elif answer.status == 429:  # told to slow down, a person waits, then answers the task again
@@ -157,7 +169,9 @@ class ReviewerBrowser(Browser):
         token = _CSRF_INPUT.search(form.text())
         if token is None:
             raise BrowserError("the sign-in page has no form")
-        reply = self.post_form("/accounts/login/", {"csrfmiddlewaretoken": token.group(1), "username": username, "password": password})
+        reply = self.post_form(
+            "/accounts/login/", {"csrfmiddlewaretoken": token.group(1), "username": username, "password": password}
+        )
         if reply.status != 200 or "/accounts/login/" in reply.url:
             raise BrowserError(f"signing in as {username} failed ({reply.status})")
 
@@ -182,13 +196,21 @@ class ReviewerBrowser(Browser):
             fields = {k: v for k, v in decide(current["caption"], pixels).items() if v is not None}
             fields["seconds"] = round(time.monotonic() - started, 3)
             fields["csrfmiddlewaretoken"] = token.group(1)
-            reply = self.request("POST", current["action"], urllib.parse.urlencode(fields, doseq=True).encode(),
-                                 {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"})
+            reply = self.request(
+                "POST",
+                current["action"],
+                urllib.parse.urlencode(fields, doseq=True).encode(),
+                {"Content-Type": "application/x-www-form-urlencoded", "Accept": "application/json"},
+            )
             if reply.status != 200:
                 raise BrowserError(f"a decision was refused: {reply.status} {reply.text()[:200]}")
             decided += 1
             following = reply.json().get("next")
-            current = following and {"action": following["action"], "image": following["image"], "caption": following["caption"]}
+            current = following and {
+                "action": following["action"],
+                "image": following["image"],
+                "caption": following["caption"],
+            }
         return decided
 
 

@@ -11,7 +11,9 @@ urlpatterns = [
     path("", api.urls),
     path("generation/", include("generation.urls")),
     # Researchers (staff only): campaigns, dashboards, exports.
-    path("annotation/", include("analysis.campaign_urls")),  # the campaign page: annotation's progress, analysis's win rates
+    path(
+        "annotation/", include("analysis.campaign_urls")
+    ),  # the campaign page: annotation's progress, analysis's win rates
     path("annotation/", include("annotation.urls")),
     path("analysis/", include("analysis.urls")),
     path("training/", include("training.urls")),

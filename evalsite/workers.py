@@ -37,7 +37,13 @@ def database_url_for(settings_dict: dict) -> str:
 
 class WorkerProcess:
     def __init__(
-        self, *, queues: str = "generation", database_url: str, env: dict | None = None, log_dir: Path | None = None, pool: str = "prefork"
+        self,
+        *,
+        queues: str = "generation",
+        database_url: str,
+        env: dict | None = None,
+        log_dir: Path | None = None,
+        pool: str = "prefork",
     ):
         self.queues = queues
         self.pool = pool
@@ -53,9 +59,25 @@ class WorkerProcess:
         log = open(self.log_path, "wb")
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "celery", "-A", "evalsite", "worker",
-                "-Q", self.queues, "-c", "1", "--pool", self.pool, "-n", f"{name}@%h", "-l", "info",
-                "--without-gossip", "--without-mingle", "--without-heartbeat",
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "evalsite",
+                "worker",
+                "-Q",
+                self.queues,
+                "-c",
+                "1",
+                "--pool",
+                self.pool,
+                "-n",
+                f"{name}@%h",
+                "-l",
+                "info",
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
             ],
             cwd=BASE_DIR,
             env=self.env,

@@ -10,16 +10,42 @@ from .models import GeneratedImage, GenerationBatch, Prompt, PromptSet, TextToIm
 
 def render_form_page(model_admin, request, form, title: str, intro: str = ""):
     """The admin page for Needle's service-backed forms (register, import, new batch)."""
-    context = {**model_admin.admin_site.each_context(request), "form": form, "title": title, "intro": intro, "opts": model_admin.model._meta}
+    context = {
+        **model_admin.admin_site.each_context(request),
+        "form": form,
+        "title": title,
+        "intro": intro,
+        "opts": model_admin.model._meta,
+    }
     return render(request, "admin/generation/form_page.html", context)
 
 
 @admin.register(TextToImageModel)
 class TextToImageModelAdmin(admin.ModelAdmin):
-    list_display = ["name", "pipeline_class", "source", "short_fingerprint", "default_steps", "default_guidance_scale", "default_width", "default_height", "default_scheduler", "created_at"]
+    list_display = [
+        "name",
+        "pipeline_class",
+        "source",
+        "short_fingerprint",
+        "default_steps",
+        "default_guidance_scale",
+        "default_width",
+        "default_height",
+        "default_scheduler",
+        "created_at",
+    ]
     list_filter = ["source", "pipeline_class"]
     search_fields = ["name", "description", "pipeline_path"]
-    readonly_fields = ["pipeline_path", "pipeline_class", "weights_fingerprint", "weights_bytes", "source", "parent", "registered_by", "created_at"]
+    readonly_fields = [
+        "pipeline_path",
+        "pipeline_class",
+        "weights_fingerprint",
+        "weights_bytes",
+        "source",
+        "parent",
+        "registered_by",
+        "created_at",
+    ]
 
     @admin.display(description="fingerprint")
     def short_fingerprint(self, obj):
@@ -36,7 +62,11 @@ class TextToImageModelAdmin(admin.ModelAdmin):
         if request.method == "POST" and form.is_valid():
             model = form.register(request.user)
             if model is not None:
-                self.message_user(request, f"Registered {model.name} ({model.pipeline_class}, fingerprint {model.weights_fingerprint[:12]}).", messages.SUCCESS)
+                self.message_user(
+                    request,
+                    f"Registered {model.name} ({model.pipeline_class}, fingerprint {model.weights_fingerprint[:12]}).",
+                    messages.SUCCESS,
+                )
                 return redirect("admin:generation_texttoimagemodel_changelist")
         return render_form_page(self, request, form, "Register a text-to-image model")
 
@@ -64,7 +94,9 @@ class PromptSetAdmin(admin.ModelAdmin):
         return obj.prompts.count()
 
     def get_urls(self):
-        return [path("import/", self.admin_site.admin_view(self.import_view), name="generation_promptset_import")] + super().get_urls()
+        return [
+            path("import/", self.admin_site.admin_view(self.import_view), name="generation_promptset_import")
+        ] + super().get_urls()
 
     def add_view(self, request, form_url="", extra_context=None):
         return redirect("admin:generation_promptset_import")
@@ -77,14 +109,21 @@ class PromptSetAdmin(admin.ModelAdmin):
             result = form.import_set()
             if result is not None:
                 prompt_set, parsed = result
-                self.message_user(request, f"Imported {len(parsed.prompts)} prompts into {prompt_set.name!r}.", messages.SUCCESS)
+                self.message_user(
+                    request, f"Imported {len(parsed.prompts)} prompts into {prompt_set.name!r}.", messages.SUCCESS
+                )
                 for dup in parsed.duplicates[:20]:
                     self.message_user(request, str(dup), messages.WARNING)
                 if len(parsed.duplicates) > 20:
-                    self.message_user(request, f"... and {len(parsed.duplicates) - 20} more duplicates skipped", messages.WARNING)
+                    self.message_user(
+                        request, f"... and {len(parsed.duplicates) - 20} more duplicates skipped", messages.WARNING
+                    )
                 return redirect("admin:generation_promptset_change", prompt_set.pk)
         return render_form_page(
-            self, request, form, "Import a prompt set",
+            self,
+            request,
+            form,
+            "Import a prompt set",
             "CSV or JSONL with a 'prompt' column or key (optional category, challenge, note), or a PartiPrompts "
             "TSV. A file with any problem imports nothing; duplicates are skipped and listed.",
         )
@@ -104,7 +143,17 @@ class PromptAdmin(admin.ModelAdmin):
 class GenerationBatchAdmin(admin.ModelAdmin):
     list_display = ["__str__", "prompt_set", "model_names", "seed_count", "progress", "created_at"]
     actions = ["dispatch"]
-    readonly_fields = ["prompt_set", "seeds", "inference_batch_size", "chunk_size", "created_by", "created_at", "dispatched_at", "completed_at", "error"]
+    readonly_fields = [
+        "prompt_set",
+        "seeds",
+        "inference_batch_size",
+        "chunk_size",
+        "created_by",
+        "created_at",
+        "dispatched_at",
+        "completed_at",
+        "error",
+    ]
 
     @admin.display(description="models")
     def model_names(self, obj):
@@ -118,7 +167,12 @@ class GenerationBatchAdmin(admin.ModelAdmin):
     def progress(self, obj):
         p = selectors.batch_progress(obj)
         return format_html(
-            '<progress max="{}" value="{}"></progress> {} / {} ({})', p.total, p.done, p.done, p.total, selectors.batch_status(obj, p)
+            '<progress max="{}" value="{}"></progress> {} / {} ({})',
+            p.total,
+            p.done,
+            p.done,
+            p.total,
+            selectors.batch_status(obj, p),
         )
 
     def add_view(self, request, form_url="", extra_context=None):
@@ -129,7 +183,10 @@ class GenerationBatchAdmin(admin.ModelAdmin):
                 self.message_user(request, f"Created {batch}.", messages.SUCCESS)
                 return redirect("generation:batch_detail", batch.pk)
         return render_form_page(
-            self, request, form, "New generation batch",
+            self,
+            request,
+            form,
+            "New generation batch",
             "Every model renders every prompt of the set with every seed. Parameters left blank take each "
             "model's defaults; set them to compare models at identical settings.",
         )

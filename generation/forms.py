@@ -9,12 +9,18 @@ from .prompt_files import FORMATS, PromptFileError
 
 class RegisterModelForm(forms.Form):
     name = forms.SlugField(max_length=100, help_text="Short unique name, e.g. sd15-base.")
-    pipeline_path = forms.CharField(max_length=1000, help_text="Local directory written by diffusers save_pretrained (holds model_index.json).")
+    pipeline_path = forms.CharField(
+        max_length=1000, help_text="Local directory written by diffusers save_pretrained (holds model_index.json)."
+    )
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
     steps = forms.IntegerField(initial=30, min_value=1, max_value=1000)
     guidance_scale = forms.FloatField(initial=7.5, min_value=0, max_value=50)
-    width = forms.IntegerField(required=False, min_value=8, max_value=4096, help_text="Blank: the pipeline's native resolution.")
-    height = forms.IntegerField(required=False, min_value=8, max_value=4096, help_text="Blank: the pipeline's native resolution.")
+    width = forms.IntegerField(
+        required=False, min_value=8, max_value=4096, help_text="Blank: the pipeline's native resolution."
+    )
+    height = forms.IntegerField(
+        required=False, min_value=8, max_value=4096, help_text="Blank: the pipeline's native resolution."
+    )
     scheduler = forms.ChoiceField(choices=SCHEDULER_CHOICES, initial="default")
 
     def clean_pipeline_path(self):
@@ -47,8 +53,12 @@ class RegisterModelForm(forms.Form):
 
 class PromptImportForm(forms.Form):
     name = forms.CharField(max_length=200)
-    file = forms.FileField(help_text="CSV or JSONL with a 'prompt' column/key, or a PartiPrompts TSV (Prompt, Category, Challenge, Note).")
-    format = forms.ChoiceField(choices=[("", "from the file extension")] + [(f, f.upper()) for f in FORMATS], required=False)
+    file = forms.FileField(
+        help_text="CSV or JSONL with a 'prompt' column/key, or a PartiPrompts TSV (Prompt, Category, Challenge, Note)."
+    )
+    format = forms.ChoiceField(
+        choices=[("", "from the file extension")] + [(f, f.upper()) for f in FORMATS], required=False
+    )
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
 
     def import_set(self):
@@ -73,7 +83,9 @@ class GenerationBatchForm(forms.Form):
     name = forms.CharField(max_length=200, required=False)
     models = forms.ModelMultipleChoiceField(queryset=TextToImageModel.objects.all())
     prompt_set = forms.ModelChoiceField(queryset=PromptSet.objects.all())
-    seeds = forms.CharField(initial="0-3", help_text="Integers and ranges, e.g. '0-3, 10'. Every model gets every (prompt, seed).")
+    seeds = forms.CharField(
+        initial="0-3", help_text="Integers and ranges, e.g. '0-3, 10'. Every model gets every (prompt, seed)."
+    )
     steps = forms.IntegerField(required=False, min_value=1, max_value=1000, help_text="Blank: each model's default.")
     guidance_scale = forms.FloatField(required=False, min_value=0, max_value=50)
     width = forms.IntegerField(required=False, min_value=8, max_value=4096)
@@ -96,7 +108,11 @@ class GenerationBatchForm(forms.Form):
                 models=list(d["models"]),
                 prompt_set=d["prompt_set"],
                 seeds=d["seeds"],
-                parameters={k: d[k] for k in ("steps", "guidance_scale", "width", "height", "scheduler") if d[k] not in (None, "")},
+                parameters={
+                    k: d[k]
+                    for k in ("steps", "guidance_scale", "width", "height", "scheduler")
+                    if d[k] not in (None, "")
+                },
                 name=d["name"],
                 inference_batch_size=d["inference_batch_size"],
                 chunk_size=d["chunk_size"],

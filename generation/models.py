@@ -66,15 +66,25 @@ class TextToImageModel(models.Model):
     )
     weights_bytes = models.BigIntegerField(editable=False, default=0)
 
-    default_steps = models.PositiveSmallIntegerField(default=30, validators=[MinValueValidator(1), MaxValueValidator(1000)])
-    default_guidance_scale = models.FloatField(default=7.5, validators=[MinValueValidator(0.0), MaxValueValidator(50.0)])
+    default_steps = models.PositiveSmallIntegerField(
+        default=30, validators=[MinValueValidator(1), MaxValueValidator(1000)]
+    )
+    default_guidance_scale = models.FloatField(
+        default=7.5, validators=[MinValueValidator(0.0), MaxValueValidator(50.0)]
+    )
     default_width = models.PositiveIntegerField(default=512, validators=[MinValueValidator(8), MaxValueValidator(4096)])
-    default_height = models.PositiveIntegerField(default=512, validators=[MinValueValidator(8), MaxValueValidator(4096)])
+    default_height = models.PositiveIntegerField(
+        default=512, validators=[MinValueValidator(8), MaxValueValidator(4096)]
+    )
     default_scheduler = models.CharField(max_length=32, choices=SCHEDULER_CHOICES, default="default")
 
     source = models.CharField(max_length=32, choices=Source.choices, default=Source.REGISTERED)
     parent = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="derived_models",
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="derived_models",
         help_text="The model this one was fine-tuned from, if any.",
     )
     registered_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
@@ -199,7 +209,11 @@ class GeneratedImage(models.Model):
     seconds = models.FloatField(help_text="Inference time per image (its share of the forward pass).")
     device = models.CharField(max_length=64)
     batch = models.ForeignKey(
-        GenerationBatch, null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        GenerationBatch,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
         help_text="The batch that first made this image; later batches reuse it.",
     )
     created_at = models.DateTimeField(auto_now_add=True)

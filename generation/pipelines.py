@@ -120,7 +120,7 @@ def _read_model_index(index_file: Path) -> dict:
     if not isinstance(class_name, str) or not class_name:
         raise PipelineDirectoryError(
             f"{index_file}: _class_name must be the pipeline's class name as a string, e.g. "
-            f"\"StableDiffusionPipeline\", not {class_name!r}."
+            f'"StableDiffusionPipeline", not {class_name!r}.'
         )
     return index
 
@@ -148,8 +148,21 @@ def _required_components(class_name: str) -> list[str]:
 
 # Bytes per element of each safetensors dtype.
 _SAFETENSORS_DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+    "BOOL": 1,
+    "U8": 1,
+    "I8": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I16": 2,
+    "U16": 2,
+    "F16": 2,
+    "BF16": 2,
+    "I32": 4,
+    "U32": 4,
+    "F32": 4,
+    "I64": 8,
+    "U64": 8,
+    "F64": 8,
 }
 _SAFETENSORS_MAX_HEADER = 100_000_000  # the safetensors library's own limit
 
@@ -164,8 +177,10 @@ def safetensors_problem(file: str | Path) -> str | None:
     with open(file, "rb") as handle:
         header_length = int.from_bytes(handle.read(8), "little")
         if header_length > min(size - 8, _SAFETENSORS_MAX_HEADER):
-            return (f"is truncated or not a safetensors file: its header claims {header_length:,} bytes but the file "
-                    f"has {size:,}")
+            return (
+                f"is truncated or not a safetensors file: its header claims {header_length:,} bytes but the file "
+                f"has {size:,}"
+            )
         raw = handle.read(header_length)
     try:
         header = json.loads(raw.decode("utf-8"))
@@ -179,17 +194,26 @@ def safetensors_problem(file: str | Path) -> str | None:
             continue
         offsets = info.get("data_offsets") if isinstance(info, dict) else None
         shape = info.get("shape") if isinstance(info, dict) else None
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
-                or not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape)):
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(o, int) for o in offsets)
+            or not isinstance(shape, list)
+            or not all(isinstance(d, int) and d >= 0 for d in shape)
+        ):
             return f"describes tensor {name!r} without a valid shape and data_offsets (damaged header)"
         begin, end = offsets
         if not 0 <= begin <= end <= data_bytes:
-            return (f"is truncated or damaged: tensor {name!r} lies at bytes {begin:,}-{end:,} of the data, but the "
-                    f"file holds {data_bytes:,} bytes of data")
+            return (
+                f"is truncated or damaged: tensor {name!r} lies at bytes {begin:,}-{end:,} of the data, but the "
+                f"file holds {data_bytes:,} bytes of data"
+            )
         per_element = _SAFETENSORS_DTYPE_BYTES.get(info.get("dtype"))
         if per_element is not None and end - begin != per_element * math.prod(shape):
-            return (f"is damaged: tensor {name!r} ({info.get('dtype')} {shape}) needs {per_element * math.prod(shape):,} "
-                    f"bytes but its range holds {end - begin:,}")
+            return (
+                f"is damaged: tensor {name!r} ({info.get('dtype')} {shape}) needs {per_element * math.prod(shape):,} "
+                f"bytes but its range holds {end - begin:,}"
+            )
     return None
 
 
@@ -200,7 +224,9 @@ def inspect_pipeline_directory(path: str | Path) -> PipelineInfo:
     """
     path = Path(path).expanduser()
     if not path.exists():
-        raise PipelineDirectoryError(f"{path} does not exist. Give the directory that diffusers' save_pretrained wrote.")
+        raise PipelineDirectoryError(
+            f"{path} does not exist. Give the directory that diffusers' save_pretrained wrote."
+        )
     if not path.is_dir():
         raise PipelineDirectoryError(
             f"{path} is a file, not a pipeline directory. A single-file checkpoint must first be converted: "
@@ -232,13 +258,15 @@ def inspect_pipeline_directory(path: str | Path) -> PipelineInfo:
         if not isinstance(spec, list):
             if name in _component_names(class_name):
                 problems.append(
-                    f"model_index.json: {name} should be [library, class], e.g. [\"diffusers\", \"UNet2DConditionModel\"], "
+                    f'model_index.json: {name} should be [library, class], e.g. ["diffusers", "UNet2DConditionModel"], '
                     f"not {spec!r}"
                 )
             continue  # a setting such as requires_safety_checker
         if len(spec) != 2 or not all(part is None or isinstance(part, str) for part in spec):
-            problems.append(f"model_index.json: {name} should be [library, class] (two strings, or null for an absent "
-                            f"optional component), not {spec!r}")
+            problems.append(
+                f"model_index.json: {name} should be [library, class] (two strings, or null for an absent "
+                f"optional component), not {spec!r}"
+            )
             continue
         library, component_class = spec
         if component_class is None:
@@ -261,8 +289,11 @@ def inspect_pipeline_directory(path: str | Path) -> PipelineInfo:
                 problems.append(f"{name}/ has no weights (expected *.safetensors or *.bin)")
     if problems:
         raise PipelineDirectoryError(f"{path} is an incomplete {class_name}: " + "; ".join(problems) + ".")
-    damaged = [f"{file.relative_to(path).as_posix()} {problem}" for file in _pipeline_files(path)
-               if file.suffix == ".safetensors" and (problem := safetensors_problem(file))]
+    damaged = [
+        f"{file.relative_to(path).as_posix()} {problem}"
+        for file in _pipeline_files(path)
+        if file.suffix == ".safetensors" and (problem := safetensors_problem(file))
+    ]
     if damaged:
         raise PipelineDirectoryError(
             f"{path} has damaged weights: " + "; ".join(damaged) + ". Copy the files again, or save the pipeline "
@@ -319,20 +350,26 @@ class LoadedPipeline:
             try:
                 class_name, extra = SCHEDULERS[name]
             except KeyError:
-                raise ValueError(f"unknown scheduler {name!r}; choose one of default, {', '.join(SCHEDULERS)}") from None
+                raise ValueError(
+                    f"unknown scheduler {name!r}; choose one of default, {', '.join(SCHEDULERS)}"
+                ) from None
             cls = getattr(diffusers, class_name)
             self.pipe.scheduler = cls.from_config(self.original_scheduler.config, **extra)
         self.scheduler_name = name
 
 
-def load_pipeline(path: str | Path, *, expected_fingerprint: str | None, device: str = "auto", dtype: str = "auto") -> LoadedPipeline:
+def load_pipeline(
+    path: str | Path, *, expected_fingerprint: str | None, device: str = "auto", dtype: str = "auto"
+) -> LoadedPipeline:
     """Load a pipeline from a local directory, refusing weights that changed since registration."""
     import torch
     from diffusers import AutoPipelineForText2Image
 
     path = Path(path)
     if not path.is_dir():
-        raise PipelineDirectoryError(f"{path} no longer exists on this worker. Mount the model directory here or register the model again.")
+        raise PipelineDirectoryError(
+            f"{path} no longer exists on this worker. Mount the model directory here or register the model again."
+        )
     if expected_fingerprint is not None:
         actual, _ = fingerprint_directory(path)
         if actual != expected_fingerprint:
@@ -350,7 +387,9 @@ def load_pipeline(path: str | Path, *, expected_fingerprint: str | None, device:
     if device.startswith("cuda"):
         torch.backends.cudnn.benchmark = False  # autotuning picks kernels per run: not reproducible
     logger.info("loaded %s from %s on %s in %.1fs", type(pipe).__name__, path, device, time.perf_counter() - started)
-    return LoadedPipeline(pipe=pipe, original_scheduler=pipe.scheduler, device=device, fingerprint=expected_fingerprint or "")
+    return LoadedPipeline(
+        pipe=pipe, original_scheduler=pipe.scheduler, device=device, fingerprint=expected_fingerprint or ""
+    )
 
 
 def _quiet_progress_bars() -> None:
@@ -405,7 +444,9 @@ def _free_accelerator_memory() -> None:
 # --- Running ---------------------------------------------------------------------------------
 
 
-def render(loaded: LoadedPipeline, prompts: list[str], seeds: list[int], parameters: dict) -> tuple[list[np.ndarray], float]:
+def render(
+    loaded: LoadedPipeline, prompts: list[str], seeds: list[int], parameters: dict
+) -> tuple[list[np.ndarray], float]:
     """Run one forward pass over ``prompts`` with one generator per image.
 
     Each image's initial noise comes from its own CPU generator seeded with its

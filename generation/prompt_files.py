@@ -65,7 +65,9 @@ def detect_format(filename: str, explicit: str | None = None) -> str:
     suffix = PurePath(filename).suffix.lower()
     if suffix not in _EXTENSIONS:
         raise PromptFileError(
-            [f"cannot tell the format of {filename!r} from its extension; name it .csv, .tsv or .jsonl, or give the format"]
+            [
+                f"cannot tell the format of {filename!r} from its extension; name it .csv, .tsv or .jsonl, or give the format"
+            ]
         )
     return _EXTENSIONS[suffix]
 
@@ -77,7 +79,9 @@ def _decode(data: bytes) -> str:
         line = data[: exc.start].count(b"\n") + 1
         column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
         raise PromptFileError(
-            [f"line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at column {column}); re-save the file as UTF-8"]
+            [
+                f"line {line}: not valid UTF-8 (byte 0x{data[exc.start]:02x} at column {column}); re-save the file as UTF-8"
+            ]
         ) from None
 
 
@@ -129,11 +133,11 @@ def _rows_from_jsonl(text: str, errors: list[str]):
             errors.append(f"line {number}: not valid JSON ({exc.msg})")
             continue
         if not isinstance(obj, dict):
-            errors.append(f"line {number}: expected a JSON object with a \"prompt\" key")
+            errors.append(f'line {number}: expected a JSON object with a "prompt" key')
             continue
         lowered = {str(k).lower(): v for k, v in obj.items()}
         if "prompt" not in lowered:
-            errors.append(f"line {number}: no \"prompt\" key")
+            errors.append(f'line {number}: no "prompt" key')
             continue
         values = {}
         for name in ("prompt", *OPTIONAL_COLUMNS):
@@ -141,7 +145,7 @@ def _rows_from_jsonl(text: str, errors: list[str]):
             if value is None:
                 value = ""
             if not isinstance(value, str):
-                errors.append(f"line {number}: \"{name}\" must be a string, not {type(value).__name__}")
+                errors.append(f'line {number}: "{name}" must be a string, not {type(value).__name__}')
                 break
             values[name] = value
         else:
@@ -154,14 +158,20 @@ def parse_prompt_file(
     """Parse a prompt file; raise PromptFileError with every problem, or return the prompts."""
     fmt = detect_format(filename, format)
     if len(data) > max_bytes:
-        raise PromptFileError([f"the file is {len(data):,} bytes; the limit is {max_bytes:,} (NEEDLE_PROMPT_FILE_MAX_BYTES)"])
+        raise PromptFileError(
+            [f"the file is {len(data):,} bytes; the limit is {max_bytes:,} (NEEDLE_PROMPT_FILE_MAX_BYTES)"]
+        )
     if b"\x00" in data:
         line = data[: data.index(b"\x00")].count(b"\n") + 1
         raise PromptFileError([f"line {line}: NUL byte; this looks like a binary file or UTF-16 text, not UTF-8"])
     text = _decode(data)
 
     errors: list[str] = []
-    rows = _rows_from_jsonl(text, errors) if fmt == "jsonl" else _rows_from_delimited(text, "," if fmt == "csv" else "\t", errors)
+    rows = (
+        _rows_from_jsonl(text, errors)
+        if fmt == "jsonl"
+        else _rows_from_delimited(text, "," if fmt == "csv" else "\t", errors)
+    )
     result = ParsedPromptFile()
     first_seen: dict[str, int] = {}
     for line, values in rows:
@@ -179,9 +189,7 @@ def parse_prompt_file(
             result.duplicates.append(Duplicate(line, first_seen[prompt], prompt))
             continue
         first_seen[prompt] = line
-        result.prompts.append(
-            ParsedPrompt(line, prompt, *(values.get(name, "").strip() for name in OPTIONAL_COLUMNS))
-        )
+        result.prompts.append(ParsedPrompt(line, prompt, *(values.get(name, "").strip() for name in OPTIONAL_COLUMNS)))
     if not errors and not result.prompts:
         errors.append("the file holds no prompts")
     if errors:

@@ -100,9 +100,11 @@ def is_stalled(batch: GenerationBatch, progress: BatchProgress | None = None, no
 
 def stalled_message(batch: GenerationBatch, progress: BatchProgress, now: datetime | None = None) -> str:
     quiet = int(((now or timezone.now()) - last_sign_of_life(batch)).total_seconds())
-    return (f"{batch} stalled at {progress.done}/{progress.total}: no worker has reported on it for {quiet // 60} min "
-            f"{quiet % 60} s (its worker may have died, or no worker consumes the 'generation' queue). Resume it to "
-            f"queue the missing images: manage.py generate --resume {batch.pk}, or the resume button on its page.")
+    return (
+        f"{batch} stalled at {progress.done}/{progress.total}: no worker has reported on it for {quiet // 60} min "
+        f"{quiet % 60} s (its worker may have died, or no worker consumes the 'generation' queue). Resume it to "
+        f"queue the missing images: manage.py generate --resume {batch.pk}, or the resume button on its page."
+    )
 
 
 def batch_status(batch: GenerationBatch, progress: BatchProgress | None = None) -> str:

@@ -89,19 +89,23 @@ def check_generation_parameters(params: dict, error=GenerationError, *, blank_hi
     if guidance is not None and (
         not _is_number(guidance) or not math.isfinite(guidance) or not 0 <= guidance <= MAX_GUIDANCE_SCALE
     ):
-        raise error(f"The guidance scale must be a number from 0 to {MAX_GUIDANCE_SCALE}, not {guidance!r}.",
-                    field="guidance_scale")
+        raise error(
+            f"The guidance scale must be a number from 0 to {MAX_GUIDANCE_SCALE}, not {guidance!r}.",
+            field="guidance_scale",
+        )
     for side in ("width", "height"):
         value = params.get(side)
         if value is not None and (not _is_whole(value) or value % 8 or not MIN_SIDE <= value <= MAX_SIDE):
             raise error(
                 f"The {side} must be a whole number of pixels, a multiple of 8 from {MIN_SIDE} to {MAX_SIDE} (the VAE "
-                f"works in 8-pixel blocks), not {value!r}{blank_hint}.", field=side,
+                f"works in 8-pixel blocks), not {value!r}{blank_hint}.",
+                field=side,
             )
     scheduler = params.get("scheduler")
     if scheduler is not None and scheduler not in dict(SCHEDULER_CHOICES):
-        raise error(f"Unknown scheduler {scheduler!r}; choose one of {', '.join(dict(SCHEDULER_CHOICES))}.",
-                    field="scheduler")
+        raise error(
+            f"Unknown scheduler {scheduler!r}; choose one of {', '.join(dict(SCHEDULER_CHOICES))}.", field="scheduler"
+        )
     return params
 
 
@@ -113,8 +117,11 @@ def check_seeds(seeds, error=GenerationError, *, field: str = "seeds") -> list[i
     if not seeds:
         raise error("Give at least one seed, e.g. '0-3'.", field=field)
     if len(seeds) > MAX_SEEDS:
-        raise error(f"{len(seeds):,} seeds is too many: at most {MAX_SEEDS:,} in one batch or campaign (every model "
-                    "renders every prompt once per seed). Use fewer seeds.", field=field)
+        raise error(
+            f"{len(seeds):,} seeds is too many: at most {MAX_SEEDS:,} in one batch or campaign (every model "
+            "renders every prompt once per seed). Use fewer seeds.",
+            field=field,
+        )
     for seed in seeds:
         if not _is_whole(seed):
             raise error(f"Seeds must be whole numbers from 0 to {MAX_SEED}, not {seed!r}.", field=field)
@@ -167,7 +174,8 @@ def register_model(
     name = check_model_name(name, ModelRegistrationError)
     check_generation_parameters(
         {"steps": steps, "guidance_scale": guidance_scale, "width": width, "height": height, "scheduler": scheduler},
-        ModelRegistrationError, blank_hint="; leave it out to use the pipeline's native resolution",
+        ModelRegistrationError,
+        blank_hint="; leave it out to use the pipeline's native resolution",
     )
     if not isinstance(pipeline_path, str) or not pipeline_path.strip():
         raise ModelRegistrationError(
@@ -200,12 +208,16 @@ def register_model(
     try:
         model.full_clean()
     except ValidationError as exc:
-        errors = [(None if k == "__all__" else k.removeprefix("default_"), " ".join(v)) for k, v in exc.message_dict.items()]
+        errors = [
+            (None if k == "__all__" else k.removeprefix("default_"), " ".join(v)) for k, v in exc.message_dict.items()
+        ]
         raise ModelRegistrationError("; ".join(m for _, m in errors), errors=errors) from None
     try:
         model.save()
     except IntegrityError:
-        raise ModelRegistrationError(f"A model named {name!r} already exists; choose another name.", field="name") from None
+        raise ModelRegistrationError(
+            f"A model named {name!r} already exists; choose another name.", field="name"
+        ) from None
     logger.info("registered model %s (%s, %s)", name, info.class_name, info.fingerprint[:12])
     return model
 
@@ -251,7 +263,9 @@ def import_prompt_set(
                 for i, p in enumerate(parsed.prompts)
             )
     except IntegrityError:
-        raise PromptFileError([f"a prompt set named {name!r} already exists; choose another name"], field="name") from None
+        raise PromptFileError(
+            [f"a prompt set named {name!r} already exists; choose another name"], field="name"
+        ) from None
     return prompt_set, parsed
 
 
@@ -292,15 +306,25 @@ def create_batch(
     overrides = {k: v for k, v in (parameters or {}).items() if v is not None}
     unknown = set(overrides) - {"steps", "guidance_scale", "width", "height", "scheduler"}
     if unknown:
-        raise BatchError(f"Unknown generation parameters: {', '.join(sorted(unknown))}; give steps, guidance_scale, "
-                         "width, height or scheduler.")
+        raise BatchError(
+            f"Unknown generation parameters: {', '.join(sorted(unknown))}; give steps, guidance_scale, "
+            "width, height or scheduler."
+        )
     check_generation_parameters(overrides, BatchError, blank_hint="; leave it out for each model's default")
     inference_batch_size = _check_size(
-        inference_batch_size, label="inference batch size (images per forward pass)", field="inference_batch_size",
-        default=settings.NEEDLE_INFERENCE_BATCH_SIZE, largest=MAX_INFERENCE_BATCH_SIZE,
+        inference_batch_size,
+        label="inference batch size (images per forward pass)",
+        field="inference_batch_size",
+        default=settings.NEEDLE_INFERENCE_BATCH_SIZE,
+        largest=MAX_INFERENCE_BATCH_SIZE,
     )
-    chunk_size = _check_size(chunk_size, label="chunk size (images per task)", field="chunk_size",
-                             default=settings.NEEDLE_CHUNK_SIZE, largest=MAX_CHUNK_SIZE)
+    chunk_size = _check_size(
+        chunk_size,
+        label="chunk size (images per task)",
+        field="chunk_size",
+        default=settings.NEEDLE_CHUNK_SIZE,
+        largest=MAX_CHUNK_SIZE,
+    )
     # A chunk holds whole forward passes, so a redone chunk regroups images exactly as before.
     chunk_size = max(inference_batch_size, chunk_size - chunk_size % inference_batch_size)
 
@@ -423,7 +447,10 @@ def generate_chunk(batch_id: int, model_id: int, chunk_index: int) -> ChunkResul
     if pending:
         model = bm.model
         loaded = pipeline_cache().get(
-            model.pipeline_path, model.weights_fingerprint, device=settings.NEEDLE_DEVICE, dtype=settings.NEEDLE_TORCH_DTYPE
+            model.pipeline_path,
+            model.weights_fingerprint,
+            device=settings.NEEDLE_DEVICE,
+            dtype=settings.NEEDLE_TORCH_DTYPE,
         )
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="needle-store") as store:
             previous = None
@@ -446,7 +473,9 @@ def report_alive(batch_id: int) -> None:
     GenerationBatch.objects.filter(pk=batch_id).update(heartbeat_at=timezone.now())
 
 
-def store_pass(batch_id, bm: BatchModel, loaded, keys: list[ImageKey], images, seconds: float, existing: set) -> list[GeneratedImage]:
+def store_pass(
+    batch_id, bm: BatchModel, loaded, keys: list[ImageKey], images, seconds: float, existing: set
+) -> list[GeneratedImage]:
     """Write a pass's images to storage (no database access: safe on a helper thread); returns unsaved rows."""
     storage = GeneratedImage._meta.get_field("file").storage
     rows = []
@@ -507,14 +536,19 @@ def parse_seeds(spec: str, error=BatchError, *, field: str = "seeds") -> list[in
             else:
                 lo_i = hi_i = int(part)
         except ValueError:
-            raise error(f"Cannot read seeds {part!r}: write whole numbers (integers) and ranges, e.g. '0-3, 10'.",
-                        field=field) from None
+            raise error(
+                f"Cannot read seeds {part!r}: write whole numbers (integers) and ranges, e.g. '0-3, 10'.", field=field
+            ) from None
         if hi_i < lo_i:
-            raise error(f"Seed range {part!r} runs backwards: write the lower seed first, e.g. '{hi_i}-{lo_i}'.",
-                        field=field)
+            raise error(
+                f"Seed range {part!r} runs backwards: write the lower seed first, e.g. '{hi_i}-{lo_i}'.", field=field
+            )
         if len(seeds) + hi_i - lo_i + 1 > MAX_SEEDS:
-            raise error(f"{part!r} makes {len(seeds) + hi_i - lo_i + 1:,} seeds: at most {MAX_SEEDS:,} are allowed in "
-                        "one batch or campaign (every model renders every prompt once per seed).", field=field)
+            raise error(
+                f"{part!r} makes {len(seeds) + hi_i - lo_i + 1:,} seeds: at most {MAX_SEEDS:,} are allowed in "
+                "one batch or campaign (every model renders every prompt once per seed).",
+                field=field,
+            )
         seeds.extend(range(lo_i, hi_i + 1))
     if not seeds:
         raise error("Give at least one seed, e.g. '0-3'.", field=field)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from django.core.files.storage import FileSystemStorage
 
-
 # A file being written; renamed to its content-addressed name once complete. A worker killed mid-write leaves one.
 PARTIAL_PREFIX, PARTIAL_SUFFIX = ".tmp-", ".part"
 

@@ -24,7 +24,9 @@ def generate_chunk(self, batch_id: int, model_id: int, chunk_index: int) -> dict
     except TRANSIENT_ERRORS as exc:
         if self.request.retries < self.max_retries:
             raise self.retry(exc=exc, countdown=min(300, 5 * 2**self.request.retries))
-        services.record_batch_failure(batch_id, f"chunk {chunk_index} of model {model_id} failed {self.max_retries + 1} times: {exc}")
+        services.record_batch_failure(
+            batch_id, f"chunk {chunk_index} of model {model_id} failed {self.max_retries + 1} times: {exc}"
+        )
         raise
     except Exception as exc:
         # A missing or changed model, a bad parameter, out of memory: retrying

@@ -17,9 +17,13 @@ from pathlib import Path
 
 from core.clip_text import clip_text_config, clip_tokenizer
 
+
 def _text_encoder_config(hidden_size: int, projection_dim: int | None = None):
     return clip_text_config(
-        hidden_size=hidden_size, intermediate_size=hidden_size * 2, num_hidden_layers=2, num_attention_heads=2,
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=2,
+        num_attention_heads=2,
         projection_dim=projection_dim or hidden_size,
     )
 

@@ -49,9 +49,16 @@ def batch_detail(request, pk):
         request,
         "generation/batch_detail.html",
         {
-            "batch": batch, "summary": summary, "batch_models": batch_models, "pairs": pairs,
-            "page": page, "pages": pages, "first": first, "last": first + len(pairs) - 1,
-            "previous_page": page - 1 if page > 1 else None, "next_page": page + 1 if page < pages else None,
+            "batch": batch,
+            "summary": summary,
+            "batch_models": batch_models,
+            "pairs": pairs,
+            "page": page,
+            "pages": pages,
+            "first": first,
+            "last": first + len(pairs) - 1,
+            "previous_page": page - 1 if page > 1 else None,
+            "next_page": page + 1 if page < pages else None,
         },
     )
 
@@ -60,7 +67,9 @@ def batch_detail(request, pk):
 @require_safe
 def progress_json(request):
     ids = [int(i) for i in request.GET.getlist("id") if i.isdigit()][:100]
-    batches = GenerationBatch.objects.filter(pk__in=ids) if ids else GenerationBatch.objects.order_by("-created_at")[:100]
+    batches = (
+        GenerationBatch.objects.filter(pk__in=ids) if ids else GenerationBatch.objects.order_by("-created_at")[:100]
+    )
     return JsonResponse({"batches": [_batch_summary(b) for b in batches]})
 
 

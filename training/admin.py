@@ -48,16 +48,37 @@ class QualityTuningRunAdmin(admin.ModelAdmin):
     list_filter = ["status", "base_model", "dataset"]
     list_select_related = ["base_model", "dataset", "created_by"]
     readonly_fields = [
-        "base_model", "base_fingerprint", "dataset", "config", "run_dir", "status", "step", "max_steps", "loss",
-        "seconds_per_step", "eta_seconds", "error", "celery_task_id", "attempts", "worker", "trainer_pid",
-        "heartbeat_at", "created_by", "created_at", "queued_at", "started_at", "finished_at",
+        "base_model",
+        "base_fingerprint",
+        "dataset",
+        "config",
+        "run_dir",
+        "status",
+        "step",
+        "max_steps",
+        "loss",
+        "seconds_per_step",
+        "eta_seconds",
+        "error",
+        "celery_task_id",
+        "attempts",
+        "worker",
+        "trainer_pid",
+        "heartbeat_at",
+        "created_by",
+        "created_at",
+        "queued_at",
+        "started_at",
+        "finished_at",
     ]
     inlines = [RunCheckpointInline]
     actions = ["cancel", "start"]
 
     @admin.display(description="progress")
     def progress(self, obj):
-        return format_html('<progress max="{}" value="{}"></progress> {} / {}', obj.max_steps, obj.step, obj.step, obj.max_steps)
+        return format_html(
+            '<progress max="{}" value="{}"></progress> {} / {}', obj.max_steps, obj.step, obj.step, obj.max_steps
+        )
 
     @admin.display(description="")
     def page(self, obj):
@@ -88,14 +109,23 @@ class RunCheckpointAdmin(admin.ModelAdmin):
     list_display = ["__str__", "step", "saved_at", "loss", "registered_model"]
     list_filter = ["run"]
     list_select_related = ["run", "registered_model"]
-    readonly_fields = ["run", "step", "path", "saved_at", "loss", "exported_path", "registered_model", "lineage", "recorded_at"]
+    readonly_fields = [
+        "run",
+        "step",
+        "path",
+        "saved_at",
+        "loss",
+        "exported_path",
+        "registered_model",
+        "lineage",
+        "recorded_at",
+    ]
 
     def has_add_permission(self, request):
         return False
 
 
 # --- Curation (read-mostly: imports and runs go through the curation pages and services) -------------------------
-
 
 
 @admin.register(CandidateCollection)
@@ -134,8 +164,21 @@ class CurationRunAdmin(admin.ModelAdmin):
     list_filter = ["status", "collection"]
     list_select_related = ["collection", "created_by"]
     readonly_fields = [
-        "collection", "stages", "clip_model_path", "clip_model_name", "aesthetic_head_path", "status", "error", "report",
-        "count_in", "count_kept", "celery_task_id", "created_by", "created_at", "started_at", "finished_at",
+        "collection",
+        "stages",
+        "clip_model_path",
+        "clip_model_name",
+        "aesthetic_head_path",
+        "status",
+        "error",
+        "report",
+        "count_in",
+        "count_kept",
+        "celery_task_id",
+        "created_by",
+        "created_at",
+        "started_at",
+        "finished_at",
     ]
     actions = ["start"]
 
@@ -160,7 +203,17 @@ class FunnelOutcomeAdmin(admin.ModelAdmin):
     list_display = ["candidate", "run", "kept", "stage", "reason", "clip_score", "aesthetic_score"]
     list_filter = ["kept", "stage", "run"]
     list_select_related = ["candidate", "run"]
-    readonly_fields = ["run", "candidate", "kept", "stage", "reason", "duplicate_of", "clip_score", "aesthetic_score", "scores"]
+    readonly_fields = [
+        "run",
+        "candidate",
+        "kept",
+        "stage",
+        "reason",
+        "duplicate_of",
+        "clip_score",
+        "aesthetic_score",
+        "scores",
+    ]
 
     def has_add_permission(self, request):
         return False
@@ -174,14 +227,35 @@ class FunnelOutcomeAdmin(admin.ModelAdmin):
 
 @admin.register(CurationReview)
 class CurationReviewAdmin(admin.ModelAdmin):
-    list_display = ["name", "stage", "mode", "status", "funnel_run", "source_review", "target_size", "dataset", "created_at", "researcher_page"]
+    list_display = [
+        "name",
+        "stage",
+        "mode",
+        "status",
+        "funnel_run",
+        "source_review",
+        "target_size",
+        "dataset",
+        "created_at",
+        "researcher_page",
+    ]
     list_filter = ["stage", "status", "mode"]
     search_fields = ["name"]
     list_select_related = ["funnel_run", "source_review", "dataset"]
     # The candidates, their order and the outcome are the stage's record; only the wording and the lease may change.
     readonly_fields = [
-        "name", "stage", "funnel_run", "source_review", "mode", "keep_threshold", "target_size", "status", "dataset",
-        "created_by", "created_at", "closed_at",
+        "name",
+        "stage",
+        "funnel_run",
+        "source_review",
+        "mode",
+        "keep_threshold",
+        "target_size",
+        "status",
+        "dataset",
+        "created_by",
+        "created_at",
+        "closed_at",
     ]
     fields = [*readonly_fields[:7], "instructions", "lease_seconds", *readonly_fields[7:]]
 
@@ -201,7 +275,17 @@ class CurationReviewAdmin(admin.ModelAdmin):
 
 @admin.register(CurationDecision)
 class CurationDecisionAdmin(ReadOnlyAdmin):
-    list_display = ["review", "position", "candidate", "reviewer", "keep", "rating", "reasons", "decided_at", "seconds_on_task"]
+    list_display = [
+        "review",
+        "position",
+        "candidate",
+        "reviewer",
+        "keep",
+        "rating",
+        "reasons",
+        "decided_at",
+        "seconds_on_task",
+    ]
     list_filter = ["review", "keep"]
     search_fields = ["candidate__relative_path", "caption"]
     list_select_related = ["review", "candidate", "reviewer"]

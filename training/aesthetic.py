@@ -87,7 +87,7 @@ def expected_shapes(input_dim: int) -> dict[str, tuple[int, ...]]:
     """The LAION layout: state dict key -> tensor shape, for embeddings of size ``input_dim``."""
     dims = (input_dim, *HIDDEN, 1)
     shapes = {}
-    for (index, fan_in, fan_out) in zip(LINEAR_INDICES, dims[:-1], dims[1:]):
+    for index, fan_in, fan_out in zip(LINEAR_INDICES, dims[:-1], dims[1:]):
         shapes[f"layers.{index}.weight"] = (fan_out, fan_in)
         shapes[f"layers.{index}.bias"] = (fan_out,)
     return shapes
@@ -179,7 +179,9 @@ class AestheticHead:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Exactly the LAION keys, as contiguous float32 CPU tensors."""
-        return {key: value.detach().to("cpu", torch.float32).contiguous() for key, value in self.module.state_dict().items()}
+        return {
+            key: value.detach().to("cpu", torch.float32).contiguous() for key, value in self.module.state_dict().items()
+        }
 
     def save(self, path: str | Path) -> Path:
         """Write the LAION layout (``.safetensors`` by suffix, else ``torch.save``), atomically."""
@@ -227,7 +229,9 @@ class AestheticTraining:
 
 def rating_to_score(ratings: np.ndarray) -> np.ndarray:
     """1-5 ratings onto the LAION 1-10 scale (1 -> 1, 3 -> 5.5, 5 -> 10)."""
-    return SCORE_MIN + (np.asarray(ratings, dtype=np.float64) - RATING_MIN) * (SCORE_MAX - SCORE_MIN) / (RATING_MAX - RATING_MIN)
+    return SCORE_MIN + (np.asarray(ratings, dtype=np.float64) - RATING_MIN) * (SCORE_MAX - SCORE_MIN) / (
+        RATING_MAX - RATING_MIN
+    )
 
 
 def _ratings_kind(ratings: np.ndarray, n: int, kind: str) -> str:
@@ -292,7 +296,9 @@ def train_aesthetic_head(
     if kind == "absolute":
         values = ratings.astype(np.float64).reshape(-1)
         if len(values) != n:
-            raise AestheticHeadError(f"{len(values)} absolute ratings for {n} embeddings: give one per image (NaN = unrated)")
+            raise AestheticHeadError(
+                f"{len(values)} absolute ratings for {n} embeddings: give one per image (NaN = unrated)"
+            )
         rated = np.flatnonzero(~np.isnan(values))
         out_of_range = rated[(values[rated] < RATING_MIN) | (values[rated] > RATING_MAX)]
         if len(out_of_range):
@@ -320,7 +326,9 @@ def train_aesthetic_head(
             )
         probability = pairs[:, 2] if pairs.shape[1] == 3 else np.ones(len(pairs))
         if np.any((probability < 0) | (probability > 1)) or np.any(np.isnan(probability)):
-            raise AestheticHeadError("the preference probability column must lie in 0-1 (1 = first preferred, 0.5 = tie)")
+            raise AestheticHeadError(
+                "the preference probability column must lie in 0-1 (1 = first preferred, 0.5 = tie)"
+            )
         if len(pairs) < 2:
             raise AestheticHeadError(f"need at least 2 preference pairs to train, got {len(pairs)}")
         train_idx, val_idx = _split(len(pairs), validation_fraction, rng)

@@ -94,7 +94,9 @@ def find_checkpoint(run_dir: str | Path, step: int | None = None) -> Path:
     path = latest_checkpoint(run_dir) if step is None else checkpoints_dir(run_dir) / checkpoint_name(step)
     if path is None or not path.is_dir():
         available = ", ".join(str(checkpoint_step(p)) for p in list_checkpoints(run_dir)) or "none"
-        raise CheckpointNotFoundError(f"{run_dir} has no checkpoint at step {step} (complete checkpoints: {available}).")
+        raise CheckpointNotFoundError(
+            f"{run_dir} has no checkpoint at step {step} (complete checkpoints: {available})."
+        )
     return path
 
 
@@ -201,7 +203,9 @@ def export_pipeline(run_dir: str | Path, step: int | None, out_dir: str | Path, 
 
     base = Path(record["base_pipeline"]["path"])
     if not base.is_dir():
-        raise CheckpointNotFoundError(f"the base pipeline {base} of this run is gone; the export needs its frozen components.")
+        raise CheckpointNotFoundError(
+            f"the base pipeline {base} of this run is gone; the export needs its frozen components."
+        )
     fingerprint, _ = fingerprint_directory(base)
     if fingerprint != record["base_pipeline"]["fingerprint"]:
         raise WeightsChangedError(

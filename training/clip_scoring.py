@@ -112,7 +112,9 @@ class ClipScorer:
         image_embeddings = np.asarray(image_embeddings, dtype=np.float64)
         text_embeddings = np.asarray(text_embeddings, dtype=np.float64)
         if image_embeddings.shape != text_embeddings.shape:
-            raise ValueError(f"{image_embeddings.shape[0]} image embeddings but {text_embeddings.shape[0]} text embeddings")
+            raise ValueError(
+                f"{image_embeddings.shape[0]} image embeddings but {text_embeddings.shape[0]} text embeddings"
+            )
         return SCORE_SCALE * np.sum(image_embeddings * text_embeddings, axis=1)
 
     def scores(self, images: Sequence[Image.Image], texts: Sequence[str]) -> np.ndarray:
@@ -164,9 +166,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise ClipLoadError(f"{path} cannot be read as a weights file ({type(exc).__name__}: {exc})") from exc
 
 
-def _describe_mismatch(
-    model: torch.nn.Module, state_dict: dict, path: Path, model_name: str, error: Exception
-) -> str:
+def _describe_mismatch(model: torch.nn.Module, state_dict: dict, path: Path, model_name: str, error: Exception) -> str:
     """Which tensors of the checkpoint do not fit the model, in words (called only once loading failed)."""
     import open_clip
 
@@ -263,7 +263,12 @@ def load_clip(
     try:
         # Random init, no weights and no base-tower downloads: the local state dict is loaded below, strictly.
         model, _, preprocess = open_clip.create_model_and_transforms(
-            architecture, pretrained=None, load_weights=False, pretrained_text=False, pretrained_image=False, device="cpu"
+            architecture,
+            pretrained=None,
+            load_weights=False,
+            pretrained_text=False,
+            pretrained_image=False,
+            device="cpu",
         )
     except (RuntimeError, ValueError, KeyError, TypeError, OSError) as exc:
         raise ClipLoadError(f"open_clip cannot build the architecture '{display_name}': {exc}") from exc
@@ -296,7 +301,13 @@ def tiny_clip_config(embed_dim: int = 32, width: int = 64, layers: int = 2) -> d
     return {
         "embed_dim": embed_dim,
         "vision_cfg": {"image_size": 64, "layers": layers, "width": width, "patch_size": 16, "head_width": 32},
-        "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": width, "heads": max(1, width // 32), "layers": layers},
+        "text_cfg": {
+            "context_length": 77,
+            "vocab_size": 49408,
+            "width": width,
+            "heads": max(1, width // 32),
+            "layers": layers,
+        },
     }
 
 
@@ -317,7 +328,12 @@ def save_tiny_clip(directory: str | Path, seed: int = 0, **config_overrides) -> 
     save_file(state_dict, str(directory / "open_clip_model.safetensors"))
     export = {
         "model_cfg": config,
-        "preprocess_cfg": {"mean": list(OPENAI_DATASET_MEAN), "std": list(OPENAI_DATASET_STD), "interpolation": "bicubic", "resize_mode": "shortest"},
+        "preprocess_cfg": {
+            "mean": list(OPENAI_DATASET_MEAN),
+            "std": list(OPENAI_DATASET_STD),
+            "interpolation": "bicubic",
+            "resize_mode": "shortest",
+        },
     }
     (directory / CONFIG_FILE).write_text(json.dumps(export, indent=2), encoding="utf-8")
     return directory

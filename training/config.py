@@ -63,7 +63,11 @@ def _check_real(problems, name, value, *, low, high=None, low_open=False, high_o
     bounds = f"{above} {low:g}" + (f" and {'below' if high_open else 'at most'} {high:g}" if high is not None else "")
     if not math.isfinite(value):
         problems.append((name, f"{name} must be a finite number {bounds}, not {value}{hint}"))
-    elif value < low or (low_open and value == low) or (high is not None and (value > high or (high_open and value == high))):
+    elif (
+        value < low
+        or (low_open and value == low)
+        or (high is not None and (value > high or (high_open and value == high)))
+    ):
         problems.append((name, f"{name} must be {bounds}, not {value:g}{hint}"))
 
 
@@ -77,27 +81,55 @@ def config_problems(config) -> list[tuple[str, str]]:
         if not _is_whole(value):
             problems.append((name, f"{name} must be a whole number from {low:,} to {high:,}, not {value!r}"))
         elif name == "resolution" and (value % 8 or not low <= value <= high):
-            problems.append((name, f"resolution must be a positive multiple of 8 up to {high} (or empty for the base "
-                                   f"model's native resolution), not {value}"))
+            problems.append(
+                (
+                    name,
+                    f"resolution must be a positive multiple of 8 up to {high} (or empty for the base "
+                    f"model's native resolution), not {value}",
+                )
+            )
         elif not low <= value <= high:
             least = "at least 1" if low == 1 else f"at least {low:,}"
             problems.append((name, f"{name} must be {least} and at most {high:,}, not {value:,}"))
-    if (_is_whole(config.batch_size) and _is_whole(config.gradient_accumulation_steps)
-            and config.gradient_accumulation_steps >= 1 and config.batch_size % config.gradient_accumulation_steps):
-        problems.append(("batch_size", f"batch_size {config.batch_size} is not a multiple of gradient_accumulation_steps "
-                                       f"{config.gradient_accumulation_steps}"))
+    if (
+        _is_whole(config.batch_size)
+        and _is_whole(config.gradient_accumulation_steps)
+        and config.gradient_accumulation_steps >= 1
+        and config.batch_size % config.gradient_accumulation_steps
+    ):
+        problems.append(
+            (
+                "batch_size",
+                f"batch_size {config.batch_size} is not a multiple of gradient_accumulation_steps "
+                f"{config.gradient_accumulation_steps}",
+            )
+        )
     _check_real(problems, "learning_rate", config.learning_rate, low=0, low_open=True, high=1, hint=" (Emu: 1e-05)")
     _check_real(problems, "adam_beta1", config.adam_beta1, low=0, high=1, high_open=True, hint=" (Adam's default: 0.9)")
-    _check_real(problems, "adam_beta2", config.adam_beta2, low=0, high=1, high_open=True, hint=" (Adam's default: 0.999)")
+    _check_real(
+        problems, "adam_beta2", config.adam_beta2, low=0, high=1, high_open=True, hint=" (Adam's default: 0.999)"
+    )
     _check_real(problems, "adam_weight_decay", config.adam_weight_decay, low=0, hint=" (default 0.01)")
     _check_real(problems, "adam_epsilon", config.adam_epsilon, low=0, low_open=True, hint=" (default 1e-08)")
     if config.max_grad_norm is not None:
-        _check_real(problems, "max_grad_norm", config.max_grad_norm, low=0, low_open=True,
-                    hint=" (default 1.0; empty: no clipping)")
+        _check_real(
+            problems,
+            "max_grad_norm",
+            config.max_grad_norm,
+            low=0,
+            low_open=True,
+            hint=" (default 1.0; empty: no clipping)",
+        )
     _check_real(problems, "noise_offset", config.noise_offset, low=0, high=1, hint=" (Emu: 0.1)")
     if config.snr_gamma is not None:
-        _check_real(problems, "snr_gamma", config.snr_gamma, low=0, low_open=True,
-                    hint=" (5 is the usual Min-SNR value; empty: the plain MSE loss)")
+        _check_real(
+            problems,
+            "snr_gamma",
+            config.snr_gamma,
+            low=0,
+            low_open=True,
+            hint=" (5 is the usual Min-SNR value; empty: the plain MSE loss)",
+        )
     if not _is_real(config.ema_decay) or not math.isfinite(config.ema_decay) or not 0.0 < config.ema_decay < 1.0:
         problems.append(("ema_decay", f"ema_decay must be between 0 and 1 (e.g. 0.9999), not {config.ema_decay!r}"))
     _check_real(problems, "validation_guidance_scale", config.validation_guidance_scale, low=0, high=50)
@@ -105,28 +137,46 @@ def config_problems(config) -> list[tuple[str, str]]:
         if not isinstance(getattr(config, name), bool):
             problems.append((name, f"{name} must be true or false, not {getattr(config, name)!r}"))
     if config.prediction_type not in (None, *PREDICTION_TYPES):
-        problems.append(("prediction_type", f"prediction_type must be one of {', '.join(PREDICTION_TYPES)} (or empty "
-                                            f"for the base scheduler's), not {config.prediction_type!r}"))
+        problems.append(
+            (
+                "prediction_type",
+                f"prediction_type must be one of {', '.join(PREDICTION_TYPES)} (or empty "
+                f"for the base scheduler's), not {config.prediction_type!r}",
+            )
+        )
     if config.mixed_precision not in MIXED_PRECISIONS:
-        problems.append(("mixed_precision", f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, "
-                                            f"not {config.mixed_precision!r}"))
+        problems.append(
+            (
+                "mixed_precision",
+                f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, not {config.mixed_precision!r}",
+            )
+        )
     prompts = config.validation_prompts
     if not isinstance(prompts, (tuple, list)) or not prompts:
         problems.append(("validation_prompts", "give at least one validation prompt (validation_prompts)"))
     elif not all(isinstance(p, str) and p.strip() for p in prompts):
         problems.append(("validation_prompts", "validation_prompts must be non-empty text, one prompt each"))
     elif any(p.startswith("-") for p in prompts):
-        problems.append(("validation_prompts", "a validation prompt cannot start with '-' (the trainer's command line "
-                                               "would take it for an option)"))
+        problems.append(
+            (
+                "validation_prompts",
+                "a validation prompt cannot start with '-' (the trainer's command line would take it for an option)",
+            )
+        )
     elif any(len(p) > MAX_VALIDATION_PROMPT_CHARS for p in prompts):
-        problems.append(("validation_prompts", f"a validation prompt is longer than {MAX_VALIDATION_PROMPT_CHARS:,} "
-                                               "characters; shorten it"))
+        problems.append(
+            (
+                "validation_prompts",
+                f"a validation prompt is longer than {MAX_VALIDATION_PROMPT_CHARS:,} characters; shorten it",
+            )
+        )
     seeds = config.validation_seeds
     if not isinstance(seeds, (tuple, list)) or not seeds:
         problems.append(("validation_seeds", "give at least one validation seed (validation_seeds)"))
     elif not all(_is_whole(x) and 0 <= x <= MAX_SEED for x in seeds):
-        problems.append(("validation_seeds", f"validation_seeds must be whole numbers from 0 to {MAX_SEED}, "
-                                             f"not {list(seeds)!r}"))
+        problems.append(
+            ("validation_seeds", f"validation_seeds must be whole numbers from 0 to {MAX_SEED}, not {list(seeds)!r}")
+        )
     return problems
 
 
@@ -176,13 +226,23 @@ class QualityTuningConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known, key=str)
         if unknown:
-            raise InvalidConfigError(f"unknown quality-tuning settings: {', '.join(map(str, unknown))}; the settings "
-                                     f"are {', '.join(sorted(known))}")
+            raise InvalidConfigError(
+                f"unknown quality-tuning settings: {', '.join(map(str, unknown))}; the settings "
+                f"are {', '.join(sorted(known))}"
+            )
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
 
 
 # Settings that may differ when a run is resumed: they change what is saved or shown, not the weights.
-RESUMABLE_CHANGES = frozenset({
-    "max_steps", "checkpoint_every", "keep_last_checkpoints", "validation_every", "validation_prompts",
-    "validation_seeds", "validation_inference_steps", "validation_guidance_scale",
-})
+RESUMABLE_CHANGES = frozenset(
+    {
+        "max_steps",
+        "checkpoint_every",
+        "keep_last_checkpoints",
+        "validation_every",
+        "validation_prompts",
+        "validation_seeds",
+        "validation_inference_steps",
+        "validation_guidance_scale",
+    }
+)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from django import forms
 
 from core.errors import add_to_form
-
 from training import curation
 
 from . import services
@@ -15,8 +14,11 @@ _D = {type(stage).__name__: stage for stage in curation.default_stages()}
 
 class CollectionImportForm(forms.Form):
     name = forms.SlugField(max_length=100, help_text="Short unique name, e.g. photos-2024-05.")
-    path = forms.CharField(max_length=1000, help_text="Folder of images plus captions.csv (file,caption) or captions.jsonl "
-                           '({"file": "a.jpg", "caption": "..."} per line), readable by the workers.')
+    path = forms.CharField(
+        max_length=1000,
+        help_text="Folder of images plus captions.csv (file,caption) or captions.jsonl "
+        '({"file": "a.jpg", "caption": "..."} per line), readable by the workers.',
+    )
 
     def save(self, user):
         d = self.cleaned_data
@@ -31,32 +33,65 @@ class CurationRunForm(forms.Form):
     """One checkbox per stage of Emu's automatic funnel, with its thresholds (their defaults are the stages' own)."""
 
     use_resolution = forms.BooleanField(required=False, initial=True, label="Resolution and aspect ratio")
-    min_side = forms.IntegerField(min_value=1, initial=_D["ResolutionStage"].min_side, help_text="Shortest side in pixels, at least.")
-    max_aspect_ratio = forms.FloatField(min_value=1, initial=_D["ResolutionStage"].max_aspect_ratio, help_text="Long side / short side, at most.")
-    use_text_in_image = forms.BooleanField(required=False, initial=True, label="Text in the image (OCR)",
-                                           help_text="Skipped, and shown as skipped, where tesseract is not installed.")
-    max_words = forms.IntegerField(min_value=0, initial=_D["TextInImageStage"].max_words, help_text="Words of text in the image, at most.")
+    min_side = forms.IntegerField(
+        min_value=1, initial=_D["ResolutionStage"].min_side, help_text="Shortest side in pixels, at least."
+    )
+    max_aspect_ratio = forms.FloatField(
+        min_value=1, initial=_D["ResolutionStage"].max_aspect_ratio, help_text="Long side / short side, at most."
+    )
+    use_text_in_image = forms.BooleanField(
+        required=False,
+        initial=True,
+        label="Text in the image (OCR)",
+        help_text="Skipped, and shown as skipped, where tesseract is not installed.",
+    )
+    max_words = forms.IntegerField(
+        min_value=0, initial=_D["TextInImageStage"].max_words, help_text="Words of text in the image, at most."
+    )
     use_near_duplicate = forms.BooleanField(required=False, initial=True, label="Near duplicates (perceptual hash)")
-    max_hamming = forms.IntegerField(min_value=0, max_value=64, initial=_D["NearDuplicateStage"].max_hamming,
-                                     help_text="Hash bits that may differ between two near duplicates (of 64).")
+    max_hamming = forms.IntegerField(
+        min_value=0,
+        max_value=64,
+        initial=_D["NearDuplicateStage"].max_hamming,
+        help_text="Hash bits that may differ between two near duplicates (of 64).",
+    )
     use_clip_score = forms.BooleanField(required=False, initial=True, label="CLIP image-text score")
-    clip_min_score = forms.FloatField(initial=_D["ClipScoreStage"].min_score, label="Minimum CLIP score",
-                                      help_text="100 × cosine; LAION-5B cut at 28 with ViT-B/32. Calibrate per CLIP model.")
+    clip_min_score = forms.FloatField(
+        initial=_D["ClipScoreStage"].min_score,
+        label="Minimum CLIP score",
+        help_text="100 × cosine; LAION-5B cut at 28 with ViT-B/32. Calibrate per CLIP model.",
+    )
     use_aesthetic = forms.BooleanField(required=False, initial=True, label="Aesthetic score")
-    aesthetic_min_score = forms.FloatField(initial=_D["AestheticStage"].min_score, label="Minimum aesthetic score",
-                                           help_text="LAION head, 1-10 scale; LAION-Aesthetics V2 cut at 4.5, 5, 6 and 6.5.")
-    clip_model_path = forms.CharField(max_length=1000, required=False, label="CLIP model path",
-                                      help_text="A local open_clip export (folder with open_clip_config.json) or a weights file.")
-    clip_model_name = forms.CharField(max_length=100, required=False, label="CLIP architecture",
-                                      help_text="e.g. ViT-L-14; only needed for a bare weights file.")
-    aesthetic_head_path = forms.CharField(max_length=1000, required=False,
-                                          help_text="LAION-format head (.pth or .safetensors) on that CLIP model's embeddings.")
+    aesthetic_min_score = forms.FloatField(
+        initial=_D["AestheticStage"].min_score,
+        label="Minimum aesthetic score",
+        help_text="LAION head, 1-10 scale; LAION-Aesthetics V2 cut at 4.5, 5, 6 and 6.5.",
+    )
+    clip_model_path = forms.CharField(
+        max_length=1000,
+        required=False,
+        label="CLIP model path",
+        help_text="A local open_clip export (folder with open_clip_config.json) or a weights file.",
+    )
+    clip_model_name = forms.CharField(
+        max_length=100,
+        required=False,
+        label="CLIP architecture",
+        help_text="e.g. ViT-L-14; only needed for a bare weights file.",
+    )
+    aesthetic_head_path = forms.CharField(
+        max_length=1000,
+        required=False,
+        help_text="LAION-format head (.pth or .safetensors) on that CLIP model's embeddings.",
+    )
 
     def stage_config(self) -> list[dict]:
         d = self.cleaned_data
         stages = []
         if d["use_resolution"]:
-            stages.append({"kind": "ResolutionStage", "min_side": d["min_side"], "max_aspect_ratio": d["max_aspect_ratio"]})
+            stages.append(
+                {"kind": "ResolutionStage", "min_side": d["min_side"], "max_aspect_ratio": d["max_aspect_ratio"]}
+            )
         if d["use_text_in_image"]:
             stages.append({"kind": "TextInImageStage", "max_words": d["max_words"]})
         if d["use_near_duplicate"]:
@@ -76,8 +111,12 @@ class CurationRunForm(forms.Form):
             return None
         try:
             run = services.create_curation_run(
-                collection, stages, clip_model_path=d["clip_model_path"], clip_model_name=d["clip_model_name"],
-                aesthetic_head_path=d["aesthetic_head_path"], created_by=user,
+                collection,
+                stages,
+                clip_model_path=d["clip_model_path"],
+                clip_model_name=d["clip_model_name"],
+                aesthetic_head_path=d["aesthetic_head_path"],
+                created_by=user,
             )
         except services.TrainingError as exc:
             add_to_form(self, exc)

@@ -29,11 +29,15 @@ def collection_list(request):
         collection = form.save(request.user)
         if collection is not None:
             problems = f", {len(collection.problems)} problem(s) reported" if collection.problems else ""
-            messages.success(request, f"Imported {collection.candidate_count} candidates into {collection.name}{problems}.")
+            messages.success(
+                request, f"Imported {collection.candidate_count} candidates into {collection.name}{problems}."
+            )
             return redirect("training:curation_collection", collection.pk)
     collections = CandidateCollection.objects.all()[:200]
     runs = CurationRun.objects.select_related("collection")[:50]
-    return render(request, "training/curation_collections.html", {"form": form, "collections": collections, "runs": runs})
+    return render(
+        request, "training/curation_collections.html", {"form": form, "collections": collections, "runs": runs}
+    )
 
 
 @staff_member_required

@@ -113,7 +113,9 @@ def load_curated_dataset(path: str | Path) -> CuratedDataset:
         raise CuratedDatasetError(f"{path} is not a folder. Give the folder that holds the images and {CAPTIONS_FILE}.")
     captions = _read_captions(path)
     image_files = {
-        f.name for f in path.iterdir() if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES
+        f.name
+        for f in path.iterdir()
+        if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES
     }
     uncaptioned = sorted(image_files - captions.keys())
     if uncaptioned:
@@ -126,7 +128,9 @@ def load_curated_dataset(path: str | Path) -> CuratedDataset:
     for file_name in sorted(captions):
         file = path / file_name
         if not file.is_file():
-            raise CuratedDatasetError(f"{CAPTIONS_FILE} names {file_name}, which is not in {path}; add it or remove the line.")
+            raise CuratedDatasetError(
+                f"{CAPTIONS_FILE} names {file_name}, which is not in {path}; add it or remove the line."
+            )
         data = file.read_bytes()
         try:
             with Image.open(io.BytesIO(data)) as image:
@@ -184,7 +188,9 @@ def preprocess(image: Image.Image, *, resolution: int, mode: str, file_name: str
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
 
 
-def size_conditioning(image_size: tuple[int, int], *, resolution: int, mode: str, file_name: str, flip: bool) -> tuple[int, ...]:
+def size_conditioning(
+    image_size: tuple[int, int], *, resolution: int, mode: str, file_name: str, flip: bool
+) -> tuple[int, ...]:
     """SDXL's micro-conditioning for what ``preprocess`` makes of an image of ``image_size`` (width, height).
 
     (original height, original width, crop top, crop left, target height,

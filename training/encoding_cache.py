@@ -111,7 +111,9 @@ def encode_latent_distributions(
             image, file_name = dataset.open_image(i), dataset.images[i].file_name
             batch.append(preprocess(image, resolution=resolution, mode=mode, file_name=file_name, flip=flip))
             if with_time_ids:
-                time_ids.append(size_conditioning(image.size, resolution=resolution, mode=mode, file_name=file_name, flip=flip))
+                time_ids.append(
+                    size_conditioning(image.size, resolution=resolution, mode=mode, file_name=file_name, flip=flip)
+                )
         pixels = np.stack(batch)
         distribution = vae.encode(torch.from_numpy(pixels).to(device=device, dtype=vae.dtype)).latent_dist
         means.append(distribution.mean.float().cpu())
@@ -195,7 +197,9 @@ def encode_curated_dataset(
             "flip": "mirrored" if flip else "as-is",
         }
         tensors, file = _load_or_compute(
-            cache_dir, "latents", key,
+            cache_dir,
+            "latents",
+            key,
             lambda flip=flip: encode_latent_distributions(
                 dataset, vae, resolution=resolution, mode=mode, flip=flip, device=device, with_time_ids=sdxl
             ),
@@ -206,10 +210,18 @@ def encode_curated_dataset(
             time_ids.append(tensors["time_ids"])
         files.append(file)
     if sdxl:
-        key = {"kind": "sdxl-text-embeddings", "text_encoders": text_encoder_fingerprint, "dataset": dataset.content_hash}
+        key = {
+            "kind": "sdxl-text-embeddings",
+            "text_encoders": text_encoder_fingerprint,
+            "dataset": dataset.content_hash,
+        }
         tensors, file = _load_or_compute(
-            cache_dir, "text", key,
-            lambda: encode_captions_sdxl(dataset.captions, (tokenizer, tokenizer_2), (text_encoder, text_encoder_2), device=device),
+            cache_dir,
+            "text",
+            key,
+            lambda: encode_captions_sdxl(
+                dataset.captions, (tokenizer, tokenizer_2), (text_encoder, text_encoder_2), device=device
+            ),
         )
     else:
         key = {"kind": "text-embeddings", "text_encoder": text_encoder_fingerprint, "dataset": dataset.content_hash}
@@ -218,6 +230,10 @@ def encode_curated_dataset(
         )
     files.append(file)
     return EncodedDataset(
-        latent_mean=torch.stack(means), latent_std=torch.stack(stds), text_embeddings=tensors["embeddings"], cache_files=tuple(files),
-        pooled_text_embeddings=tensors["pooled"] if sdxl else None, time_ids=torch.stack(time_ids) if sdxl else None,
+        latent_mean=torch.stack(means),
+        latent_std=torch.stack(stds),
+        text_embeddings=tensors["embeddings"],
+        cache_files=tuple(files),
+        pooled_text_embeddings=tensors["pooled"] if sdxl else None,
+        time_ids=torch.stack(time_ids) if sdxl else None,
     )

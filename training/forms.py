@@ -16,24 +16,48 @@ from .models import CuratedDataset
 DEFAULTS = QualityTuningConfig()
 # Config fields the form sets directly (same name); crop and the validation lists are converted.
 CONFIG_FIELDS = (
-    "batch_size", "gradient_accumulation_steps", "learning_rate", "lr_warmup_steps", "noise_offset", "snr_gamma",
-    "max_steps", "checkpoint_every", "keep_last_checkpoints", "validation_every", "validation_inference_steps",
-    "seed", "resolution", "random_flip", "use_ema", "ema_decay", "gradient_checkpointing", "mixed_precision",
+    "batch_size",
+    "gradient_accumulation_steps",
+    "learning_rate",
+    "lr_warmup_steps",
+    "noise_offset",
+    "snr_gamma",
+    "max_steps",
+    "checkpoint_every",
+    "keep_last_checkpoints",
+    "validation_every",
+    "validation_inference_steps",
+    "seed",
+    "resolution",
+    "random_flip",
+    "use_ema",
+    "ema_decay",
+    "gradient_checkpointing",
+    "mixed_precision",
     "prediction_type",
 )
-FORM_FIELD_FOR = {"center_crop": "crop", "validation_prompts": "validation_prompts", "validation_seeds": "validation_seeds"}
+FORM_FIELD_FOR = {
+    "center_crop": "crop",
+    "validation_prompts": "validation_prompts",
+    "validation_seeds": "validation_seeds",
+}
 
 
 class DatasetImportForm(forms.Form):
     name = forms.SlugField(max_length=100, help_text="Short unique name, e.g. emu-2k-v1.")
-    path = forms.CharField(max_length=1000, help_text="Folder of images plus captions.jsonl "
-                           '({"file_name": "0001.png", "text": "the caption"} per line), readable by the workers.')
+    path = forms.CharField(
+        max_length=1000,
+        help_text="Folder of images plus captions.jsonl "
+        '({"file_name": "0001.png", "text": "the caption"} per line), readable by the workers.',
+    )
     description = forms.CharField(widget=forms.Textarea(attrs={"rows": 2}), required=False)
 
     def save(self, user):
         d = self.cleaned_data
         try:
-            return services.import_curated_dataset(d["name"], d["path"].strip(), description=d["description"], created_by=user)
+            return services.import_curated_dataset(
+                d["name"], d["path"].strip(), description=d["description"], created_by=user
+            )
         except services.TrainingError as exc:
             add_to_form(self, exc)
             return None
@@ -41,56 +65,93 @@ class DatasetImportForm(forms.Form):
 
 class QualityTuningRunForm(forms.Form):
     base_model = forms.ModelChoiceField(
-        queryset=TextToImageModel.objects.all(), to_field_name="name",
+        queryset=TextToImageModel.objects.all(),
+        to_field_name="name",
         help_text="A registered SD 1.x/2.x or SDXL base pipeline (not the SDXL refiner, img2img or inpainting).",
     )
-    dataset = forms.ModelChoiceField(queryset=CuratedDataset.objects.all(), to_field_name="name", label="Curated dataset")
+    dataset = forms.ModelChoiceField(
+        queryset=CuratedDataset.objects.all(), to_field_name="name", label="Curated dataset"
+    )
 
-    batch_size = forms.IntegerField(initial=DEFAULTS.batch_size, help_text="Images per optimizer step over all GPUs and micro-batches (Emu: 64).")
+    batch_size = forms.IntegerField(
+        initial=DEFAULTS.batch_size, help_text="Images per optimizer step over all GPUs and micro-batches (Emu: 64)."
+    )
     gradient_accumulation_steps = forms.IntegerField(
-        initial=DEFAULTS.gradient_accumulation_steps, label="Gradient accumulation",
+        initial=DEFAULTS.gradient_accumulation_steps,
+        label="Gradient accumulation",
         help_text="Micro-batches per step and process: micro-batch = batch size / (processes × this). Same update, less memory.",
     )
     learning_rate = forms.FloatField(initial=DEFAULTS.learning_rate, help_text="Constant after warmup (Emu: 1e-5).")
     lr_warmup_steps = forms.IntegerField(initial=DEFAULTS.lr_warmup_steps, label="LR warmup steps")
-    noise_offset = forms.FloatField(initial=DEFAULTS.noise_offset, help_text="Emu: 0.1; lets the model make very dark and very bright images.")
-    snr_gamma = forms.FloatField(required=False, label="Min-SNR gamma", help_text="Blank: plain MSE loss (Emu). 5 is the usual Min-SNR value.")
-    max_steps = forms.IntegerField(initial=DEFAULTS.max_steps, help_text="Emu: at most 15k; stop earlier by eye and by raters.")
-    checkpoint_every = forms.IntegerField(initial=DEFAULTS.checkpoint_every, help_text="Steps between checkpoints (each can be registered and compared).")
+    noise_offset = forms.FloatField(
+        initial=DEFAULTS.noise_offset, help_text="Emu: 0.1; lets the model make very dark and very bright images."
+    )
+    snr_gamma = forms.FloatField(
+        required=False, label="Min-SNR gamma", help_text="Blank: plain MSE loss (Emu). 5 is the usual Min-SNR value."
+    )
+    max_steps = forms.IntegerField(
+        initial=DEFAULTS.max_steps, help_text="Emu: at most 15k; stop earlier by eye and by raters."
+    )
+    checkpoint_every = forms.IntegerField(
+        initial=DEFAULTS.checkpoint_every, help_text="Steps between checkpoints (each can be registered and compared)."
+    )
     keep_last_checkpoints = forms.IntegerField(required=False, help_text="Blank: keep every checkpoint.")
-    validation_every = forms.IntegerField(initial=DEFAULTS.validation_every, help_text="Steps between validation renders (also at every checkpoint).")
+    validation_every = forms.IntegerField(
+        initial=DEFAULTS.validation_every, help_text="Steps between validation renders (also at every checkpoint)."
+    )
     validation_prompts = forms.CharField(
-        widget=forms.Textarea(attrs={"rows": 4}), initial="\n".join(DEFAULTS.validation_prompts),
+        widget=forms.Textarea(attrs={"rows": 4}),
+        initial="\n".join(DEFAULTS.validation_prompts),
         help_text="One per line; rendered with the same seeds along the run.",
     )
-    validation_seeds = forms.CharField(initial=", ".join(map(str, DEFAULTS.validation_seeds)), help_text="e.g. '0, 1' or '0-3'.")
+    validation_seeds = forms.CharField(
+        initial=", ".join(map(str, DEFAULTS.validation_seeds)), help_text="e.g. '0, 1' or '0-3'."
+    )
     validation_inference_steps = forms.IntegerField(initial=DEFAULTS.validation_inference_steps)
     seed = forms.IntegerField(initial=DEFAULTS.seed, min_value=0)
-    resolution = forms.IntegerField(required=False, help_text="Blank: the base model's native resolution (512 for SD 1.5).")
+    resolution = forms.IntegerField(
+        required=False, help_text="Blank: the base model's native resolution (512 for SD 1.5)."
+    )
     crop = forms.ChoiceField(
         choices=[("center", "centre crop"), ("random", "random crop (one per image, drawn from the seed)")],
-        initial="center" if DEFAULTS.center_crop else "random", widget=forms.RadioSelect,
+        initial="center" if DEFAULTS.center_crop else "random",
+        widget=forms.RadioSelect,
     )
     random_flip = forms.BooleanField(required=False, initial=DEFAULTS.random_flip, label="Random horizontal flip")
     use_ema = forms.BooleanField(required=False, initial=DEFAULTS.use_ema, label="EMA weights")
     ema_decay = forms.FloatField(initial=DEFAULTS.ema_decay, label="EMA decay")
-    gradient_checkpointing = forms.BooleanField(required=False, initial=DEFAULTS.gradient_checkpointing,
-                                                help_text="Less memory, about 20% slower.")
-    mixed_precision = forms.ChoiceField(choices=[(m, m) for m in MIXED_PRECISIONS], initial=DEFAULTS.mixed_precision,
-                                        help_text='"no" on CPU; bf16 (or fp16) on GPU.')
+    gradient_checkpointing = forms.BooleanField(
+        required=False, initial=DEFAULTS.gradient_checkpointing, help_text="Less memory, about 20% slower."
+    )
+    mixed_precision = forms.ChoiceField(
+        choices=[(m, m) for m in MIXED_PRECISIONS],
+        initial=DEFAULTS.mixed_precision,
+        help_text='"no" on CPU; bf16 (or fp16) on GPU.',
+    )
     prediction_type = forms.ChoiceField(
-        choices=[("", "the base scheduler's")] + [(p, p) for p in PREDICTION_TYPES], required=False,
+        choices=[("", "the base scheduler's")] + [(p, p) for p in PREDICTION_TYPES],
+        required=False,
     )
     start_now = forms.BooleanField(required=False, initial=True, label="Queue the run now")
     aesthetic_head_path = forms.CharField(
-        max_length=1000, required=False, label="Aesthetic head",
+        max_length=1000,
+        required=False,
+        label="Aesthetic head",
         help_text="Optional: a LAION-format aesthetic head (.pth/.safetensors) readable by the workers. Each checkpoint's "
-                  "validation images are scored with it, and the best step is the automatic pick.",
+        "validation images are scored with it, and the best step is the automatic pick.",
     )
-    clip_model_path = forms.CharField(max_length=1000, required=False, label="CLIP model",
-                                      help_text="With an aesthetic head: the open_clip weights file or exported folder it sits on.")
-    clip_model_name = forms.CharField(max_length=100, required=False, label="CLIP architecture",
-                                      help_text="e.g. ViT-L-14; blank for an exported folder (open_clip_config.json).")
+    clip_model_path = forms.CharField(
+        max_length=1000,
+        required=False,
+        label="CLIP model",
+        help_text="With an aesthetic head: the open_clip weights file or exported folder it sits on.",
+    )
+    clip_model_name = forms.CharField(
+        max_length=100,
+        required=False,
+        label="CLIP architecture",
+        help_text="e.g. ViT-L-14; blank for an exported folder (open_clip_config.json).",
+    )
 
     def clean_validation_prompts(self):
         prompts = [line.strip() for line in self.cleaned_data["validation_prompts"].splitlines() if line.strip()]
@@ -123,7 +184,9 @@ class QualityTuningRunForm(forms.Form):
         scoring = self.aesthetic_scoring()
         if any(scoring.values()):
             try:
-                services.load_aesthetic_scoring(scoring["aesthetic_head_path"], scoring["clip_model_path"], scoring["clip_model_name"])
+                services.load_aesthetic_scoring(
+                    scoring["aesthetic_head_path"], scoring["clip_model_path"], scoring["clip_model_name"]
+                )
             except services.TrainingError as exc:
                 add_to_form(self, exc)
         return cleaned
@@ -135,8 +198,9 @@ class QualityTuningRunForm(forms.Form):
     def create(self, user):
         d = self.cleaned_data
         try:
-            run = services.create_run(d["base_model"], d["dataset"], created_by=user, **self.aesthetic_scoring(),
-                                       **self.config_overrides())
+            run = services.create_run(
+                d["base_model"], d["dataset"], created_by=user, **self.aesthetic_scoring(), **self.config_overrides()
+            )
             if d["start_now"]:
                 services.start_run(run)
             return run
@@ -162,8 +226,11 @@ class CompareWithBaseForm(forms.Form):
 
 
 class CheckpointCampaignForm(forms.Form):
-    prompt_set = forms.ModelChoiceField(queryset=PromptSet.objects.all(), to_field_name="name",
-                                        help_text="A small set: every checkpoint renders every prompt for every seed.")
+    prompt_set = forms.ModelChoiceField(
+        queryset=PromptSet.objects.all(),
+        to_field_name="name",
+        help_text="A small set: every checkpoint renders every prompt for every seed.",
+    )
     seeds = forms.CharField(initial="0", help_text="e.g. '0' or '0-1'")
     steps = forms.CharField(required=False, help_text="Blank: every checkpoint still on disk; else e.g. '3 6'.")
     new = forms.BooleanField(required=False, label="A new campaign even if the run has one")

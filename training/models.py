@@ -34,11 +34,15 @@ class CuratedDataset(models.Model):
 
     name = models.SlugField(max_length=100, unique=True, help_text="Short unique name, e.g. emu-2k-v1.")
     path = models.CharField(max_length=1000, help_text="Folder of images plus captions.jsonl.")
-    content_hash = models.CharField(max_length=64, editable=False, help_text="sha256 over (file, file sha256, caption).")
+    content_hash = models.CharField(
+        max_length=64, editable=False, help_text="sha256 over (file, file sha256, caption)."
+    )
     image_count = models.PositiveIntegerField(editable=False)
     description = models.TextField(blank=True)
     frozen_at = models.DateTimeField(auto_now_add=True)
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     class Meta:
         ordering = ["name"]
@@ -61,7 +65,9 @@ class QualityTuningRun(models.Model):
     TERMINAL = (Status.CANCELLED, Status.FAILED, Status.FINISHED)
 
     base_model = models.ForeignKey(TextToImageModel, on_delete=models.PROTECT, related_name="quality_tuning_runs")
-    base_fingerprint = models.CharField(max_length=64, editable=False, help_text="The base weights the run was created on.")
+    base_fingerprint = models.CharField(
+        max_length=64, editable=False, help_text="The base weights the run was created on."
+    )
     dataset = models.ForeignKey(CuratedDataset, on_delete=models.PROTECT, related_name="runs")
     config = models.JSONField(help_text="QualityTuningConfig.to_dict(); None fields resolve from the base model.")
     run_dir = models.CharField(max_length=1000, editable=False)
@@ -75,11 +81,17 @@ class QualityTuningRun(models.Model):
     error = models.TextField(blank=True, help_text="Why the run stopped, in words a researcher can act on.")
 
     checkpoint_campaign = models.ForeignKey(
-        "annotation.Campaign", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        "annotation.Campaign",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
         help_text="Each checkpoint vs the base on a small prompt set (visual appeal): win rates per step guide the pick.",
     )
     aesthetic_head_path = models.CharField(
-        max_length=1000, blank=True, help_text="Optional LAION-format aesthetic head to score validation images per step."
+        max_length=1000,
+        blank=True,
+        help_text="Optional LAION-format aesthetic head to score validation images per step.",
     )
     clip_model_path = models.CharField(max_length=1000, blank=True, help_text="The open_clip model that head sits on.")
     clip_model_name = models.CharField(max_length=100, blank=True)
@@ -90,7 +102,9 @@ class QualityTuningRun(models.Model):
     trainer_pid = models.IntegerField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Last time the following task reported.")
 
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     queued_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -129,7 +143,9 @@ class RunCheckpoint(models.Model):
     registered_model = models.ForeignKey(
         TextToImageModel, null=True, blank=True, on_delete=models.SET_NULL, related_name="source_checkpoints"
     )
-    lineage = models.JSONField(default=dict, blank=True, help_text="Base fingerprint, dataset hash, hyperparameters, step.")
+    lineage = models.JSONField(
+        default=dict, blank=True, help_text="Base fingerprint, dataset hash, hyperparameters, step."
+    )
     validation_aesthetic_score = models.FloatField(
         null=True, blank=True, help_text="Mean aesthetic score of this step's validation images (automatic pick)."
     )
@@ -163,8 +179,12 @@ class CandidateCollection(models.Model):
     name = models.SlugField(max_length=100, unique=True)
     path = models.CharField(max_length=1000, help_text="Folder of images plus captions.csv or captions.jsonl.")
     candidate_count = models.PositiveIntegerField(default=0, editable=False)
-    problems = models.JSONField(default=list, blank=True, help_text="Import problems, one sentence each (file or line named).")
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    problems = models.JSONField(
+        default=list, blank=True, help_text="Import problems, one sentence each (file or line named)."
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     imported_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -215,18 +235,26 @@ class CurationRun(models.Model):
 
     collection = models.ForeignKey(CandidateCollection, on_delete=models.CASCADE, related_name="curation_runs")
     stages = models.JSONField(help_text='Stage list, e.g. [{"kind": "ResolutionStage", "min_side": 512}, ...].')
-    clip_model_path = models.CharField(max_length=1000, blank=True, help_text="Local open_clip checkpoint file or folder.")
+    clip_model_path = models.CharField(
+        max_length=1000, blank=True, help_text="Local open_clip checkpoint file or folder."
+    )
     clip_model_name = models.CharField(max_length=100, blank=True, help_text="open_clip architecture, e.g. ViT-L-14.")
-    aesthetic_head_path = models.CharField(max_length=1000, blank=True, help_text="LAION-format aesthetic head (.pth/.safetensors).")
+    aesthetic_head_path = models.CharField(
+        max_length=1000, blank=True, help_text="LAION-format aesthetic head (.pth/.safetensors)."
+    )
 
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     error = models.TextField(blank=True)
-    report = models.JSONField(default=dict, blank=True, help_text="FunnelResult.report(): counts per stage, histograms.")
+    report = models.JSONField(
+        default=dict, blank=True, help_text="FunnelResult.report(): counts per stage, histograms."
+    )
     count_in = models.PositiveIntegerField(default=0)
     count_kept = models.PositiveIntegerField(default=0)
     celery_task_id = models.CharField(max_length=255, blank=True)
 
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -249,7 +277,9 @@ class FunnelOutcome(models.Model):
     duplicate_of = models.CharField(max_length=1000, blank=True, help_text="relative_path of the copy that was kept.")
     clip_score = models.FloatField(null=True, blank=True)
     aesthetic_score = models.FloatField(null=True, blank=True)
-    scores = models.JSONField(default=dict, blank=True, help_text="Every score the stages computed (phash, ocr words, ...).")
+    scores = models.JSONField(
+        default=dict, blank=True, help_text="Every score the stages computed (phash, ocr words, ...)."
+    )
 
     class Meta:
         ordering = ["run", "-kept", "-aesthetic_score", "candidate"]
@@ -292,24 +322,37 @@ class CurationReview(models.Model):
     stage = models.CharField(max_length=16, choices=CurationStage.choices)
     funnel_run = models.ForeignKey(CurationRun, on_delete=models.PROTECT, related_name="reviews")
     source_review = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="next_reviews",
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="next_reviews",
         help_text="Specialist stage: the generalist stage whose kept candidates it reviews.",
     )
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.KEEP_REJECT)
     keep_threshold = models.PositiveSmallIntegerField(
-        default=4, validators=[MinValueValidator(1), MaxValueValidator(5)], help_text="Rating mode: ratings at or above keep."
+        default=4,
+        validators=[MinValueValidator(1), MaxValueValidator(5)],
+        help_text="Rating mode: ratings at or above keep.",
     )
     target_size = models.PositiveIntegerField(
-        default=0, help_text="Specialist stage: the size of the final dataset (the stage is done when reached). 0: no target."
+        default=0,
+        help_text="Specialist stage: the size of the final dataset (the stage is done when reached). 0: no target.",
     )
     instructions = models.TextField(blank=True)
     lease_seconds = models.PositiveIntegerField(default=300)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
     dataset = models.OneToOneField(
-        CuratedDataset, null=True, blank=True, on_delete=models.PROTECT, related_name="curation_review",
+        CuratedDataset,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="curation_review",
         help_text="The frozen dataset made from this specialist stage's selection.",
     )
-    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     closed_at = models.DateTimeField(null=True, blank=True)
 
@@ -329,13 +372,19 @@ class CurationDecision(models.Model):
     candidate = models.ForeignKey(Candidate, on_delete=models.PROTECT, related_name="curation_decisions")
     # Review order: best automatic aesthetic score first, so a stage stopped early saw the likeliest needles.
     position = models.PositiveIntegerField()
-    reviewer = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     leased_until = models.DateTimeField(null=True, blank=True)
     decided_at = models.DateTimeField(null=True, blank=True)
     keep = models.BooleanField(null=True, blank=True)
-    rating = models.PositiveSmallIntegerField(null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(5)])
+    rating = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(5)]
+    )
     reasons = models.JSONField(default=list, blank=True, help_text="Specialist: SelectionReason values.")
-    caption = models.TextField(blank=True, help_text="Specialist: the written or corrected caption (blank: the original).")
+    caption = models.TextField(
+        blank=True, help_text="Specialist: the written or corrected caption (blank: the original)."
+    )
     seconds_on_task = models.FloatField(null=True, blank=True)
 
     class Meta:
@@ -346,7 +395,9 @@ class CurationDecision(models.Model):
             models.UniqueConstraint(fields=["review", "position"], name="curation_decision_position"),
         ]
         indexes = [
-            models.Index(fields=["review", "position"], condition=Q(decided_at__isnull=True), name="curation_undecided"),
+            models.Index(
+                fields=["review", "position"], condition=Q(decided_at__isnull=True), name="curation_undecided"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -156,7 +156,8 @@ def check_base_pipeline(path: str | Path) -> BasePipeline:
             "text_encoder_2 + tokenizer_2)."
         )
     components = {
-        name: tuple(spec) for name, spec in index.items()
+        name: tuple(spec)
+        for name, spec in index.items()
         if not name.startswith("_") and isinstance(spec, list) and len(spec) == 2 and spec[1] is not None
     }
     problems = []
@@ -176,7 +177,9 @@ def check_base_pipeline(path: str | Path) -> BasePipeline:
     # The frozen components get fingerprints of their own (a second read of their files): the encoding cache is
     # keyed by them, so a quality-tuned model sharing the base's VAE and text encoder reuses the base's cache.
     scheduler_config = json.loads((path / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
-    text_components = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2") if sdxl else ("text_encoder", "tokenizer")
+    text_components = (
+        ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2") if sdxl else ("text_encoder", "tokenizer")
+    )
     text_fingerprints = [fingerprint_directory(path / name)[0] for name in text_components]
     return BasePipeline(
         path=path,
@@ -187,9 +190,9 @@ def check_base_pipeline(path: str | Path) -> BasePipeline:
         native_resolution=info.native_resolution,
         prediction_type=scheduler_config.get("prediction_type", "epsilon"),
         class_name=class_name,
-        pipeline_options=tuple(sorted(
-            (k, v) for k, v in index.items() if not k.startswith("_") and not isinstance(v, (list, dict))
-        )),
+        pipeline_options=tuple(
+            sorted((k, v) for k, v in index.items() if not k.startswith("_") and not isinstance(v, (list, dict)))
+        ),
     )
 
 
@@ -265,7 +268,9 @@ class QualityTuningResult:
 def _resolve_config(config: QualityTuningConfig, base: BasePipeline) -> QualityTuningConfig:
     resolution = config.resolution or base.native_resolution
     if resolution is None:
-        raise InvalidConfigError(f"{base.path}: cannot tell the native resolution of this model; set resolution explicitly.")
+        raise InvalidConfigError(
+            f"{base.path}: cannot tell the native resolution of this model; set resolution explicitly."
+        )
     prediction_type = config.prediction_type or base.prediction_type
     if prediction_type not in PREDICTION_TYPES:
         raise UnsupportedBasePipelineError(
@@ -286,9 +291,13 @@ def _run_record(config: QualityTuningConfig, base: BasePipeline, dataset: Curate
 def _check_same_run(run_dir: Path, previous: dict, current: dict) -> None:
     problems = []
     if previous["base_pipeline"]["fingerprint"] != current["base_pipeline"]["fingerprint"]:
-        problems.append(f"base model {previous['base_pipeline']['path']} -> {current['base_pipeline']['path']} (other weights)")
+        problems.append(
+            f"base model {previous['base_pipeline']['path']} -> {current['base_pipeline']['path']} (other weights)"
+        )
     if previous["dataset"]["content_hash"] != current["dataset"]["content_hash"]:
-        problems.append(f"curated dataset {previous['dataset']['path']} -> {current['dataset']['path']} (other content)")
+        problems.append(
+            f"curated dataset {previous['dataset']['path']} -> {current['dataset']['path']} (other content)"
+        )
     as_stored = json.loads(json.dumps(current["config"]))  # tuples become lists, as in run.json
     for name, value in as_stored.items():
         old = previous["config"].get(name)
@@ -312,13 +321,25 @@ def _quiet_progress_bars() -> None:
 
 def _numpy_state() -> dict:
     name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "position": position,
-            "has_gauss": has_gauss, "cached_gaussian": cached_gaussian}
+    return {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "position": position,
+        "has_gauss": has_gauss,
+        "cached_gaussian": cached_gaussian,
+    }
 
 
 def _set_numpy_state(state: dict) -> None:
-    np.random.set_state((state["name"], state["keys"].numpy().astype(np.uint32), state["position"],
-                         state["has_gauss"], state["cached_gaussian"]))
+    np.random.set_state(
+        (
+            state["name"],
+            state["keys"].numpy().astype(np.uint32),
+            state["position"],
+            state["has_gauss"],
+            state["cached_gaussian"],
+        )
+    )
 
 
 class _QualityTuningRun:
@@ -360,10 +381,18 @@ class _QualityTuningRun:
             }
         with accelerator.main_process_first():  # one process encodes and caches, the others read the cache
             self.encoded: EncodedDataset = encode_curated_dataset(
-                dataset, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                vae_fingerprint=base.vae_fingerprint, text_encoder_fingerprint=base.text_encoder_fingerprint,
-                resolution=config.resolution, mode=crop_mode(config.center_crop, config.seed),
-                random_flip=config.random_flip, cache_dir=cache_dir, device=accelerator.device, **sdxl_text,
+                dataset,
+                vae=vae,
+                text_encoder=text_encoder,
+                tokenizer=tokenizer,
+                vae_fingerprint=base.vae_fingerprint,
+                text_encoder_fingerprint=base.text_encoder_fingerprint,
+                resolution=config.resolution,
+                mode=crop_mode(config.center_crop, config.seed),
+                random_flip=config.random_flip,
+                cache_dir=cache_dir,
+                device=accelerator.device,
+                **sdxl_text,
             )
         self.latent_shift = float(vae.config.get("shift_factor") or 0.0)
         self.latent_scale = float(vae.config.scaling_factor)
@@ -382,7 +411,9 @@ class _QualityTuningRun:
         from diffusers.training_utils import EMAModel
 
         config, accelerator = self.config, self.accelerator
-        self.noise_scheduler = DDPMScheduler.from_pretrained(self.base.path, subfolder="scheduler", local_files_only=True)
+        self.noise_scheduler = DDPMScheduler.from_pretrained(
+            self.base.path, subfolder="scheduler", local_files_only=True
+        )
         self.noise_scheduler.register_to_config(prediction_type=config.prediction_type)
         if self.resume_from is not None:
             unet = UNet2DConditionModel.from_pretrained(self.resume_from / checkpoints.UNET_DIR, local_files_only=True)
@@ -393,10 +424,15 @@ class _QualityTuningRun:
         unet.to(accelerator.device).train()
         self.ema = None
         if config.use_ema:
-            self.ema = EMAModel(unet.parameters(), decay=config.ema_decay, model_cls=UNet2DConditionModel, model_config=unet.config)
+            self.ema = EMAModel(
+                unet.parameters(), decay=config.ema_decay, model_cls=UNet2DConditionModel, model_config=unet.config
+            )
         optimizer = torch.optim.AdamW(
-            unet.parameters(), lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-            weight_decay=config.adam_weight_decay, eps=config.adam_epsilon,
+            unet.parameters(),
+            lr=config.learning_rate,
+            betas=(config.adam_beta1, config.adam_beta2),
+            weight_decay=config.adam_weight_decay,
+            eps=config.adam_epsilon,
         )
         # The LR scheduler is not passed to prepare(): accelerate would step it once per process per step.
         self.lr_scheduler = get_constant_schedule_with_warmup(optimizer, config.lr_warmup_steps)
@@ -407,7 +443,9 @@ class _QualityTuningRun:
         if self.resume_from is not None:
             self._restore(self.resume_from)
 
-    def _validation_renderer(self, vae, text_encoder, tokenizer, text_encoder_2=None, tokenizer_2=None) -> ValidationRenderer:
+    def _validation_renderer(
+        self, vae, text_encoder, tokenizer, text_encoder_2=None, tokenizer_2=None
+    ) -> ValidationRenderer:
         """A pipeline over the frozen components and the UNet being trained (the same module, not a copy)."""
         from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
@@ -418,20 +456,36 @@ class _QualityTuningRun:
             # The base's own settings (force_zeros_for_empty_prompt), so validation renders what the export will.
             options = {k: v for k, v in self.base.pipeline_options if k == "force_zeros_for_empty_prompt"}
             pipe = StableDiffusionXLPipeline(
-                vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-                tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler, **options,
+                vae=vae,
+                text_encoder=text_encoder,
+                text_encoder_2=text_encoder_2,
+                tokenizer=tokenizer,
+                tokenizer_2=tokenizer_2,
+                unet=unet,
+                scheduler=scheduler,
+                **options,
             )
         else:
             pipe = StableDiffusionPipeline(
-                vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                scheduler=scheduler, safety_checker=None, feature_extractor=None, image_encoder=None,
+                vae=vae,
+                text_encoder=text_encoder,
+                tokenizer=tokenizer,
+                unet=unet,
+                scheduler=scheduler,
+                safety_checker=None,
+                feature_extractor=None,
+                image_encoder=None,
                 requires_safety_checker=False,
             )
         pipe.set_progress_bar_config(disable=True)
         config = self.config
         return ValidationRenderer(
-            pipe, run_dir=self.run_dir, prompts=config.validation_prompts, seeds=config.validation_seeds,
-            inference_steps=config.validation_inference_steps, guidance_scale=config.validation_guidance_scale,
+            pipe,
+            run_dir=self.run_dir,
+            prompts=config.validation_prompts,
+            seeds=config.validation_seeds,
+            inference_steps=config.validation_inference_steps,
+            guidance_scale=config.validation_guidance_scale,
             resolution=config.resolution,
         )
 
@@ -453,7 +507,9 @@ class _QualityTuningRun:
         if self.accelerator.scaler is not None:
             self.accelerator.scaler.load_state_dict(torch.load(checkpoint / "grad_scaler.pt", weights_only=True))
         if self.ema is not None:
-            ema_unet = UNet2DConditionModel.from_pretrained(checkpoint / checkpoints.EMA_UNET_DIR, local_files_only=True)
+            ema_unet = UNet2DConditionModel.from_pretrained(
+                checkpoint / checkpoints.EMA_UNET_DIR, local_files_only=True
+            )
             self.ema.load_state_dict({**state["ema"], "shadow_params": [p.detach() for p in ema_unet.parameters()]})
             self.ema.to(self.accelerator.device)
         rng = torch.load(checkpoint / f"random_states_{self.accelerator.process_index}.pt", weights_only=True)
@@ -471,7 +527,11 @@ class _QualityTuningRun:
         size, g = self.config.batch_size, self.generator
         shape = (size, *self.encoded.latent_shape)
         indices = torch.tensor(self.order.next_indices(size))
-        flips = torch.randint(0, 2, (size,), generator=g) if self.config.random_flip else torch.zeros(size, dtype=torch.long)
+        flips = (
+            torch.randint(0, 2, (size,), generator=g)
+            if self.config.random_flip
+            else torch.zeros(size, dtype=torch.long)
+        )
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (size,), generator=g)
         latent_eps = torch.randn(shape, generator=g)
         noise = torch.randn(shape, generator=g)
@@ -481,7 +541,12 @@ class _QualityTuningRun:
         mean = self.encoded.latent_mean[flips, indices]
         std = self.encoded.latent_std[flips, indices]
         latents = (mean + std * latent_eps - self.latent_shift) * self.latent_scale
-        batch = {"latents": latents, "noise": noise, "timesteps": timesteps, "embeddings": self.encoded.text_embeddings[indices]}
+        batch = {
+            "latents": latents,
+            "noise": noise,
+            "timesteps": timesteps,
+            "embeddings": self.encoded.text_embeddings[indices],
+        }
         if self.base.is_sdxl:
             # Cached per image and flip variant, like the latents: no draw from the generator, so SD's order holds.
             batch["pooled"] = self.encoded.pooled_text_embeddings[indices]
@@ -500,7 +565,9 @@ class _QualityTuningRun:
             prediction = self.unet(noisy, timesteps, embeddings, return_dict=False)[0]
         else:
             added_cond_kwargs = {"text_embeds": pooled, "time_ids": time_ids}
-            prediction = self.unet(noisy, timesteps, embeddings, added_cond_kwargs=added_cond_kwargs, return_dict=False)[0]
+            prediction = self.unet(
+                noisy, timesteps, embeddings, added_cond_kwargs=added_cond_kwargs, return_dict=False
+            )[0]
         if self.config.snr_gamma is None:
             return F.mse_loss(prediction.float(), target.float(), reduction="mean")
         # Min-SNR-gamma (Hang et al. 2023), as in diffusers' train_text_to_image.py.
@@ -630,12 +697,29 @@ class _QualityTuningRun:
                 tick = now
                 seconds = sum(recent) / len(recent)
                 if main:
-                    self.metrics.append({"step": self.step, "loss": loss, "grad_norm": grad_norm, "lr": learning_rate,
-                                         "epoch": self.order.epoch, "seconds_per_step": seconds, "time": time.time()})
-                    self.progress(TrainingProgress(
-                        "step", self.step, config.max_steps, loss=loss, grad_norm=grad_norm, learning_rate=learning_rate,
-                        seconds_per_step=seconds, eta_seconds=seconds * (config.max_steps - self.step),
-                    ))
+                    self.metrics.append(
+                        {
+                            "step": self.step,
+                            "loss": loss,
+                            "grad_norm": grad_norm,
+                            "lr": learning_rate,
+                            "epoch": self.order.epoch,
+                            "seconds_per_step": seconds,
+                            "time": time.time(),
+                        }
+                    )
+                    self.progress(
+                        TrainingProgress(
+                            "step",
+                            self.step,
+                            config.max_steps,
+                            loss=loss,
+                            grad_norm=grad_norm,
+                            learning_rate=learning_rate,
+                            seconds_per_step=seconds,
+                            eta_seconds=seconds * (config.max_steps - self.step),
+                        )
+                    )
                 at_checkpoint = self.step % config.checkpoint_every == 0 or self.step == config.max_steps
                 if at_checkpoint:
                     last_checkpoint = self._save_checkpoint()
@@ -652,11 +736,18 @@ class _QualityTuningRun:
             if self.metrics is not None:
                 self.metrics.close()
         if main:
-            self.progress(TrainingProgress("stopped" if stopped else "finished", self.step, config.max_steps, path=last_checkpoint))
+            self.progress(
+                TrainingProgress(
+                    "stopped" if stopped else "finished", self.step, config.max_steps, path=last_checkpoint
+                )
+            )
         accelerator.end_training()
         return QualityTuningResult(
-            run_dir=self.run_dir, step=self.step, stopped=stopped,
-            checkpoint=checkpoints.latest_checkpoint(self.run_dir), resumed_from=resumed_from,
+            run_dir=self.run_dir,
+            step=self.step,
+            stopped=stopped,
+            checkpoint=checkpoints.latest_checkpoint(self.run_dir),
+            resumed_from=resumed_from,
             cache_files=self.encoded.cache_files,
         )
 
@@ -736,7 +827,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
     previous = checkpoints.read_run_record(args.run_dir)
     values = dict(previous["config"]) if previous else {}
-    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(QualityTuningConfig) if getattr(args, f.name) is not None})
+    values.update(
+        {
+            f.name: getattr(args, f.name)
+            for f in dataclasses.fields(QualityTuningConfig)
+            if getattr(args, f.name) is not None
+        }
+    )
     base = args.base or (previous and previous["base_pipeline"]["path"])
     dataset = args.dataset or (previous and previous["dataset"]["path"])
     if not base or not dataset:
@@ -751,8 +848,16 @@ def main(argv: list[str] | None = None) -> int:
 
     def report(event: TrainingProgress) -> None:
         if event.event == "step":
-            logger.info("step %d/%d loss %.5f grad norm %.3g lr %.2e %.3f s/step eta %.0f s", event.step, event.max_steps,
-                        event.loss, event.grad_norm, event.learning_rate, event.seconds_per_step, event.eta_seconds)
+            logger.info(
+                "step %d/%d loss %.5f grad norm %.3g lr %.2e %.3f s/step eta %.0f s",
+                event.step,
+                event.max_steps,
+                event.loss,
+                event.grad_norm,
+                event.learning_rate,
+                event.seconds_per_step,
+                event.eta_seconds,
+            )
         else:
             logger.info("%s at step %d%s", event.event, event.step, f": {event.path}" if event.path else "")
 
@@ -760,8 +865,15 @@ def main(argv: list[str] | None = None) -> int:
     # loses the steps since the last checkpoint.
     previous_handler = signal.signal(signal.SIGTERM, request_stop)
     try:
-        result = train(QualityTuningConfig.from_dict(values), base, dataset, args.run_dir, cache_dir=args.cache_dir,
-                       progress=report, should_stop=lambda: stop_requested)
+        result = train(
+            QualityTuningConfig.from_dict(values),
+            base,
+            dataset,
+            args.run_dir,
+            cache_dir=args.cache_dir,
+            progress=report,
+            should_stop=lambda: stop_requested,
+        )
     except (InvalidConfigError, RunMismatchError, RunInUseError, CuratedDatasetError, PipelineDirectoryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

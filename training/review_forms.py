@@ -25,8 +25,12 @@ class GeneralistReviewForm(forms.Form):
     keep_threshold = forms.IntegerField(
         min_value=1, max_value=5, initial=4, help_text="Rating mode: images rated at or above this are kept."
     )
-    lease_seconds = forms.IntegerField(min_value=30, max_value=86_400, initial=300, help_text="How long a reviewer holds a candidate.")
-    instructions = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False, help_text="Blank: the default wording.")
+    lease_seconds = forms.IntegerField(
+        min_value=30, max_value=86_400, initial=300, help_text="How long a reviewer holds a candidate."
+    )
+    instructions = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}), required=False, help_text="Blank: the default wording."
+    )
 
 
 class SpecialistReviewForm(forms.Form):
@@ -35,9 +39,13 @@ class SpecialistReviewForm(forms.Form):
         help_text="The generalist stage whose kept candidates the specialists select from.",
     )
     name = forms.SlugField(max_length=100, help_text="Short unique name, e.g. specialist-1.")
-    target_size = forms.IntegerField(min_value=1, initial=2000, help_text="The final dataset's size; Emu used about 2,000.")
+    target_size = forms.IntegerField(
+        min_value=1, initial=2000, help_text="The final dataset's size; Emu used about 2,000."
+    )
     lease_seconds = forms.IntegerField(min_value=30, max_value=86_400, initial=600)
-    instructions = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), required=False, help_text="Blank: the default wording.")
+    instructions = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3}), required=False, help_text="Blank: the default wording."
+    )
 
 
 class FreezeReviewForm(forms.Form):
@@ -46,5 +54,9 @@ class FreezeReviewForm(forms.Form):
 
 
 class AestheticHeadForm(forms.Form):
-    clip_model_path = forms.CharField(max_length=1000, required=False, help_text="Local open_clip model; blank: the funnel run's.")
-    clip_model_name = forms.CharField(max_length=100, required=False, help_text="e.g. ViT-L-14; blank: the funnel run's.")
+    clip_model_path = forms.CharField(
+        max_length=1000, required=False, help_text="Local open_clip model; blank: the funnel run's."
+    )
+    clip_model_name = forms.CharField(
+        max_length=100, required=False, help_text="e.g. ViT-L-14; blank: the funnel run's."
+    )

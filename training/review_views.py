@@ -27,9 +27,9 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_POST
 
 from . import selectors
+from .models import CurationDecision, CurationReview, CurationStage, SelectionReason
 from .review_forms import AestheticHeadForm, FreezeReviewForm, GeneralistReviewForm, SpecialistReviewForm
 from .services import reviews as services
-from .models import CurationDecision, CurationReview, CurationStage, SelectionReason
 
 LOGIN_URL = "rate:login"  # the admin's sign-in refuses accounts that are not staff, and most reviewers are not
 REASON_KEYS = dict(zip(SelectionReason.values, "1234"))
@@ -60,7 +60,9 @@ def researcher_required(view):
 
 
 def _review(name: str, **filters) -> CurationReview:
-    return get_object_or_404(CurationReview.objects.select_related("funnel_run", "source_review", "dataset"), name=name, **filters)
+    return get_object_or_404(
+        CurationReview.objects.select_related("funnel_run", "source_review", "dataset"), name=name, **filters
+    )
 
 
 def _wants_json(request) -> bool:
@@ -138,8 +140,11 @@ def _parse_decision(post) -> dict:
 
     keep = {"1": True, "0": False}.get(post.get("keep", ""))
     return {
-        "keep": keep, "rating": integer("rating"), "reasons": post.getlist("reasons"),
-        "caption": post.get("caption", ""), "seconds": number("seconds"),
+        "keep": keep,
+        "rating": integer("rating"),
+        "reasons": post.getlist("reasons"),
+        "caption": post.get("caption", ""),
+        "seconds": number("seconds"),
     }
 
 
@@ -159,13 +164,15 @@ def decide(request, name: str, decision_id: int):
         return redirect("curation:review", review.name)
     upcoming = services.next_decision(review, request.user)
     progress = selectors.review_progress(review)
-    return JsonResponse({
-        "recorded": True,
-        "duplicate": result.duplicate,
-        "progress": _progress_text(review, progress),
-        "next": _decision_json(review, upcoming) if upcoming else None,
-        "preload": _preload_url(review, request.user, upcoming) if upcoming else None,
-    })
+    return JsonResponse(
+        {
+            "recorded": True,
+            "duplicate": result.duplicate,
+            "progress": _progress_text(review, progress),
+            "next": _decision_json(review, upcoming) if upcoming else None,
+            "preload": _preload_url(review, request.user, upcoming) if upcoming else None,
+        }
+    )
 
 
 @reviewer_required
@@ -215,13 +222,20 @@ def open_generalist(request):
         data = form.cleaned_data
         try:
             review = services.open_generalist_review(
-                data["funnel_run"], data["name"], mode=data["mode"], keep_threshold=data["keep_threshold"],
-                instructions=data["instructions"], lease_seconds=data["lease_seconds"], created_by=request.user,
+                data["funnel_run"],
+                data["name"],
+                mode=data["mode"],
+                keep_threshold=data["keep_threshold"],
+                instructions=data["instructions"],
+                lease_seconds=data["lease_seconds"],
+                created_by=request.user,
             )
         except services.ReviewError as exc:
             form.add_error(None, str(exc))
         else:
-            messages.success(request, f"Opened the generalist stage {review.name} over {review.decisions.count()} candidates.")
+            messages.success(
+                request, f"Opened the generalist stage {review.name} over {review.decisions.count()} candidates."
+            )
             return redirect("curation:manage_detail", review.name)
     return _manage_list_page(request, generalist_form=form, status=400)
 
@@ -234,13 +248,19 @@ def open_specialist(request):
         data = form.cleaned_data
         try:
             review = services.open_specialist_review(
-                data["source_review"], data["name"], target_size=data["target_size"],
-                instructions=data["instructions"], lease_seconds=data["lease_seconds"], created_by=request.user,
+                data["source_review"],
+                data["name"],
+                target_size=data["target_size"],
+                instructions=data["instructions"],
+                lease_seconds=data["lease_seconds"],
+                created_by=request.user,
             )
         except services.ReviewError as exc:
             form.add_error(None, str(exc))
         else:
-            messages.success(request, f"Opened the specialist stage {review.name} over {review.decisions.count()} candidates.")
+            messages.success(
+                request, f"Opened the specialist stage {review.name} over {review.decisions.count()} candidates."
+            )
             return redirect("curation:manage_detail", review.name)
     return _manage_list_page(request, specialist_form=form, status=400)
 
@@ -282,12 +302,17 @@ def freeze(request, name: str):
     if form.is_valid():
         try:
             dataset = services.freeze_review(
-                review, form.cleaned_data["dataset_name"], description=form.cleaned_data["description"], created_by=request.user
+                review,
+                form.cleaned_data["dataset_name"],
+                description=form.cleaned_data["description"],
+                created_by=request.user,
             )
         except services.ReviewError as exc:
             form.add_error(None, str(exc))
         else:
-            messages.success(request, f"Froze the selection into the curated dataset {dataset.name} ({dataset.image_count} images).")
+            messages.success(
+                request, f"Froze the selection into the curated dataset {dataset.name} ({dataset.image_count} images)."
+            )
             return redirect("curation:manage_detail", review.name)
     return _manage_detail_page(request, review, freeze_form=form, status=400)
 

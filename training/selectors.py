@@ -161,19 +161,33 @@ def checkpoint_win_rates(run: QualityTuningRun) -> list[dict]:
     }
     rows = []
     for row in campaign_win_rates(campaign):
-        if row["criterion"] != Criterion.VISUAL_APPEAL or row["model_a"] != run.base_model.name or row["model_b"] not in step_of:
+        if (
+            row["criterion"] != Criterion.VISUAL_APPEAL
+            or row["model_a"] != run.base_model.name
+            or row["model_b"] not in step_of
+        ):
             continue
-        rows.append({
-            "step": step_of[row["model_b"]], "model": row["model_b"], "win_rate": row["win_rate"], "low": row["low"],
-            "high": row["high"], "comparisons": row["compared"], "incomplete": row["incomplete_items"],
-        })
+        rows.append(
+            {
+                "step": step_of[row["model_b"]],
+                "model": row["model_b"],
+                "win_rate": row["win_rate"],
+                "low": row["low"],
+                "high": row["high"],
+                "comparisons": row["compared"],
+                "incomplete": row["incomplete_items"],
+            }
+        )
     return sorted(rows, key=lambda r: r["step"])
 
 
 def automatic_pick(run: QualityTuningRun) -> RunCheckpoint | None:
     """The checkpoint whose validation images score best; on a tie the earlier step (later steps overfit more)."""
-    return (run.checkpoints.filter(validation_aesthetic_score__isnull=False)
-            .order_by("-validation_aesthetic_score", "step").first())
+    return (
+        run.checkpoints.filter(validation_aesthetic_score__isnull=False)
+        .order_by("-validation_aesthetic_score", "step")
+        .first()
+    )
 
 
 def scoring_warning(run: QualityTuningRun) -> str:
@@ -193,17 +207,19 @@ def checkpoint_rows(run: QualityTuningRun, win_rates: list[dict] | None = None) 
     pick = automatic_pick(run)
     rows = []
     for cp in run.checkpoints.select_related("registered_model"):
-        rows.append({
-            "id": cp.pk,
-            "step": cp.step,
-            "saved_at": cp.saved_at.isoformat(),
-            "loss": cp.loss,
-            "exists": cp.exists,
-            "registered_model": cp.registered_model.name if cp.registered_model else None,
-            "validation_aesthetic_score": cp.validation_aesthetic_score,
-            "automatic_pick": pick is not None and pick.pk == cp.pk,
-            "win_rate": by_step.get(cp.step),
-        })
+        rows.append(
+            {
+                "id": cp.pk,
+                "step": cp.step,
+                "saved_at": cp.saved_at.isoformat(),
+                "loss": cp.loss,
+                "exists": cp.exists,
+                "registered_model": cp.registered_model.name if cp.registered_model else None,
+                "validation_aesthetic_score": cp.validation_aesthetic_score,
+                "automatic_pick": pick is not None and pick.pk == cp.pk,
+                "win_rate": by_step.get(cp.step),
+            }
+        )
     return rows
 
 
@@ -211,8 +227,12 @@ def checkpoint_campaign_summary(run: QualityTuningRun) -> dict | None:
     campaign = run.checkpoint_campaign
     if campaign is None:
         return None
-    return {"id": campaign.pk, "name": campaign.name, "status": campaign.status,
-            "url": reverse("campaigns:detail", args=[campaign.pk])}
+    return {
+        "id": campaign.pk,
+        "name": campaign.name,
+        "status": campaign.status,
+        "url": reverse("campaigns:detail", args=[campaign.pk]),
+    }
 
 
 def run_progress(run: QualityTuningRun) -> dict:
@@ -244,10 +264,17 @@ def run_progress(run: QualityTuningRun) -> dict:
         "scoring_warning": scoring_warning(run),
         "checkpoint_campaign": checkpoint_campaign_summary(run),
         "checkpoint_win_rates": win_rates,
-        "win_rate_curve": (reverse("training:win_rate_curve", args=[run.pk]) + "?v=" + win_rate_version(win_rates)
-                           if any(row["win_rate"] is not None for row in win_rates) else None),
-        "loss_curve": reverse("training:loss_curve", args=[run.pk]) + f"?v={image_version(loss_curve)}" if loss_curve else None,
-        "validation_grid": reverse("training:validation_grid", args=[run.pk]) + f"?v={image_version(grid)}" if grid else None,
+        "win_rate_curve": (
+            reverse("training:win_rate_curve", args=[run.pk]) + "?v=" + win_rate_version(win_rates)
+            if any(row["win_rate"] is not None for row in win_rates)
+            else None
+        ),
+        "loss_curve": reverse("training:loss_curve", args=[run.pk]) + f"?v={image_version(loss_curve)}"
+        if loss_curve
+        else None,
+        "validation_grid": reverse("training:validation_grid", args=[run.pk]) + f"?v={image_version(grid)}"
+        if grid
+        else None,
     }
 
 
@@ -258,14 +285,26 @@ def win_rate_version(win_rates: list[dict]) -> str:
 
 def config_rows(run: QualityTuningRun) -> list[tuple[str, str]]:
     config = resolved_config(run)
-    return [(name, json.dumps(value) if isinstance(value, (list, dict)) else str(value)) for name, value in config.items()]
+    return [
+        (name, json.dumps(value) if isinstance(value, (list, dict)) else str(value)) for name, value in config.items()
+    ]
 
 
 # --- Curation runs ---------------------------------------------------------------------------------
 
 OUTCOME_CSV_COLUMNS = (
-    "file", "caption", "kept", "stage", "reason", "duplicate_of", "clip_score", "aesthetic_score", "width", "height",
-    "sha256", "scores",
+    "file",
+    "caption",
+    "kept",
+    "stage",
+    "reason",
+    "duplicate_of",
+    "clip_score",
+    "aesthetic_score",
+    "width",
+    "height",
+    "sha256",
+    "scores",
 )
 
 
@@ -299,9 +338,17 @@ def outcome_records(curation_run):
     for outcome in curation_run.outcomes.select_related("candidate").iterator(chunk_size=2000):
         c = outcome.candidate
         yield {
-            "file": c.relative_path, "caption": c.caption, "kept": outcome.kept, "stage": outcome.stage,
-            "reason": outcome.reason, "duplicate_of": outcome.duplicate_of, "clip_score": outcome.clip_score,
-            "aesthetic_score": outcome.aesthetic_score, "width": c.width, "height": c.height, "sha256": c.sha256,
+            "file": c.relative_path,
+            "caption": c.caption,
+            "kept": outcome.kept,
+            "stage": outcome.stage,
+            "reason": outcome.reason,
+            "duplicate_of": outcome.duplicate_of,
+            "clip_score": outcome.clip_score,
+            "aesthetic_score": outcome.aesthetic_score,
+            "width": c.width,
+            "height": c.height,
+            "sha256": c.sha256,
             "scores": outcome.scores,
         }
 
@@ -322,10 +369,17 @@ def write_outcomes_csv(curation_run, stream) -> int:
 def curation_run_summary(curation_run) -> dict:
     """A run, its report and its outcomes as JSON-ready data (``curate report --format json``)."""
     return {
-        "id": curation_run.pk, "collection": curation_run.collection.name, "status": curation_run.status,
-        "error": curation_run.error, "stages": curation_run.stages, "clip_model_path": curation_run.clip_model_path,
-        "clip_model_name": curation_run.clip_model_name, "aesthetic_head_path": curation_run.aesthetic_head_path,
-        "count_in": curation_run.count_in, "count_kept": curation_run.count_kept, "report": curation_run.report,
+        "id": curation_run.pk,
+        "collection": curation_run.collection.name,
+        "status": curation_run.status,
+        "error": curation_run.error,
+        "stages": curation_run.stages,
+        "clip_model_path": curation_run.clip_model_path,
+        "clip_model_name": curation_run.clip_model_name,
+        "aesthetic_head_path": curation_run.aesthetic_head_path,
+        "count_in": curation_run.count_in,
+        "count_kept": curation_run.count_kept,
+        "report": curation_run.report,
         "started_at": curation_run.started_at.isoformat() if curation_run.started_at else None,
         "finished_at": curation_run.finished_at.isoformat() if curation_run.finished_at else None,
         "outcomes": list(outcome_records(curation_run)),
@@ -388,9 +442,13 @@ def review_progress(review, now: datetime | None = None) -> ReviewProgress:
         for name, rows in sorted(per_reviewer.items(), key=lambda kv: (-len(kv[1]), kv[0]))
     ]
     return ReviewProgress(
-        total=counts["total"], decided=counts["decided"], kept=counts["kept"], leased=counts["leased"],
+        total=counts["total"],
+        decided=counts["decided"],
+        kept=counts["kept"],
+        leased=counts["leased"],
         target=review.target_size if review.stage == "specialist" else 0,
-        median_seconds=_median(seconds_all), reviewers=reviewers,
+        median_seconds=_median(seconds_all),
+        reviewers=reviewers,
     )
 
 
@@ -416,12 +474,23 @@ def open_reviews_for(user):
 
 
 def reviewer_may_review(user) -> bool:
-    return bool(user.is_authenticated and user.is_active and (user.is_staff or user.has_perm("training.review_curation")))
+    return bool(
+        user.is_authenticated and user.is_active and (user.is_staff or user.has_perm("training.review_curation"))
+    )
 
 
 DECISION_EXPORT_COLUMNS = [
-    "position", "candidate_path", "caption", "decided", "decided_at", "keep", "rating", "reasons",
-    "corrected_caption", "reviewer", "seconds_on_task",
+    "position",
+    "candidate_path",
+    "caption",
+    "decided",
+    "decided_at",
+    "keep",
+    "rating",
+    "reasons",
+    "corrected_caption",
+    "reviewer",
+    "seconds_on_task",
 ]
 
 
@@ -436,15 +505,42 @@ def decision_export_rows(review):
         CurationDecision.objects.filter(review=review)
         .order_by("position")
         .values_list(
-            "position", "candidate__collection__path", "candidate__relative_path", "candidate__caption", "decided_at",
-            "keep", "rating", "reasons", "caption", "reviewer__username", "seconds_on_task",
+            "position",
+            "candidate__collection__path",
+            "candidate__relative_path",
+            "candidate__caption",
+            "decided_at",
+            "keep",
+            "rating",
+            "reasons",
+            "caption",
+            "reviewer__username",
+            "seconds_on_task",
         )
     )
-    for position, folder, relative_path, caption, decided_at, keep, rating, reasons, corrected, reviewer, seconds in (
-        decisions.iterator(chunk_size=2000)
-    ):
+    for (
+        position,
+        folder,
+        relative_path,
+        caption,
+        decided_at,
+        keep,
+        rating,
+        reasons,
+        corrected,
+        reviewer,
+        seconds,
+    ) in decisions.iterator(chunk_size=2000):
         yield [
-            position, str(Path(folder) / relative_path), caption, decided_at is not None,
-            decided_at.isoformat() if decided_at else "", "" if keep is None else keep, "" if rating is None else rating,
-            ";".join(reasons or ()), corrected, reviewer or "", "" if seconds is None else seconds,
+            position,
+            str(Path(folder) / relative_path),
+            caption,
+            decided_at is not None,
+            decided_at.isoformat() if decided_at else "",
+            "" if keep is None else keep,
+            "" if rating is None else rating,
+            ";".join(reasons or ()),
+            corrected,
+            reviewer or "",
+            "" if seconds is None else seconds,
         ]

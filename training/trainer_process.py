@@ -77,11 +77,20 @@ def spawn_trainer(command: list[str], log_file, *, env: dict | None = None) -> s
     """Start the trainer in this process's process group, tied to this process's life."""
     pythonpath = os.pathsep.join(p for p in (str(BASE_DIR), os.environ.get("PYTHONPATH", "")) if p)
     environment = {
-        **os.environ, "PYTHONPATH": pythonpath, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1", **(env or {}),
+        **os.environ,
+        "PYTHONPATH": pythonpath,
+        "PYTHONUNBUFFERED": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        **(env or {}),
     }
     return subprocess.Popen(
-        command, cwd=BASE_DIR, env=environment, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+        command,
+        cwd=BASE_DIR,
+        env=environment,
+        stdin=subprocess.DEVNULL,
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
         preexec_fn=_die_with_parent(os.getpid()),
     )
 
@@ -169,7 +178,7 @@ def trainer_error(output: str, log_path: Path | str | None = None) -> str:
     with. The traceback itself stays in the trainer's log."""
     where = f" (the full output is in {log_path})" if log_path else ""
     lines = [line for line in output.splitlines() if line.strip()]
-    errors = [line[len("error: "):] for line in lines if line.startswith("error: ")]
+    errors = [line[len("error: ") :] for line in lines if line.startswith("error: ")]
     if errors:
         return one_line("; ".join(errors)) + where
     tracebacks = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]

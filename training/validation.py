@@ -39,8 +39,12 @@ def _png(image: Image.Image) -> bytes:
 class ValidationRenderer:
     """Renders the run's fixed validation prompts and seeds with the UNet as it is now."""
 
-    def __init__(self, pipe, *, run_dir: Path, prompts, seeds, inference_steps: int, guidance_scale: float, resolution: int):
-        self.loaded = LoadedPipeline(pipe=pipe, original_scheduler=pipe.scheduler, device=str(pipe.device), fingerprint="")
+    def __init__(
+        self, pipe, *, run_dir: Path, prompts, seeds, inference_steps: int, guidance_scale: float, resolution: int
+    ):
+        self.loaded = LoadedPipeline(
+            pipe=pipe, original_scheduler=pipe.scheduler, device=str(pipe.device), fingerprint=""
+        )
         self.jobs = [(p, s) for p in range(len(prompts)) for s in seeds]
         self.prompts = list(prompts)
         self.parameters = {
@@ -55,7 +59,9 @@ class ValidationRenderer:
         atomic_write_text(self.root / PROMPTS_FILE, json.dumps(index, indent=2) + "\n")
 
     def render(self, step: int) -> Path:
-        images, _ = render(self.loaded, [self.prompts[p] for p, _ in self.jobs], [s for _, s in self.jobs], self.parameters)
+        images, _ = render(
+            self.loaded, [self.prompts[p] for p, _ in self.jobs], [s for _, s in self.jobs], self.parameters
+        )
         out = self.root / checkpoint_name(step)
         for (p, s), image in zip(self.jobs, images):
             atomic_write_bytes(out / f"{p:02d}-seed{s}.png", encode_png(image))
@@ -65,7 +71,9 @@ class ValidationRenderer:
 
 def write_grid(validation_dir: Path) -> Path:
     """One row per validated step (oldest on top), one column per (prompt, seed), labelled with the step."""
-    rows = sorted((d for d in Path(validation_dir).iterdir() if d.is_dir() and d.name.startswith("step-")), key=lambda d: d.name)
+    rows = sorted(
+        (d for d in Path(validation_dir).iterdir() if d.is_dir() and d.name.startswith("step-")), key=lambda d: d.name
+    )
     names = sorted(f.name for f in rows[-1].glob("*.png"))
     with Image.open(rows[-1] / names[0]) as first:
         width, height = first.size
@@ -127,5 +135,7 @@ def draw_loss_curve(metrics: list[dict], path: Path, size: tuple[int, int] = (80
         if len(steps) > 1:
             draw.line([point(s, v) for s, v in zip(steps, losses)], fill=(190, 190, 190))
             window = max(5, len(steps) // 25)  # ~4% of the run: trends show, single noisy steps do not
-            draw.line([point(s, v) for s, v in zip(steps, _moving_average(losses, window))], fill=(30, 80, 200), width=2)
+            draw.line(
+                [point(s, v) for s, v in zip(steps, _moving_average(losses, window))], fill=(30, 80, 200), width=2
+            )
     return atomic_write_bytes(Path(path), _png(image))

@@ -13,7 +13,13 @@ from django.views.decorators.http import require_POST, require_safe
 from generation.models import PromptSet
 
 from . import selectors, services
-from .forms import CheckpointCampaignForm, CompareWithBaseForm, DatasetImportForm, QualityTuningRunForm, RegisterCheckpointForm
+from .forms import (
+    CheckpointCampaignForm,
+    CompareWithBaseForm,
+    DatasetImportForm,
+    QualityTuningRunForm,
+    RegisterCheckpointForm,
+)
 from .models import CuratedDataset, QualityTuningRun, RunCheckpoint
 from .win_rate_plot import draw_win_rate_curve
 
@@ -78,7 +84,10 @@ def run_progress(request, pk):
 def run_cancel(request, pk):
     try:
         run = services.cancel_run(_run(pk))
-        messages.success(request, "Cancelled." if run.status == "cancelled" else "Cancelling: the trainer saves a checkpoint and stops.")
+        messages.success(
+            request,
+            "Cancelled." if run.status == "cancelled" else "Cancelling: the trainer saves a checkpoint and stops.",
+        )
     except services.TrainingError as exc:
         messages.error(request, str(exc))
     return redirect("training:run_detail", pk)
@@ -126,7 +135,9 @@ def trainer_log(request, pk):
 
 
 def _checkpoint(pk, step) -> RunCheckpoint:
-    return get_object_or_404(RunCheckpoint.objects.select_related("run__base_model", "run__dataset"), run_id=pk, step=step)
+    return get_object_or_404(
+        RunCheckpoint.objects.select_related("run__base_model", "run__dataset"), run_id=pk, step=step
+    )
 
 
 @staff_member_required
@@ -179,16 +190,26 @@ def checkpoint_campaign_create(request, pk):
     existing = run.checkpoint_campaign_id
     try:
         campaign = services.create_checkpoint_campaign(
-            run, prompt_set=d["prompt_set"], seeds=d["seeds"], steps=d["steps"] or None, new=d["new"], created_by=request.user
+            run,
+            prompt_set=d["prompt_set"],
+            seeds=d["seeds"],
+            steps=d["steps"] or None,
+            new=d["new"],
+            created_by=request.user,
         )
     except services.TrainingError as exc:
         messages.error(request, str(exc))
         return redirect("training:run_detail", pk)
     if campaign.pk == existing:
-        messages.info(request, f"The run already has its checkpoint campaign {campaign.name}; tick 'a new one' to make another.")
+        messages.info(
+            request, f"The run already has its checkpoint campaign {campaign.name}; tick 'a new one' to make another."
+        )
     else:
-        messages.success(request, f"Created the draft campaign {campaign.name}: every checkpoint vs {run.base_model.name}, "
-                                  "visual appeal. Check it, then launch it.")
+        messages.success(
+            request,
+            f"Created the draft campaign {campaign.name}: every checkpoint vs {run.base_model.name}, "
+            "visual appeal. Check it, then launch it.",
+        )
     return redirect("campaigns:detail", campaign.pk)
 
 
@@ -219,6 +240,8 @@ def dataset_list(request):
     if request.method == "POST" and form.is_valid():
         dataset = form.save(request.user)
         if dataset is not None:
-            messages.success(request, f"Froze {dataset.name}: {dataset.image_count} images, hash {dataset.content_hash[:12]}.")
+            messages.success(
+                request, f"Froze {dataset.name}: {dataset.image_count} images, hash {dataset.content_hash[:12]}."
+            )
             return redirect("training:dataset_list")
     return render(request, "training/dataset_list.html", {"form": form, "datasets": CuratedDataset.objects.all()})

@@ -28,7 +28,9 @@ def draw_win_rate_curve(rows: list[dict], size: tuple[int, int] = (800, 400)) ->
         above = [100 * (r["high"] - r["win_rate"]) if r["high"] is not None else 0 for r in measured]
         axes.errorbar(steps, rates, yerr=[below, above], fmt="o-", color="#1e50c8", ecolor="#7a96dc", capsize=4)
         for step, rate, row in zip(steps, rates, measured):
-            axes.annotate(f"n={row['comparisons']}", (step, rate), textcoords="offset points", xytext=(6, -12), fontsize=8)
+            axes.annotate(
+                f"n={row['comparisons']}", (step, rate), textcoords="offset points", xytext=(6, -12), fontsize=8
+            )
     else:
         axes.text(0.5, 0.5, "no complete comparisons yet", ha="center", va="center", transform=axes.transAxes)
     axes.set_ylim(0, 100)

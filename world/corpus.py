@@ -58,5 +58,7 @@ def evaluation_prompts(count: int, seed_base: int = EVAL_SEED_BASE) -> list[tupl
 
 
 def prompt_set_csv(count: int, seed_base: int = EVAL_SEED_BASE) -> bytes:
-    lines = ["prompt,category"] + [f"{caption},{category}" for caption, category in evaluation_prompts(count, seed_base)]
+    lines = ["prompt,category"] + [
+        f"{caption},{category}" for caption, category in evaluation_prompts(count, seed_base)
+    ]
     return ("\n".join(lines) + "\n").encode()

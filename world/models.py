@@ -25,11 +25,30 @@ CLIP_NAME = "mini-emu-clip"
 
 CLIP_CONFIG = {
     "embed_dim": 64,
-    "vision_cfg": {"image_size": IMAGE_SIZE, "layers": 4, "width": 128, "head_width": 32, "patch_size": 8, "mlp_ratio": 2.0},
-    "text_cfg": {"context_length": CONTEXT_LENGTH, "vocab_size": CLIP_VOCAB_SIZE, "width": TEXT_WIDTH, "heads": 2, "layers": 3, "mlp_ratio": 2.0},
+    "vision_cfg": {
+        "image_size": IMAGE_SIZE,
+        "layers": 4,
+        "width": 128,
+        "head_width": 32,
+        "patch_size": 8,
+        "mlp_ratio": 2.0,
+    },
+    "text_cfg": {
+        "context_length": CONTEXT_LENGTH,
+        "vocab_size": CLIP_VOCAB_SIZE,
+        "width": TEXT_WIDTH,
+        "heads": 2,
+        "layers": 3,
+        "mlp_ratio": 2.0,
+    },
 }
 # What open_clip's image transform needs: the world renders are already 64 px RGB in [0, 1].
-CLIP_PREPROCESS = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bicubic", "resize_mode": "shortest"}
+CLIP_PREPROCESS = {
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.25, 0.25, 0.25],
+    "interpolation": "bicubic",
+    "resize_mode": "shortest",
+}
 
 
 def build_vae():
@@ -107,11 +126,18 @@ def text_encoder_from_clip(clip_model):
     for i in range(CLIP_CONFIG["text_cfg"]["layers"]):
         s, d = f"transformer.resblocks.{i}.", f"text_model.encoder.layers.{i}."
         for name, chunk in zip(("q", "k", "v"), range(3)):
-            dst[f"{d}self_attn.{name}_proj.weight"] = src[s + "attn.in_proj_weight"][chunk * width : (chunk + 1) * width]
+            dst[f"{d}self_attn.{name}_proj.weight"] = src[s + "attn.in_proj_weight"][
+                chunk * width : (chunk + 1) * width
+            ]
             dst[f"{d}self_attn.{name}_proj.bias"] = src[s + "attn.in_proj_bias"][chunk * width : (chunk + 1) * width]
         dst[f"{d}self_attn.out_proj.weight"] = src[s + "attn.out_proj.weight"]
         dst[f"{d}self_attn.out_proj.bias"] = src[s + "attn.out_proj.bias"]
-        for hf, oc in (("layer_norm1", "ln_1"), ("layer_norm2", "ln_2"), ("mlp.fc1", "mlp.c_fc"), ("mlp.fc2", "mlp.c_proj")):
+        for hf, oc in (
+            ("layer_norm1", "ln_1"),
+            ("layer_norm2", "ln_2"),
+            ("mlp.fc1", "mlp.c_fc"),
+            ("mlp.fc2", "mlp.c_proj"),
+        ):
             dst[f"{d}{hf}.weight"] = src[f"{s}{oc}.weight"]
             dst[f"{d}{hf}.bias"] = src[f"{s}{oc}.bias"]
     dst = {k.removeprefix("text_model."): v for k, v in dst.items()}

@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from core.clip_text import clip_tokenizer
 from world import models
-from world.corpus import CORPUS_SEED_BASE, EVAL_SEED_BASE
 from world.appeal import appeal_score
+from world.corpus import CORPUS_SEED_BASE, EVAL_SEED_BASE
 from world.oracle import check
 from world.scenes import COLOURS, COUNTS, SHAPES, render, scene_for_seed
 
@@ -71,8 +71,14 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 class RunLog:
     def __init__(self, out: Path, kind: str, args: argparse.Namespace):
         self.out, self.started = out, time.monotonic()
-        self.record = {"kind": kind, "command": "python -m world.training " + " ".join(sys.argv[1:]), "args": vars(args),
-                       "torch": torch.__version__, "threads": torch.get_num_threads(), "losses": []}
+        self.record = {
+            "kind": kind,
+            "command": "python -m world.training " + " ".join(sys.argv[1:]),
+            "args": vars(args),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "losses": [],
+        }
 
     def loss(self, step: int, value: float) -> None:
         self.record["losses"].append([step, round(value, 5)])
@@ -121,7 +127,11 @@ def train_vae(args: argparse.Namespace) -> None:
         recon = to_uint8(vae.decode(vae.encode(to_tensor(held_out)).latent_dist.mean).sample)
     vae.register_to_config(scaling_factor=scaling)
     vae.save_pretrained(args.out, safe_serialization=True)
-    log.save(held_out_psnr_db=round(psnr(recon, held_out), 2), scaling_factor=scaling, parameters=models.count_parameters(vae))
+    log.save(
+        held_out_psnr_db=round(psnr(recon, held_out), 2),
+        scaling_factor=scaling,
+        parameters=models.count_parameters(vae),
+    )
     print(f"held-out PSNR {psnr(recon, held_out):.2f} dB, scaling factor {scaling:.4f}")
 
 
@@ -152,9 +162,14 @@ def train_clip(args: argparse.Namespace) -> None:
         img, txt, scale = out["image_features"], out["text_features"], out["logit_scale"]
         logits = scale * img @ txt.T
         # Identical captions in a batch are true positives for each other, not negatives.
-        same = torch.from_numpy(np.array(captions, dtype=object)[idx][:, None] == np.array(captions, dtype=object)[idx][None, :])
+        same = torch.from_numpy(
+            np.array(captions, dtype=object)[idx][:, None] == np.array(captions, dtype=object)[idx][None, :]
+        )
         target = same.float() / same.float().sum(1, keepdim=True)
-        loss = (torch.sum(-target * F.log_softmax(logits, 1), 1).mean() + torch.sum(-target * F.log_softmax(logits.T, 1), 1).mean()) / 2
+        loss = (
+            torch.sum(-target * F.log_softmax(logits, 1), 1).mean()
+            + torch.sum(-target * F.log_softmax(logits.T, 1), 1).mean()
+        ) / 2
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -163,7 +178,9 @@ def train_clip(args: argparse.Namespace) -> None:
         if step % 50 == 0:
             log.loss(step, loss.item())
     model.eval()
-    accuracy = clip_attribute_accuracy(model, images[n_train:], [scene_for_seed(CORPUS_SEED_BASE + i) for i in range(n_train, len(images))])
+    accuracy = clip_attribute_accuracy(
+        model, images[n_train:], [scene_for_seed(CORPUS_SEED_BASE + i) for i in range(n_train, len(images))]
+    )
     models.save_clip(model, args.out)
     log.save(held_out_attribute_accuracy=accuracy, parameters=models.count_parameters(model))
     print("held-out zero-shot accuracy", accuracy)
@@ -173,7 +190,6 @@ def train_clip(args: argparse.Namespace) -> None:
 def clip_attribute_accuracy(model, images: np.ndarray, scenes) -> dict[str, float]:
     """Zero-shot accuracy per attribute: the true caption against the same caption with one attribute changed."""
     from dataclasses import replace
-
 
     feats = model.encode_image(clip_image_input(images), normalize=True)
     variants = {
@@ -194,7 +210,9 @@ def clip_attribute_accuracy(model, images: np.ndarray, scenes) -> dict[str, floa
 
 
 def caption_embeddings(text_encoder, tokenizer, captions: list[str]) -> torch.Tensor:
-    ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    ids = tokenizer(
+        captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
     with torch.no_grad():
         return text_encoder(ids)[0]
 
@@ -211,7 +229,9 @@ def train_base(args: argparse.Namespace) -> None:
     images, captions = render_corpus(args.corpus)
     log = RunLog(Path(args.out), "base", args)
     with torch.no_grad():
-        moments = torch.cat([vae.encode(to_tensor(images[i : i + 512])).latent_dist.parameters for i in range(0, len(images), 512)])
+        moments = torch.cat(
+            [vae.encode(to_tensor(images[i : i + 512])).latent_dist.parameters for i in range(0, len(images), 512)]
+        )
     unique = sorted(set(captions))
     index = {c: i for i, c in enumerate(unique)}
     cond = caption_embeddings(text_encoder, tokenizer, unique + [""])
@@ -268,8 +288,17 @@ def _save_pipeline(args, unet, ema, vae, text_encoder, tokenizer, scheduler, log
 
     live = {k: v.clone() for k, v in unet.state_dict().items()}
     unet.load_state_dict(ema)
-    pipe = StableDiffusionPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None, image_encoder=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        image_encoder=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(args.out, safe_serialization=True)
     figures = {"steps_done": step}
     if evaluate:
@@ -287,22 +316,41 @@ def evaluate_pipeline(pipe, n: int = 64, seed: int = 0, steps: int = 25, guidanc
     checks, appeals = [], []
     for start in range(0, n, 16):
         batch = captions[start : start + 16]
-        out = pipe(batch, num_inference_steps=steps, guidance_scale=guidance_scale, output_type="np",
-                   generator=torch.Generator().manual_seed(seed + start), height=models.IMAGE_SIZE, width=models.IMAGE_SIZE).images
+        out = pipe(
+            batch,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            output_type="np",
+            generator=torch.Generator().manual_seed(seed + start),
+            height=models.IMAGE_SIZE,
+            width=models.IMAGE_SIZE,
+        ).images
         for caption, image in zip(batch, out):
             pixels = (image * 255).round().astype(np.uint8)
             checks.append(check(pixels, caption))
             appeals.append(appeal_score(pixels))
-    attrs = {a: round(float(np.mean([c[a] for c in checks if a in c])), 3) for a in ("background", "colour", "shape", "count", "position")}
-    return {"n": n, "all_attributes": round(float(np.mean([all(c.values()) for c in checks])), 3),
-            "attribute_accuracy": attrs, "mean_appeal": round(float(np.mean(appeals)), 4),
-            "steps": steps, "guidance_scale": guidance_scale}
+    attrs = {
+        a: round(float(np.mean([c[a] for c in checks if a in c])), 3)
+        for a in ("background", "colour", "shape", "count", "position")
+    }
+    return {
+        "n": n,
+        "all_attributes": round(float(np.mean([all(c.values()) for c in checks])), 3),
+        "attribute_accuracy": attrs,
+        "mean_appeal": round(float(np.mean(appeals)), 4),
+        "steps": steps,
+        "guidance_scale": guidance_scale,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m world.training")
     sub = parser.add_subparsers(dest="kind", required=True)
-    for kind, steps, batch, lr, corpus in (("vae", 800, 32, 1e-3, 20000), ("clip", 1500, 128, 1e-3, 20000), ("base", 20000, 64, 4e-4, 40000)):
+    for kind, steps, batch, lr, corpus in (
+        ("vae", 800, 32, 1e-3, 20000),
+        ("clip", 1500, 128, 1e-3, 20000),
+        ("base", 20000, 64, 4e-4, 40000),
+    ):
         p = sub.add_parser(kind)
         p.add_argument("--out", required=True)
         p.add_argument("--steps", type=int, default=steps)
@@ -311,7 +359,9 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--corpus", type=int, default=corpus)
         p.add_argument("--seed", type=int, default=0)
         if kind == "vae":
-            p.add_argument("--crop", type=int, default=0, help="train on random square crops of this size (0: whole images)")
+            p.add_argument(
+                "--crop", type=int, default=0, help="train on random square crops of this size (0: whole images)"
+            )
         if kind in ("base", "vae"):
             p.add_argument("--init", help="continue from these weights (a VAE folder; for base, a pipeline's UNet)")
         if kind == "base":

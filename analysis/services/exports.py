@@ -16,9 +16,9 @@ from annotation import selectors as annotation_selectors
 from annotation.models import Campaign, ComparisonItem
 from core import csv_export
 
+from .. import stats
 from .reports import ReportError, build_report
 from .values import CampaignReport
-from .. import stats
 
 VOTES_CSV_COLUMNS = [*annotation_selectors.VOTE_EXPORT_COLUMNS, "counted"]
 
@@ -34,8 +34,23 @@ def votes_csv(campaign: Campaign) -> Iterator[str]:
 
 
 ITEMS_CSV_COLUMNS = [
-    "item_id", "criterion", "prompt_id", "prompt", "category", "challenge", "seed", "model_a", "model_b",
-    "votes_per_item", "votes_a", "votes_b", "votes_tie", "votes", "majority", "majority_model", "complete",
+    "item_id",
+    "criterion",
+    "prompt_id",
+    "prompt",
+    "category",
+    "challenge",
+    "seed",
+    "model_a",
+    "model_b",
+    "votes_per_item",
+    "votes_a",
+    "votes_b",
+    "votes_tie",
+    "votes",
+    "majority",
+    "majority_model",
+    "complete",
 ]
 
 
@@ -48,11 +63,19 @@ def items_csv(campaign: Campaign) -> Iterator[str]:
     """
     counting = Q(assignments__vote__excluded=False)
     items = (
-        ComparisonItem.objects.regular().filter(campaign=campaign)
+        ComparisonItem.objects.regular()
+        .filter(campaign=campaign)
         .order_by("id")
         .values(
-            "id", "criterion__criterion", "image_a__prompt_id", "image_a__prompt__text", "image_a__prompt__category",
-            "image_a__prompt__challenge", "image_a__seed", "image_a__model__name", "image_b__model__name",
+            "id",
+            "criterion__criterion",
+            "image_a__prompt_id",
+            "image_a__prompt__text",
+            "image_a__prompt__category",
+            "image_a__prompt__challenge",
+            "image_a__seed",
+            "image_a__model__name",
+            "image_b__model__name",
             "criterion__votes_per_item",
         )
         .annotate(
@@ -70,10 +93,21 @@ def items_csv(campaign: Campaign) -> Iterator[str]:
             majority = stats.WINNERS[stats.majority_outcomes(np.array([counts]))[0]] if total else ""
             model = {"a": item["image_a__model__name"], "b": item["image_b__model__name"]}.get(majority, "")
             yield [
-                item["id"], item["criterion__criterion"], item["image_a__prompt_id"], item["image_a__prompt__text"],
-                item["image_a__prompt__category"], item["image_a__prompt__challenge"], item["image_a__seed"],
-                item["image_a__model__name"], item["image_b__model__name"], item["criterion__votes_per_item"],
-                *counts, total, majority, model, total >= item["criterion__votes_per_item"],
+                item["id"],
+                item["criterion__criterion"],
+                item["image_a__prompt_id"],
+                item["image_a__prompt__text"],
+                item["image_a__prompt__category"],
+                item["image_a__prompt__challenge"],
+                item["image_a__seed"],
+                item["image_a__model__name"],
+                item["image_b__model__name"],
+                item["criterion__votes_per_item"],
+                *counts,
+                total,
+                majority,
+                model,
+                total >= item["criterion__votes_per_item"],
             ]
 
     return csv_export.lines(ITEMS_CSV_COLUMNS, rows())
@@ -89,7 +123,9 @@ def report_figures(report: CampaignReport) -> dict[str, str | None]:
 
     with_numbers = [c for c in report.comparisons if c.has_numbers]
     return {
-        "outcomes": plots.data_uri(plots.outcome_bars(with_numbers, level=report.reproducibility.level)) if with_numbers else None,
+        "outcomes": plots.data_uri(plots.outcome_bars(with_numbers, level=report.reproducibility.level))
+        if with_numbers
+        else None,
         "by_category": plots.data_uri(plots.breakdown_plot(with_numbers, by="category")) if with_numbers else None,
     }
 

@@ -36,9 +36,33 @@ from django.db.models import Count, Max, Q
 
 from annotation.models import Campaign, ComparisonItem, Participation, Vote
 
-from .values import AgreementSummary, Bounds, CampaignReport, Comparison, DEFAULT_ROUNDS, DEFAULT_SEED, ExcludedRater, Exclusions, FlaggedSpeeder, GroupWinRate, MAX_ROUNDS, MAX_SEED, MIN_ROUNDS, Outcomes, PLANNER_HALF_WIDTHS, POSITION_BIAS_ALPHA, PlannerTarget, RankedModel, Ranking, RaterSideBias, Reproducibility, percent
 from .. import stats
 from ..selectors import VOTE_COLUMNS, votes_frame
+from .values import (
+    DEFAULT_ROUNDS,
+    DEFAULT_SEED,
+    MAX_ROUNDS,
+    MAX_SEED,
+    MIN_ROUNDS,
+    PLANNER_HALF_WIDTHS,
+    POSITION_BIAS_ALPHA,
+    AgreementSummary,
+    Bounds,
+    CampaignReport,
+    Comparison,
+    ExcludedRater,
+    Exclusions,
+    FlaggedSpeeder,
+    GroupWinRate,
+    Outcomes,
+    PlannerTarget,
+    RankedModel,
+    Ranking,
+    RaterSideBias,
+    Reproducibility,
+    percent,
+)
+
 
 class ReportError(Exception):
     """The report cannot be made; the message tells the researcher why and what to do."""
@@ -80,7 +104,10 @@ def build_report(
         agreement=tuple(_agreement(frame, name, label, include_incomplete) for name, label in criteria),
         position_bias=_position_bias(campaign, frame),
         rankings=(
-            tuple(_ranking(campaign, frame, name, label, seed=seed, rounds=rounds, level=level) for name, label in criteria)
+            tuple(
+                _ranking(campaign, frame, name, label, seed=seed, rounds=rounds, level=level)
+                for name, label in criteria
+            )
             if len(models) > 2
             else ()
         ),
@@ -171,18 +198,23 @@ def _no_votes_message(campaign: Campaign) -> str:
             "excluded raters. Invite more raters; the report appears once their votes arrive."
         )
     if campaign.status in (Campaign.Status.DRAFT, Campaign.Status.LAUNCHING):
-        return f"Campaign {campaign.name!r} has no votes yet: it is {campaign.status}. Launch it and invite raters first."
+        return (
+            f"Campaign {campaign.name!r} has no votes yet: it is {campaign.status}. Launch it and invite raters first."
+        )
     return (
         f"Campaign {campaign.name!r} has no votes yet. Invite raters from the campaign page; "
         "the report appears once votes arrive (win rates need complete comparisons)."
     )
 
 
-def campaign_comparisons(campaign, frame, *, breakdowns: bool, seed, rounds, level, include_incomplete) -> Iterator[Comparison]:
+def campaign_comparisons(
+    campaign, frame, *, breakdowns: bool, seed, rounds, level, include_incomplete
+) -> Iterator[Comparison]:
     """A Comparison for every criterion x model pair the campaign compares, voted on or not."""
     item_counts = {
         (row["criterion__criterion"], row["image_a__model__name"], row["image_b__model__name"]): row["n"]
-        for row in ComparisonItem.objects.regular().filter(campaign=campaign)
+        for row in ComparisonItem.objects.regular()
+        .filter(campaign=campaign)
         .values("criterion__criterion", "image_a__model__name", "image_b__model__name")
         .annotate(n=Count("id"))
         .order_by()
@@ -190,7 +222,9 @@ def campaign_comparisons(campaign, frame, *, breakdowns: bool, seed, rounds, lev
     for criterion in campaign.criteria.all():
         for model_a, model_b in campaign.model_pairs():
             selected = frame[
-                (frame["criterion"] == criterion.criterion) & (frame["model_a"] == model_a.name) & (frame["model_b"] == model_b.name)
+                (frame["criterion"] == criterion.criterion)
+                & (frame["model_a"] == model_a.name)
+                & (frame["model_b"] == model_b.name)
             ]
             yield _comparison(
                 selected,
@@ -211,7 +245,10 @@ def campaign_comparisons(campaign, frame, *, breakdowns: bool, seed, rounds, lev
 def _item_table(votes: pd.DataFrame) -> pd.DataFrame:
     """One row per voted item: prompt, k, votes for a / b / tie, whether complete, outcome code (analysis.stats' rule)."""
     counts = (
-        votes.groupby(["item_id", "winner"]).size().unstack("winner", fill_value=0).reindex(columns=list(stats.WINNERS), fill_value=0)
+        votes.groupby(["item_id", "winner"])
+        .size()
+        .unstack("winner", fill_value=0)
+        .reindex(columns=list(stats.WINNERS), fill_value=0)
     )
     attributes = votes.groupby("item_id")[["prompt_id", "votes_per_item"]].first()
     table = attributes.join(counts)
@@ -252,7 +289,19 @@ def _outcomes(shares: stats.Shares) -> Outcomes:
 
 
 def _comparison(
-    votes, *, criterion, criterion_label, model_a, model_b, votes_per_item, items, breakdowns, seed, rounds, level, include_incomplete
+    votes,
+    *,
+    criterion,
+    criterion_label,
+    model_a,
+    model_b,
+    votes_per_item,
+    items,
+    breakdowns,
+    seed,
+    rounds,
+    level,
+    include_incomplete,
 ) -> Comparison:
     table = _item_table(votes) if len(votes) else None
     voted = 0 if table is None else len(table)
@@ -271,11 +320,24 @@ def _comparison(
     if used is None or used.empty:
         message = "no votes yet" if table is None else f"no complete comparisons yet ({incomplete} incomplete)"
         return Comparison(
-            **base, compared=0, prompts=0 if table is None else int(table["prompt_id"].nunique()),
-            raters=0 if table is None else int(votes["rater_id"].nunique()), message=message, statement=message,
-            item_outcomes=None, vote_outcomes=None, win_rate=None, interval=None, win_rate_half_ties=None,
-            interval_half_ties=None, interval_note="", sign_test_p=None, by_category=(), by_challenge=(),
-            design_effect=1.0, planner=_planner(0, 0, votes_per_item, level, 1.0),
+            **base,
+            compared=0,
+            prompts=0 if table is None else int(table["prompt_id"].nunique()),
+            raters=0 if table is None else int(votes["rater_id"].nunique()),
+            message=message,
+            statement=message,
+            item_outcomes=None,
+            vote_outcomes=None,
+            win_rate=None,
+            interval=None,
+            win_rate_half_ties=None,
+            interval_half_ties=None,
+            interval_note="",
+            sign_test_p=None,
+            by_category=(),
+            by_challenge=(),
+            design_effect=1.0,
+            planner=_planner(0, 0, votes_per_item, level, 1.0),
         )
 
     # The win-rate intervals are deterministic: no bootstrap rounds (rounds and seed are for Bradley–Terry).
@@ -319,7 +381,9 @@ def _groups(votes, by: str, criterion: str, options: dict) -> tuple[GroupWinRate
                 ties=int(row["ties"]) if has_numbers else 0,
                 losses=int(row["losses"]) if has_numbers else 0,
                 win_rate=float(row["win_rate"]) if has_numbers else None,
-                interval=Bounds(float(row["low"]), float(row["high"]), options["level"], row["interval_method"]) if has_interval else None,
+                interval=Bounds(float(row["low"]), float(row["high"]), options["level"], row["interval_method"])
+                if has_interval
+                else None,
                 sign_test_p=float(row["sign_test_p"]) if has_numbers else None,
                 incomplete_items=int(row["incomplete_items"]),
                 interval_note=str(row["interval_note"]) if has_numbers else "",
@@ -344,11 +408,18 @@ def _agreement(frame, criterion: str, label: str, include_incomplete: bool) -> A
     except ValueError as exc:  # too few items, or every vote the same answer: kappa and alpha are undefined
         return AgreementSummary(criterion, label, str(exc))
     return AgreementSummary(
-        criterion, label, "",
-        fleiss_kappa=agreement.fleiss_kappa, fleiss_items=agreement.fleiss_items, ratings_per_item=agreement.ratings_per_item,
-        krippendorff_alpha=agreement.krippendorff_alpha, alpha_items=agreement.alpha_items,
-        majority_agreement=agreement.majority_agreement, majority_items=agreement.majority_items,
-        items_without_majority=agreement.items_without_majority, categories=agreement.categories,
+        criterion,
+        label,
+        "",
+        fleiss_kappa=agreement.fleiss_kappa,
+        fleiss_items=agreement.fleiss_items,
+        ratings_per_item=agreement.ratings_per_item,
+        krippendorff_alpha=agreement.krippendorff_alpha,
+        alpha_items=agreement.alpha_items,
+        majority_agreement=agreement.majority_agreement,
+        majority_items=agreement.majority_items,
+        items_without_majority=agreement.items_without_majority,
+        categories=agreement.categories,
     )
 
 
@@ -377,9 +448,13 @@ def _ranking(campaign, frame, criterion: str, label: str, *, seed, rounds, level
     if not (frame["criterion"] == criterion).any():
         return Ranking(criterion, label, "no votes yet")
     # Against a baseline, scores read as "better or worse than the baseline"; otherwise they average zero.
-    anchor = campaign.baseline.name if campaign.pairing == Campaign.Pairing.VS_BASELINE and campaign.baseline_id else None
+    anchor = (
+        campaign.baseline.name if campaign.pairing == Campaign.Pairing.VS_BASELINE and campaign.baseline_id else None
+    )
     try:
-        result = stats.bradley_terry(frame, criterion, unit="item", anchor=anchor, rounds=rounds, seed=seed, level=level)
+        result = stats.bradley_terry(
+            frame, criterion, unit="item", anchor=anchor, rounds=rounds, seed=seed, level=level
+        )
     except ValueError as exc:  # no complete items yet, or models never beaten by a group of others
         return Ranking(criterion, label, str(exc), anchor=anchor)
     # The bootstrap cannot see more spread between prompts than the few it has: below the win rate's minimum
@@ -387,17 +462,27 @@ def _ranking(campaign, frame, criterion: str, label: str, *, seed, rounds, level
     with_intervals = result.prompts >= stats.MIN_PROMPTS
     ranked = tuple(
         RankedModel(
-            str(name), float(row["score"]),
-            float(row["low"]) if with_intervals else None, float(row["high"]) if with_intervals else None,
-            int(row["rank"]), int(row["rank_upper"]) if with_intervals else None,
+            str(name),
+            float(row["score"]),
+            float(row["low"]) if with_intervals else None,
+            float(row["high"]) if with_intervals else None,
+            int(row["rank"]),
+            int(row["rank_upper"]) if with_intervals else None,
             mc_error=float(row["mc_error"]) if with_intervals else None,
         )
         for name, row in result.ranking.iterrows()
     )
     fractions = result.win_fractions.to_numpy()
     return Ranking(
-        criterion, label, "", unit=result.unit, anchor=anchor, battles=result.battles, prompts=result.prompts,
-        degenerate_rounds=result.degenerate_rounds, models=ranked,
+        criterion,
+        label,
+        "",
+        unit=result.unit,
+        anchor=anchor,
+        battles=result.battles,
+        prompts=result.prompts,
+        degenerate_rounds=result.degenerate_rounds,
+        models=ranked,
         win_fractions=tuple(tuple(float(v) if np.isfinite(v) else None for v in row) for row in fractions),
         interval_note="" if with_intervals else stats.intervals.too_few_prompts_message(result.prompts),
     )
@@ -450,9 +535,15 @@ def _exclusions(campaign: Campaign) -> Exclusions:
     )
     gold_votes = Vote.objects.filter(assignment__campaign=campaign, assignment__item__gold_image__isnull=False).count()
     speeders = tuple(
-        FlaggedSpeeder(rater_id=p.rater_id, external_id=p.external_id or p.rater.external_id,
-                       median_seconds=p.speeder_median_seconds, excluded=p.excluded)
-        for p in Participation.objects.filter(campaign=campaign, speeder_flagged_at__isnull=False).select_related("rater").order_by("id")
+        FlaggedSpeeder(
+            rater_id=p.rater_id,
+            external_id=p.external_id or p.rater.external_id,
+            median_seconds=p.speeder_median_seconds,
+            excluded=p.excluded,
+        )
+        for p in Participation.objects.filter(campaign=campaign, speeder_flagged_at__isnull=False)
+        .select_related("rater")
+        .order_by("id")
     )
     return Exclusions(
         rule=exclusion_rule(campaign),

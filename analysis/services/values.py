@@ -7,8 +7,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-
-
 from .. import stats
 
 DEFAULT_SEED = 0
@@ -64,7 +62,7 @@ class Bounds:
 
     @property
     def verdict(self) -> str:
-        """"above" when the whole interval lies above 50% (B preferred), "below" when wholly below, else "unclear"."""
+        """ "above" when the whole interval lies above 50% (B preferred), "below" when wholly below, else "unclear"."""
         return verdict(self)
 
 
@@ -328,7 +326,10 @@ class Ranking:
     def matrix_rows(self) -> list[tuple[str, list[str]]]:
         """(model, [its win share against each model, as text]) for templates."""
         names = [m.model for m in self.models]
-        return [(names[i], [percent(v, 0) if v is not None else "—" for v in row]) for i, row in enumerate(self.win_fractions)]
+        return [
+            (names[i], [percent(v, 0) if v is not None else "—" for v in row])
+            for i, row in enumerate(self.win_fractions)
+        ]
 
 
 @dataclass(frozen=True)

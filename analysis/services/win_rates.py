@@ -36,11 +36,19 @@ def _campaign_win_rates(campaign: Campaign) -> list[dict]:
         o = c.item_outcomes
         rows.append(
             {
-                "key": c.key, "criterion": c.criterion, "criterion_label": c.criterion_label,
-                "model_a": c.model_a, "model_b": c.model_b, "items": c.items, "compared": c.compared,
+                "key": c.key,
+                "criterion": c.criterion,
+                "criterion_label": c.criterion_label,
+                "model_a": c.model_a,
+                "model_b": c.model_b,
+                "items": c.items,
+                "compared": c.compared,
                 "incomplete_items": c.incomplete_items,
-                "wins": o.wins if o else 0, "ties": o.ties if o else 0, "losses": o.losses if o else 0,
-                "win_rate": c.win_rate, "low": c.interval.low if c.interval else None,
+                "wins": o.wins if o else 0,
+                "ties": o.ties if o else 0,
+                "losses": o.losses if o else 0,
+                "win_rate": c.win_rate,
+                "low": c.interval.low if c.interval else None,
                 "high": c.interval.high if c.interval else None,
                 "interval_method": c.interval.method if c.interval else None,
                 # Ties as half a win: the figure a null campaign (A vs A) centres on 50%, where the

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from .intervals import sign_test
-from .votes import A, ANSWERS, B, TIE, encode_votes, majority_outcomes, select_criterion
+from .votes import ANSWERS, TIE, A, B, encode_votes, majority_outcomes, select_criterion
 
 
 def fleiss_kappa(counts) -> float:
@@ -79,7 +79,9 @@ class Agreement:
     categories: tuple[str, ...] = ("a", "b", "tie")
 
 
-def rater_agreement(votes: pd.DataFrame, criterion: str | None = None, *, include_incomplete: bool = False) -> Agreement:
+def rater_agreement(
+    votes: pd.DataFrame, criterion: str | None = None, *, include_incomplete: bool = False
+) -> Agreement:
     """Fleiss' kappa, Krippendorff's alpha and agreement with the majority for one criterion.
 
     Uses the same items as the win rate: complete items (at least k votes)
@@ -143,7 +145,9 @@ def position_bias(votes: pd.DataFrame, criterion: str | None = None) -> pd.DataF
     left_picks = np.bincount(rater, weights=left, minlength=n_raters).astype(np.int64)
     with np.errstate(invalid="ignore", divide="ignore"):
         left_share = np.where(side_votes > 0, left_picks / side_votes, np.nan)
-    p_values = [sign_test(int(picks), int(total - picks)).p_value for picks, total in zip(left_picks, side_votes, strict=True)]
+    p_values = [
+        sign_test(int(picks), int(total - picks)).p_value for picks, total in zip(left_picks, side_votes, strict=True)
+    ]
     table = pd.DataFrame(
         {
             "rater_id": encoded.rater_ids,

@@ -28,7 +28,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.special import expit
 
 from .intervals import quantile_mc_error, resampled_totals
-from .votes import A, TIE, encode_votes, select_criterion
+from .votes import TIE, A, encode_votes, select_criterion
 
 RIDGE = 1e-6  # penalty RIDGE / 2 * sum(s^2) on the log-likelihood
 _MAX_STEP = 4.0  # cap on a Newton step per score, against overshooting from a poor start

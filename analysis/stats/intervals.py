@@ -12,8 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import stats
-from scipy import special
+from scipy import special, stats
 from scipy.special import ndtr, ndtri
 
 # Bootstrap counts held in memory at once (rounds x prompts), 16 MB as float64.
@@ -366,8 +365,12 @@ def clustered_score_bounds(numerator, denominator, squares=None, *, level: float
     # from above (below). Where even they cannot, that tail is empty and the test puts all of alpha in the other.
     all_won = variance_components(n, n, n)
     all_lost = variance_components(np.zeros_like(n), n, np.zeros_like(n))
-    upper_tail_empty_from = _bisect(lambda theta: _score_test_accepts(all_won, theta, False, alpha / 2), all_won.estimate, 0.0)
-    lower_tail_empty_to = _bisect(lambda theta: _score_test_accepts(all_lost, theta, True, alpha / 2), all_lost.estimate, 1.0)
+    upper_tail_empty_from = _bisect(
+        lambda theta: _score_test_accepts(all_won, theta, False, alpha / 2), all_won.estimate, 0.0
+    )
+    lower_tail_empty_to = _bisect(
+        lambda theta: _score_test_accepts(all_lost, theta, True, alpha / 2), all_lost.estimate, 1.0
+    )
 
     def accepts_low(theta):
         return _score_test_accepts(parts, theta, False, np.where(theta <= lower_tail_empty_to, alpha, alpha / 2))
@@ -389,7 +392,9 @@ def too_few_prompts_message(prompts: int, min_prompts: int = MIN_PROMPTS) -> str
     )
 
 
-def clustered_score_interval(numerator, denominator, squares=None, *, level: float = 0.95, min_prompts: int = MIN_PROMPTS) -> Interval:
+def clustered_score_interval(
+    numerator, denominator, squares=None, *, level: float = 0.95, min_prompts: int = MIN_PROMPTS
+) -> Interval:
     """The prompt-clustered score interval for sum(numerator) / sum(denominator), from per-prompt sums.
 
     For B's item-level win rate, ``numerator[p]`` is the items of prompt p that

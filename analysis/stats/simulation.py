@@ -14,8 +14,8 @@ Pure numpy / SciPy, like the rest of ``analysis.stats``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np

@@ -135,11 +135,15 @@ def encode_votes(votes: pd.DataFrame) -> EncodedVotes:
 
     for column in _INTEGER_COLUMNS:
         if not pd.api.types.is_integer_dtype(votes[column]) or votes[column].isna().any():
-            raise ValueError(f"column {column!r} must hold integers without missing values (dtype {votes[column].dtype})")
+            raise ValueError(
+                f"column {column!r} must hold integers without missing values (dtype {votes[column].dtype})"
+            )
     if (votes["votes_per_item"] < 1).any():
         raise ValueError("column 'votes_per_item' must be at least 1")
     if not pd.api.types.is_bool_dtype(votes["a_on_left"]) or votes["a_on_left"].isna().any():
-        raise ValueError(f"column 'a_on_left' must be boolean without missing values (dtype {votes['a_on_left'].dtype})")
+        raise ValueError(
+            f"column 'a_on_left' must be boolean without missing values (dtype {votes['a_on_left'].dtype})"
+        )
     seconds = votes["seconds_on_task"]
     if not pd.api.types.is_numeric_dtype(seconds) or pd.api.types.is_bool_dtype(seconds):
         raise ValueError(f"column 'seconds_on_task' must be numeric (NaN allowed), not {seconds.dtype}")
@@ -190,17 +194,23 @@ def encode_votes(votes: pd.DataFrame) -> EncodedVotes:
         disagree = codes != codes[representative][vote_item]
         if disagree.any():
             example = votes["item_id"].iloc[int(np.argmax(disagree))]
-            raise ValueError(f"the votes of item {example} disagree on {column!r}; it must be the same for all votes of an item")
+            raise ValueError(
+                f"the votes of item {example} disagree on {column!r}; it must be the same for all votes of an item"
+            )
 
     pair_key = vote_item.astype(np.int64) * len(rater_ids) + rater_codes
     duplicated = pd.Series(pair_key).duplicated().to_numpy()
     if duplicated.any():
         row = int(np.argmax(duplicated))
-        raise ValueError(f"rater {votes['rater_id'].iloc[row]} voted more than once on item {votes['item_id'].iloc[row]}")
+        raise ValueError(
+            f"rater {votes['rater_id'].iloc[row]} voted more than once on item {votes['item_id'].iloc[row]}"
+        )
 
     item_counts = np.bincount(vote_item * 3 + vote_winner, minlength=3 * n_items).reshape(n_items, 3)
     answers = len(ANSWERS)
-    item_answer_counts = np.bincount(vote_item * answers + vote_answer, minlength=answers * n_items).reshape(n_items, answers)
+    item_answer_counts = np.bincount(vote_item * answers + vote_answer, minlength=answers * n_items).reshape(
+        n_items, answers
+    )
     return EncodedVotes(
         vote_item=vote_item,
         vote_winner=vote_winner,

@@ -24,7 +24,7 @@ from .intervals import (
     sign_test,
     wilson_interval,
 )
-from .votes import A, B, TIE, EncodedVotes, criteria_in, encode_votes, select_criterion
+from .votes import TIE, A, B, EncodedVotes, criteria_in, encode_votes, select_criterion
 
 HEADLINE_INTERVAL = CLUSTERED_SCORE
 
@@ -253,7 +253,10 @@ def win_rate_reports(votes: pd.DataFrame, **options) -> dict[str, WinRateReport]
     return {name: win_rate_report(votes, name, **options) for name in criteria_in(votes)}
 
 
-_BREAKDOWN_COLUMNS = {"category": ("item_category", "category_names"), "challenge": ("item_challenge", "challenge_names")}
+_BREAKDOWN_COLUMNS = {
+    "category": ("item_category", "category_names"),
+    "challenge": ("item_challenge", "challenge_names"),
+}
 
 
 def win_rates_by(

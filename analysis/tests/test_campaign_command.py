@@ -5,8 +5,8 @@ from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 
 from annotation import services
-from core.api_tokens import user_for_api_token
 from annotation.models import Campaign
+from core.api_tokens import user_for_api_token
 
 pytestmark = pytest.mark.django_db
 
@@ -21,9 +21,28 @@ def run(*args) -> str:
 
 def test_create_makes_a_draft_campaign(two_models, prompt_set):
     out = run(
-        "create", "--name", "emu", "--models", "tuned", "base", "--pairing", "vs_baseline", "--baseline", "base",
-        "--prompt-set", "four", "--seeds", "0-3", "--criteria", "visual_appeal", "--gold-share", "0.2", "--quota", "50",
-        "--completion-url", "https://app.prolific.com/submissions/complete?cc=X",
+        "create",
+        "--name",
+        "emu",
+        "--models",
+        "tuned",
+        "base",
+        "--pairing",
+        "vs_baseline",
+        "--baseline",
+        "base",
+        "--prompt-set",
+        "four",
+        "--seeds",
+        "0-3",
+        "--criteria",
+        "visual_appeal",
+        "--gold-share",
+        "0.2",
+        "--quota",
+        "50",
+        "--completion-url",
+        "https://app.prolific.com/submissions/complete?cc=X",
     )
     campaign = Campaign.objects.get()
     assert "Created draft campaign 'emu'" in out and "base vs tuned" in out and "16 comparisons" in out
@@ -108,5 +127,8 @@ def test_launch_wait_hints_at_a_missing_worker_and_gives_up_at_the_timeout(two_m
     with pytest.raises(CommandError, match=r"Gave up waiting after 1s: 'waiting' is still launching \(0/8 images\)"):
         call_command("campaign", "launch", "waiting", "--wait", "--timeout", "1")
     out = capsys.readouterr().out
-    assert "Is a worker consuming the 'generation' queue? Start one with: celery -A evalsite worker -Q generation,default" in out
+    assert (
+        "Is a worker consuming the 'generation' queue? Start one with: celery -A evalsite worker -Q generation,default"
+        in out
+    )
     assert Campaign.objects.get().status == "launching"

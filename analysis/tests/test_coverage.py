@@ -31,7 +31,9 @@ ITEMS_PER_PROMPT = 4
 
 def campaigns(rate, prompts, *, seed, items_per_prompt=ITEMS_PER_PROMPT, concentration=CONCENTRATION, votes_per_item=5):
     model = campaign_model(rate, concentration=concentration, votes_per_item=votes_per_item)
-    wins, half_ties, items = simulate_campaigns(model, np.random.default_rng(seed), CAMPAIGNS, prompts, items_per_prompt)
+    wins, half_ties, items = simulate_campaigns(
+        model, np.random.default_rng(seed), CAMPAIGNS, prompts, items_per_prompt
+    )
     return model, wins, half_ties, items
 
 
@@ -71,7 +73,9 @@ def test_unequal_prompts_and_faithfulness_votes_are_covered():
     found = {}
     for rate in (0.6, 0.8):
         sizes = np.random.default_rng(int(100 * rate)).integers(1, 8, size=(CAMPAIGNS, 10))
-        model, wins, _, items = campaigns(rate, 10, seed=[10, int(100 * rate), 2], items_per_prompt=sizes, votes_per_item=3)
+        model, wins, _, items = campaigns(
+            rate, 10, seed=[10, int(100 * rate), 2], items_per_prompt=sizes, votes_per_item=3
+        )
         found[rate] = coverage(*needle.clustered_score_bounds(wins, items), model.true_rate)
     print(f"unequal prompts, k = 3: {found}")
     assert all(0.935 <= c <= 0.965 for c in found.values()), found
@@ -155,8 +159,12 @@ def test_the_report_and_its_breakdowns_give_a_simulated_campaign_the_same_interv
     rng = np.random.default_rng(campaign)
     votes = simulated_frame(rng, prompts=23, seeds=4, categories=["Animals", "Food", "People"])  # 8, 8 and 7 prompts
     report = needle.win_rate_report(votes, rounds=0)
-    items = votes.groupby("item_id").agg(prompt=("prompt_id", "first"), category=("category", "first"),
-                                          b=("winner", lambda w: (w == "b").sum()), a=("winner", lambda w: (w == "a").sum()))
+    items = votes.groupby("item_id").agg(
+        prompt=("prompt_id", "first"),
+        category=("category", "first"),
+        b=("winner", lambda w: (w == "b").sum()),
+        a=("winner", lambda w: (w == "a").sum()),
+    )
     items["won"] = (2 * items["b"] > 5).astype(float)
     per_prompt = items.groupby("prompt")["won"].agg(["sum", "size"])
     assert report.headline == needle.clustered_score_interval(per_prompt["sum"], per_prompt["size"])

@@ -25,6 +25,7 @@ import pandas as pd
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.core.cache import cache
 from django.core.management import CommandError, call_command
 from django.db import transaction
 from django.test import Client
@@ -34,9 +35,8 @@ from statsmodels.stats.inter_rater import fleiss_kappa
 
 from analysis import services, stats
 from annotation import services as annotation_services
-from core.api_tokens import issue_api_token
 from annotation.models import Campaign, ComparisonItem, Participation, Rater, Vote
-from django.core.cache import cache
+from core.api_tokens import issue_api_token
 from generation import services as generation_services
 
 pytestmark = pytest.mark.django_db
@@ -86,7 +86,9 @@ def cast_votes(campaign, raters, rng, preference, budget=10**6) -> int:
                 p_b, p_tie = preference(task)
                 draw = rng.random()
                 winner = "b" if draw < p_b else "tie" if draw < p_b + p_tie else "a"
-                annotation_services.submit_vote(rater, task.token, answer(task, winner, rng), seconds_on_task=float(rng.uniform(1, 9)))
+                annotation_services.submit_vote(
+                    rater, task.token, answer(task, winner, rng), seconds_on_task=float(rng.uniform(1, 9))
+                )
                 cast += 1
                 progressed = True
                 if cast >= budget:
@@ -151,12 +153,22 @@ def world(django_db_setup, django_db_blocker, tiny_pipeline_dir):
 
 
 def build_world(tiny_pipeline_dir) -> World:
-    base = generation_services.register_model(name="base", pipeline_path=str(tiny_pipeline_dir("sd", 0)), steps=4, guidance_scale=5.0)
-    tuned = generation_services.register_model(name="tuned", pipeline_path=str(tiny_pipeline_dir("sd", 1)), steps=4, guidance_scale=5.0)
-    third = generation_services.register_model(name="third", pipeline_path=str(tiny_pipeline_dir("sd", 2)), steps=4, guidance_scale=5.0)
+    base = generation_services.register_model(
+        name="base", pipeline_path=str(tiny_pipeline_dir("sd", 0)), steps=4, guidance_scale=5.0
+    )
+    tuned = generation_services.register_model(
+        name="tuned", pipeline_path=str(tiny_pipeline_dir("sd", 1)), steps=4, guidance_scale=5.0
+    )
+    third = generation_services.register_model(
+        name="third", pipeline_path=str(tiny_pipeline_dir("sd", 2)), steps=4, guidance_scale=5.0
+    )
     prompt_set, _ = generation_services.import_prompt_set(name="ten", data=TEN_PROMPTS_TSV.encode(), filename="ten.tsv")
 
-    campaign = live(annotation_services.create_campaign(name="c", models=[base, tuned], prompt_set=prompt_set, seeds=SEEDS, gold_share=0))
+    campaign = live(
+        annotation_services.create_campaign(
+            name="c", models=[base, tuned], prompt_set=prompt_set, seeds=SEEDS, gold_share=0
+        )
+    )
     rng = np.random.default_rng(7)
     spammer = Rater.objects.create(external_id="spam-1")
     assert cast_votes(campaign, [spammer], rng, lambda task: (0.0, 0.0), budget=6) == 6  # always model A
@@ -168,13 +180,21 @@ def build_world(tiny_pipeline_dir) -> World:
     # comparisons (the engine advances them together, depth-first within each), over at least six prompts.
     cast_votes(campaign, raters, rng, by_criterion, budget=137)
 
-    three = live(annotation_services.create_campaign(
-        name="three", models=[base, tuned, third], prompt_set=prompt_set, seeds=[0], gold_share=0,
-        criteria={"visual_appeal": {"votes_per_item": 3}},
-    ))
+    three = live(
+        annotation_services.create_campaign(
+            name="three",
+            models=[base, tuned, third],
+            prompt_set=prompt_set,
+            seeds=[0],
+            gold_share=0,
+            criteria={"visual_appeal": {"votes_per_item": 3}},
+        )
+    )
     cast_votes(three, [Rater.objects.create() for _ in range(4)], np.random.default_rng(3), by_pair)
 
-    empty = annotation_services.create_campaign(name="empty draft", models=[base, tuned], prompt_set=prompt_set, seeds=[0], gold_share=0)
+    empty = annotation_services.create_campaign(
+        name="empty draft", models=[base, tuned], prompt_set=prompt_set, seeds=[0], gold_share=0
+    )
     users = get_user_model().objects
     staff = users.create_user("researcher", password="pw-long-enough-1", is_staff=True)
     member = users.create_user("member", password="pw-long-enough-2")
@@ -185,10 +205,12 @@ def snapshot(world) -> tuple:
     """What a test must leave as it found it: counting votes, exclusions, leases, items' counters, users."""
     votes = Vote.objects.filter(assignment__campaign__in=[world.campaign, world.three])
     return (
-        votes.count(), votes.filter(excluded=True).count(),
+        votes.count(),
+        votes.filter(excluded=True).count(),
         sorted(Participation.objects.filter(excluded=True).values_list("pk", flat=True)),
         sorted(ComparisonItem.objects.filter(campaign=world.campaign).values_list("pk", "votes", "remaining")),
-        get_user_model().objects.count(), Rater.objects.count(),
+        get_user_model().objects.count(),
+        Rater.objects.count(),
     )
 
 
@@ -220,8 +242,10 @@ def staff_client(world):
 
 def counted_votes(campaign, criterion):
     return Vote.objects.filter(
-        assignment__campaign=campaign, assignment__item__criterion__criterion=criterion,
-        excluded=False, assignment__item__gold_image__isnull=True,
+        assignment__campaign=campaign,
+        assignment__item__criterion__criterion=criterion,
+        excluded=False,
+        assignment__item__gold_image__isnull=True,
     )
 
 
@@ -247,8 +271,12 @@ def independent(campaign, criterion):
     outcomes = Counter(strict_majority(c) for c in complete.values())
     votes = sum((c for c in complete.values()), Counter())
     return {
-        "complete": len(complete), "incomplete": len(counts) - len(complete),
-        "wins": outcomes["b"], "ties": outcomes["tie"], "losses": outcomes["a"], "votes": votes,
+        "complete": len(complete),
+        "incomplete": len(counts) - len(complete),
+        "wins": outcomes["b"],
+        "ties": outcomes["tie"],
+        "losses": outcomes["a"],
+        "votes": votes,
         "complete_items": set(complete),
     }
 
@@ -274,23 +302,38 @@ def comparison(report, criterion, pair=("base", "tuned")):
 def test_headline_numbers_equal_an_independent_count_of_the_votes(world):
     report = services.build_report(world.campaign, rounds=ROUNDS)
     assert [(c.criterion, c.model_a, c.model_b) for c in report.comparisons] == [
-        ("visual_appeal", "base", "tuned"), ("text_faithfulness", "base", "tuned"),
+        ("visual_appeal", "base", "tuned"),
+        ("text_faithfulness", "base", "tuned"),
     ]
     for criterion in CRITERIA:
         c, truth = comparison(report, criterion), independent(world.campaign, criterion)
         n = truth["complete"]
         assert n > 0 and c.compared == n
-        assert (c.item_outcomes.wins, c.item_outcomes.ties, c.item_outcomes.losses) == (truth["wins"], truth["ties"], truth["losses"])
-        assert c.win_rate == pytest.approx(truth["wins"] / n) and c.item_outcomes.tie_share == pytest.approx(truth["ties"] / n)
+        assert (c.item_outcomes.wins, c.item_outcomes.ties, c.item_outcomes.losses) == (
+            truth["wins"],
+            truth["ties"],
+            truth["losses"],
+        )
+        assert c.win_rate == pytest.approx(truth["wins"] / n) and c.item_outcomes.tie_share == pytest.approx(
+            truth["ties"] / n
+        )
         assert c.win_rate_half_ties == pytest.approx((truth["wins"] + truth["ties"] / 2) / n)
         assert c.statement == f"tuned preferred in {100 * truth['wins'] / n:.1f}% of comparisons"
-        assert c.sign_test_p == pytest.approx(binomtest(truth["wins"], truth["wins"] + truth["losses"]).pvalue, rel=1e-9)
+        assert c.sign_test_p == pytest.approx(
+            binomtest(truth["wins"], truth["wins"] + truth["losses"]).pvalue, rel=1e-9
+        )
         per_prompt = prompt_sums(world.campaign, criterion, truth["complete_items"])
         assert c.prompts == len(per_prompt) >= 6
-        expected = stats.clustered_score_interval([w for w, _ in per_prompt.values()], [n for _, n in per_prompt.values()])
+        expected = stats.clustered_score_interval(
+            [w for w, _ in per_prompt.values()], [n for _, n in per_prompt.values()]
+        )
         assert (c.interval.low, c.interval.high) == (expected.low, expected.high) and c.interval_note == ""
         votes = truth["votes"]
-        assert (c.vote_outcomes.wins, c.vote_outcomes.ties, c.vote_outcomes.losses) == (votes["b"], votes["tie"], votes["a"])
+        assert (c.vote_outcomes.wins, c.vote_outcomes.ties, c.vote_outcomes.losses) == (
+            votes["b"],
+            votes["tie"],
+            votes["a"],
+        )
         used = counted_votes(world.campaign, criterion).filter(assignment__item_id__in=truth["complete_items"])
         assert c.raters == used.values("assignment__rater_id").distinct().count()
         assert c.prompts == len({p for p in used.values_list("assignment__item__image_a__prompt_id", flat=True)})
@@ -317,7 +360,9 @@ def test_incomplete_comparisons_are_counted_not_mixed_in_and_excluded_votes_are_
     assert truth["incomplete"] > 0 and appeal.incomplete_items == truth["incomplete"]
     assert appeal.unvoted_items == ITEMS_PER_CRITERION - truth["complete"] - truth["incomplete"]
     assert appeal.compared == truth["complete"]
-    with_incomplete = comparison(services.build_report(world.campaign, rounds=ROUNDS, include_incomplete=True), "visual_appeal")
+    with_incomplete = comparison(
+        services.build_report(world.campaign, rounds=ROUNDS, include_incomplete=True), "visual_appeal"
+    )
     assert with_incomplete.compared == truth["complete"] + truth["incomplete"]
 
     spammer = world.spammer
@@ -326,9 +371,15 @@ def test_incomplete_comparisons_are_counted_not_mixed_in_and_excluded_votes_are_
     assert [(x.rater_id, x.external_id, x.reason, x.excluded_votes) for x in excluded.raters] == [
         (spammer.rater_id, "spam-1", "answered in under a second", 6),
     ]
-    assert excluded.excluded_votes == 6 and excluded.rule["gold_min_accuracy"] == 0.7 and excluded.rule["gold_min_answers"] == 4
+    assert (
+        excluded.excluded_votes == 6
+        and excluded.rule["gold_min_accuracy"] == 0.7
+        and excluded.rule["gold_min_answers"] == 4
+    )
     counting = Vote.objects.filter(assignment__campaign=world.campaign, excluded=False).count()
-    assert report.reproducibility.votes == counting == Vote.objects.filter(assignment__campaign=world.campaign).count() - 6
+    assert (
+        report.reproducibility.votes == counting == Vote.objects.filter(assignment__campaign=world.campaign).count() - 6
+    )
     assert spammer.rater_id not in {b.rater_id for b in report.position_bias}
 
 
@@ -339,7 +390,10 @@ def test_a_criterion_without_complete_comparisons_says_so_and_the_rest_still_rep
     appeal, faithfulness = comparison(report, "visual_appeal"), comparison(report, "text_faithfulness")
     incomplete = independent(world.campaign, "visual_appeal")["incomplete"]
     assert appeal.message == f"no complete comparisons yet ({incomplete} incomplete)" and appeal.win_rate is None
-    assert faithfulness.has_numbers and faithfulness.compared == independent(world.campaign, "text_faithfulness")["complete"]
+    assert (
+        faithfulness.has_numbers
+        and faithfulness.compared == independent(world.campaign, "text_faithfulness")["complete"]
+    )
     assert "no complete" in next(a for a in report.agreement if a.criterion == "visual_appeal").message
     assert f"no complete comparisons yet ({incomplete} incomplete)" in services.report_html(report)
     assert services.report_json(report)
@@ -362,7 +416,9 @@ def test_agreement_counts_both_and_neither_as_different_answers(world):
     # Independently, from what raters clicked: left / right mapped to models, both and neither kept apart.
     k = world.campaign.criteria.get(criterion="text_faithfulness").votes_per_item
     answers = defaultdict(Counter)
-    for item, choice, winner in counted_votes(world.campaign, "text_faithfulness").values_list("assignment__item_id", "choice", "winner"):
+    for item, choice, winner in counted_votes(world.campaign, "text_faithfulness").values_list(
+        "assignment__item_id", "choice", "winner"
+    ):
         answers[item][winner if winner in ("a", "b") else choice] += 1
     rows = [[c[name] for name in ("a", "b", "both", "neither")] for c in answers.values() if sum(c.values()) == k]
     assert faithfulness.fleiss_items == len(rows)
@@ -374,7 +430,9 @@ def test_the_headline_colour_follows_the_interval_not_the_point_estimate(world):
     bounds = services.Bounds
     assert services.verdict(bounds(0.51, 0.7, 0.95, "cluster_score")) == "above"
     assert services.verdict(bounds(0.2, 0.49, 0.95, "cluster_score")) == "below"
-    assert services.verdict(bounds(0.45, 0.9, 0.95, "cluster_score")) == "unclear"  # a win rate of 0.7 that may be a loss
+    assert (
+        services.verdict(bounds(0.45, 0.9, 0.95, "cluster_score")) == "unclear"
+    )  # a win rate of 0.7 that may be a loss
     assert services.verdict(bounds(0.1, 0.55, 0.95, "cluster_score")) == "unclear"
     assert services.verdict(None) == "unclear"
     report = services.build_report(world.campaign, rounds=ROUNDS)
@@ -391,7 +449,9 @@ def test_the_headline_colour_follows_the_interval_not_the_point_estimate(world):
 
 def differences(left, right, path=""):
     if isinstance(left, dict):
-        return [d for key in left.keys() | right.keys() for d in differences(left.get(key), right.get(key), f"{path}.{key}")]
+        return [
+            d for key in left.keys() | right.keys() for d in differences(left.get(key), right.get(key), f"{path}.{key}")
+        ]
     if isinstance(left, list) and isinstance(right, list) and len(left) == len(right):
         return [d for i, (a, b) in enumerate(zip(left, right, strict=True)) for d in differences(a, b, f"{path}[{i}]")]
     return [] if left == right else [path]
@@ -399,7 +459,9 @@ def differences(left, right, path=""):
 
 def test_same_votes_and_seed_give_the_same_report_and_the_seed_moves_nothing_in_a_two_model_report(world):
     first = services.build_report(world.campaign, seed=0, rounds=ROUNDS)
-    assert services.report_json(first) == services.report_json(services.build_report(world.campaign, seed=0, rounds=ROUNDS))
+    assert services.report_json(first) == services.report_json(
+        services.build_report(world.campaign, seed=0, rounds=ROUNDS)
+    )
     for seed in (1, 2, 3, 12345):
         other = services.build_report(world.campaign, seed=seed, rounds=ROUNDS)
         # The win-rate intervals are deterministic: only the recorded seed differs.
@@ -407,7 +469,8 @@ def test_same_votes_and_seed_give_the_same_report_and_the_seed_moves_nothing_in_
 
 
 @pytest.mark.xfail(
-    raises=RuntimeError, strict=False,
+    raises=RuntimeError,
+    strict=False,
     reason="open bug: fit_bradley_terry does not converge on some degenerate bootstrap resamples of this 10-prompt "
     "three-model campaign at 2,000 rounds (found by this test; the fit is unchanged by issue 9)",
 )
@@ -416,7 +479,9 @@ def test_printed_intervals_are_stable_across_seeds_or_carry_their_monte_carlo_er
     reports = [services.build_report(world.three, seed=seed) for seed in range(4)]  # default rounds
     for first, other in zip(reports, reports[1:], strict=False):
         assert [c.interval.text for c in first.comparisons] == [c.interval.text for c in other.comparisons]
-        assert [c.interval_half_ties.text for c in first.comparisons] == [c.interval_half_ties.text for c in other.comparisons]
+        assert [c.interval_half_ties.text for c in first.comparisons] == [
+            c.interval_half_ties.text for c in other.comparisons
+        ]
     ends = np.array([[[m.low, m.high] for m in sorted(r.rankings[0].models, key=lambda m: m.model)] for r in reports])
     errors = np.array([[m.mc_error for m in sorted(r.rankings[0].models, key=lambda m: m.model)] for r in reports])
     assert (errors >= 0).all() and (errors < 0.05).all()
@@ -424,7 +489,7 @@ def test_printed_intervals_are_stable_across_seeds_or_carry_their_monte_carlo_er
     assert (ends.max(axis=0) - ends.min(axis=0)).max() <= 6 * errors.max()
     html = services.report_html(reports[0])
     for m in reports[0].rankings[0].models:
-        assert f"{m.low:.3f} – {m.high:.3f} <small class=\"muted\">(± {m.mc_error:.3f} Monte Carlo)</small>" in html
+        assert f'{m.low:.3f} – {m.high:.3f} <small class="muted">(± {m.mc_error:.3f} Monte Carlo)</small>' in html
 
 
 def test_the_snapshot_hash_identifies_the_votes(world):
@@ -453,7 +518,11 @@ def test_csv_exports_have_one_row_per_vote_and_per_comparison(world):
     assert set(votes.loc[votes["excluded"], "rater_id"]) == {world.spammer.rater_id}
 
     items = pd.read_csv(StringIO("".join(services.items_csv(world.campaign))), keep_default_na=False)
-    assert len(items) == ComparisonItem.objects.filter(campaign=world.campaign, gold_image__isnull=True).count() == 2 * ITEMS_PER_CRITERION
+    assert (
+        len(items)
+        == ComparisonItem.objects.filter(campaign=world.campaign, gold_image__isnull=True).count()
+        == 2 * ITEMS_PER_CRITERION
+    )
     assert list(items.columns) == services.ITEMS_CSV_COLUMNS
     for criterion in CRITERIA:
         counts = item_counts(world.campaign, criterion)
@@ -494,13 +563,22 @@ def test_the_report_page_and_its_downloads_are_for_staff(world, staff_client):
     assert "answered in under a second" in page and "sha256" in page and "±5 points" in page
     assert f'href="/analysis/campaigns/{world.campaign.pk}/report.pdf?rounds={ROUNDS}"' in page
 
-    expected = {"csv": ("text/csv", "c-votes.csv"), "items.csv": ("text/csv", "c-items.csv"),
-                "json": ("application/json", "c-report.json"), "html": ("text/html", "c-report.html"),
-                "pdf": ("application/pdf", "c-report.pdf")}
+    expected = {
+        "csv": ("text/csv", "c-votes.csv"),
+        "items.csv": ("text/csv", "c-items.csv"),
+        "json": ("application/json", "c-report.json"),
+        "html": ("text/html", "c-report.html"),
+        "pdf": ("application/pdf", "c-report.pdf"),
+    }
     for fmt, (content_type, filename) in expected.items():
-        response = staff_client.get(reverse("analysis:report_download", args=[world.campaign.pk, fmt]), {"rounds": ROUNDS})
+        response = staff_client.get(
+            reverse("analysis:report_download", args=[world.campaign.pk, fmt]), {"rounds": ROUNDS}
+        )
         assert response.status_code == 200, fmt
-        assert response["Content-Type"].startswith(content_type) and f'filename="{filename}"' in response["Content-Disposition"]
+        assert (
+            response["Content-Type"].startswith(content_type)
+            and f'filename="{filename}"' in response["Content-Disposition"]
+        )
     assert staff_client.get(url, {"rounds": "10"}).status_code == 400  # below the minimum: says so
 
     member = Client()
@@ -536,7 +614,15 @@ def test_the_report_command_writes_the_file_in_one_piece(world, tmp_path):
     stdout = StringIO()
     call_command("report", "c", "--format", "pdf", "--out", str(out), "--rounds", str(ROUNDS), stdout=stdout)
     assert out.read_bytes().startswith(b"%PDF") and "Wrote" in stdout.getvalue()
-    call_command("report", str(world.campaign.pk), "--format", "items-csv", "--out", str(tmp_path / "items.csv"), stdout=StringIO())
+    call_command(
+        "report",
+        str(world.campaign.pk),
+        "--format",
+        "items-csv",
+        "--out",
+        str(tmp_path / "items.csv"),
+        stdout=StringIO(),
+    )
     assert len(pd.read_csv(tmp_path / "items.csv")) == 2 * ITEMS_PER_CRITERION
     assert sorted(p.name for p in tmp_path.iterdir()) == ["items.csv", "report.pdf"]  # no temporary file left
 
@@ -560,7 +646,11 @@ def test_a_campaign_without_votes_gets_a_clear_message(world, staff_client, tmp_
 
 def test_three_models_get_bradley_terry_scores_and_a_ranking(world):
     report = services.build_report(world.three, rounds=ROUNDS)
-    assert [(c.model_a, c.model_b) for c in report.comparisons] == [("base", "tuned"), ("base", "third"), ("tuned", "third")]
+    assert [(c.model_a, c.model_b) for c in report.comparisons] == [
+        ("base", "tuned"),
+        ("base", "third"),
+        ("tuned", "third"),
+    ]
     assert all(c.has_numbers and c.incomplete_items == 0 for c in report.comparisons)
     (ranking,) = report.rankings
     assert ranking.message == "" and ranking.criterion == "visual_appeal" and ranking.battles == 30
@@ -585,8 +675,14 @@ def test_the_campaign_page_shows_win_rates_with_the_report_numbers(world, staff_
     state = staff_client.get(reverse("campaigns:progress", args=[world.campaign.pk])).json()
     rows = {w["criterion"]: w for w in state["win_rates"]}
     assert rows["visual_appeal"]["win_rate"] == pytest.approx(appeal.win_rate)
-    assert (rows["visual_appeal"]["low"], rows["visual_appeal"]["high"]) == (pytest.approx(appeal.interval.low), pytest.approx(appeal.interval.high))
-    assert rows["visual_appeal"]["compared"] == appeal.compared and rows["visual_appeal"]["wins"] == appeal.item_outcomes.wins
+    assert (rows["visual_appeal"]["low"], rows["visual_appeal"]["high"]) == (
+        pytest.approx(appeal.interval.low),
+        pytest.approx(appeal.interval.high),
+    )
+    assert (
+        rows["visual_appeal"]["compared"] == appeal.compared
+        and rows["visual_appeal"]["wins"] == appeal.item_outcomes.wins
+    )
     listing = staff_client.get(reverse("annotation:campaign_list")).content.decode()
     assert f'href="/analysis/campaigns/{world.campaign.pk}/report/"' in listing
 

@@ -12,7 +12,7 @@ import pytest
 from scipy import stats
 
 from analysis import stats as needle
-from analysis.stats.votes import A, B, TIE
+from analysis.stats.votes import TIE, A, B
 
 # --- building votes frames -------------------------------------------------------------------------------------
 
@@ -122,14 +122,18 @@ def test_item_and_vote_level_shares_on_three_items_and_an_incomplete_one():
 def per_prompt_sums(votes):
     """Per prompt: items B won, items won counting ties as halves, their squares' sum, items (an independent pandas count)."""
     items = votes.groupby("item_id").agg(
-        prompt=("prompt_id", "first"), b=("winner", lambda w: (w == "b").sum()), a=("winner", lambda w: (w == "a").sum()),
+        prompt=("prompt_id", "first"),
+        b=("winner", lambda w: (w == "b").sum()),
+        a=("winner", lambda w: (w == "a").sum()),
         n=("winner", "size"),
     )
     items["won"] = (2 * items["b"] > items["n"]).astype(float)
     items["tied"] = ((2 * items["b"] <= items["n"]) & (2 * items["a"] <= items["n"])).astype(float)
     items["half"] = items["won"] + items["tied"] / 2
     items["half_squared"] = items["half"] ** 2
-    sums = items.groupby("prompt").agg(won=("won", "sum"), half=("half", "sum"), half_squared=("half_squared", "sum"), n=("won", "size"))
+    sums = items.groupby("prompt").agg(
+        won=("won", "sum"), half=("half", "sum"), half_squared=("half_squared", "sum"), n=("won", "size")
+    )
     return sums
 
 
@@ -316,7 +320,9 @@ def test_the_variance_formula_and_the_between_estimate_hold_in_simulation():
     rng = np.random.default_rng(31)
     sizes = np.array([1, 2, 3, 4, 5, 6, 3, 4], dtype=float)
     chance = rng.beta(2, 3, size=(40_000, 8))
-    parts = needle.variance_components(rng.binomial(sizes.astype(int), chance).astype(float), np.broadcast_to(sizes, chance.shape))
+    parts = needle.variance_components(
+        rng.binomial(sizes.astype(int), chance).astype(float), np.broadcast_to(sizes, chance.shape)
+    )
     total, weight = sizes.sum(), (sizes**2).sum() / sizes.sum() - 1
     assert parts.between.mean() == pytest.approx(0.04, abs=3 * parts.between.std() / np.sqrt(40_000))
     assert parts.estimate.var() == pytest.approx((0.4 * 0.6 + weight * 0.04) / total, rel=0.03)
@@ -371,10 +377,19 @@ def faithfulness_votes(rng, *, items=150, k=3, p=(0.3, 0.3, 0.25, 0.15)):
             answer = str(rng.choice(["a", "b", "both", "neither"], p=weights))
             rows.append(
                 {
-                    "item_id": item, "prompt_id": item // 3, "category": "", "challenge": "",
-                    "criterion": "text_faithfulness", "model_a": "base", "model_b": "tuned", "rater_id": int(rater),
-                    "winner": answer if answer in ("a", "b") else "tie", "a_on_left": bool(rng.random() < 0.5),
-                    "seconds_on_task": 4.0, "votes_per_item": k, "answer": answer,
+                    "item_id": item,
+                    "prompt_id": item // 3,
+                    "category": "",
+                    "challenge": "",
+                    "criterion": "text_faithfulness",
+                    "model_a": "base",
+                    "model_b": "tuned",
+                    "rater_id": int(rater),
+                    "winner": answer if answer in ("a", "b") else "tie",
+                    "a_on_left": bool(rng.random() < 0.5),
+                    "seconds_on_task": 4.0,
+                    "votes_per_item": k,
+                    "answer": answer,
                 }
             )
     return pd.DataFrame(rows)
@@ -389,13 +404,18 @@ def test_agreement_keeps_both_and_neither_apart_and_matches_the_references_with_
     agreement = needle.rater_agreement(votes)
     assert agreement.categories == ("a", "b", "both", "neither")
     counts = np.array(
-        [[(group == answer).sum() for answer in ("a", "b", "both", "neither")] for _, group in votes.groupby("item_id")["answer"]]
+        [
+            [(group == answer).sum() for answer in ("a", "b", "both", "neither")]
+            for _, group in votes.groupby("item_id")["answer"]
+        ]
     )
     assert abs(agreement.fleiss_kappa - fleiss_kappa(counts, method="fleiss")) < 1e-12
 
     unequal = votes.drop(index=rng.choice(len(votes), 60, replace=False))
     codes = {"a": 0, "b": 1, "both": 2, "neither": 3}
-    reliability = unequal.assign(value=unequal["answer"].map(codes)).pivot(index="rater_id", columns="item_id", values="value")
+    reliability = unequal.assign(value=unequal["answer"].map(codes)).pivot(
+        index="rater_id", columns="item_id", values="value"
+    )
     reference = krippendorff.alpha(reliability_data=reliability.to_numpy(dtype=float), level_of_measurement="nominal")
     assert abs(needle.rater_agreement(unequal, include_incomplete=True).krippendorff_alpha - reference) < 1e-12
 
@@ -444,7 +464,7 @@ def test_bradley_terry_matches_choix_and_a_direct_optimisation():
 
     # The same likelihood minimised by scipy on the win matrix (ties as halves).
     wins = np.zeros((5, 5))
-    for (i, j) in battles:
+    for i, j in battles:
         wins[i, j] += 0.5
 
     def negative_log_likelihood(scores):
@@ -479,7 +499,9 @@ def test_bradley_terry_result_anchor_ranking_and_win_fractions():
     )
     assert list(free.ranking["rank"]) == [1, 2, 3]
     assert free.ranking["score"].is_monotonic_decreasing
-    assert (free.ranking["low"] <= free.ranking["score"]).all() and (free.ranking["score"] <= free.ranking["high"]).all()
+    assert (free.ranking["low"] <= free.ranking["score"]).all() and (
+        free.ranking["score"] <= free.ranking["high"]
+    ).all()
     fractions = free.win_fractions
     for first, second in itertools.permutations(fractions.index, 2):
         if not np.isnan(fractions.loc[first, second]):
@@ -568,7 +590,9 @@ def test_power_planner_is_monotone_safe():
     # below it again up to n = 209 (0.798), so the monotone-safe answer is 210.
     assert needle.sign_test_power(199, 0.6) >= 0.8 > needle.sign_test_power(209, 0.6)
     assert needle.comparisons_for_power(0.6, 0.8) == 210
-    assert needle.comparisons_for_power(0.6, 0.8, tie_share=0.2) == np.ceil(needle.comparisons_for_power(0.6, 0.8) / 0.8)
+    assert needle.comparisons_for_power(0.6, 0.8, tie_share=0.2) == np.ceil(
+        needle.comparisons_for_power(0.6, 0.8) / 0.8
+    )
 
 
 # --- bad input ----------------------------------------------------------------------------------------------
@@ -596,7 +620,10 @@ def good_votes():
         (lambda v: v.assign(prompt_id=[1, 1, 3, 2, 2, 2]), "item 1 disagree on 'prompt_id'"),
         (lambda v: v.assign(rater_id=[1, 1, 2, 1, 2, 3]), "voted more than once on item 1"),
         (lambda v: v.values, "must be a pandas DataFrame"),
-        (lambda v: v.assign(answer=["b", "a", "maybe", "a", "tie", "a"]), r"'answer' has unknown value\(s\) \['maybe'\]"),
+        (
+            lambda v: v.assign(answer=["b", "a", "maybe", "a", "tie", "a"]),
+            r"'answer' has unknown value\(s\) \['maybe'\]",
+        ),
         (lambda v: v.assign(answer=["b", "a", "both", "a", "neither", "b"]), "answer 'both' contradicts winner 'b'"),
     ],
 )

@@ -27,7 +27,11 @@ def test_votes_frame_has_the_documented_schema_and_maps_winners_to_models(live_c
     assert set(frame.votes_per_item) <= {3, 5} and (frame.seconds_on_task == 2.0).all()
     first = ComparisonItem.objects.select_related("image_a__prompt").get(pk=cast[0].item_id)
     row = frame.iloc[0]
-    assert (row.prompt_id, row.category, row.challenge) == (first.image_a.prompt_id, first.image_a.prompt.category, first.image_a.prompt.challenge)
+    assert (row.prompt_id, row.category, row.challenge) == (
+        first.image_a.prompt_id,
+        first.image_a.prompt.category,
+        first.image_a.prompt.challenge,
+    )
 
 
 def test_excluded_raters_are_left_out_unless_asked_for(live_campaign, make_rater):

@@ -13,8 +13,16 @@ Callers use ``from annotation import services`` and ``services.create_campaign(.
 engine's private steps import the module itself.
 """
 
-from .errors import (  # noqa: F401
-    AnnotationError,
+from .assignment import (  # noqa: F401
+    CRITERION_BLOCK,
+    LOOKAHEAD,
+    PLACEMENT_BOUND,
+    PROMPT_SPREAD,
+    SWEEP_EVERY,
+    expire_leases,
+    next_assignment,
+    open_tasks,
+    single_statement_writes,
 )
 from .campaigns import (  # noqa: F401
     FREE_FIELDS,
@@ -40,21 +48,11 @@ from .campaigns import (  # noqa: F401
     set_status,
     update_campaign,
 )
-from .items import (  # noqa: F401
-    build_items,
-    degrade,
-    gold_items_needed,
-)
-from .served_images import (  # noqa: F401
-    rater_image,
-    served_image_length,
-    shown_image_file,
-)
 from .enrolment import (  # noqa: F401
     CROWD_ID_MAX_LENGTH,
     CROWD_PARAMETERS,
-    CrowdIdError,
     PARTICIPATION_TAKEN,
+    CrowdIdError,
     ParticipationTaken,
     create_invite_link,
     crowd_ids,
@@ -64,28 +62,20 @@ from .enrolment import (  # noqa: F401
     join_with_invite,
     record_consent,
 )
-from .assignment import (  # noqa: F401
-    CRITERION_BLOCK,
-    LOOKAHEAD,
-    PLACEMENT_BOUND,
-    PROMPT_SPREAD,
-    SWEEP_EVERY,
-    expire_leases,
-    next_assignment,
-    open_tasks,
-    single_statement_writes,
+from .errors import (  # noqa: F401
+    AnnotationError,
 )
-from .votes import (  # noqa: F401
-    ParticipationEnded,
-    VoteResult,
-    submit_vote,
+from .items import (  # noqa: F401
+    build_items,
+    degrade,
+    gold_items_needed,
 )
 from .quality_control import (  # noqa: F401
     EXCLUSION_ATTEMPTS,
-    RaterEnding,
     SCREENED_OUT_VOTE,
     SPEEDER_MIN_GAPS,
     SPEEDER_WINDOW,
+    RaterEnding,
     complete_if_done,
     end_if_out_of_tasks,
     exclude_if_failing_gold,
@@ -93,4 +83,14 @@ from .quality_control import (  # noqa: F401
     flag_if_speeding,
     median_seconds_between_votes,
     rater_ending,
+)
+from .served_images import (  # noqa: F401
+    rater_image,
+    served_image_length,
+    shown_image_file,
+)
+from .votes import (  # noqa: F401
+    ParticipationEnded,
+    VoteResult,
+    submit_vote,
 )

@@ -23,17 +23,17 @@ from django.utils import timezone
 
 from generation.models import GeneratedImage, Prompt
 
-from .errors import AnnotationError
 from ..models import (
     Assignment,
     Campaign,
     CampaignCriterion,
     ComparisonItem,
-    new_token,
     Participation,
     PlacementCounter,
     Rater,
+    new_token,
 )
+from .errors import AnnotationError
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +155,9 @@ class _ItemsBusy(Exception):
     pass
 
 
-def open_tasks(campaign: Campaign, rater: Rater, want: int = LOOKAHEAD, now: datetime | None = None) -> list[Assignment]:
+def open_tasks(
+    campaign: Campaign, rater: Rater, want: int = LOOKAHEAD, now: datetime | None = None
+) -> list[Assignment]:
     """The rater's open tasks, oldest first, leasing new ones until there are ``want`` (or none are left)."""
     now = now or timezone.now()
     for attempt in range(60):
@@ -177,10 +179,18 @@ def next_assignment(campaign: Campaign, rater: Rater, now: datetime | None = Non
 
 def _locked_participation(campaign: Campaign, rater: Rater) -> Participation:
     """The rater's participation row, locked, with the campaign's current settings read in the same statement."""
-    prompts = Prompt.objects.filter(prompt_set=OuterRef("campaign__prompt_set")).order_by().values("prompt_set").annotate(n=Count("*")).values("n")
+    prompts = (
+        Prompt.objects.filter(prompt_set=OuterRef("campaign__prompt_set"))
+        .order_by()
+        .values("prompt_set")
+        .annotate(n=Count("*"))
+        .values("n")
+    )
     locked = (
-        Participation.objects.select_for_update(of=("self",)).select_related("campaign")
-        .annotate(campaign_prompts=Subquery(prompts)).filter(campaign=campaign, rater=rater)
+        Participation.objects.select_for_update(of=("self",))
+        .select_related("campaign")
+        .annotate(campaign_prompts=Subquery(prompts))
+        .filter(campaign=campaign, rater=rater)
     )
     participation = locked.first()
     if participation is None:
@@ -192,15 +202,23 @@ def _locked_participation(campaign: Campaign, rater: Rater) -> Participation:
 
 def _open_tasks(campaign: Campaign, rater: Rater, want: int, now: datetime) -> list[Assignment]:
     participation = _locked_participation(campaign, rater)  # one request per rater at a time
-    fresh = {f: getattr(participation.campaign, f) for f in ("status", "quota_per_rater", "gold_share", "lease_seconds")}
+    fresh = {
+        f: getattr(participation.campaign, f) for f in ("status", "quota_per_rater", "gold_share", "lease_seconds")
+    }
     fresh["prompts"] = participation.campaign_prompts or 1
     if fresh["status"] != Campaign.Status.LIVE:
         raise AnnotationError("This study is paused or closed right now; please come back later.")
-    held = list(Assignment.objects.filter(campaign=campaign, rater=rater, state=Assignment.State.LEASED, expires_at__gt=now).order_by("id"))
+    held = list(
+        Assignment.objects.filter(
+            campaign=campaign, rater=rater, state=Assignment.State.LEASED, expires_at__gt=now
+        ).order_by("id")
+    )
     if participation.excluded or len(held) >= want:
         return held[:want] if not participation.excluded else []
     _maybe_sweep(campaign.pk, now)
-    criteria = list(CampaignCriterion.objects.filter(campaign=campaign).order_by("id").values_list("id", "votes_per_item"))
+    criteria = list(
+        CampaignCriterion.objects.filter(campaign=campaign).order_by("id").values_list("id", "votes_per_item")
+    )
     taken = (
         Assignment.objects.filter(campaign=campaign, rater=rater).exclude(state=Assignment.State.EXPIRED).count()
         if fresh["quota_per_rater"] or fresh["gold_share"] or len(criteria) > 1
@@ -221,7 +239,8 @@ def _lease_one(campaign, rater, participation, taken: int, fresh: dict, criteria
     expires_at = now + timedelta(seconds=fresh["lease_seconds"])
     if _gold_is_due(participation, taken, fresh["gold_share"]):
         gold = (
-            ComparisonItem.objects.gold().filter(campaign=campaign)
+            ComparisonItem.objects.gold()
+            .filter(campaign=campaign)
             .exclude(assignments__rater=rater)
             .order_by("?")
             .first()
@@ -229,7 +248,9 @@ def _lease_one(campaign, rater, participation, taken: int, fresh: dict, criteria
         if gold is not None:
             # Gold items have no k: any number of raters may answer them, so no claim is needed.
             ComparisonItem.objects.filter(pk=gold.pk).update(open_leases=F("open_leases") + 1)
-            return Assignment.objects.create(item=gold, rater=rater, campaign=campaign, a_on_left=random.random() < 0.5, expires_at=expires_at)
+            return Assignment.objects.create(
+                item=gold, rater=rater, campaign=campaign, a_on_left=random.random() < 0.5, expires_at=expires_at
+            )
     last = _last_regular_task(participation, taken, fresh["quota_per_rater"], fresh["gold_share"])
     a_on_left = _placement(campaign.pk, participation, last)
     scheduled = _scheduled_criterion(criteria, participation, taken) if len(criteria) > 1 else None
@@ -249,7 +270,9 @@ def _lease_one(campaign, rater, participation, taken: int, fresh: dict, criteria
     step = 1 if a_on_left else -1
     participation.placement_balance += step
     Participation.objects.filter(pk=participation.pk).update(placement_balance=participation.placement_balance)
-    PlacementCounter.objects.filter(campaign=campaign, shard=rater.pk % PlacementCounter.SHARDS).update(balance=F("balance") + step)
+    PlacementCounter.objects.filter(campaign=campaign, shard=rater.pk % PlacementCounter.SHARDS).update(
+        balance=F("balance") + step
+    )
     return assignment
 
 
@@ -333,12 +356,16 @@ def _claim(
     """
     tiers = _spread_tiers(prompts)
     if single_statement_writes():
-        tables = {"item": ComparisonItem._meta.db_table, "assignment": Assignment._meta.db_table,
-                  "image": GeneratedImage._meta.db_table}
+        tables = {
+            "item": ComparisonItem._meta.db_table,
+            "assignment": Assignment._meta.db_table,
+            "image": GeneratedImage._meta.db_table,
+        }
         criterion_filter = "AND i.criterion_id = %(criterion)s" if criterion_id else ""
         picks = ", ".join(
             _PICK_SQL.format(
-                **tables, criterion_filter=criterion_filter,
+                **tables,
+                criterion_filter=criterion_filter,
                 prompt_filter=_NOT_RECENT_PROMPT_SQL.format(**tables, n=int(n)) if n else "",
             )
             for n in tiers
@@ -346,8 +373,15 @@ def _claim(
         sql = _CLAIM_SQL.format(**tables, picks=picks)
         token, leased_at = new_token(), timezone.now()
         params = {
-            "campaign": campaign.pk, "rater": rater.pk, "criterion": criterion_id, "token": token, "a_on_left": a_on_left,
-            "state": Assignment.State.LEASED, "leased_at": leased_at, "expires_at": expires_at, "spread": tiers[0],
+            "campaign": campaign.pk,
+            "rater": rater.pk,
+            "criterion": criterion_id,
+            "token": token,
+            "a_on_left": a_on_left,
+            "state": Assignment.State.LEASED,
+            "leased_at": leased_at,
+            "expires_at": expires_at,
+            "spread": tiers[0],
         }
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
@@ -355,8 +389,15 @@ def _claim(
         if row is None:
             return None
         assignment = Assignment(
-            id=row[0], item_id=row[1], rater=rater, campaign=campaign, token=token, a_on_left=a_on_left,
-            state=Assignment.State.LEASED, leased_at=leased_at, expires_at=expires_at,
+            id=row[0],
+            item_id=row[1],
+            rater=rater,
+            campaign=campaign,
+            token=token,
+            a_on_left=a_on_left,
+            state=Assignment.State.LEASED,
+            leased_at=leased_at,
+            expires_at=expires_at,
         )
         assignment._state.adding, assignment._state.db = False, connection.alias
         return assignment
@@ -364,16 +405,22 @@ def _claim(
     if criterion_id:
         candidates = candidates.filter(criterion_id=criterion_id)
     recent = list(
-        Assignment.objects.filter(campaign=campaign, rater=rater).order_by("-id").values_list("item__image_a__prompt_id", flat=True)[: tiers[0]]
+        Assignment.objects.filter(campaign=campaign, rater=rater)
+        .order_by("-id")
+        .values_list("item__image_a__prompt_id", flat=True)[: tiers[0]]
     )
     for n in tiers:
         # A subquery, not a join: FOR UPDATE must lock the item alone, never an image other items share.
-        choice = candidates.exclude(image_a__in=GeneratedImage.objects.filter(prompt_id__in=recent[:n])) if n else candidates
+        choice = (
+            candidates.exclude(image_a__in=GeneratedImage.objects.filter(prompt_id__in=recent[:n])) if n else candidates
+        )
         item = choice.order_by("remaining", "id").select_for_update(skip_locked=True).only("id").first()
         if item is not None:
             break
     else:
         return None
-    assignment = Assignment.objects.create(item=item, rater=rater, campaign=campaign, a_on_left=a_on_left, expires_at=expires_at)
+    assignment = Assignment.objects.create(
+        item=item, rater=rater, campaign=campaign, a_on_left=a_on_left, expires_at=expires_at
+    )
     ComparisonItem.objects.filter(pk=item.pk).update(open_leases=F("open_leases") + 1, remaining=F("remaining") - 1)
     return assignment

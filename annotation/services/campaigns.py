@@ -36,8 +36,14 @@ STRUCTURAL_FIELDS = {"prompt_set", "seeds", "pairing", "baseline", "gold_share"}
 # Operational settings: editable until the campaign has votes.
 # The consent text is one of them: what the raters who voted agreed to must stay what the page says.
 OPERATIONAL_FIELDS = {
-    "lease_seconds", "quota_per_rater", "gold_min_accuracy", "gold_min_answers", "rater_title", "consent_text",
-    "speeder_seconds", "exclude_speeders",
+    "lease_seconds",
+    "quota_per_rater",
+    "gold_min_accuracy",
+    "gold_min_answers",
+    "rater_title",
+    "consent_text",
+    "speeder_seconds",
+    "exclude_speeders",
 }
 # Always editable (a contact address may move mid-study).
 FREE_FIELDS = {"name", "completion_url", "completion_code", "contact", "screen_out_url", "screen_out_code"}
@@ -50,7 +56,6 @@ MAX_GOLD_MIN_ANSWERS = 1_000
 MAX_RATERS_PER_LINK = 1_000_000
 MAX_TEXT = 200  # campaign names, rater titles, invite labels, completion URLs
 MAX_SPEEDER_SECONDS = 60.0
-
 
 
 def is_whole(value) -> bool:
@@ -67,26 +72,42 @@ def check_text(value, *, field: str, what: str, blank_ok: bool = False) -> str:
     if not blank_ok and not value.strip():
         raise AnnotationError(f"Give {what.lower()}.", field=field)
     if len(value) > MAX_TEXT:
-        raise AnnotationError(f"{what} is {len(value):,} characters long; use at most {MAX_TEXT} characters.", field=field)
+        raise AnnotationError(
+            f"{what} is {len(value):,} characters long; use at most {MAX_TEXT} characters.", field=field
+        )
     if problem := unstorable_text_problem(value, what):
         raise AnnotationError(problem, field=field)
     return value
 
 
 def _check_settings(
-    *, lease_seconds, quota_per_rater, gold_share, gold_min_accuracy, gold_min_answers, rater_title,
-    consent_text=DEFAULT_CONSENT_TEXT, contact="", speeder_seconds=1.0, exclude_speeders=False, screen_out_url="",
-    screen_out_code=None, completion_code=None,
+    *,
+    lease_seconds,
+    quota_per_rater,
+    gold_share,
+    gold_min_accuracy,
+    gold_min_answers,
+    rater_title,
+    consent_text=DEFAULT_CONSENT_TEXT,
+    contact="",
+    speeder_seconds=1.0,
+    exclude_speeders=False,
+    screen_out_url="",
+    screen_out_code=None,
+    completion_code=None,
 ) -> None:
     if not is_whole(lease_seconds) or not 30 <= lease_seconds <= 86_400:
         raise AnnotationError("The lease must be between 30 seconds and one day.", field="lease_seconds")
     if not is_whole(quota_per_rater):
-        raise AnnotationError(f"The quota must be a whole number of tasks, not {quota_per_rater!r}.", field="quota_per_rater")
+        raise AnnotationError(
+            f"The quota must be a whole number of tasks, not {quota_per_rater!r}.", field="quota_per_rater"
+        )
     if quota_per_rater < 0:
         raise AnnotationError("The quota cannot be negative; 0 means no limit.", field="quota_per_rater")
     if quota_per_rater > MAX_QUOTA:
-        raise AnnotationError(f"The quota must be at most {MAX_QUOTA:,} tasks per rater (0 means no limit).",
-                              field="quota_per_rater")
+        raise AnnotationError(
+            f"The quota must be at most {MAX_QUOTA:,} tasks per rater (0 means no limit).", field="quota_per_rater"
+        )
     if not _number(gold_share) or not 0 <= gold_share <= 0.5:
         raise AnnotationError("The gold share must be between 0 and 0.5.", field="gold_share")
     if not _number(gold_min_accuracy) or not 0 <= gold_min_accuracy <= 1:
@@ -176,13 +197,19 @@ def _resolve_criteria(criteria: dict[str, dict] | None) -> list[tuple[str, dict]
         if not is_whole(k):
             raise AnnotationError("Raters per comparison must be a whole number.", field=f"{criterion}_votes_per_item")
         if not 1 <= k <= 50:
-            raise AnnotationError("Raters per comparison must be between 1 and 50.", field=f"{criterion}_votes_per_item")
+            raise AnnotationError(
+                "Raters per comparison must be between 1 and 50.", field=f"{criterion}_votes_per_item"
+            )
         if not isinstance(spec["instructions"], str):
             raise AnnotationError(f"The instructions of {criterion} must be text.", field=f"{criterion}_instructions")
         choices = spec["choices"]
-        if (not isinstance(choices, (list, tuple)) or not all(isinstance(c, str) for c in choices)
-                or set(choices) - set(Choice.values) or not {"left", "right"} <= set(choices)
-                or len(set(choices)) != len(choices)):
+        if (
+            not isinstance(choices, (list, tuple))
+            or not all(isinstance(c, str) for c in choices)
+            or set(choices) - set(Choice.values)
+            or not {"left", "right"} <= set(choices)
+            or len(set(choices)) != len(choices)
+        ):
             raise AnnotationError(
                 f"Choices must include left and right, once each, and come from {', '.join(Choice.values)}.",
                 field=f"{criterion}_choices",
@@ -224,7 +251,9 @@ def create_campaign(
     seen = set()
     for model in models:
         if model.pk in seen:
-            raise AnnotationError(f"Choose at least two different models: {model.name} is listed twice.", field="models")
+            raise AnnotationError(
+                f"Choose at least two different models: {model.name} is listed twice.", field="models"
+            )
         seen.add(model.pk)
     if len(models) < 2:
         raise AnnotationError("Choose at least two models to compare.", field="models")
@@ -232,8 +261,9 @@ def create_campaign(
         raise AnnotationError(f"Pairing must be one of: {', '.join(Campaign.Pairing.values)}.", field="pairing")
     if pairing == Campaign.Pairing.VS_BASELINE:
         if baseline is None or baseline.pk not in {m.pk for m in models}:
-            raise AnnotationError("With 'each vs the baseline', choose a baseline among the campaign's models.",
-                                  field="baseline")
+            raise AnnotationError(
+                "With 'each vs the baseline', choose a baseline among the campaign's models.", field="baseline"
+            )
     else:
         baseline = None
     if Campaign.objects.filter(name=name).exists():
@@ -245,34 +275,64 @@ def create_campaign(
         check_text(completion_url, field="completion_url", what="The completion URL")
     consent_text, contact = _clean_text(consent_text), (contact or "").strip()
     _check_settings(
-        lease_seconds=lease_seconds, quota_per_rater=quota_per_rater, gold_share=gold_share,
-        gold_min_accuracy=gold_min_accuracy, gold_min_answers=gold_min_answers, rater_title=rater_title,
-        consent_text=consent_text, contact=contact, speeder_seconds=speeder_seconds, exclude_speeders=exclude_speeders,
+        lease_seconds=lease_seconds,
+        quota_per_rater=quota_per_rater,
+        gold_share=gold_share,
+        gold_min_accuracy=gold_min_accuracy,
+        gold_min_answers=gold_min_answers,
+        rater_title=rater_title,
+        consent_text=consent_text,
+        contact=contact,
+        speeder_seconds=speeder_seconds,
+        exclude_speeders=exclude_speeders,
         screen_out_url=screen_out_url,
     )
     _check_gold_can_fire(
-        quota_per_rater=quota_per_rater, gold_share=gold_share, gold_min_answers=gold_min_answers,
+        quota_per_rater=quota_per_rater,
+        gold_share=gold_share,
+        gold_min_answers=gold_min_answers,
         gold_min_accuracy=gold_min_accuracy,
     )
     resolved = _resolve_criteria(criteria)
     with transaction.atomic():
         campaign = Campaign.objects.create(
-            name=name, prompt_set=prompt_set, seeds=seeds, pairing=pairing, baseline=baseline,
-            lease_seconds=lease_seconds, quota_per_rater=quota_per_rater, gold_share=gold_share,
-            gold_min_accuracy=gold_min_accuracy, gold_min_answers=gold_min_answers,
-            completion_url=completion_url, rater_title=rater_title, consent_text=consent_text, contact=contact,
-            screen_out_url=screen_out_url, speeder_seconds=speeder_seconds, exclude_speeders=exclude_speeders,
+            name=name,
+            prompt_set=prompt_set,
+            seeds=seeds,
+            pairing=pairing,
+            baseline=baseline,
+            lease_seconds=lease_seconds,
+            quota_per_rater=quota_per_rater,
+            gold_share=gold_share,
+            gold_min_accuracy=gold_min_accuracy,
+            gold_min_answers=gold_min_answers,
+            completion_url=completion_url,
+            rater_title=rater_title,
+            consent_text=consent_text,
+            contact=contact,
+            screen_out_url=screen_out_url,
+            speeder_seconds=speeder_seconds,
+            exclude_speeders=exclude_speeders,
             created_by=created_by,
         )
-        CampaignModel.objects.bulk_create(CampaignModel(campaign=campaign, model=m, position=i) for i, m in enumerate(models))
+        CampaignModel.objects.bulk_create(
+            CampaignModel(campaign=campaign, model=m, position=i) for i, m in enumerate(models)
+        )
         CampaignCriterion.objects.bulk_create(
             CampaignCriterion(
-                campaign=campaign, criterion=c, question=s["question"], instructions=s["instructions"],
-                votes_per_item=s["votes_per_item"], choices=s["choices"], show_prompt=s["show_prompt"],
+                campaign=campaign,
+                criterion=c,
+                question=s["question"],
+                instructions=s["instructions"],
+                votes_per_item=s["votes_per_item"],
+                choices=s["choices"],
+                show_prompt=s["show_prompt"],
             )
             for c, s in resolved
         )
-        PlacementCounter.objects.bulk_create(PlacementCounter(campaign=campaign, shard=i) for i in range(PlacementCounter.SHARDS))
+        PlacementCounter.objects.bulk_create(
+            PlacementCounter(campaign=campaign, shard=i) for i in range(PlacementCounter.SHARDS)
+        )
     return campaign
 
 
@@ -304,19 +364,30 @@ def update_campaign(campaign: Campaign, **changes) -> Campaign:
     changed = {k: v for k, v in changes.items() if getattr(campaign, k) != v}
     frozen = set(changed) - editable_settings(campaign) if changed else set()
     if frozen & STRUCTURAL_FIELDS:
-        raise AnnotationError("The campaign's comparisons exist: models, prompts, seeds, pairing and gold share are frozen.",
-                              code=CONFLICT)
+        raise AnnotationError(
+            "The campaign's comparisons exist: models, prompts, seeds, pairing and gold share are frozen.",
+            code=CONFLICT,
+        )
     if frozen & OPERATIONAL_FIELDS:
-        raise AnnotationError("The campaign has votes: its settings are frozen so every vote was cast under the same rules.",
-                              code=CONFLICT)
+        raise AnnotationError(
+            "The campaign has votes: its settings are frozen so every vote was cast under the same rules.",
+            code=CONFLICT,
+        )
     for key, value in changed.items():
         setattr(campaign, key, value)
     _check_settings(
-        lease_seconds=campaign.lease_seconds, quota_per_rater=campaign.quota_per_rater, gold_share=campaign.gold_share,
-        gold_min_accuracy=campaign.gold_min_accuracy, gold_min_answers=campaign.gold_min_answers,
-        rater_title=campaign.rater_title, consent_text=campaign.consent_text, contact=campaign.contact,
-        speeder_seconds=campaign.speeder_seconds, exclude_speeders=campaign.exclude_speeders,
-        screen_out_url=campaign.screen_out_url, screen_out_code=campaign.screen_out_code,
+        lease_seconds=campaign.lease_seconds,
+        quota_per_rater=campaign.quota_per_rater,
+        gold_share=campaign.gold_share,
+        gold_min_accuracy=campaign.gold_min_accuracy,
+        gold_min_answers=campaign.gold_min_answers,
+        rater_title=campaign.rater_title,
+        consent_text=campaign.consent_text,
+        contact=campaign.contact,
+        speeder_seconds=campaign.speeder_seconds,
+        exclude_speeders=campaign.exclude_speeders,
+        screen_out_url=campaign.screen_out_url,
+        screen_out_code=campaign.screen_out_code,
         completion_code=campaign.completion_code,
     )
     if set(changed) & GOLD_RULE_FIELDS:  # only then: a campaign made before this rule can still be renamed
@@ -331,10 +402,12 @@ def update_campaign(campaign: Campaign, **changes) -> Campaign:
 def generation_batch_for(campaign: Campaign, parameters: dict | None = None):
     """A generation batch for the campaign's models, prompts and seeds (images that exist are reused)."""
     return generation_services.create_batch(
-        models=campaign.ordered_models(), prompt_set=campaign.prompt_set, seeds=campaign.seeds,
-        parameters=parameters, name=f"campaign: {campaign.name}",
+        models=campaign.ordered_models(),
+        prompt_set=campaign.prompt_set,
+        seeds=campaign.seeds,
+        parameters=parameters,
+        name=f"campaign: {campaign.name}",
     )
-
 
 
 def set_status(campaign: Campaign, status: str) -> None:
@@ -344,7 +417,9 @@ def set_status(campaign: Campaign, status: str) -> None:
         if not Campaign.may_move(current, status):
             raise AnnotationError(f"A {current} campaign cannot become {status}.", code=CONFLICT)
         if status == Campaign.Status.LIVE and not campaign.items.exists():
-            raise AnnotationError("The campaign has no comparison items yet: launch it to generate its images first.", code=CONFLICT)
+            raise AnnotationError(
+                "The campaign has no comparison items yet: launch it to generate its images first.", code=CONFLICT
+            )
         Campaign.objects.filter(pk=campaign.pk).update(status=status)
     campaign.status = status
 
@@ -359,7 +434,9 @@ def launch_campaign(campaign: Campaign, parameters: dict | None = None) -> None:
             batch = generation_batch_for(locked, parameters)
         except generation_services.GenerationError as exc:
             raise AnnotationError(f"Cannot generate the campaign's images: {exc}") from None
-        Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.LAUNCHING, generation_batch=batch, launch_error="")
+        Campaign.objects.filter(pk=campaign.pk).update(
+            status=Campaign.Status.LAUNCHING, generation_batch=batch, launch_error=""
+        )
         generation_services.dispatch_batch(batch)
         enqueue_on_commit("annotation.tasks.finish_launch", campaign.pk)
     campaign.refresh_from_db()

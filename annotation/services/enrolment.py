@@ -9,15 +9,14 @@ import unicodedata
 from django.db import transaction
 from django.utils import timezone
 
-
-from .campaigns import MAX_RATERS_PER_LINK, check_text, is_whole
-from .errors import AnnotationError
 from ..models import (
     Campaign,
     InviteLink,
     Participation,
     Rater,
 )
+from .campaigns import MAX_RATERS_PER_LINK, check_text, is_whole
+from .errors import AnnotationError
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +83,11 @@ def has_crowd_id(params: dict) -> bool:
 
 def invite_link_for(campaign: Campaign, *, label: str, max_raters: int = 0) -> InviteLink:
     """The campaign's active invite link with this label and rater limit, created if there is none (idempotent)."""
-    link = InviteLink.objects.filter(campaign=campaign, label=label, max_raters=max_raters, active=True).order_by("pk").first()
+    link = (
+        InviteLink.objects.filter(campaign=campaign, label=label, max_raters=max_raters, active=True)
+        .order_by("pk")
+        .first()
+    )
     return link if link is not None else create_invite_link(campaign, label=label, max_raters=max_raters)
 
 
@@ -126,16 +129,20 @@ def invite_account(campaign: Campaign, user) -> Participation:
     return participation
 
 
-def create_invite_link(campaign: Campaign, *, label: str = "", max_raters: int = 0, simulated: bool = False) -> InviteLink:
+def create_invite_link(
+    campaign: Campaign, *, label: str = "", max_raters: int = 0, simulated: bool = False
+) -> InviteLink:
     """``simulated``: a link for programs (the mini-Emu world's raters); everyone joining through it is labelled so."""
     if not is_whole(max_raters):
-        raise AnnotationError(f"The rater limit must be a whole number (0 means no limit), not {max_raters!r}.",
-                              field="max_raters")
+        raise AnnotationError(
+            f"The rater limit must be a whole number (0 means no limit), not {max_raters!r}.", field="max_raters"
+        )
     if max_raters < 0:
         raise AnnotationError("The rater limit cannot be negative; 0 means no limit.", field="max_raters")
     if max_raters > MAX_RATERS_PER_LINK:
-        raise AnnotationError(f"The rater limit must be at most {MAX_RATERS_PER_LINK:,} (0 means no limit).",
-                              field="max_raters")
+        raise AnnotationError(
+            f"The rater limit must be at most {MAX_RATERS_PER_LINK:,} (0 means no limit).", field="max_raters"
+        )
     check_text(label, field="label", what="The label", blank_ok=True)
     return InviteLink.objects.create(campaign=campaign, label=label, max_raters=max_raters, simulated=bool(simulated))
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import io
+import logging
 import math
 import random
 
@@ -17,16 +17,17 @@ from generation import selectors as generation_selectors
 from generation.pipelines import encode_png
 from generation.storage import content_addressed_name
 
-from .errors import AnnotationError
-from .served_images import served_image_length
 from ..models import (
     Campaign,
     ComparisonItem,
     Criterion,
     GoldImage,
 )
+from .errors import AnnotationError
+from .served_images import served_image_length
 
 logger = logging.getLogger(__name__)
+
 
 def build_items(campaign: Campaign, batch) -> int:
     """Create the comparison items (and gold items) from a complete generation batch; idempotent.
@@ -48,8 +49,11 @@ def build_items(campaign: Campaign, batch) -> int:
     criteria = list(campaign.criteria.all())
     rows = [
         ComparisonItem(
-            campaign=campaign, criterion=criterion, remaining=criterion.votes_per_item,
-            image_a=images[a.pk, k.prompt_id, k.seed], image_b=images[b.pk, k.prompt_id, k.seed],
+            campaign=campaign,
+            criterion=criterion,
+            remaining=criterion.votes_per_item,
+            image_a=images[a.pk, k.prompt_id, k.seed],
+            image_b=images[b.pk, k.prompt_id, k.seed],
         )
         for criterion in criteria
         for a, b in pairs
@@ -89,7 +93,9 @@ def _degraded_gold(source, degradation: str) -> GoldImage:
             data = degrade(handle.read(), degradation)
         sha = hashlib.sha256(data).hexdigest()
         name = storages["images"].save(content_addressed_name(sha), ContentFile(data))
-        gold, _ = GoldImage.objects.get_or_create(source=source, degradation=degradation, defaults={"file": name, "sha256": sha})
+        gold, _ = GoldImage.objects.get_or_create(
+            source=source, degradation=degradation, defaults={"file": name, "sha256": sha}
+        )
     return gold
 
 
@@ -97,7 +103,8 @@ def _other_prompt_gold(source, decoy) -> GoldImage:
     # One per source image: a later campaign with the same source image reuses the decoy chosen first. It is still
     # another prompt's image of the same seed (what makes it the wrong answer), and is padded like every image.
     gold, _ = GoldImage.objects.get_or_create(
-        source=source, degradation=GoldImage.Degradation.OTHER_PROMPT,
+        source=source,
+        degradation=GoldImage.Degradation.OTHER_PROMPT,
         defaults={"file": decoy.file.name, "sha256": decoy.sha256},
     )
     return gold
@@ -124,7 +131,9 @@ class _Decoys:
     def of(self, source) -> list:
         partners = self.partners.get(source.model_id, set())
         others = [im for m, p, im in self.by_seed.get(source.seed, ()) if p != source.prompt_id and m in partners]
-        other_category = [im for im in others if self.categories.get(im.prompt_id) != self.categories.get(source.prompt_id)]
+        other_category = [
+            im for im in others if self.categories.get(im.prompt_id) != self.categories.get(source.prompt_id)
+        ]
         return other_category or others
 
 
@@ -138,7 +147,9 @@ def _build_gold_items(campaign: Campaign, criteria, images: dict, pairs) -> None
     campaign_images = [im for _, im in sorted(images.items())]
     for criterion in criteria:
         regular = campaign.items.regular().filter(criterion=criterion).count()
-        needed = gold_items_needed(regular, campaign.gold_share) - campaign.items.gold().filter(criterion=criterion).count()
+        needed = (
+            gold_items_needed(regular, campaign.gold_share) - campaign.items.gold().filter(criterion=criterion).count()
+        )
         if needed <= 0:
             continue
         if criterion.criterion == Criterion.TEXT_FAITHFULNESS:
@@ -158,5 +169,7 @@ def _build_gold_items(campaign: Campaign, criteria, images: dict, pairs) -> None
             ]
         for source, gold in golds:
             ComparisonItem.objects.get_or_create(
-                criterion=criterion, gold_image=gold, defaults={"campaign": campaign, "image_a": source, "image_b": source},
+                criterion=criterion,
+                gold_image=gold,
+                defaults={"campaign": campaign, "image_a": source, "image_b": source},
             )

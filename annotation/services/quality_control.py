@@ -16,7 +16,6 @@ from django.utils import timezone
 
 from core.text import unstorable_text_problem
 
-from .errors import AnnotationError
 from ..models import (
     Assignment,
     Campaign,
@@ -25,6 +24,7 @@ from ..models import (
     Rater,
     Vote,
 )
+from .errors import AnnotationError
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +53,14 @@ def exclude_if_failing_gold(campaign: Campaign, rater: Rater) -> bool:
     return _exclude_with_retry(participation.pk, reason) is not None
 
 
-def median_seconds_between_votes(campaign: Campaign, rater: Rater, window: int = SPEEDER_WINDOW) -> tuple[float | None, int]:
+def median_seconds_between_votes(
+    campaign: Campaign, rater: Rater, window: int = SPEEDER_WINDOW
+) -> tuple[float | None, int]:
     """The median gap between the rater's last ``window`` + 1 answers, by the server's clock, and how many gaps."""
     times = list(
         Vote.objects.filter(assignment__campaign=campaign, assignment__rater=rater)
-        .order_by("-created_at").values_list("created_at", flat=True)[: window + 1]
+        .order_by("-created_at")
+        .values_list("created_at", flat=True)[: window + 1]
     )
     gaps = [(later - earlier).total_seconds() for later, earlier in zip(times, times[1:])]
     return (statistics.median(gaps) if gaps else None), len(gaps)
@@ -122,11 +125,16 @@ def _exclude(participation_id: int, reason: str) -> int | None:
     participation = Participation.objects.select_for_update().get(pk=participation_id)
     if participation.excluded:
         return None
-    Participation.objects.filter(pk=participation.pk).update(excluded=True, exclusion_reason=reason[:300], excluded_at=timezone.now())
+    Participation.objects.filter(pk=participation.pk).update(
+        excluded=True, exclusion_reason=reason[:300], excluded_at=timezone.now()
+    )
     mine = {"campaign_id": participation.campaign_id, "rater_id": participation.rater_id}
     # The assignment rows first (a vote locks its assignment, then its item), in id order.
     leased = list(
-        Assignment.objects.select_for_update().filter(**mine, state=Assignment.State.LEASED).order_by("id").values_list("id", "item_id")
+        Assignment.objects.select_for_update()
+        .filter(**mine, state=Assignment.State.LEASED)
+        .order_by("id")
+        .values_list("id", "item_id")
     )
     votes = Vote.objects.filter(**{f"assignment__{k}": v for k, v in mine.items()}, excluded=False)
     counted_items = Counter(votes.on_regular_items().values_list("assignment__item_id", flat=True))
@@ -162,9 +170,13 @@ def rater_ending(participation: Participation) -> RaterEnding | None:
     """The rater's ending, or None while they still have work: excluded raters always get the screen-out one."""
     campaign = participation.campaign
     if participation.excluded:
-        return RaterEnding(True, campaign.screen_out_code, _with_code(campaign.screen_out_url, campaign.screen_out_code))
+        return RaterEnding(
+            True, campaign.screen_out_code, _with_code(campaign.screen_out_url, campaign.screen_out_code)
+        )
     if participation.completed_at is not None:
-        return RaterEnding(False, campaign.completion_code, _with_code(campaign.completion_url, campaign.completion_code))
+        return RaterEnding(
+            False, campaign.completion_code, _with_code(campaign.completion_url, campaign.completion_code)
+        )
     return None
 
 

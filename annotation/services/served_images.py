@@ -35,9 +35,11 @@ def served_image_length(campaign: Campaign, *, refresh: bool = False) -> int:
     if campaign.served_image_bytes and not refresh:
         return campaign.served_image_bytes
     items = ComparisonItem.objects.filter(campaign=campaign)
-    names = set(GeneratedImage.objects.filter(
-        Q(pk__in=items.values("image_a_id")) | Q(pk__in=items.values("image_b_id"))
-    ).values_list("file", flat=True))
+    names = set(
+        GeneratedImage.objects.filter(
+            Q(pk__in=items.values("image_a_id")) | Q(pk__in=items.values("image_b_id"))
+        ).values_list("file", flat=True)
+    )
     names |= set(GoldImage.objects.filter(pk__in=items.values("gold_image_id")).values_list("file", flat=True))
     storage = storages["images"]
     longest = max((storage.size(name) for name in names), default=0)

@@ -10,10 +10,6 @@ from django.db import OperationalError, connection, transaction
 from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
-
-from . import assignment
-from .errors import AnnotationError
-from .quality_control import SCREENED_OUT_VOTE, exclude_if_failing_gold, flag_if_speeding
 from ..models import (
     Assignment,
     Campaign,
@@ -23,6 +19,9 @@ from ..models import (
     Rater,
     Vote,
 )
+from . import assignment
+from .errors import AnnotationError
+from .quality_control import SCREENED_OUT_VOTE, exclude_if_failing_gold, flag_if_speeding
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +61,13 @@ def submit_vote(
         assignment = (
             assignments.select_for_update(of=("self",))
             .select_related("item__criterion", "campaign", "vote")
-            .annotate(rater_excluded=Exists(
-                Participation.objects.filter(campaign_id=OuterRef("campaign_id"), rater_id=OuterRef("rater_id"), excluded=True)
-            ))
+            .annotate(
+                rater_excluded=Exists(
+                    Participation.objects.filter(
+                        campaign_id=OuterRef("campaign_id"), rater_id=OuterRef("rater_id"), excluded=True
+                    )
+                )
+            )
             .first()
         )
         if assignment is None:
@@ -83,7 +86,9 @@ def submit_vote(
         if assignment.campaign.status == Campaign.Status.PAUSED:
             # A pause stops the study, not only new tasks; leases stay, so the
             # same task can be answered once it resumes (if still in time).
-            raise AnnotationError("This study is paused right now, so your answer was not recorded. Please come back later.")
+            raise AnnotationError(
+                "This study is paused right now, so your answer was not recorded. Please come back later."
+            )
         if assignment.rater_excluded:
             # Exclusion expired the rater's open tasks; telling them the task "expired" would be false.
             raise ParticipationEnded(SCREENED_OUT_VOTE)
@@ -97,10 +102,16 @@ def submit_vote(
             winner = Vote.Winner.A if a_won else Vote.Winner.B
         else:
             winner = Vote.Winner.TIE
-        if seconds_on_task is not None and not (isinstance(seconds_on_task, (int, float)) and 0 <= seconds_on_task < 86_400):
+        if seconds_on_task is not None and not (
+            isinstance(seconds_on_task, (int, float)) and 0 <= seconds_on_task < 86_400
+        ):
             seconds_on_task = None
         vote = Vote(
-            assignment=assignment, choice=choice, winner=winner, seconds_on_task=seconds_on_task, excluded=False,
+            assignment=assignment,
+            choice=choice,
+            winner=winner,
+            seconds_on_task=seconds_on_task,
+            excluded=False,
             gold_correct=(winner == Vote.Winner.A) if item.is_gold else None,  # A is the intact image
         )
         _record_vote(vote, item.pk)
@@ -110,7 +121,11 @@ def submit_vote(
         ended = flag_if_speeding(assignment.campaign, rater, now) or ended
     except OperationalError:
         # The vote is stored and must be acknowledged; the checks run again on the rater's next answer.
-        logger.exception("quality control for rater %s in campaign %s failed; retried on their next vote", rater.pk, assignment.campaign_id)
+        logger.exception(
+            "quality control for rater %s in campaign %s failed; retried on their next vote",
+            rater.pk,
+            assignment.campaign_id,
+        )
         ended = False
     return VoteResult(vote, duplicate=False, ended=ended)
 
@@ -135,17 +150,26 @@ def _record_vote(vote: Vote, item_id: int) -> None:
     if not assignment.single_statement_writes():
         vote.save(force_insert=True)
         Assignment.objects.filter(pk=vote.assignment_id).update(state=Assignment.State.VOTED)
-        ComparisonItem.objects.filter(pk=item_id).update(
-            votes=F("votes") + 1, open_leases=F("open_leases") - 1
-        )
+        ComparisonItem.objects.filter(pk=item_id).update(votes=F("votes") + 1, open_leases=F("open_leases") - 1)
         return
     vote.created_at = timezone.now()
-    sql = _RECORD_VOTE_SQL.format(vote=Vote._meta.db_table, assignment=Assignment._meta.db_table, item=ComparisonItem._meta.db_table)
+    sql = _RECORD_VOTE_SQL.format(
+        vote=Vote._meta.db_table, assignment=Assignment._meta.db_table, item=ComparisonItem._meta.db_table
+    )
     with connection.cursor() as cursor:
-        cursor.execute(sql, {
-            "assignment": vote.assignment_id, "choice": vote.choice, "winner": vote.winner, "seconds": vote.seconds_on_task,
-            "excluded": vote.excluded, "gold_correct": vote.gold_correct, "created_at": vote.created_at,
-            "voted": Assignment.State.VOTED, "item": item_id,
-        })
+        cursor.execute(
+            sql,
+            {
+                "assignment": vote.assignment_id,
+                "choice": vote.choice,
+                "winner": vote.winner,
+                "seconds": vote.seconds_on_task,
+                "excluded": vote.excluded,
+                "gold_correct": vote.gold_correct,
+                "created_at": vote.created_at,
+                "voted": Assignment.State.VOTED,
+                "item": item_id,
+            },
+        )
         vote.pk = cursor.fetchone()[0]
     vote._state.adding, vote._state.db = False, connection.alias

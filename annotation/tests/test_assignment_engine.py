@@ -5,8 +5,8 @@ import pytest
 from django.utils import timezone
 
 from annotation import selectors, services
-from annotation.services import assignment
 from annotation.models import Assignment, ComparisonItem, Participation, PlacementCounter, Vote
+from annotation.services import assignment
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("both_write_paths")]
 
@@ -76,7 +76,9 @@ def test_criteria_advance_together_in_blocks_in_proportion_to_their_k(live_campa
     # Fewer than before the prompt spread and the one-criterion-per-pair rule (5 at least), which pass over the
     # fullest item when its prompt or pair was the rater's own: 3 at least.
     for criterion in live_campaign.criteria.all():
-        votes = Counter(Vote.objects.filter(assignment__item__criterion=criterion).values_list("assignment__item_id", flat=True))
+        votes = Counter(
+            Vote.objects.filter(assignment__item__criterion=criterion).values_list("assignment__item_id", flat=True)
+        )
         assert sum(1 for n in votes.values() if n == criterion.votes_per_item) >= 3
 
 
@@ -88,10 +90,15 @@ def test_the_criterion_schedule_is_five_to_three_blocks_and_spreads_raters(live_
     assert Counter(schedule) == {appeal[0]: 50, faithfulness[0]: 30}
     for start in range(0, 80, 8):  # every 8 blocks in a row hold 5 of appeal and 3 of faithfulness
         assert schedule[start : start + 8].count(appeal[0]) == 5
-    assert all(assignment._scheduled_criterion([appeal, faithfulness], participation, b * block + i) == schedule[b]
-               for b in range(10) for i in range(block))
+    assert all(
+        assignment._scheduled_criterion([appeal, faithfulness], participation, b * block + i) == schedule[b]
+        for b in range(10)
+        for i in range(block)
+    )
     firsts = Counter(
-        assignment._scheduled_criterion([appeal, faithfulness], Participation(campaign=live_campaign, rater=make_rater()), 0)
+        assignment._scheduled_criterion(
+            [appeal, faithfulness], Participation(campaign=live_campaign, rater=make_rater()), 0
+        )
         for _ in range(40)
     )
     assert min(firsts.values()) >= 8, f"raters starting together start on different criteria: {firsts}"
@@ -235,10 +242,17 @@ def test_campaign_creation_refuses_bad_settings(two_models, prompt_set):
     with pytest.raises(services.AnnotationError, match="Unknown criteria"):
         services.create_campaign(name="x", models=[a, b], prompt_set=prompt_set, seeds=[0], criteria={"speed": {}})
     with pytest.raises(services.AnnotationError, match="Choices must include"):
-        services.create_campaign(name="x", models=[a, b], prompt_set=prompt_set, seeds=[0], criteria={"visual_appeal": {"choices": ["left", "maybe"]}})
+        services.create_campaign(
+            name="x",
+            models=[a, b],
+            prompt_set=prompt_set,
+            seeds=[0],
+            criteria={"visual_appeal": {"choices": ["left", "maybe"]}},
+        )
     campaign = services.create_campaign(name="x", models=[a, b], prompt_set=prompt_set, seeds=[0])
     assert {(c.criterion, c.votes_per_item, c.show_prompt) for c in campaign.criteria.all()} == {
-        ("visual_appeal", 5, False), ("text_faithfulness", 3, True)
+        ("visual_appeal", 5, False),
+        ("text_faithfulness", 3, True),
     }
     with pytest.raises(services.AnnotationError, match="no comparison items"):
         services.set_status(campaign, "live")
@@ -257,17 +271,22 @@ def test_a_round_trip_on_postgresql_claims_and_votes_in_one_statement_each(live_
     with CaptureQueriesContext(connection) as queries:
         task = services.next_assignment(live_campaign, rater)
         services.submit_vote(rater, task.token, "left")
-    statements = [q["sql"] for q in queries.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE SAVEPOINT"))]
+    statements = [
+        q["sql"] for q in queries.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE SAVEPOINT"))
+    ]
     assert sum("claimed AS (" in sql for sql in statements) == 1
     assert sum("WITH vote AS" in sql for sql in statements) == 1
-    assert not any(sql.startswith(("INSERT", "UPDATE \"annotation_comparisonitem\"")) for sql in statements)
+    assert not any(sql.startswith(("INSERT", 'UPDATE "annotation_comparisonitem"')) for sql in statements)
     # Lock + settings, open leases, criteria, tasks so far, claim, placement (2-3), the task's lock, the vote.
     assert len(statements) <= 11, statements
     task.refresh_from_db()
     assert task.state == Assignment.State.VOTED and task.vote.winner in ("a", "b")
     item = ComparisonItem.objects.get(pk=task.item_id)
-    assert (item.votes, item.open_leases, item.remaining) == (Vote.objects.filter(assignment__item=item).count(), 0,
-                                                             item.criterion.votes_per_item - item.votes)
+    assert (item.votes, item.open_leases, item.remaining) == (
+        Vote.objects.filter(assignment__item=item).count(),
+        0,
+        item.criterion.votes_per_item - item.votes,
+    )
 
 
 def pair_of(assignment):
@@ -296,7 +315,9 @@ def test_a_rater_never_gets_the_same_pair_under_both_criteria(live_campaign, mak
 
 
 def prompts_of(rater):
-    return list(Assignment.objects.filter(rater=rater).order_by("id").values_list("item__image_a__prompt_id", flat=True))
+    return list(
+        Assignment.objects.filter(rater=rater).order_by("id").values_list("item__image_a__prompt_id", flat=True)
+    )
 
 
 def test_consecutive_tasks_come_from_different_prompts(live_campaign, make_rater):

@@ -16,8 +16,8 @@ from django.test import Client
 from django.urls import reverse
 
 from annotation import services
-from core.api_tokens import issue_api_token
 from annotation.models import Campaign, CampaignCriterion, CampaignModel, InviteLink, Participation, PlacementCounter
+from core.api_tokens import issue_api_token
 from evalsite.bad_input import Answer, check, from_call, from_command, from_form_page, from_json_request, snapshot
 
 pytestmark = pytest.mark.django_db
@@ -58,10 +58,18 @@ CREATE_CASES = [
     ("criteria a bare string", {"criteria": "visual_appeal"}, ["criteria", "list"]),
     ("criteria {name: 5}", {"criteria": {"visual_appeal": 5}}, ["visual_appeal", "votes_per_item"]),
     ("criteria with k 0", {"criteria": {"visual_appeal": {"votes_per_item": 0}}}, ["raters per comparison", "1", "50"]),
-    ("criteria with k 10**30", {"criteria": {"visual_appeal": {"votes_per_item": 10**30}}}, ["raters per comparison", "50"]),
+    (
+        "criteria with k 10**30",
+        {"criteria": {"visual_appeal": {"votes_per_item": 10**30}}},
+        ["raters per comparison", "50"],
+    ),
     ("criteria with only left", {"criteria": {"visual_appeal": {"choices": ["left"]}}}, ["left and right"]),
     ("criteria choices a string", {"criteria": {"visual_appeal": {"choices": "left"}}}, ["choices", "list"]),
-    ("criteria instructions a list", {"criteria": {"visual_appeal": {"instructions": ["x"]}}}, ["instructions", "text"]),
+    (
+        "criteria instructions a list",
+        {"criteria": {"visual_appeal": {"instructions": ["x"]}}},
+        ["instructions", "text"],
+    ),
     ("criteria unknown", {"criteria": {"beauty": {}}}, ["unknown criteria", "beauty", "visual_appeal"]),
     ("criteria empty", {"criteria": []}, ["at least one criterion"]),
     ('name ["a","b"]', {"name": ["a", "b"]}, ["name", "text"]),
@@ -86,8 +94,11 @@ CREATE_CASES = [
     ("a seed twice", {"seeds": [1, 1]}, ["twice"]),
     ("seeds an object", {"seeds": {"a": 1}}, ["seeds", "list"]),
     ("a seed past 2^63", {"seeds": [2**70]}, ["seed", "0"]),
-    ("gold share NaN", '{"name": "x", "models": ["base", "tuned"], "prompt_set": "four", "seeds": "0", "gold_share": NaN}',
-     ["gold_share", "number"]),
+    (
+        "gold share NaN",
+        '{"name": "x", "models": ["base", "tuned"], "prompt_set": "four", "seeds": "0", "gold_share": NaN}',
+        ["gold_share", "number"],
+    ),
     ("gold share 0.9", {"gold_share": 0.9}, ["gold share", "0.5"]),
     ("gold share a word", {"gold_share": "abc"}, ["gold_share", "number"]),
     ("gold share a list", {"gold_share": [0.1]}, ["gold_share", "number"]),
@@ -104,10 +115,16 @@ CREATE_CASES = [
     ("rater title empty", {"rater_title": ""}, ["rater_title", "required"]),
     ("rater title a list", {"rater_title": ["x"]}, ["rater_title", "text"]),
     ("consent text with a NUL character", {"consent_text": "I agree\x00"}, ["consent_text", "NUL"]),
-    ("a name with a lone surrogate", '{"name": "x\\udc00", "models": ["base", "tuned"], "prompt_set": "four", "seeds": "0"}',
-     ["name", "UTF-8"]),
-    ("a criterion's instructions with a NUL character",
-     {"criteria": {"visual_appeal": {"instructions": "\x00"}}}, ["instructions", "NUL"]),
+    (
+        "a name with a lone surrogate",
+        '{"name": "x\\udc00", "models": ["base", "tuned"], "prompt_set": "four", "seeds": "0"}',
+        ["name", "UTF-8"],
+    ),
+    (
+        "a criterion's instructions with a NUL character",
+        {"criteria": {"visual_appeal": {"instructions": "\x00"}}},
+        ["instructions", "NUL"],
+    ),
     ("pairing unknown", {"pairing": "bogus"}, ["pairing", "all_pairs", "vs_baseline"]),
     ("vs baseline without a baseline", {"pairing": "vs_baseline"}, ["choose the baseline"]),
     ("baseline unknown", {"pairing": "vs_baseline", "baseline": "nope"}, ["baseline", "no registered model"]),
@@ -170,9 +187,18 @@ def test_api_refuses_bad_exclusions_and_actions(api, draft):
         ("exclude with a NUL character in the reason", exclude, {"reason": "bot\x00"}, ["reason", "NUL"]),
         ("exclude with a lone surrogate in the reason", exclude, '{"reason": "bot \\udfff"}', ["reason", "UTF-8"]),
         ("exclude with a body that is a list", exclude, [1], ["why", "reason"]),
-        ("exclude an unknown rater", f"{CAMPAIGNS}{draft.pk}/raters/999999/exclude/", {"reason": "x"}, ["no rater", "raters/"]),
-        ("exclude a rater id past 2^63", f"{CAMPAIGNS}{draft.pk}/raters/99999999999999999999/exclude/", {"reason": "x"},
-         ["no rater"]),
+        (
+            "exclude an unknown rater",
+            f"{CAMPAIGNS}{draft.pk}/raters/999999/exclude/",
+            {"reason": "x"},
+            ["no rater", "raters/"],
+        ),
+        (
+            "exclude a rater id past 2^63",
+            f"{CAMPAIGNS}{draft.pk}/raters/99999999999999999999/exclude/",
+            {"reason": "x"},
+            ["no rater"],
+        ),
         ("pause a draft", f"{CAMPAIGNS}{draft.pk}/pause/", {}, ["draft", "cannot become paused"]),
         ("launch an unknown campaign", f"{CAMPAIGNS}999999/launch/", {}, ["no campaign 999999"]),
         ("launch a campaign id past 2^63", f"{CAMPAIGNS}99999999999999999999/launch/", {}, ["no campaign"]),
@@ -210,7 +236,11 @@ def test_campaign_create_command_refuses_bad_settings(case, changes, says, two_m
 
 def test_campaign_commands_refuse_bad_invites_and_names(draft):
     for case, argv, says in [
-        ("invite with max raters 10**30", ["invite", "draft", "--max-raters", str(10**30)], ["rater limit", "1,000,000"]),
+        (
+            "invite with max raters 10**30",
+            ["invite", "draft", "--max-raters", str(10**30)],
+            ["rater limit", "1,000,000"],
+        ),
         ("invite with max raters -1", ["invite", "draft", "--max-raters", "-1"], ["rater limit", "negative"]),
         ("invite with an ftp base URL", ["invite", "draft", "--base-url", "ftp://x"], ["base-url", "https://"]),
         ("launch an unknown campaign", ["launch", "nope"], ["no campaign", "nope"]),
@@ -233,8 +263,9 @@ FORM_CASES = [
 
 
 @pytest.mark.parametrize("case,changes,field,says", FORM_CASES, ids=[c[0] for c in FORM_CASES])
-def test_campaign_form_page_shows_each_error_under_its_field(case, changes, field, says, researcher, client, two_models,
-                                                             prompt_set):
+def test_campaign_form_page_shows_each_error_under_its_field(
+    case, changes, field, says, researcher, client, two_models, prompt_set
+):
     client.force_login(researcher)
     from annotation.forms import CampaignForm
 
@@ -250,25 +281,48 @@ def test_services_refuse_values_of_the_wrong_type(two_models, prompt_set, draft)
     base, tuned = two_models
     good = {"name": "svc", "models": [base, tuned], "prompt_set": prompt_set, "seeds": [0]}
     for case, call, says in [
-        ("create_campaign: a name that is a list", lambda: services.create_campaign(**{**good, "name": ["a", "b"]}),
-         ["name", "text"]),
-        ("create_campaign: the same model twice", lambda: services.create_campaign(**{**good, "models": [base, base]}),
-         ["two different models"]),
-        ("create_campaign: criteria keyed by a number", lambda: services.create_campaign(**good, criteria={1: {}}),
-         ["unknown criteria", "1"]),
-        ("create_campaign: seeds backwards in a list", lambda: services.create_campaign(**{**good, "seeds": [-5]}),
-         ["seed", "0"]),
-        ("create_campaign: quota 10**30", lambda: services.create_campaign(**good, quota_per_rater=10**30),
-         ["quota", "1,000,000"]),
-        ("create_invite_link: max raters 10**30", lambda: services.create_invite_link(draft, max_raters=10**30),
-         ["rater limit", "1,000,000"]),
-        ("create_invite_link: max raters a string", lambda: services.create_invite_link(draft, max_raters="5"),
-         ["rater limit", "whole number"]),
+        (
+            "create_campaign: a name that is a list",
+            lambda: services.create_campaign(**{**good, "name": ["a", "b"]}),
+            ["name", "text"],
+        ),
+        (
+            "create_campaign: the same model twice",
+            lambda: services.create_campaign(**{**good, "models": [base, base]}),
+            ["two different models"],
+        ),
+        (
+            "create_campaign: criteria keyed by a number",
+            lambda: services.create_campaign(**good, criteria={1: {}}),
+            ["unknown criteria", "1"],
+        ),
+        (
+            "create_campaign: seeds backwards in a list",
+            lambda: services.create_campaign(**{**good, "seeds": [-5]}),
+            ["seed", "0"],
+        ),
+        (
+            "create_campaign: quota 10**30",
+            lambda: services.create_campaign(**good, quota_per_rater=10**30),
+            ["quota", "1,000,000"],
+        ),
+        (
+            "create_invite_link: max raters 10**30",
+            lambda: services.create_invite_link(draft, max_raters=10**30),
+            ["rater limit", "1,000,000"],
+        ),
+        (
+            "create_invite_link: max raters a string",
+            lambda: services.create_invite_link(draft, max_raters="5"),
+            ["rater limit", "whole number"],
+        ),
         # Text PostgreSQL cannot store, refused by the service itself (not only at the API's door).
-        ("create_campaign: a NUL in the name", lambda: services.create_campaign(**{**good, "name": "a\x00b"}),
-         ["NUL"]),
-        ("create_invite_link: a lone surrogate in the label", lambda: services.create_invite_link(draft, label="x\ud800"),
-         ["surrogate"]),
+        ("create_campaign: a NUL in the name", lambda: services.create_campaign(**{**good, "name": "a\x00b"}), ["NUL"]),
+        (
+            "create_invite_link: a lone surrogate in the label",
+            lambda: services.create_invite_link(draft, label="x\ud800"),
+            ["surrogate"],
+        ),
     ]:
         before = state()
         check(case, "service", from_call(call, services.AnnotationError), says=says, before=before, after=state())
@@ -294,15 +348,31 @@ def test_the_invite_link_refuses_crowd_ids_that_are_no_id_or_someone_else_s(draf
     owner = {"PROLIFIC_PID": "5f1d0c0ffee0000000000003", "STUDY_ID": "study-44", "SESSION_ID": "session-9"}
     assert Client().post(url, owner).status_code == 302
     for case, method, params, says in [
-        ("join: a PROLIFIC_PID of 101 characters (consent page)", "get", {**owner, "PROLIFIC_PID": "p" * 101},
-         ["PROLIFIC_PID", "101 characters", "at most 100", "study platform"]),
-        ("join: a SESSION_ID of 5,000 characters", "post", {**owner, "SESSION_ID": "s" * 5000},
-         ["SESSION_ID", "5,000 characters", "at most 100"]),
+        (
+            "join: a PROLIFIC_PID of 101 characters (consent page)",
+            "get",
+            {**owner, "PROLIFIC_PID": "p" * 101},
+            ["PROLIFIC_PID", "101 characters", "at most 100", "study platform"],
+        ),
+        (
+            "join: a SESSION_ID of 5,000 characters",
+            "post",
+            {**owner, "SESSION_ID": "s" * 5000},
+            ["SESSION_ID", "5,000 characters", "at most 100"],
+        ),
         ("join: an external_id of 201 characters", "post", {"external_id": "e" * 201}, ["external_id", "at most 200"]),
-        ("join: someone else's PROLIFIC_PID with another SESSION_ID", "post", {**owner, "SESSION_ID": "session-10"},
-         ["already started this study in another session", "Prolific", "organisers"]),
-        ("join: someone else's PROLIFIC_PID alone", "post", {"PROLIFIC_PID": owner["PROLIFIC_PID"]},
-         ["already started this study in another session"]),
+        (
+            "join: someone else's PROLIFIC_PID with another SESSION_ID",
+            "post",
+            {**owner, "SESSION_ID": "session-10"},
+            ["already started this study in another session", "Prolific", "organisers"],
+        ),
+        (
+            "join: someone else's PROLIFIC_PID alone",
+            "post",
+            {"PROLIFIC_PID": owner["PROLIFIC_PID"]},
+            ["already started this study in another session"],
+        ),
     ]:
         cache.clear()  # refusals of someone else's id count toward the bad-token limit
         before = state()
@@ -310,8 +380,11 @@ def test_the_invite_link_refuses_crowd_ids_that_are_no_id_or_someone_else_s(draf
         check(case, "rater page", answer, says=says, before=before, after=state())
     for case, params, field in [
         ("join_with_invite: a STUDY_ID of 101 characters", {**owner, "STUDY_ID": "s" * 101}, "STUDY_ID"),
-        ("join_with_invite: a NUL-padded PROLIFIC_PID of 200 characters", {"PROLIFIC_PID": "\x00" + "p" * 199},
-         "PROLIFIC_PID"),
+        (
+            "join_with_invite: a NUL-padded PROLIFIC_PID of 200 characters",
+            {"PROLIFIC_PID": "\x00" + "p" * 199},
+            "PROLIFIC_PID",
+        ),
     ]:
         before = state()
         answer = from_call(lambda: services.join_with_invite(link.token, params), services.AnnotationError)

@@ -10,8 +10,8 @@ from django.test import Client
 from django.urls import reverse
 
 from annotation import services
-from core.api_tokens import ApiTokenError, issue_api_token
 from annotation.models import Campaign, Vote
+from core.api_tokens import ApiTokenError, issue_api_token
 
 pytestmark = pytest.mark.django_db
 
@@ -30,14 +30,21 @@ def api(researcher):
 
 
 def post(client, url, body, **extra):
-    return client.post(url, body if isinstance(body, str) else json.dumps(body), content_type="application/json", **extra)
+    return client.post(
+        url, body if isinstance(body, str) else json.dumps(body), content_type="application/json", **extra
+    )
 
 
 def test_create_with_a_bearer_token_and_read_it_back(api, researcher, two_models, prompt_set):
     body = {
-        "name": "tuned vs base", "models": ["tuned", "base"], "prompt_set": "four", "seeds": "0-1",
+        "name": "tuned vs base",
+        "models": ["tuned", "base"],
+        "prompt_set": "four",
+        "seeds": "0-1",
         "criteria": {"visual_appeal": {"votes_per_item": 3, "instructions": "Which one would you hang on a wall?"}},
-        "gold_share": 0, "quota_per_rater": 20, "completion_url": "https://app.prolific.com/submissions/complete?cc=ABC",
+        "gold_share": 0,
+        "quota_per_rater": 20,
+        "completion_url": "https://app.prolific.com/submissions/complete?cc=ABC",
     }
     response = post(api, CAMPAIGNS, body)
     assert response.status_code == 201, response.content
@@ -54,9 +61,9 @@ def test_create_with_a_bearer_token_and_read_it_back(api, researcher, two_models
     assert [(c["name"], c["status"], c["percent"]) for c in listed] == [("tuned vs base", "draft", 0)]
     detail = api.get(f"{CAMPAIGNS}{campaign.pk}/").json()
     assert detail["progress"]["votes_needed"] == 0 and detail["invite_links"] == []
-    assert [(w["criterion"], w["model_a"], w["model_b"], w["compared"], w["win_rate"]) for w in detail["win_rates"]] == [
-        ("visual_appeal", "tuned", "base", 0, None)
-    ]
+    assert [
+        (w["criterion"], w["model_a"], w["model_b"], w["compared"], w["win_rate"]) for w in detail["win_rates"]
+    ] == [("visual_appeal", "tuned", "base", 0, None)]
     assert detail["report"].endswith(f"/analysis/api/campaigns/{campaign.pk}/report?format=json")
 
 
@@ -70,7 +77,10 @@ def test_a_staff_session_must_send_the_csrf_token(researcher, two_models, prompt
     browser.get(reverse("annotation:campaign_new"))  # any page with a form sets the csrftoken cookie
     response = post(browser, CAMPAIGNS, body, headers={"X-CSRFToken": browser.cookies["csrftoken"].value})
     assert response.status_code == 201 and Campaign.objects.get().seeds == [0, 1]
-    assert set(Campaign.objects.get().criteria.values_list("criterion", flat=True)) == {"visual_appeal", "text_faithfulness"}
+    assert set(Campaign.objects.get().criteria.values_list("criterion", flat=True)) == {
+        "visual_appeal",
+        "text_faithfulness",
+    }
 
 
 @pytest.mark.parametrize(
@@ -83,8 +93,14 @@ def test_a_staff_session_must_send_the_csrf_token(researcher, two_models, prompt
         ({"pairing": "vs_baseline"}, "baseline: With 'each model vs the baseline', choose the baseline."),
         ({"prompt_set": "missing"}, "prompt_set: There is no prompt set by that name."),
         ({"criteria": ["appeal"]}, "Unknown criteria: appeal."),
-        ({"criteria": {"visual_appeal": {"k": 3}}}, "Settings of visual_appeal can be: choices, instructions, votes_per_item."),
-        ({"criteria": {"visual_appeal": {"votes_per_item": 99}}}, "visual_appeal_votes_per_item: Raters per comparison must be between 1 and 50."),
+        (
+            {"criteria": {"visual_appeal": {"k": 3}}},
+            "Settings of visual_appeal can be: choices, instructions, votes_per_item.",
+        ),
+        (
+            {"criteria": {"visual_appeal": {"votes_per_item": 99}}},
+            "visual_appeal_votes_per_item: Raters per comparison must be between 1 and 50.",
+        ),
         ({"gold_share": 0.8}, "gold_share: The gold share must be between 0 and 0.5."),
         ({"lease_seconds": 5}, "lease_seconds: The lease must be between 30 seconds and one day."),
         ({"colour": "red"}, "Unknown settings: colour."),
@@ -122,12 +138,17 @@ def test_launch_pause_resume_close_and_invite_links(api, live_campaign, two_mode
     assert api.get(f"{url}launch/").status_code == 405
     assert api.get(f"{CAMPAIGNS}999999/").json() == {"error": "There is no campaign 999999."}
 
-    response = post(api, f"{url}invite-links/", {"label": "Prolific 1", "max_raters": 10, "base_url": "https://needle.example.org/"})
+    response = post(
+        api, f"{url}invite-links/", {"label": "Prolific 1", "max_raters": 10, "base_url": "https://needle.example.org/"}
+    )
     link = live_campaign.invite_links.get()
     assert response.status_code == 201 and response.json()["url"] == (
         f"https://needle.example.org/join/{link.token}/?PROLIFIC_PID={{{{%PROLIFIC_PID%}}}}&STUDY_ID={{{{%STUDY_ID%}}}}&SESSION_ID={{{{%SESSION_ID%}}}}"
     )
-    assert post(api, f"{url}invite-links/", {"max_raters": -1}).json()["error"] == "The rater limit cannot be negative; 0 means no limit."
+    assert (
+        post(api, f"{url}invite-links/", {"max_raters": -1}).json()["error"]
+        == "The rater limit cannot be negative; 0 means no limit."
+    )
     assert api.get(f"{url}invite-links/").json()["invite_links"][0]["label"] == "Prolific 1"
     assert api.get(f"{url}raters/").json() == {"raters": []}
 
@@ -138,7 +159,13 @@ def test_raters_endpoint_lists_quality_rows(api, live_campaign):
     task = services.next_assignment(live_campaign, participation.rater)
     services.submit_vote(participation.rater, task.token, "left", seconds_on_task=4.5)
     [row] = api.get(f"{CAMPAIGNS}{live_campaign.pk}/raters/").json()["raters"]
-    assert (row["source"], row["prolific_pid"], row["votes"], row["median_seconds"], row["left_share"]) == ("wave 1", "pid-9", 1, 4.5, 1.0)
+    assert (row["source"], row["prolific_pid"], row["votes"], row["median_seconds"], row["left_share"]) == (
+        "wave 1",
+        "pid-9",
+        1,
+        4.5,
+        1.0,
+    )
     assert row["excluded"] is False and row["gold_accuracy"] is None
 
 
@@ -148,10 +175,15 @@ def test_excluding_a_rater_through_the_api_keeps_their_votes_flagged(api, live_c
         services.submit_vote(participation.rater, task.token, "left")
     url = f"{CAMPAIGNS}{live_campaign.pk}/raters/{participation.pk}/exclude/"
     assert post(api, url, {}).json()["error"].startswith("Say why the rater is excluded")
-    assert post(api, f"{CAMPAIGNS}{live_campaign.pk}/raters/{participation.pk + 99}/exclude/", {"reason": "x"}).status_code == 404
+    assert (
+        post(api, f"{CAMPAIGNS}{live_campaign.pk}/raters/{participation.pk + 99}/exclude/", {"reason": "x"}).status_code
+        == 404
+    )
     response = post(api, url, {"reason": "straight-lined the left side"})
     assert response.status_code == 200 and response.json() == {
-        "participation_id": participation.pk, "excluded": True, "exclusion_reason": "straight-lined the left side",
+        "participation_id": participation.pk,
+        "excluded": True,
+        "exclusion_reason": "straight-lined the left side",
         "votes_flagged": 2,
     }
     assert Vote.objects.filter(excluded=True).count() == Vote.objects.count() == 2  # kept, flagged
@@ -187,7 +219,10 @@ def test_tampered_expired_and_revoked_tokens_are_refused(client, researcher, set
         return response.json()["error"]
 
     value, signature = token.rsplit(":", 1)
-    assert refused(f"Bearer {value}:{signature[:-1]}{'A' if signature[-1] != 'A' else 'B'}") == "The API token is not valid."
+    assert (
+        refused(f"Bearer {value}:{signature[:-1]}{'A' if signature[-1] != 'A' else 'B'}")
+        == "The API token is not valid."
+    )
     other_pk = token.replace(f"{researcher.pk}:", f"{researcher.pk + 1}:", 1)
     assert refused(f"Bearer {other_pk}") == "The API token is not valid."
     assert refused(f"Token {token}") == "Send the header as: Authorization: Bearer <token>."

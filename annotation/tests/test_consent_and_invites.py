@@ -12,8 +12,8 @@ from django.test import Client
 from django.urls import reverse
 
 from annotation import selectors, services
-from core.api_tokens import issue_api_token
 from annotation.models import DEFAULT_CONSENT_TEXT, Campaign, Participation
+from core.api_tokens import issue_api_token
 
 pytestmark = pytest.mark.django_db
 
@@ -43,8 +43,13 @@ def open_campaign(campaign: Campaign) -> Campaign:
 @pytest.fixture
 def campaign(two_models, prompt_set):
     return services.create_campaign(
-        name="consent", models=two_models, prompt_set=prompt_set, seeds=[0], gold_share=0,
-        consent_text=CONSENT, contact=f"Dr A. Researcher {HOSTILE}, a.researcher@uni.example",
+        name="consent",
+        models=two_models,
+        prompt_set=prompt_set,
+        seeds=[0],
+        gold_share=0,
+        consent_text=CONSENT,
+        contact=f"Dr A. Researcher {HOSTILE}, a.researcher@uni.example",
     )
 
 
@@ -67,11 +72,15 @@ def test_the_consent_page_shows_the_summary_folds_the_rest_away_and_escapes_the_
     page = client.get(reverse("rate:join", args=[link.token])).content.decode()
 
     assert '<p class="consent-summary">Your answers are kept for five years by the Example Lab.</p>' in page
-    details = page[page.index('<details class="consent-details">'):page.index("</details>", page.index('<details class="consent-details">'))]
+    details = page[
+        page.index('<details class="consent-details">') : page.index(
+            "</details>", page.index('<details class="consent-details">')
+        )
+    ]
     assert "<summary>Full information</summary>" in details
     assert "Details for the ethics board &lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;.<br>A second line" in details
     assert "<p>A third paragraph.</p>" in details
-    assert 'Questions about this study: Dr A. Researcher &lt;script&gt;' in page
+    assert "Questions about this study: Dr A. Researcher &lt;script&gt;" in page
     assert '<a href="mailto:a.researcher@uni.example">a.researcher@uni.example</a>' in page
     assert HOSTILE not in page and DEFAULT_CONSENT_TEXT not in page
 
@@ -96,7 +105,7 @@ def test_the_contact_shows_on_the_thank_you_page_too(client, campaign):
     participation = Participation.objects.get()
     Participation.objects.filter(pk=participation.pk).update(completed_at=participation.created_at)
     page = client.get(reverse("rate:done", args=[participation.token])).content.decode()
-    assert 'Questions about this study: Dr A. Researcher &lt;script&gt;' in page
+    assert "Questions about this study: Dr A. Researcher &lt;script&gt;" in page
     assert 'data-copy="rater-code">Copy the code</button>' in page and "rater-copy.js" in page
 
 
@@ -119,8 +128,14 @@ def test_consent_text_and_contact_can_be_changed_before_any_vote(campaign):
 def test_the_api_takes_and_returns_the_consent_text_and_contact(two_models, prompt_set):
     researcher = get_user_model().objects.create_user("researcher", password="pw-long-enough-1", is_staff=True)
     api = Client(headers={"Authorization": f"Bearer {issue_api_token(researcher)}"})
-    body = {"name": "api", "models": ["base", "tuned"], "prompt_set": "four", "seeds": [0],
-            "consent_text": CONSENT, "contact": "lab@uni.example"}
+    body = {
+        "name": "api",
+        "models": ["base", "tuned"],
+        "prompt_set": "four",
+        "seeds": [0],
+        "consent_text": CONSENT,
+        "contact": "lab@uni.example",
+    }
     response = api.post("/annotation/api/campaigns/", json.dumps(body), content_type="application/json")
     assert response.status_code == 201, response.content
     assert (response.json()["consent_text"], response.json()["contact"]) == (CONSENT, "lab@uni.example")
@@ -129,7 +144,10 @@ def test_the_api_takes_and_returns_the_consent_text_and_contact(two_models, prom
 
     body = {**body, "name": "api-2", "consent_text": "", "contact": "x" * 201}
     refused = api.post("/annotation/api/campaigns/", json.dumps(body), content_type="application/json")
-    assert refused.status_code == 400 and "contact: Ensure this value has at most 200 characters" in refused.json()["error"]
+    assert (
+        refused.status_code == 400
+        and "contact: Ensure this value has at most 200 characters" in refused.json()["error"]
+    )
     body = {**body, "contact": ""}
     assert api.post("/annotation/api/campaigns/", json.dumps(body), content_type="application/json").status_code == 201
     assert Campaign.objects.get(name="api-2").consent_text == DEFAULT_CONSENT_TEXT, "left empty: Needle's text"
@@ -138,13 +156,41 @@ def test_the_api_takes_and_returns_the_consent_text_and_contact(two_models, prom
 def test_the_command_takes_the_consent_text_from_a_file_and_a_contact(two_models, prompt_set, tmp_path):
     consent_file = tmp_path / "consent.txt"
     consent_file.write_text(CONSENT + "\n", encoding="utf-8")
-    run_command("create", "--name", "cmd", "--models", "base", "tuned", "--prompt-set", "four", "--seeds", "0",
-                "--consent-file", str(consent_file), "--contact", "lab@uni.example")
+    run_command(
+        "create",
+        "--name",
+        "cmd",
+        "--models",
+        "base",
+        "tuned",
+        "--prompt-set",
+        "four",
+        "--seeds",
+        "0",
+        "--consent-file",
+        str(consent_file),
+        "--contact",
+        "lab@uni.example",
+    )
     campaign = Campaign.objects.get()
     assert (campaign.consent_text, campaign.contact) == (CONSENT, "lab@uni.example")
     with pytest.raises(CommandError, match="not both"):
-        run_command("create", "--name", "cmd-2", "--models", "base", "tuned", "--prompt-set", "four", "--seeds", "0",
-                    "--consent-file", str(consent_file), "--consent-text", "x")
+        run_command(
+            "create",
+            "--name",
+            "cmd-2",
+            "--models",
+            "base",
+            "tuned",
+            "--prompt-set",
+            "four",
+            "--seeds",
+            "0",
+            "--consent-file",
+            str(consent_file),
+            "--consent-text",
+            "x",
+        )
 
 
 def test_the_researchers_form_offers_the_consent_text_prefilled_and_the_contact(client):

@@ -25,7 +25,9 @@ def wait_for_launch(campaign: Campaign, worker, timeout: float = 180) -> Campaig
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
 def test_a_launched_campaign_goes_live_with_its_items_and_gold_items(celery_worker, two_models, prompt_set, make_rater):
-    campaign = services.create_campaign(name="launch", models=two_models, prompt_set=prompt_set, seeds=[0, 1], gold_share=0.2)
+    campaign = services.create_campaign(
+        name="launch", models=two_models, prompt_set=prompt_set, seeds=[0, 1], gold_share=0.2
+    )
     services.launch_campaign(campaign)
     assert campaign.status == "launching" and campaign.generation_batch is not None and not campaign.items.exists()
 
@@ -45,12 +47,16 @@ def test_a_launched_campaign_goes_live_with_its_items_and_gold_items(celery_work
 
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
-def test_a_launch_whose_generation_fails_returns_to_draft_with_the_reason(celery_worker, tiny_pipeline_dir, tmp_path, prompt_set):
+def test_a_launch_whose_generation_fails_returns_to_draft_with_the_reason(
+    celery_worker, tiny_pipeline_dir, tmp_path, prompt_set
+):
     moved = tmp_path / "moved"
     shutil.copytree(tiny_pipeline_dir("sd", 0), moved)
     base = generation_services.register_model(name="base", pipeline_path=str(tiny_pipeline_dir("sd", 1)), steps=2)
     lost = generation_services.register_model(name="lost", pipeline_path=str(moved), steps=2)
-    campaign = services.create_campaign(name="doomed", models=[base, lost], prompt_set=prompt_set, seeds=[0], gold_share=0)
+    campaign = services.create_campaign(
+        name="doomed", models=[base, lost], prompt_set=prompt_set, seeds=[0], gold_share=0
+    )
     shutil.rmtree(moved)  # the model's directory disappears after registration
 
     # `launch --wait` follows the launch and reports the campaign's launch error as it is.
@@ -58,11 +64,16 @@ def test_a_launch_whose_generation_fails_returns_to_draft_with_the_reason(celery
         call_command("campaign", "launch", "doomed", "--wait", "--timeout", "180")
     campaign.refresh_from_db()
     assert campaign.status == "draft" and not campaign.items.exists()
-    assert campaign.launch_error.startswith("Image generation failed:") and "Fix it and launch again." in campaign.launch_error
+    assert (
+        campaign.launch_error.startswith("Image generation failed:")
+        and "Fix it and launch again." in campaign.launch_error
+    )
 
 
 @pytest.mark.django_db
-def test_settings_freeze_structure_once_items_exist_and_operations_once_votes_exist(two_models, prompt_set, live_campaign, make_rater):
+def test_settings_freeze_structure_once_items_exist_and_operations_once_votes_exist(
+    two_models, prompt_set, live_campaign, make_rater
+):
     draft = services.create_campaign(name="draft", models=two_models, prompt_set=prompt_set, seeds=[0])
     services.update_campaign(draft, seeds=[0, 1], gold_share=0.2)  # nothing generated yet: anything goes
     assert Campaign.objects.get(pk=draft.pk).seeds == [0, 1]
@@ -77,8 +88,14 @@ def test_settings_freeze_structure_once_items_exist_and_operations_once_votes_ex
     for operational in ({"lease_seconds": 300}, {"quota_per_rater": 10}, {"gold_min_accuracy": 0.5}):
         with pytest.raises(services.AnnotationError, match="has votes"):
             services.update_campaign(live_campaign, **operational)
-    services.update_campaign(live_campaign, name="renamed", completion_url="https://example.org/done")  # always editable
+    services.update_campaign(
+        live_campaign, name="renamed", completion_url="https://example.org/done"
+    )  # always editable
 
     live_campaign.refresh_from_db()
-    assert (live_campaign.name, live_campaign.lease_seconds, live_campaign.rater_title) == ("renamed", 120, "Which do you prefer?")
+    assert (live_campaign.name, live_campaign.lease_seconds, live_campaign.rater_title) == (
+        "renamed",
+        120,
+        "Which do you prefer?",
+    )
     assert live_campaign.seeds == [0, 1, 2, 3, 4] and live_campaign.quota_per_rater == 0

@@ -18,8 +18,14 @@ pytestmark = pytest.mark.django_db
 def gold_campaign(two_models, prompt_set):
     """Live, appeal only, 4 prompts x 5 seeds = 20 regular items, 20% gold."""
     campaign = services.create_campaign(
-        name="gold", models=two_models, prompt_set=prompt_set, seeds=[0, 1, 2, 3, 4],
-        criteria={"visual_appeal": {}}, gold_share=0.2, gold_min_answers=3, gold_min_accuracy=0.7,
+        name="gold",
+        models=two_models,
+        prompt_set=prompt_set,
+        seeds=[0, 1, 2, 3, 4],
+        criteria={"visual_appeal": {}},
+        gold_share=0.2,
+        gold_min_answers=3,
+        gold_min_accuracy=0.7,
     )
     batch = services.generation_batch_for(campaign)
     generation_services.generate_batch_in_process(batch)
@@ -41,7 +47,11 @@ def intact_side(a):
 
 
 def test_gold_items_are_degraded_copies_of_campaign_images(gold_campaign):
-    gold = list(ComparisonItem.objects.filter(campaign=gold_campaign, gold_image__isnull=False).select_related("gold_image", "image_a"))
+    gold = list(
+        ComparisonItem.objects.filter(campaign=gold_campaign, gold_image__isnull=False).select_related(
+            "gold_image", "image_a"
+        )
+    )
     assert len(gold) == services.gold_items_needed(20, 0.2) == 5
     assert {g.gold_image.degradation for g in gold} == {"blur", "noise"}
     for item in gold:
@@ -63,7 +73,11 @@ def test_gold_items_are_degraded_copies_of_campaign_images(gold_campaign):
 def two_criteria_gold_campaign(two_models, prompt_set):
     """Both criteria, 4 prompts x 2 seeds = 8 items each, 20% gold (3 gold items each); built, not live."""
     campaign = services.create_campaign(
-        name="gold both", models=two_models, prompt_set=prompt_set, seeds=[0, 1], gold_share=0.2,
+        name="gold both",
+        models=two_models,
+        prompt_set=prompt_set,
+        seeds=[0, 1],
+        gold_share=0.2,
     )
     batch = services.generation_batch_for(campaign)
     generation_services.generate_batch_in_process(batch)
@@ -99,7 +113,9 @@ def test_text_faithfulness_gold_pairs_the_prompts_image_with_another_prompts_ima
 
 def test_a_one_prompt_campaign_has_no_faithfulness_gold_rather_than_a_wrong_one(two_models):
     one, _ = generation_services.import_prompt_set(name="one", data=b"Prompt\na red apple\n", filename="one.tsv")
-    campaign = services.create_campaign(name="one prompt", models=two_models, prompt_set=one, seeds=[0, 1, 2], gold_share=0.2)
+    campaign = services.create_campaign(
+        name="one prompt", models=two_models, prompt_set=one, seeds=[0, 1, 2], gold_share=0.2
+    )
     batch = services.generation_batch_for(campaign)
     generation_services.generate_batch_in_process(batch)
     services.build_items(campaign, batch)
@@ -137,7 +153,11 @@ def test_a_rater_failing_gold_is_excluded_and_their_votes_are_kept_flagged_and_r
         rater = make_rater()
         while answer(gold_campaign, rater, intact_side) is not None:
             pass
-    counted = Counter(Vote.objects.filter(excluded=False, assignment__item__gold_image__isnull=True).values_list("assignment__item_id", flat=True))
+    counted = Counter(
+        Vote.objects.filter(excluded=False, assignment__item__gold_image__isnull=True).values_list(
+            "assignment__item_id", flat=True
+        )
+    )
     assert set(counted.values()) == {5} and len(counted) == 20
 
 
@@ -162,7 +182,9 @@ def test_lookahead_leases_two_distinct_items_and_keeps_votes_within_k(live_campa
     for rater in raters:
         held = services.open_tasks(live_campaign, rater)
         assert len(held) == 2 and held[0].item_id != held[1].item_id
-        assert [a.pk for a in services.open_tasks(live_campaign, rater)] == [a.pk for a in held]  # a reload leases nothing new
+        assert [a.pk for a in services.open_tasks(live_campaign, rater)] == [
+            a.pk for a in held
+        ]  # a reload leases nothing new
     while True:
         progressed = False
         for rater in raters:
@@ -178,21 +200,39 @@ def test_lookahead_leases_two_distinct_items_and_keeps_votes_within_k(live_campa
 
 @pytest.fixture
 def three_models(two_models, tiny_pipeline_dir):
-    third = generation_services.register_model(name="third", pipeline_path=str(tiny_pipeline_dir("sd", 2)), steps=4, guidance_scale=5.0)
+    third = generation_services.register_model(
+        name="third", pipeline_path=str(tiny_pipeline_dir("sd", 2)), steps=4, guidance_scale=5.0
+    )
     return [*two_models, third]
 
 
-@pytest.mark.parametrize("pairing,expected_pairs", [("all_pairs", {("base", "tuned"), ("base", "third"), ("tuned", "third")}), ("vs_baseline", {("base", "tuned"), ("base", "third")})])
-def test_n_model_campaigns_compare_all_pairs_or_each_against_the_baseline(three_models, prompt_set, pairing, expected_pairs):
+@pytest.mark.parametrize(
+    "pairing,expected_pairs",
+    [
+        ("all_pairs", {("base", "tuned"), ("base", "third"), ("tuned", "third")}),
+        ("vs_baseline", {("base", "tuned"), ("base", "third")}),
+    ],
+)
+def test_n_model_campaigns_compare_all_pairs_or_each_against_the_baseline(
+    three_models, prompt_set, pairing, expected_pairs
+):
     campaign = services.create_campaign(
-        name=pairing, models=three_models, prompt_set=prompt_set, seeds=[7], pairing=pairing, baseline=three_models[0],
-        criteria={"visual_appeal": {}}, gold_share=0,
+        name=pairing,
+        models=three_models,
+        prompt_set=prompt_set,
+        seeds=[7],
+        pairing=pairing,
+        baseline=three_models[0],
+        criteria={"visual_appeal": {}},
+        gold_share=0,
     )
     assert {(a.name, b.name) for a, b in campaign.model_pairs()} == expected_pairs
     batch = services.generation_batch_for(campaign)
     generation_services.generate_batch_in_process(batch)
     assert services.build_items(campaign, batch) == 4 * len(expected_pairs)
-    items = ComparisonItem.objects.filter(campaign=campaign).select_related("image_a__model", "image_b__model", "image_a__prompt")
+    items = ComparisonItem.objects.filter(campaign=campaign).select_related(
+        "image_a__model", "image_b__model", "image_a__prompt"
+    )
     assert Counter((i.image_a.model.name, i.image_b.model.name) for i in items) == {p: 4 for p in expected_pairs}
     for item in items:  # both images of an item share prompt and seed: the pair differs only by model
         assert (item.image_a.prompt_id, item.image_a.seed) == (item.image_b.prompt_id, item.image_b.seed)
@@ -202,7 +242,12 @@ def test_invite_links_enrol_crowd_workers_once_and_respect_limits(live_campaign)
     link = services.create_invite_link(live_campaign, label="prolific", max_raters=2)
     params = {"PROLIFIC_PID": "5f00aa", "STUDY_ID": "study-1", "SESSION_ID": "s-1"}
     first = services.join_with_invite(link.token, params)
-    assert (first.prolific_pid, first.study_id, first.session_id, first.external_id) == ("5f00aa", "study-1", "s-1", "5f00aa")
+    assert (first.prolific_pid, first.study_id, first.session_id, first.external_id) == (
+        "5f00aa",
+        "study-1",
+        "s-1",
+        "5f00aa",
+    )
     assert services.join_with_invite(link.token, dict(params)).pk == first.pk  # same worker resumes
     with pytest.raises(services.ParticipationTaken, match="already started this study in another session"):
         services.join_with_invite(link.token, {**params, "SESSION_ID": "s-2"})  # the same PID alone resumes nothing
@@ -245,14 +290,25 @@ def test_a_quota_too_small_for_gold_to_ever_exclude_anyone_is_refused_saying_wha
         services.create_campaign(name="x", models=two_models, prompt_set=prompt_set, seeds=[0], **DEMO_BEFORE)
     message = str(refused.value)
     assert "a quota of 20 tasks at a gold share of 0.1 gives each rater 2 gold answers, fewer than the 4" in message
-    for fix in ("raise the quota to at least 40", "raise the gold share to at least 0.2", "lower the gold answers needed before exclusion to 2"):
+    for fix in (
+        "raise the quota to at least 40",
+        "raise the gold share to at least 0.2",
+        "lower the gold answers needed before exclusion to 2",
+    ):
         assert fix in message
     assert not Campaign.objects.exists()
 
 
 @pytest.mark.parametrize(
-    "fix", [{"quota_per_rater": 40}, {"gold_share": 0.2}, {"gold_min_answers": 2}, {"quota_per_rater": 0}, {"gold_share": 0},
-            {"gold_min_accuracy": 0}],
+    "fix",
+    [
+        {"quota_per_rater": 40},
+        {"gold_share": 0.2},
+        {"gold_min_answers": 2},
+        {"quota_per_rater": 0},
+        {"gold_share": 0},
+        {"gold_min_accuracy": 0},
+    ],
     ids=["bigger quota", "more gold", "fewer answers needed", "no quota", "no gold", "never exclude"],
 )
 def test_settings_where_gold_can_exclude_or_is_off_are_accepted(two_models, prompt_set, fix):
@@ -281,29 +337,79 @@ def test_the_command_the_api_the_form_and_the_admin_all_refuse_it_with_the_messa
     why = "Gold could never exclude anyone"
     with pytest.raises(CommandError, match=why):
         call_command(
-            "campaign", "create", "--name", "cli", "--models", "base", "tuned", "--prompt-set", "four", "--seeds", "0",
-            "--quota", "20", "--gold-share", "0.1",
+            "campaign",
+            "create",
+            "--name",
+            "cli",
+            "--models",
+            "base",
+            "tuned",
+            "--prompt-set",
+            "four",
+            "--seeds",
+            "0",
+            "--quota",
+            "20",
+            "--gold-share",
+            "0.1",
         )
     call_command(  # and the command can now say how many gold answers are needed
-        "campaign", "create", "--name", "cli", "--models", "base", "tuned", "--prompt-set", "four", "--seeds", "0",
-        "--quota", "20", "--gold-share", "0.1", "--gold-min-answers", "2", stdout=io.StringIO(),
+        "campaign",
+        "create",
+        "--name",
+        "cli",
+        "--models",
+        "base",
+        "tuned",
+        "--prompt-set",
+        "four",
+        "--seeds",
+        "0",
+        "--quota",
+        "20",
+        "--gold-share",
+        "0.1",
+        "--gold-min-answers",
+        "2",
+        stdout=io.StringIO(),
     )
     assert Campaign.objects.get(name="cli").gold_min_answers == 2
 
-    researcher = get_user_model().objects.create_user("r", password="pw-long-enough-1", is_staff=True, is_superuser=True)
-    body = {"name": "api", "models": ["base", "tuned"], "prompt_set": "four", "seeds": "0", "quota_per_rater": 20, "gold_share": 0.1}
+    researcher = get_user_model().objects.create_user(
+        "r", password="pw-long-enough-1", is_staff=True, is_superuser=True
+    )
+    body = {
+        "name": "api",
+        "models": ["base", "tuned"],
+        "prompt_set": "four",
+        "seeds": "0",
+        "quota_per_rater": 20,
+        "gold_share": 0.1,
+    }
     response = client.post(
-        "/annotation/api/campaigns/", body, content_type="application/json",
+        "/annotation/api/campaigns/",
+        body,
+        content_type="application/json",
         headers={"Authorization": f"Bearer {issue_api_token(researcher)}"},
     )
     assert response.status_code == 400 and why in response.json()["error"]
 
     client.force_login(researcher)
     form = {
-        "name": "page", "models": ["base", "tuned"], "pairing": "all_pairs", "prompt_set": "four", "seeds": "0",
-        "visual_appeal_enabled": "on", "visual_appeal_votes_per_item": "5", "visual_appeal_choices": ["left", "right", "tie"],
-        "gold_share": "0.1", "gold_min_accuracy": "0.7", "gold_min_answers": "4", "quota_per_rater": "20",
-        "lease_seconds": "600", "rater_title": "Compare",
+        "name": "page",
+        "models": ["base", "tuned"],
+        "pairing": "all_pairs",
+        "prompt_set": "four",
+        "seeds": "0",
+        "visual_appeal_enabled": "on",
+        "visual_appeal_votes_per_item": "5",
+        "visual_appeal_choices": ["left", "right", "tie"],
+        "gold_share": "0.1",
+        "gold_min_accuracy": "0.7",
+        "gold_min_answers": "4",
+        "quota_per_rater": "20",
+        "lease_seconds": "600",
+        "rater_title": "Compare",
     }
     response = client.post(reverse("annotation:campaign_new"), form)
     assert response.status_code == 200 and why in response.content.decode()
@@ -312,12 +418,30 @@ def test_the_command_the_api_the_form_and_the_admin_all_refuse_it_with_the_messa
     cli = Campaign.objects.get(name="cli")
     change = reverse("admin:annotation_campaign_change", args=[cli.pk])
     admin_form = {
-        "name": "cli", "gold_share": "0.1", "gold_min_accuracy": "0.7", "gold_min_answers": "4", "quota_per_rater": "20",
-        "lease_seconds": "600", "rater_title": cli.rater_title, "consent_text": cli.consent_text, "contact": "",
-        "completion_code": cli.completion_code, "completion_url": "", "screen_out_code": cli.screen_out_code,
-        "screen_out_url": "", "speeder_seconds": "1.0",
-        **{f"{prefix}-{k}": v for prefix in ("campaign_models", "criteria") for k, v in
-           {"TOTAL_FORMS": "0", "INITIAL_FORMS": "0", "MIN_NUM_FORMS": "0", "MAX_NUM_FORMS": "1000"}.items()},
+        "name": "cli",
+        "gold_share": "0.1",
+        "gold_min_accuracy": "0.7",
+        "gold_min_answers": "4",
+        "quota_per_rater": "20",
+        "lease_seconds": "600",
+        "rater_title": cli.rater_title,
+        "consent_text": cli.consent_text,
+        "contact": "",
+        "completion_code": cli.completion_code,
+        "completion_url": "",
+        "screen_out_code": cli.screen_out_code,
+        "screen_out_url": "",
+        "speeder_seconds": "1.0",
+        **{
+            f"{prefix}-{k}": v
+            for prefix in ("campaign_models", "criteria")
+            for k, v in {
+                "TOTAL_FORMS": "0",
+                "INITIAL_FORMS": "0",
+                "MIN_NUM_FORMS": "0",
+                "MAX_NUM_FORMS": "1000",
+            }.items()
+        },
     }
     response = client.post(change, admin_form, follow=True)
     assert response.status_code == 200 and why in response.content.decode()

@@ -45,8 +45,13 @@ def browser(monkeypatch):
 def campaign(two_models, prompt_set):
     """Both criteria over 4 prompts x 3 seeds (12 pairs, 24 items); a rater meets each pair once, so 12 tasks each."""
     campaign = services.create_campaign(
-        name="browser", models=two_models, prompt_set=prompt_set, seeds=[0, 1, 2], gold_share=0,
-        quota_per_rater=PAIRS, rater_title="Which picture is better?",
+        name="browser",
+        models=two_models,
+        prompt_set=prompt_set,
+        seeds=[0, 1, 2],
+        gold_share=0,
+        quota_per_rater=PAIRS,
+        rater_title="Which picture is better?",
     )
     batch = services.generation_batch_for(campaign)
     generation_services.generate_batch_in_process(batch)
@@ -79,7 +84,8 @@ def wait_for_pair(page, number):
     """Until the number-th pair is on screen and takes answers."""
     page.wait_for_function(
         "n => { const r = document.getElementById('rater'); return r.dataset.state === 'ready' && r.dataset.shown === String(n); }",
-        arg=number, timeout=60_000,
+        arg=number,
+        timeout=60_000,
     )
 
 
@@ -98,8 +104,11 @@ def on_screen(page, locator) -> bool:
     """Wholly inside the viewport as the page is now (not merely somewhere on a page one could scroll)."""
     box = locator.bounding_box()
     size = page.viewport_size
-    return box is not None and box["x"] >= 0 and box["y"] >= 0 and (
-        box["x"] + box["width"] <= size["width"] + 0.5 and box["y"] + box["height"] <= size["height"] + 0.5
+    return (
+        box is not None
+        and box["x"] >= 0
+        and box["y"] >= 0
+        and (box["x"] + box["width"] <= size["width"] + 0.5 and box["y"] + box["height"] <= size["height"] + 0.5)
     )
 
 
@@ -134,7 +143,11 @@ def key_hints_visible(page) -> list[bool]:
 
 def assert_votes_recorded(campaign, pid):
     participation = Participation.objects.get(campaign=campaign, prolific_pid=pid)
-    assert (participation.study_id, participation.session_id, participation.external_id) == ("study-browser", f"session-{pid}", pid)
+    assert (participation.study_id, participation.session_id, participation.external_id) == (
+        "study-browser",
+        f"session-{pid}",
+        pid,
+    )
     assert participation.consented_at is not None and participation.completed_at is not None
     votes = Vote.objects.filter(assignment__rater=participation.rater)
     assert votes.count() == PAIRS
@@ -142,7 +155,9 @@ def assert_votes_recorded(campaign, pid):
 
 
 def test_a_prolific_rater_consents_and_answers_ten_pairs_by_keyboard_alone(live_server, browser, campaign):
-    context = new_context(browser, viewport={"width": 1280, "height": 900}, permissions=["clipboard-read", "clipboard-write"])
+    context = new_context(
+        browser, viewport={"width": 1280, "height": 900}, permissions=["clipboard-read", "clipboard-write"]
+    )
     page = context.new_page()
     page.goto(invite_url(live_server, campaign, "kbd-worker-1"))
     assert page.locator("h1").first.inner_text() == "Which picture is better?"
@@ -203,7 +218,9 @@ def test_a_prolific_rater_consents_and_answers_ten_pairs_by_keyboard_alone(live_
 
 
 def test_a_rater_on_a_phone_sees_the_images_stacked_and_answers_by_tapping(live_server, browser, campaign):
-    context = new_context(browser, viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
+    context = new_context(
+        browser, viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True
+    )
     page = context.new_page()
     page.goto(invite_url(live_server, campaign, "phone-worker-1"))
     # Short: the instructions and the consent summary, the details folded away; the button within two screens.
@@ -329,8 +346,15 @@ PIXELS_OF_SHOWN_PAIR = """async () => {
 @pytest.mark.parametrize("size", ["laptop", "phone"])
 def test_a_rater_of_both_questions_never_meets_the_same_pair_twice(live_server, browser, campaign, size):
     # The issue's sizes: the smallest common laptop screen, and a phone answering by tapping.
-    options = {"laptop": {"viewport": {"width": 1366, "height": 768}},
-               "phone": {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}}
+    options = {
+        "laptop": {"viewport": {"width": 1366, "height": 768}},
+        "phone": {
+            "viewport": {"width": 390, "height": 844},
+            "device_scale_factor": 2,
+            "is_mobile": True,
+            "has_touch": True,
+        },
+    }
     context = new_context(browser, **options[size])
     page = context.new_page()
     page.goto(invite_url(live_server, campaign, f"pairs-{size}"))
@@ -341,7 +365,8 @@ def test_a_rater_of_both_questions_never_meets_the_same_pair_twice(live_server, 
         page.wait_for_function(
             "n => { const r = document.getElementById('rater'); const done = document.getElementById('rater-done');"
             " return !done.hidden || (r.dataset.state === 'ready' && r.dataset.shown === String(n)); }",
-            arg=number, timeout=60_000,
+            arg=number,
+            timeout=60_000,
         )
         if page.locator("#rater-done").is_visible():
             break

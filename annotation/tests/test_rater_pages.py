@@ -37,7 +37,9 @@ def join(client, campaign, params=None, link=None) -> Participation:
     url = reverse("rate:join", args=[link.token])
     assert client.get(url, params or {}).status_code == 200
     response = client.post(url, params or {})  # the consent form carries the link's ids as hidden fields
-    participation = Participation.objects.get(invite_link=link, **({"prolific_pid": params["PROLIFIC_PID"]} if params else {}))
+    participation = Participation.objects.get(
+        invite_link=link, **({"prolific_pid": params["PROLIFIC_PID"]} if params else {})
+    )
     assert response.status_code == 302 and response.url == reverse("rate:page", args=[participation.token])
     return participation
 
@@ -64,7 +66,8 @@ def shows(response, file, campaign) -> bool:
     """The response is a PNG of the campaign's one length with exactly the stored file's pixels."""
     campaign.refresh_from_db()
     return (
-        response.status_code == 200 and len(response.content) == campaign.served_image_bytes
+        response.status_code == 200
+        and len(response.content) == campaign.served_image_bytes
         and np.array_equal(pixels(response.content), pixels(image_bytes(file)))
     )
 
@@ -80,12 +83,17 @@ def test_instructions_show_a_worked_example_pair_per_criterion_made_of_drawn_ill
     page = client.get(reverse("rate:join", args=[link.token])).content.decode()
     examples = re.findall(r'<img src="/static/(examples/[^"]+)" alt="([^"]+)"', page)
     assert [path for path, _ in examples] == [
-        "examples/appeal-better.png", "examples/appeal-worse.png",  # appeal: the better one left, answer Left
-        "examples/faithful-mismatch.png", "examples/faithful-match.png",  # faithfulness: the match right, answer Right
+        "examples/appeal-better.png",
+        "examples/appeal-worse.png",  # appeal: the better one left, answer Left
+        "examples/faithful-mismatch.png",
+        "examples/faithful-match.png",  # faithfulness: the match right, answer Right
     ]
     assert all(alt.startswith("Example picture:") for _, alt in examples)
-    answers = re.findall(r'Answer: <strong class="wide-only">(\w+)</strong><strong class="narrow-only">(\w+)</strong>'
-                         r'<span class="key-hint">\s*\(press <kbd>(\w)</kbd>\)</span>', page)
+    answers = re.findall(
+        r'Answer: <strong class="wide-only">(\w+)</strong><strong class="narrow-only">(\w+)</strong>'
+        r'<span class="key-hint">\s*\(press <kbd>(\w)</kbd>\)</span>',
+        page,
+    )
     # Appeal: the better picture on the left; faithfulness: the match on the right. On a phone (stacked) the same
     # answers read top and bottom, as the voting page's buttons do.
     assert answers == [("Left", "Top", "1"), ("Right", "Bottom", "2")]
@@ -118,7 +126,9 @@ def test_consent_page_explains_the_task_and_agreeing_records_the_prolific_ids(cl
     participation = Participation.objects.get()
     assert response.status_code == 302 and response.url == reverse("rate:page", args=[participation.token])
     assert (participation.prolific_pid, participation.study_id, participation.session_id) == (
-        PROLIFIC["PROLIFIC_PID"], PROLIFIC["STUDY_ID"], PROLIFIC["SESSION_ID"],
+        PROLIFIC["PROLIFIC_PID"],
+        PROLIFIC["STUDY_ID"],
+        PROLIFIC["SESSION_ID"],
     )
     assert participation.external_id == PROLIFIC["PROLIFIC_PID"] and participation.consented_at is not None
     assert client.session["rater_participations"] == [participation.token]
@@ -165,7 +175,8 @@ def test_an_invited_account_signs_in_sees_its_studies_and_consents_once(client, 
     login_page = client.get(response.url)
     assert login_page.status_code == 200 and b"Sign in" in login_page.content
     signed_in = client.post(
-        reverse("rate:login"), {"username": "invited", "password": "a-long-rater-password", "next": reverse("rate:home")}
+        reverse("rate:login"),
+        {"username": "invited", "password": "a-long-rater-password", "next": reverse("rate:home")},
     )
     assert signed_in.status_code == 302 and signed_in.url == reverse("rate:home")
 
@@ -195,11 +206,15 @@ def test_tasks_json_offers_two_tasks_with_opaque_image_urls_and_their_criterions
         assignment = Assignment.objects.select_related("item__criterion", "item__image_a__prompt").get(token=task["id"])
         criterion = assignment.item.criterion
         assert assignment.rater_id == participation.rater_id and assignment.state == "leased"
-        assert set(task) == {"id", "question", "instructions", "choices", "images"} | ({"prompt"} if criterion.show_prompt else set())
+        assert set(task) == {"id", "question", "instructions", "choices", "images"} | (
+            {"prompt"} if criterion.show_prompt else set()
+        )
         assert task["question"] == criterion.question and task["instructions"] == criterion.instructions
         if criterion.show_prompt:
             assert task["prompt"] == assignment.item.image_a.prompt.text
-        assert [c["value"] for c in task["choices"]][0] == "left" and [c["value"] for c in task["choices"]][-1] == "right"
+        assert [c["value"] for c in task["choices"]][0] == "left" and [c["value"] for c in task["choices"]][
+            -1
+        ] == "right"
         assert sorted(c["value"] for c in task["choices"]) == sorted(criterion.choices)
         keys = {c["value"]: c["keys"] for c in task["choices"]}
         assert keys["left"] == ["1", "ArrowLeft"] and keys["right"] == ["2", "ArrowRight"]
@@ -229,7 +244,12 @@ def test_images_show_each_side_as_the_assignment_places_it_padded_to_the_campaig
 def gold_campaign(two_models, prompt_set):
     """Appeal only, one seed, half the tasks gold: 4 regular items and 4 gold items."""
     campaign = services.create_campaign(
-        name="gold", models=two_models, prompt_set=prompt_set, seeds=[0], gold_share=0.5, criteria={"visual_appeal": {}},
+        name="gold",
+        models=two_models,
+        prompt_set=prompt_set,
+        seeds=[0],
+        gold_share=0.5,
+        criteria={"visual_appeal": {}},
     )
     batch = services.generation_batch_for(campaign)
     generation_services.generate_batch_in_process(batch)
@@ -256,7 +276,11 @@ def test_a_gold_item_shows_the_degraded_copy_as_its_b_side(client, gold_campaign
 def faithfulness_gold_campaign(two_models, prompt_set):
     """Text faithfulness only, one seed, half the tasks gold: 4 regular items and 4 gold items."""
     campaign = services.create_campaign(
-        name="faithful gold", models=two_models, prompt_set=prompt_set, seeds=[0], gold_share=0.5,
+        name="faithful gold",
+        models=two_models,
+        prompt_set=prompt_set,
+        seeds=[0],
+        gold_share=0.5,
         criteria={"text_faithfulness": {}},
     )
     batch = services.generation_batch_for(campaign)
@@ -274,7 +298,9 @@ def test_a_faithfulness_gold_item_shows_the_prompt_with_its_image_against_anothe
     participation = join(client, faithfulness_gold_campaign)
     while True:
         tasks = get_tasks(client, participation).json()["tasks"]
-        assignment = Assignment.objects.select_related("item__gold_image", "item__image_a__prompt").get(token=tasks[0]["id"])
+        assignment = Assignment.objects.select_related("item__gold_image", "item__image_a__prompt").get(
+            token=tasks[0]["id"]
+        )
         if assignment.item.is_gold:
             break
         assert post_vote(client, participation, {"task": tasks[0]["id"], "choice": "neither"}).status_code == 200
@@ -316,7 +342,9 @@ def test_voting_until_done_shows_the_completion_code(client, live_campaign):
     sent, final = vote_until_done(client, participation)
     assert sent == 5 and Vote.objects.filter(assignment__rater=participation.rater).count() == 5
     assert final == {
-        "tasks": [], "progress": {"done": 5, "total": 5}, "done": True,
+        "tasks": [],
+        "progress": {"done": 5, "total": 5},
+        "done": True,
         "completion": {"code": live_campaign.completion_code, "url": None},
     }
     assert set(Vote.objects.values_list("seconds_on_task", flat=True)) == {1.5}
@@ -325,7 +353,9 @@ def test_voting_until_done_shows_the_completion_code(client, live_campaign):
     done = client.get(reverse("rate:done", args=[participation.token]))
     assert done.status_code == 200 and live_campaign.completion_code in done.content.decode()
     assert "5 of 5" in done.content.decode()
-    assert client.get(reverse("rate:page", args=[participation.token])).url == reverse("rate:done", args=[participation.token])
+    assert client.get(reverse("rate:page", args=[participation.token])).url == reverse(
+        "rate:done", args=[participation.token]
+    )
 
 
 def test_the_done_page_gives_no_code_before_the_work_is_done(client, live_campaign):
@@ -415,7 +445,9 @@ def test_malformed_votes_get_a_4xx_with_a_message_and_record_nothing(client, liv
         response = post_vote(client, participation, body)
         assert (response.status_code, says in response.json()["error"]) == (status, True), (body, response.content)
     assert not Vote.objects.exists()
-    assert post_vote(client, participation, {"task": task["id"], "choice": "tie"}).status_code == 200  # the task is intact
+    assert (
+        post_vote(client, participation, {"task": task["id"], "choice": "tie"}).status_code == 200
+    )  # the task is intact
 
 
 def test_seconds_on_task_is_recorded_and_may_be_left_out(client, live_campaign):

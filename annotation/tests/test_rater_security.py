@@ -46,7 +46,9 @@ def first_task(client, participation) -> dict:
 
 
 def post_vote(client, participation, body, **extra):
-    return client.post(reverse("rate:vote", args=[participation.token]), json.dumps(body), content_type="application/json", **extra)
+    return client.post(
+        reverse("rate:vote", args=[participation.token]), json.dumps(body), content_type="application/json", **extra
+    )
 
 
 # --- Other raters' tasks and pages ------------------------------------------------------------------
@@ -118,9 +120,17 @@ def test_researcher_pages_refuse_anonymous_raters_and_invited_accounts(live_camp
     model_names = list(TextToImageModel.objects.values_list("name", flat=True))
     pk = live_campaign.pk
     researcher_urls = [
-        "/generation/", "/generation/progress.json", f"/generation/images/{sha}.png", "/admin/", "/admin/annotation/",
-        "/annotation/", f"/annotation/campaigns/{pk}/", f"/annotation/campaigns/{pk}/progress.json",
-        f"/annotation/campaigns/{pk}/votes.csv", "/annotation/api/campaigns/", f"/annotation/api/campaigns/{pk}/raters/",
+        "/generation/",
+        "/generation/progress.json",
+        f"/generation/images/{sha}.png",
+        "/admin/",
+        "/admin/annotation/",
+        "/annotation/",
+        f"/annotation/campaigns/{pk}/",
+        f"/annotation/campaigns/{pk}/progress.json",
+        f"/annotation/campaigns/{pk}/votes.csv",
+        "/annotation/api/campaigns/",
+        f"/annotation/api/campaigns/{pk}/raters/",
     ]
     for client in (rater, account):
         for url in researcher_urls:
@@ -155,7 +165,9 @@ def test_csrf_is_enforced_on_consent_and_on_votes(live_campaign):
     assert post_vote(browser, participation, body).status_code == 403
     assert post_vote(browser, participation, body, HTTP_X_CSRFTOKEN="x" * 32).status_code == 403
     assert not Vote.objects.exists()
-    assert post_vote(browser, participation, body, HTTP_X_CSRFTOKEN=browser.cookies["csrftoken"].value).status_code == 200
+    assert (
+        post_vote(browser, participation, body, HTTP_X_CSRFTOKEN=browser.cookies["csrftoken"].value).status_code == 200
+    )
     assert Vote.objects.count() == 1
 
 
@@ -288,7 +300,14 @@ def test_no_rater_response_names_a_model_a_campaign_or_an_image_hash(live_campai
     seen.append(("studies", account.get(reverse("rate:home"))))
     seen.append(("account consent page", account.get(reverse("rate:consent", args=[own.token]))))
 
-    assert {what for what, _ in seen} >= {"consent page", "voting page", "tasks.json", "image left", "vote", "done page"}
+    assert {what for what, _ in seen} >= {
+        "consent page",
+        "voting page",
+        "tasks.json",
+        "image left",
+        "vote",
+        "done page",
+    }
     for what, response in seen:
         headers = "\n".join(f"{k}: {v}" for k, v in response.items())
         blob = response.content + headers.encode() + response.cookies.output().encode()
@@ -314,8 +333,27 @@ def assert_only_tokens_and_counts(data, what, path="") -> None:
 
 
 JSON_KEYS = {
-    "tasks", "progress", "done", "total", "completion", "code", "url", "id", "question", "instructions", "prompt",
-    "choices", "value", "label", "keys", "images", "left", "right", "recorded", "duplicate", "error",
+    "tasks",
+    "progress",
+    "done",
+    "total",
+    "completion",
+    "code",
+    "url",
+    "id",
+    "question",
+    "instructions",
+    "prompt",
+    "choices",
+    "value",
+    "label",
+    "keys",
+    "images",
+    "left",
+    "right",
+    "recorded",
+    "duplicate",
+    "error",
 }
 
 
@@ -328,8 +366,11 @@ def test_someone_else_presenting_a_known_prolific_pid_is_refused_and_learns_noth
     mine = join(owner, live_campaign, PROLIFIC, link=link)
     task = first_task(owner, mine)
     url = reverse("rate:join", args=[link.token])
-    for others in [{**PROLIFIC, "SESSION_ID": "session-9"}, {**PROLIFIC, "STUDY_ID": "study-99"},
-                   {"PROLIFIC_PID": PROLIFIC["PROLIFIC_PID"]}]:
+    for others in [
+        {**PROLIFIC, "SESSION_ID": "session-9"},
+        {**PROLIFIC, "STUDY_ID": "study-99"},
+        {"PROLIFIC_PID": PROLIFIC["PROLIFIC_PID"]},
+    ]:
         intruder = Client()
         assert intruder.get(url, others).status_code == 200  # the consent page, as anyone sees it
         response = intruder.post(url, others)
@@ -357,12 +398,16 @@ def test_trying_session_ids_for_a_known_prolific_pid_counts_as_guessing(client, 
     assert statuses == [403, 403, 429]
 
 
-@pytest.mark.parametrize("raw", [
-    "5f1d\x00c0ffee",  # NUL: an error on PostgreSQL, a 500 before
-    "\x075f1d\x1bc0ffee\r\n",  # control characters
-    "\u202e5f1dc0ffee\u202c",  # a right-to-left override that would reorder the researcher's pages
-    "5f1d\u2066c0\u200bffee\u2069",  # a bidi isolate and a zero-width space
-], ids=["NUL", "controls", "RTL override", "isolate and zero width"])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "5f1d\x00c0ffee",  # NUL: an error on PostgreSQL, a 500 before
+        "\x075f1d\x1bc0ffee\r\n",  # control characters
+        "\u202e5f1dc0ffee\u202c",  # a right-to-left override that would reorder the researcher's pages
+        "5f1d\u2066c0\u200bffee\u2069",  # a bidi isolate and a zero-width space
+    ],
+    ids=["NUL", "controls", "RTL override", "isolate and zero width"],
+)
 def test_a_crowd_id_with_characters_no_id_has_joins_with_them_stripped(client, live_campaign, raw):
     link = services.create_invite_link(live_campaign)
     url = reverse("rate:join", args=[link.token])

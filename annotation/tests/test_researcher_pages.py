@@ -12,8 +12,8 @@ from django.contrib.auth import get_user_model
 from django.urls import reverse
 
 from annotation import services
-from annotation.services import assignment
 from annotation.models import Campaign, CampaignCriterion, Participation, Vote
+from annotation.services import assignment
 
 pytestmark = pytest.mark.django_db
 
@@ -22,7 +22,9 @@ PROLIFIC_SUFFIX = "?PROLIFIC_PID={{%PROLIFIC_PID%}}&STUDY_ID={{%STUDY_ID%}}&SESS
 
 @pytest.fixture
 def staff_client(client):
-    user = get_user_model().objects.create_user("researcher", password="pw-long-enough-1", is_staff=True, is_superuser=True)
+    user = get_user_model().objects.create_user(
+        "researcher", password="pw-long-enough-1", is_staff=True, is_superuser=True
+    )
     client.force_login(user)
     return client
 
@@ -48,7 +50,9 @@ def voted_campaign(live_campaign, make_rater, monkeypatch):
     """
     criterion = {c.criterion: c.pk for c in live_campaign.criteria.all()}
     link = services.create_invite_link(live_campaign, label="Prolific pilot")
-    first = services.join_with_invite(link.token, {"PROLIFIC_PID": "pid-1", "STUDY_ID": "study-1", "SESSION_ID": "session-1"})
+    first = services.join_with_invite(
+        link.token, {"PROLIFIC_PID": "pid-1", "STUDY_ID": "study-1", "SESSION_ID": "session-1"}
+    )
     account = get_user_model().objects.create_user("lab-member", password="pw-long-enough-2")
     second = services.invite_account(live_campaign, account)
     third = make_rater()  # enrolled by the engine on first use
@@ -76,13 +80,24 @@ def test_staff_create_a_campaign_through_the_form(staff_client, two_models, prom
     page = staff_client.get(url).content.decode()
     assert "Judge visual appeal" in page and "Which image is more visually appealing?" in page  # prefilled instructions
     form = {
-        "name": "emu replication", "models": ["base", "tuned"], "pairing": "vs_baseline", "baseline": "base",
-        "prompt_set": "four", "seeds": "0-2",
-        "visual_appeal_enabled": "on", "visual_appeal_instructions": "Pick the prettier one.", "visual_appeal_votes_per_item": "7",
+        "name": "emu replication",
+        "models": ["base", "tuned"],
+        "pairing": "vs_baseline",
+        "baseline": "base",
+        "prompt_set": "four",
+        "seeds": "0-2",
+        "visual_appeal_enabled": "on",
+        "visual_appeal_instructions": "Pick the prettier one.",
+        "visual_appeal_votes_per_item": "7",
         "visual_appeal_choices": ["left", "right", "tie"],
         "text_faithfulness_votes_per_item": "3",  # not enabled: ignored
-        "gold_share": "0.2", "gold_min_accuracy": "0.8", "gold_min_answers": "5", "quota_per_rater": "50",
-        "lease_seconds": "300", "completion_url": "https://app.prolific.com/submissions/complete?cc=X", "rater_title": "Pick one",
+        "gold_share": "0.2",
+        "gold_min_accuracy": "0.8",
+        "gold_min_answers": "5",
+        "quota_per_rater": "50",
+        "lease_seconds": "300",
+        "completion_url": "https://app.prolific.com/submissions/complete?cc=X",
+        "rater_title": "Pick one",
     }
     response = staff_client.post(url, form)
     campaign = Campaign.objects.get()
@@ -90,7 +105,11 @@ def test_staff_create_a_campaign_through_the_form(staff_client, two_models, prom
     assert campaign.status == "draft" and campaign.seeds == [0, 1, 2] and campaign.baseline.name == "base"
     assert (campaign.gold_share, campaign.quota_per_rater, campaign.lease_seconds) == (0.2, 50, 300)
     criterion = CampaignCriterion.objects.get(campaign=campaign)
-    assert (criterion.criterion, criterion.votes_per_item, criterion.instructions) == ("visual_appeal", 7, "Pick the prettier one.")
+    assert (criterion.criterion, criterion.votes_per_item, criterion.instructions) == (
+        "visual_appeal",
+        7,
+        "Pick the prettier one.",
+    )
     assert criterion.choices == ["left", "right", "tie"] and criterion.show_prompt is False
     page = staff_client.get(response["Location"]).content.decode()
     assert "base vs tuned" in page and "k = 7" in page and ">Launch</button>" in page
@@ -109,10 +128,20 @@ def test_staff_create_a_campaign_through_the_form(staff_client, two_models, prom
 )
 def test_the_form_shows_each_error_next_to_its_field(staff_client, two_models, prompt_set, change, field, message):
     form = {
-        "name": "x", "models": ["base", "tuned"], "pairing": "all_pairs", "prompt_set": "four", "seeds": "0-1",
-        "visual_appeal_enabled": "on", "visual_appeal_votes_per_item": "5", "visual_appeal_choices": ["left", "right", "tie"],
-        "gold_share": "0.1", "gold_min_accuracy": "0.7", "gold_min_answers": "4", "quota_per_rater": "0",
-        "lease_seconds": "600", "rater_title": "Compare",
+        "name": "x",
+        "models": ["base", "tuned"],
+        "pairing": "all_pairs",
+        "prompt_set": "four",
+        "seeds": "0-1",
+        "visual_appeal_enabled": "on",
+        "visual_appeal_votes_per_item": "5",
+        "visual_appeal_choices": ["left", "right", "tie"],
+        "gold_share": "0.1",
+        "gold_min_accuracy": "0.7",
+        "gold_min_answers": "4",
+        "quota_per_rater": "0",
+        "lease_seconds": "600",
+        "rater_title": "Compare",
     }
     response = staff_client.post(reverse("annotation:campaign_new"), {**form, **change})
     assert response.status_code == 200 and not Campaign.objects.exists()
@@ -124,7 +153,9 @@ def test_the_form_shows_each_error_next_to_its_field(staff_client, two_models, p
 def test_campaign_page_shows_progress_win_rates_and_rater_quality(staff_client, voted_campaign):
     campaign, first, second, third = voted_campaign
     page = staff_client.get(reverse("campaigns:detail", args=[campaign.pk])).content.decode()
-    assert '<span data-p="votes">' in page and "Win rates" in page and 'data-win-rate="visual_appeal:base:tuned"' in page
+    assert (
+        '<span data-p="votes">' in page and "Win rates" in page and 'data-win-rate="visual_appeal:base:tuned"' in page
+    )
     assert "Prolific pilot" in page and "pid-1" in page and "account lab-member" in page and "direct" in page
     assert page.count(">Exclude</button>") == 6 and ">Pause</button>" in page and ">Close</button>" in page
 
@@ -132,29 +163,51 @@ def test_campaign_page_shows_progress_win_rates_and_rater_quality(staff_client, 
     assert set(state) == {"id", "name", "status", "launch_error", "progress", "generation", "win_rates"}
     progress = state["progress"]
     assert set(progress) == {
-        "votes", "votes_needed", "percent", "complete_items", "items", "per_criterion", "open_leases",
-        "active_raters", "recent_votes", "projected_finish",
+        "votes",
+        "votes_needed",
+        "percent",
+        "complete_items",
+        "items",
+        "per_criterion",
+        "open_leases",
+        "active_raters",
+        "recent_votes",
+        "projected_finish",
     }
     assert (progress["votes"], progress["votes_needed"], progress["percent"]) == (120, 160, 75)
     assert (progress["complete_items"], progress["items"], progress["active_raters"]) == (20, 40, 6)
     assert progress["recent_votes"] == 120 and progress["projected_finish"] is not None
     assert {c["criterion"]: (c["votes"], c["complete_items"]) for c in progress["per_criterion"]} == {
-        "visual_appeal": (60, 0), "text_faithfulness": (60, 20),
+        "visual_appeal": (60, 0),
+        "text_faithfulness": (60, 20),
     }
-    appeal, faithfulness = win_rate_row(state["win_rates"], "visual_appeal"), win_rate_row(state["win_rates"], "text_faithfulness")
+    appeal, faithfulness = (
+        win_rate_row(state["win_rates"], "visual_appeal"),
+        win_rate_row(state["win_rates"], "text_faithfulness"),
+    )
     assert (appeal["model_a"], appeal["model_b"]) == ("base", "tuned")
     # No appeal comparison has its 5 votes yet: no win rate, and the page says why instead of mixing them in.
     assert (appeal["compared"], appeal["incomplete_items"], appeal["win_rate"]) == (0, 20, None)
     assert appeal["win_rate_text"] == "no complete comparisons yet (20 incomplete)"
     # Every faithfulness comparison is a 2-1 majority for A (base): tuned wins none of 20.
-    assert (faithfulness["wins"], faithfulness["ties"], faithfulness["losses"], faithfulness["compared"]) == (0, 0, 20, 20)
+    assert (faithfulness["wins"], faithfulness["ties"], faithfulness["losses"], faithfulness["compared"]) == (
+        0,
+        0,
+        20,
+        20,
+    )
     assert faithfulness["win_rate"] == 0.0
     # Four prompts are too few for an honest prompt-clustered interval: none is shown, and the note says why.
     assert (faithfulness["low"], faithfulness["high"]) == (None, None) and "4 prompts" in faithfulness["interval_note"]
 
     rows = {r.participation_id: r for r in page_context_raters(staff_client, campaign)}
     one = rows[first.pk]
-    assert (one.source, one.prolific_pid, one.study_id, one.session_id) == ("Prolific pilot", "pid-1", "study-1", "session-1")
+    assert (one.source, one.prolific_pid, one.study_id, one.session_id) == (
+        "Prolific pilot",
+        "pid-1",
+        "study-1",
+        "session-1",
+    )
     assert one.votes == 20 and one.gold_answered == 0 and one.gold_accuracy is None and one.median_seconds == 3.0
     assert 0.4 <= one.left_share <= 0.6  # A is shown left half the time: always picking A is not a position bias
     assert rows[second.pk].source == "account lab-member" and rows[third.pk].source == "direct"
@@ -172,7 +225,10 @@ def test_excluding_a_rater_keeps_their_votes_flagged_and_changes_the_win_rates(s
     campaign, first, second, third = voted_campaign
     url = reverse("annotation:exclude_rater", args=[campaign.pk, second.pk])
     response = staff_client.post(url, {"reason": ""}, follow=True)
-    assert "Say why the rater is excluded" in response.content.decode() and not Participation.objects.get(pk=second.pk).excluded
+    assert (
+        "Say why the rater is excluded" in response.content.decode()
+        and not Participation.objects.get(pk=second.pk).excluded
+    )
 
     response = staff_client.post(url, {"reason": "answered in under a second"}, follow=True)
     assert "20 vote(s) kept and flagged" in response.content.decode()
@@ -199,9 +255,29 @@ def test_votes_csv_has_one_tidy_row_per_vote_with_the_winning_model(staff_client
     assert len(rows) == Vote.objects.count() == 120
     assert len({r["vote_id"] for r in rows}) == 120
     assert list(rows[0]) == [
-        "vote_id", "item_id", "criterion", "prompt_id", "prompt", "category", "challenge", "seed", "model_a", "model_b",
-        "rater_id", "external_id", "choice", "a_on_left", "winner", "winner_model", "seconds_on_task", "gold",
-        "gold_correct", "excluded", "simulated", "created_at", "counted",
+        "vote_id",
+        "item_id",
+        "criterion",
+        "prompt_id",
+        "prompt",
+        "category",
+        "challenge",
+        "seed",
+        "model_a",
+        "model_b",
+        "rater_id",
+        "external_id",
+        "choice",
+        "a_on_left",
+        "winner",
+        "winner_model",
+        "seconds_on_task",
+        "gold",
+        "gold_correct",
+        "excluded",
+        "simulated",
+        "created_at",
+        "counted",
     ]
     assert {row["simulated"] for row in rows} == {"false"}
     by_rater = {p.rater_id: name for p, name in ((first, "base"), (second, "base"), (third, "tuned"))}
@@ -214,7 +290,8 @@ def test_votes_csv_has_one_tidy_row_per_vote_with_the_winning_model(staff_client
         assert row["excluded"] == ("true" if int(row["rater_id"]) == second.rater_id else "false")
     assert Counter(r["criterion"] for r in rows) == {"visual_appeal": 60, "text_faithfulness": 60}
     assert Counter((r["criterion"], r["winner_model"]) for r in rows if r["criterion"] == "visual_appeal") == {
-        ("visual_appeal", "base"): 40, ("visual_appeal", "tuned"): 20,
+        ("visual_appeal", "base"): 40,
+        ("visual_appeal", "tuned"): 20,
     }
     assert all(r["criterion"] == "text_faithfulness" for r in rows if int(r["rater_id"]) in by_rater)
     assert {r["external_id"] for r in rows if int(r["rater_id"]) == first.rater_id} == {"pid-1"}
@@ -240,19 +317,31 @@ def test_status_buttons_invite_links_and_account_invitations(staff_client, live_
     assert "Only a draft campaign can be launched; this one is live." in response.content.decode()
     assert staff_client.get(reverse("annotation:close", args=[live_campaign.pk])).status_code == 405  # POST only
 
-    response = staff_client.post(reverse("annotation:invite_link_create", args=[live_campaign.pk]), {"label": "Prolific 1", "max_raters": "30"}, follow=True)
+    response = staff_client.post(
+        reverse("annotation:invite_link_create", args=[live_campaign.pk]),
+        {"label": "Prolific 1", "max_raters": "30"},
+        follow=True,
+    )
     link = live_campaign.invite_links.get()
     expected = f"http://testserver/join/{link.token}/{PROLIFIC_SUFFIX}"
     page = html.unescape(response.content.decode())
     assert f'value="{expected}"' in page and (link.label, link.max_raters) == ("Prolific 1", 30)
-    response = staff_client.post(reverse("annotation:invite_link_create", args=[live_campaign.pk]), {"max_raters": "-1"}, follow=True)
-    assert "The rater limit cannot be negative." in response.content.decode() and live_campaign.invite_links.count() == 1
+    response = staff_client.post(
+        reverse("annotation:invite_link_create", args=[live_campaign.pk]), {"max_raters": "-1"}, follow=True
+    )
+    assert (
+        "The rater limit cannot be negative." in response.content.decode() and live_campaign.invite_links.count() == 1
+    )
 
     get_user_model().objects.create_user("alice", password="pw-long-enough-3")
-    response = staff_client.post(reverse("annotation:invite_account", args=[live_campaign.pk]), {"username": "alice"}, follow=True)
+    response = staff_client.post(
+        reverse("annotation:invite_account", args=[live_campaign.pk]), {"username": "alice"}, follow=True
+    )
     assert "alice can now vote in this campaign." in response.content.decode()
     assert Participation.objects.get(campaign=live_campaign).rater.user.username == "alice"
-    response = staff_client.post(reverse("annotation:invite_account", args=[live_campaign.pk]), {"username": "nobody"}, follow=True)
+    response = staff_client.post(
+        reverse("annotation:invite_account", args=[live_campaign.pk]), {"username": "nobody"}, follow=True
+    )
     assert "There is no account named &#x27;nobody&#x27;." in response.content.decode()
 
     staff_client.post(reverse("annotation:close", args=[live_campaign.pk]))
@@ -280,16 +369,24 @@ def test_admin_pages_and_the_exclude_action(staff_client, voted_campaign):
 def researcher_urls(campaign, participation):
     pk = campaign.pk
     gets = [
-        reverse("annotation:campaign_list"), reverse("annotation:campaign_new"),
-        reverse("campaigns:detail", args=[pk]), reverse("campaigns:progress", args=[pk]),
+        reverse("annotation:campaign_list"),
+        reverse("annotation:campaign_new"),
+        reverse("campaigns:detail", args=[pk]),
+        reverse("campaigns:progress", args=[pk]),
         reverse("campaigns:votes_csv", args=[pk]),
     ]
     posts = [reverse(f"annotation:{a}", args=[pk]) for a in ("launch", "pause", "resume", "close")] + [
-        reverse("annotation:campaign_new"), reverse("annotation:invite_link_create", args=[pk]),
-        reverse("annotation:invite_account", args=[pk]), reverse("annotation:exclude_rater", args=[pk, participation.pk]),
+        reverse("annotation:campaign_new"),
+        reverse("annotation:invite_link_create", args=[pk]),
+        reverse("annotation:invite_account", args=[pk]),
+        reverse("annotation:exclude_rater", args=[pk, participation.pk]),
     ]
-    api_gets = [reverse("api:campaigns"), reverse("api:campaign", args=[pk]),
-                reverse("api:raters", args=[pk]), reverse("api:invite_links", args=[pk])]
+    api_gets = [
+        reverse("api:campaigns"),
+        reverse("api:campaign", args=[pk]),
+        reverse("api:raters", args=[pk]),
+        reverse("api:invite_links", args=[pk]),
+    ]
     api_posts = [reverse("api:campaigns"), reverse("api:invite_links", args=[pk])] + [
         reverse(f"api:{a}", args=[pk]) for a in ("launch", "pause", "resume", "close")
     ]
@@ -317,7 +414,11 @@ def test_non_staff_are_refused_on_every_researcher_url(client, two_models, promp
         response = client.post(url, "{}", content_type="application/json")
         assert response.status_code == expected and "error" in response.json(), url
     campaign.refresh_from_db()
-    assert campaign.status == "draft" and not campaign.invite_links.exists() and not Participation.objects.get(pk=participation.pk).excluded
+    assert (
+        campaign.status == "draft"
+        and not campaign.invite_links.exists()
+        and not Participation.objects.get(pk=participation.pk).excluded
+    )
     assert Campaign.objects.count() == 1
 
 
@@ -374,7 +475,9 @@ def campaign_with_formulas(campaign) -> Participation:
     for prompt, text in zip(campaign.prompt_set.prompts.order_by("position"), FORMULA_PROMPTS):
         Prompt.objects.filter(pk=prompt.pk).update(text=text, category="+1", challenge="-2+3")
     link = services.create_invite_link(campaign)
-    participation = services.join_with_invite(link.token, {"PROLIFIC_PID": "@SUM(A1)", "STUDY_ID": "s", "SESSION_ID": "x"})
+    participation = services.join_with_invite(
+        link.token, {"PROLIFIC_PID": "@SUM(A1)", "STUDY_ID": "s", "SESSION_ID": "x"}
+    )
     assert vote_everything(campaign, participation.rater, "a") == 20  # one question per pair for one rater
     return participation
 

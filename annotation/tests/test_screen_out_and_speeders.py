@@ -9,8 +9,8 @@ from django.urls import reverse
 
 from analysis import services as analysis_services
 from annotation import services
-from annotation.services import quality_control
 from annotation.models import Campaign, Participation, Vote
+from annotation.services import quality_control
 from annotation.tests.test_rater_pages import get_tasks, join, post_vote
 from generation import services as generation_services
 
@@ -36,10 +36,20 @@ def _live(campaign: Campaign) -> Campaign:
 @pytest.fixture
 def gold_campaign(two_models, prompt_set):
     """Appeal only, 4 prompts x 5 seeds, a quota of 20 with 20% gold: a rater meets 4 gold pairs, 3 can exclude."""
-    return _live(services.create_campaign(
-        name="screened", models=two_models, prompt_set=prompt_set, seeds=[0, 1, 2, 3, 4], criteria={"visual_appeal": {}},
-        gold_share=0.2, gold_min_answers=3, gold_min_accuracy=0.7, quota_per_rater=20, speeder_seconds=0,
-    ))
+    return _live(
+        services.create_campaign(
+            name="screened",
+            models=two_models,
+            prompt_set=prompt_set,
+            seeds=[0, 1, 2, 3, 4],
+            criteria={"visual_appeal": {}},
+            gold_share=0.2,
+            gold_min_answers=3,
+            gold_min_accuracy=0.7,
+            quota_per_rater=20,
+            speeder_seconds=0,
+        )
+    )
 
 
 def _wrong_on_gold(assignment) -> str:
@@ -61,7 +71,9 @@ def test_a_rater_excluded_by_gold_is_screened_out_and_never_shown_the_completion
             break
         assert tasks["done"] is False and tasks["completion"] is None
         assignments = [Assignment.objects.select_related("item").get(token=t["id"]) for t in tasks["tasks"]]
-        response = post_vote(client, participation, {"task": assignments[0].token, "choice": _wrong_on_gold(assignments[0])})
+        response = post_vote(
+            client, participation, {"task": assignments[0].token, "choice": _wrong_on_gold(assignments[0])}
+        )
         assert response.status_code == 200, response.content
         if response.json().get("ended"):
             # The vote that excluded them is recorded; the answer says where their ending is, at once.
@@ -69,7 +81,11 @@ def test_a_rater_excluded_by_gold_is_screened_out_and_never_shown_the_completion
             # The task preloaded beside it was released by the exclusion: answering it is refused honestly,
             # not as a false "task expired".
             late = post_vote(client, participation, {"task": assignments[1].token, "choice": "left"})
-            assert late.status_code == 409 and "ended for you" in late.json()["error"] and "expired" not in late.json()["error"]
+            assert (
+                late.status_code == 409
+                and "ended for you" in late.json()["error"]
+                and "expired" not in late.json()["error"]
+            )
             assert late.json()["ended"] == reverse("rate:done", args=[participation.token])
     else:
         pytest.fail("the careless rater was never excluded")
@@ -78,8 +94,14 @@ def test_a_rater_excluded_by_gold_is_screened_out_and_never_shown_the_completion
     assert participation.excluded and participation.completed_at is None
 
     tasks = get_tasks(client, participation).json()
-    assert tasks["done"] is True and tasks["completion"] is None and tasks["ended"] == reverse("rate:done", args=[participation.token])
-    assert client.get(reverse("rate:page", args=[participation.token])).url == reverse("rate:done", args=[participation.token])
+    assert (
+        tasks["done"] is True
+        and tasks["completion"] is None
+        and tasks["ended"] == reverse("rate:done", args=[participation.token])
+    )
+    assert client.get(reverse("rate:page", args=[participation.token])).url == reverse(
+        "rate:done", args=[participation.token]
+    )
     page = client.get(reverse("rate:done", args=[participation.token])).content.decode()
     assert "This study has ended for you" in page and gold_campaign.screen_out_code in page
     assert gold_campaign.completion_code not in page and "answered every pair" not in page
@@ -110,10 +132,18 @@ def test_a_finished_rater_still_gets_the_completion_code(client, gold_campaign):
 
 @pytest.fixture
 def speed_campaign(two_models, prompt_set):
-    return _live(services.create_campaign(
-        name="speed", models=two_models, prompt_set=prompt_set, seeds=[0, 1, 2, 3, 4], criteria={"visual_appeal": {}},
-        gold_share=0, quota_per_rater=12, speeder_seconds=1.0,
-    ))
+    return _live(
+        services.create_campaign(
+            name="speed",
+            models=two_models,
+            prompt_set=prompt_set,
+            seeds=[0, 1, 2, 3, 4],
+            criteria={"visual_appeal": {}},
+            gold_share=0,
+            quota_per_rater=12,
+            speeder_seconds=1.0,
+        )
+    )
 
 
 def _script(client, participation, votes, pause=None, seconds=9.0):
@@ -124,13 +154,17 @@ def _script(client, participation, votes, pause=None, seconds=9.0):
         tasks = get_tasks(client, participation).json()
         if tasks["done"]:
             break
-        answers.append(post_vote(client, participation, {"task": tasks["tasks"][0]["id"], "choice": "left", "seconds": seconds}))
+        answers.append(
+            post_vote(client, participation, {"task": tasks["tasks"][0]["id"], "choice": "left", "seconds": seconds})
+        )
         if pause:
             pause()
     return answers
 
 
-def test_a_script_is_flagged_as_a_speeder_by_the_server_clock_whatever_seconds_it_reports(client, speed_campaign, admin_client):
+def test_a_script_is_flagged_as_a_speeder_by_the_server_clock_whatever_seconds_it_reports(
+    client, speed_campaign, admin_client
+):
     participation = join(client, speed_campaign)
     assert all(r.status_code == 200 for r in _script(client, participation, 12))
     participation.refresh_from_db()
@@ -176,16 +210,21 @@ def test_with_exclusion_on_a_speeder_is_screened_out_before_the_quota(client, sp
     assert speed_campaign.screen_out_code in page and speed_campaign.completion_code not in page
 
 
-@pytest.mark.parametrize("changes,field,message", [
-    ({"speeder_seconds": -1}, "speeder_seconds", "between 0 (off) and 60"),
-    ({"speeder_seconds": float("nan")}, "speeder_seconds", "between 0 (off) and 60"),
-    ({"speeder_seconds": "fast"}, "speeder_seconds", "between 0 (off) and 60"),
-    ({"exclude_speeders": "yes"}, "exclude_speeders", "true or false"),
-    ({"speeder_seconds": 0, "exclude_speeders": True}, "speeder_seconds", "speeder check off"),
-    ({"screen_out_code": "SAME"}, "screen_out_code", "must differ from the completion code"),
-    ({"screen_out_url": "x" * 300}, "screen_out_url", "at most 200"),
-])
-def test_bad_screen_out_and_speeder_settings_are_refused_with_the_field_and_nothing_saved(two_models, prompt_set, changes, field, message):
+@pytest.mark.parametrize(
+    "changes,field,message",
+    [
+        ({"speeder_seconds": -1}, "speeder_seconds", "between 0 (off) and 60"),
+        ({"speeder_seconds": float("nan")}, "speeder_seconds", "between 0 (off) and 60"),
+        ({"speeder_seconds": "fast"}, "speeder_seconds", "between 0 (off) and 60"),
+        ({"exclude_speeders": "yes"}, "exclude_speeders", "true or false"),
+        ({"speeder_seconds": 0, "exclude_speeders": True}, "speeder_seconds", "speeder check off"),
+        ({"screen_out_code": "SAME"}, "screen_out_code", "must differ from the completion code"),
+        ({"screen_out_url": "x" * 300}, "screen_out_url", "at most 200"),
+    ],
+)
+def test_bad_screen_out_and_speeder_settings_are_refused_with_the_field_and_nothing_saved(
+    two_models, prompt_set, changes, field, message
+):
     campaign = services.create_campaign(name="draft", models=two_models, prompt_set=prompt_set, seeds=[0], gold_share=0)
     services.update_campaign(campaign, completion_code="SAME") if "screen_out_code" in changes else None
     before = Campaign.objects.values().get(pk=campaign.pk)
@@ -201,18 +240,38 @@ def test_the_api_and_the_command_take_the_screen_out_and_speeder_settings(two_mo
     from django.core.management import call_command
 
     call_command(
-        "campaign", "create", "--name", "cli", "--models", "base", "tuned", "--prompt-set", "four", "--seeds", "0",
-        "--gold-share", "0", "--screen-out-url", "https://example.org/out?cc={code}", "--speeder-seconds", "2.5",
-        "--exclude-speeders", stdout=io.StringIO(),
+        "campaign",
+        "create",
+        "--name",
+        "cli",
+        "--models",
+        "base",
+        "tuned",
+        "--prompt-set",
+        "four",
+        "--seeds",
+        "0",
+        "--gold-share",
+        "0",
+        "--screen-out-url",
+        "https://example.org/out?cc={code}",
+        "--speeder-seconds",
+        "2.5",
+        "--exclude-speeders",
+        stdout=io.StringIO(),
     )
     campaign = Campaign.objects.get(name="cli")
     assert (campaign.screen_out_url, campaign.speeder_seconds, campaign.exclude_speeders) == (
-        "https://example.org/out?cc={code}", 2.5, True)
+        "https://example.org/out?cc={code}",
+        2.5,
+        True,
+    )
     from annotation.forms import CampaignForm
 
     with pytest.raises(services.AnnotationError, match="exclude_speeders must be true or false"):
-        CampaignForm.from_payload({"name": "x", "models": ["base", "tuned"], "prompt_set": "four", "seeds": [0],
-                                   "exclude_speeders": 1})
+        CampaignForm.from_payload(
+            {"name": "x", "models": ["base", "tuned"], "prompt_set": "four", "seeds": [0], "exclude_speeders": 1}
+        )
 
 
 # --- Under contention ---------------------------------------------------------------------------------

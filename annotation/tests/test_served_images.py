@@ -6,7 +6,6 @@ every gold check, without looking. The leak test measures it the way an attacker
 on those features, against the truth the server knows.
 """
 
-import hashlib
 import io
 import time
 import zlib
@@ -46,7 +45,11 @@ def _fresh_rate_limits():
 def leak_campaign(two_models, prompt_set):
     """Two different models, both criteria, 4 prompts x 5 seeds (40 regular items), 20% gold; live."""
     campaign = services.create_campaign(
-        name="leak", models=two_models, prompt_set=prompt_set, seeds=[0, 1, 2, 3, 4], gold_share=0.2,
+        name="leak",
+        models=two_models,
+        prompt_set=prompt_set,
+        seeds=[0, 1, 2, 3, 4],
+        gold_share=0.2,
     )
     batch = services.generation_batch_for(campaign)
     generation_services.generate_batch_in_process(batch)
@@ -107,12 +110,14 @@ def _rate_the_whole_campaign(campaign, raters: int = 8) -> tuple[list[dict], lis
                 seen = {side: _observe(client, task["images"][side]) for side in ("left", "right")}
                 for side, observation in seen.items():
                     shows_a = (side == "left") == assignment.a_on_left
-                    images.append({
-                        **observation,
-                        "gold_decoy": assignment.item.is_gold and not shows_a,
-                        "model_a": shows_a and not assignment.item.is_gold,
-                        "gold_item": assignment.item.is_gold,
-                    })
+                    images.append(
+                        {
+                            **observation,
+                            "gold_decoy": assignment.item.is_gold and not shows_a,
+                            "model_a": shows_a and not assignment.item.is_gold,
+                            "gold_item": assignment.item.is_gold,
+                        }
+                    )
                 if not assignment.item.is_gold:
                     pairs.append({"left": seen["left"], "right": seen["right"], "a_on_left": assignment.a_on_left})
             task = data["tasks"][0]
@@ -120,7 +125,8 @@ def _rate_the_whole_campaign(campaign, raters: int = 8) -> tuple[list[dict], lis
             choice = "left" if assignment.a_on_left else "right"  # the intact side on gold; any answer elsewhere
             client.post(
                 reverse("rate:vote", args=[participation.token]),
-                {"task": task["id"], "choice": choice, "seconds": 1}, content_type="application/json",
+                {"task": task["id"], "choice": choice, "seconds": 1},
+                content_type="application/json",
             )
     return images, pairs
 
@@ -131,10 +137,15 @@ def _category(values) -> np.ndarray:
 
 
 def _image_features(rows) -> np.ndarray:
-    return np.column_stack([
-        [r["length"] for r in rows], [r["content_length"] for r in rows],
-        _category(r["headers"] for r in rows), _category(r["layout"] for r in rows), [r["seconds"] for r in rows],
-    ])
+    return np.column_stack(
+        [
+            [r["length"] for r in rows],
+            [r["content_length"] for r in rows],
+            _category(r["headers"] for r in rows),
+            _category(r["layout"] for r in rows),
+            [r["seconds"] for r in rows],
+        ]
+    )
 
 
 def best_cv_accuracy(X: np.ndarray, y: np.ndarray) -> float:
@@ -159,8 +170,12 @@ def test_a_classifier_on_what_the_raters_browser_receives_does_no_better_than_ch
     X_pairs = np.column_stack([X_pairs, X_pairs[:, 0] - X_pairs[:, 5]])  # the size difference, for the linear model
     accuracy = {
         "left image is model A (regular pairs)": best_cv_accuracy(X_pairs, np.array([p["a_on_left"] for p in pairs])),
-        "image is model A (regular images)": best_cv_accuracy(_image_features(regular), np.array([r["model_a"] for r in regular])),
-        "image is a gold decoy (all images)": best_cv_accuracy(_image_features(images), np.array([r["gold_decoy"] for r in images])),
+        "image is model A (regular images)": best_cv_accuracy(
+            _image_features(regular), np.array([r["model_a"] for r in regular])
+        ),
+        "image is a gold decoy (all images)": best_cv_accuracy(
+            _image_features(images), np.array([r["gold_decoy"] for r in images])
+        ),
     }
     timing_only = {
         "gold decoy from response time alone": best_cv_accuracy(

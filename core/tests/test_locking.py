@@ -23,10 +23,20 @@ def test_a_lock_is_held_until_the_block_ends_and_a_second_try_is_refused(tmp_pat
 
 def test_a_killed_holder_releases_its_lock(tmp_path):
     path = tmp_path / "run.lock"
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; sys.path.insert(0, sys.argv[1]); from core.locking import try_lock\n"
-        "with try_lock(sys.argv[2]) as h:\n    print('held', flush=True); time.sleep(60)"
-    ), str(Path(__file__).resolve().parents[2]), str(path)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time; sys.path.insert(0, sys.argv[1]); from core.locking import try_lock\n"
+                "with try_lock(sys.argv[2]) as h:\n    print('held', flush=True); time.sleep(60)"
+            ),
+            str(Path(__file__).resolve().parents[2]),
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         assert is_locked(path)

@@ -12,10 +12,12 @@ from core.api_tokens import issue_api_token
 pytestmark = pytest.mark.django_db
 
 OPERATIONS = {
-    ("get", "/annotation/api/campaigns/"), ("post", "/annotation/api/campaigns/"),
+    ("get", "/annotation/api/campaigns/"),
+    ("post", "/annotation/api/campaigns/"),
     ("get", "/annotation/api/campaigns/{pk}/"),
     *{("post", f"/annotation/api/campaigns/{{pk}}/{action}/") for action in ("launch", "pause", "resume", "close")},
-    ("get", "/annotation/api/campaigns/{pk}/invite-links/"), ("post", "/annotation/api/campaigns/{pk}/invite-links/"),
+    ("get", "/annotation/api/campaigns/{pk}/invite-links/"),
+    ("post", "/annotation/api/campaigns/{pk}/invite-links/"),
     ("get", "/annotation/api/campaigns/{pk}/raters/"),
     ("post", "/annotation/api/campaigns/{pk}/raters/{participation_pk}/exclude/"),
     ("get", "/analysis/api/campaigns/{pk}/report"),
@@ -40,13 +42,19 @@ def test_the_document_lists_every_endpoint_with_its_schemas_and_both_ways_in(sta
     for (method, path), op in operations.items():
         assert op["security"] == [{"BearerToken": []}, {"StaffSession": []}], path
         assert {"400", "401", "403", "404"} <= set(op["responses"]), (method, path)
-        assert op["responses"]["404"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorOut"}
+        assert op["responses"]["404"]["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorOut"
+        }
     create = operations["post", "/annotation/api/campaigns/"]
-    assert create["requestBody"]["content"]["application/json"]["schema"]["allOf"] == [{"$ref": "#/components/schemas/CampaignIn"}]
+    assert create["requestBody"]["content"]["application/json"]["schema"]["allOf"] == [
+        {"$ref": "#/components/schemas/CampaignIn"}
+    ]
     assert "201" in create["responses"]
     assert document["components"]["schemas"]["CampaignIn"]["additionalProperties"] is False
     report = operations["get", "/analysis/api/campaigns/{pk}/report"]
-    assert {"application/json", "text/csv; charset=utf-8", "application/pdf"} <= set(report["responses"]["200"]["content"])
+    assert {"application/json", "text/csv; charset=utf-8", "application/pdf"} <= set(
+        report["responses"]["200"]["content"]
+    )
 
 
 def test_the_document_and_the_docs_page_are_for_researchers_only(staff, client):

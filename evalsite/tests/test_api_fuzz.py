@@ -57,8 +57,9 @@ def no_broker(monkeypatch):
     return sent
 
 
-def test_schemathesis_finds_no_server_error_and_every_answer_is_as_documented(live_server, live_campaign, two_models,
-                                                                             prompt_set, no_broker, tmp_path):
+def test_schemathesis_finds_no_server_error_and_every_answer_is_as_documented(
+    live_server, live_campaign, two_models, prompt_set, no_broker, tmp_path
+):
     staff = get_user_model().objects.create_user("researcher", password="pw-long-enough-1", is_staff=True)
     link = services.create_invite_link(live_campaign, label="wave 1")
     participation = services.join_with_invite(link.token, {"external_id": "fuzz-1"})
@@ -70,13 +71,35 @@ def test_schemathesis_finds_no_server_error_and_every_answer_is_as_documented(li
     config.write_text(schemathesis_config([live_campaign.pk, draft.pk], [participation.pk]))
     junit = tmp_path / "junit.xml"
     command = [
-        sys.executable, "-m", "schemathesis.cli", "--config-file", str(config), "run", f"{live_server.url}/api/openapi.json",
-        "--header", f"Authorization: Bearer {issue_api_token(staff)}",
-        "--checks", "not_a_server_error,response_schema_conformance",
-        "--phases", "examples,coverage,fuzzing", "--seed", "20261201",
-        "--workers", "1", "--request-timeout", "30", "--no-shrink", "--generation-database", "none",
-        "--generation-with-security-parameters", "false", "--no-color",
-        "--report", "junit", "--report-junit-path", str(junit),
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "--config-file",
+        str(config),
+        "run",
+        f"{live_server.url}/api/openapi.json",
+        "--header",
+        f"Authorization: Bearer {issue_api_token(staff)}",
+        "--checks",
+        "not_a_server_error,response_schema_conformance",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--seed",
+        "20261201",
+        "--workers",
+        "1",
+        "--request-timeout",
+        "30",
+        "--no-shrink",
+        "--generation-database",
+        "none",
+        "--generation-with-security-parameters",
+        "false",
+        "--no-color",
+        "--report",
+        "junit",
+        "--report-junit-path",
+        str(junit),
     ]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     output = run.stdout + run.stderr
@@ -84,7 +107,10 @@ def test_schemathesis_finds_no_server_error_and_every_answer_is_as_documented(li
     assert junit.exists(), output
 
     cases = ET.parse(junit).getroot().iter("testcase")
-    tested = {case.get("name"): [child.tag for child in case if child.tag in ("failure", "error", "skipped")] for case in cases}
+    tested = {
+        case.get("name"): [child.tag for child in case if child.tag in ("failure", "error", "skipped")]
+        for case in cases
+    }
     assert len(tested) == OPERATIONS, (sorted(tested), output)  # every operation reached: it cannot pass vacuously
     assert not any(problems for problems in tested.values()), ({k: v for k, v in tested.items() if v}, output)
     assert run.returncode == 0, output

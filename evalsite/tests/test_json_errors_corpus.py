@@ -14,8 +14,8 @@ from django.contrib.auth import get_user_model
 from django.test import Client
 
 from annotation import services
-from core.api_tokens import issue_api_token
 from annotation.models import Campaign, InviteLink, Vote
+from core.api_tokens import issue_api_token
 from evalsite.bad_input import check, from_json_request, snapshot
 
 pytestmark = pytest.mark.django_db
@@ -58,19 +58,56 @@ def api_cases(campaign_id):
         ("GET on an action", "get", f"{api}{campaign_id}/launch/", None, 405, ["POST"]),
         ("PUT on the campaign list", "put", api, "{}", 405, ["GET or POST"]),
         ("DELETE on a campaign", "delete", f"{api}{campaign_id}/", None, 405, ["GET"]),
-        ("an invite link body of 3 MB", "post", f"{api}{campaign_id}/invite-links/", BIG_BODY, 413, ["too large", "2,621,440"]),
+        (
+            "an invite link body of 3 MB",
+            "post",
+            f"{api}{campaign_id}/invite-links/",
+            BIG_BODY,
+            413,
+            ["too large", "2,621,440"],
+        ),
         ("a campaign body of 3 MB", "post", api, BIG_BODY, 413, ["too large"]),
         ("a raters list of a campaign id past 2^63", "get", f"{api}{HUGE_ID}/raters/", None, 404, ["no campaign"]),
-        ("a report of a campaign id that is not a number", "get", "/analysis/api/campaigns/abc/report", None, 404,
-         ["no such"]),
-        ("a report of a campaign id past 2^63", "get", f"/analysis/api/campaigns/{HUGE_ID}/report", None, 404,
-         ["no campaign"]),
-        ("a report in an unknown format", "get", f"/analysis/api/campaigns/{campaign_id}/report?format=docx", None, 400,
-         ["format", "json"]),
-        ("a report with 10**30 rounds", "get", f"/analysis/api/campaigns/{campaign_id}/report?rounds={10**30}", None, 400,
-         ["rounds"]),
-        ("a report with a word for seed", "get", f"/analysis/api/campaigns/{campaign_id}/report?seed=abc", None, 400,
-         ["seed", "whole number"]),
+        (
+            "a report of a campaign id that is not a number",
+            "get",
+            "/analysis/api/campaigns/abc/report",
+            None,
+            404,
+            ["no such"],
+        ),
+        (
+            "a report of a campaign id past 2^63",
+            "get",
+            f"/analysis/api/campaigns/{HUGE_ID}/report",
+            None,
+            404,
+            ["no campaign"],
+        ),
+        (
+            "a report in an unknown format",
+            "get",
+            f"/analysis/api/campaigns/{campaign_id}/report?format=docx",
+            None,
+            400,
+            ["format", "json"],
+        ),
+        (
+            "a report with 10**30 rounds",
+            "get",
+            f"/analysis/api/campaigns/{campaign_id}/report?rounds={10**30}",
+            None,
+            400,
+            ["rounds"],
+        ),
+        (
+            "a report with a word for seed",
+            "get",
+            f"/analysis/api/campaigns/{campaign_id}/report?seed=abc",
+            None,
+            400,
+            ["seed", "whole number"],
+        ),
         ("POST on a report", "post", f"/analysis/api/campaigns/{campaign_id}/report", "{}", 405, ["GET"]),
     ]
 
@@ -90,7 +127,12 @@ def test_other_json_endpoints_answer_errors_in_json(browser, draft):
         ("batch progress for an id past 2^63", "get", f"/generation/progress.json?id={HUGE_ID}", None),
         ("progress of an unknown run", "get", "/training/runs/999999/progress.json", ["no such", "run"]),
         ("progress of a run id past 2^63", "get", f"/training/runs/{HUGE_ID}/progress.json", ["no such", "run"]),
-        ("progress of an unknown campaign", "get", "/annotation/campaigns/999999/progress.json", ["no such", "campaign"]),
+        (
+            "progress of an unknown campaign",
+            "get",
+            "/annotation/campaigns/999999/progress.json",
+            ["no such", "campaign"],
+        ),
         ("POST on a campaign's progress", "post", f"/annotation/campaigns/{draft.pk}/progress.json", ["GET"]),
     ]:
         before = state()
@@ -110,8 +152,11 @@ def test_the_rater_json_endpoints_answer_errors_in_json(client, draft):
         ("GET on the vote endpoint", lambda: client.get(vote), ["POST"]),
         ("a vote body of 3 MB", lambda: client.post(vote, BIG_BODY, content_type="application/json"), ["too large"]),
         ("POST on tasks.json", lambda: client.post(f"/rate/{participation.token}/tasks.json"), ["GET"]),
-        ("a vote for an unknown rater", lambda: client.post("/rate/" + "x" * 43 + "/vote", "{}", content_type="application/json"),
-         ["not yours", "invitation link"]),
+        (
+            "a vote for an unknown rater",
+            lambda: client.post("/rate/" + "x" * 43 + "/vote", "{}", content_type="application/json"),
+            ["not yours", "invitation link"],
+        ),
     ]:
         before = state()
         check(f"rater JSON: {case}", "API", from_json_request(send), says=says, before=before, after=state())

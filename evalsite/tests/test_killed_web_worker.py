@@ -53,13 +53,30 @@ def gunicorn():
     db = connection.settings_dict
     port = _free_port()
     env = {
-        **os.environ, "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
-        "NEEDLE_VOTE_RATE_LIMIT_PER_MINUTE": "100000", "NEEDLE_BAD_TOKEN_LIMIT_PER_MINUTE": "100000", "DEBUG": "1",
+        **os.environ,
+        "DATABASE_URL": f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}",
+        "NEEDLE_VOTE_RATE_LIMIT_PER_MINUTE": "100000",
+        "NEEDLE_BAD_TOKEN_LIMIT_PER_MINUTE": "100000",
+        "DEBUG": "1",
     }
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "evalsite.wsgi:application", "--workers", "2", "--bind", f"127.0.0.1:{port}",
-         "--timeout", "60", "--log-level", "warning"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "evalsite.wsgi:application",
+            "--workers",
+            "2",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--timeout",
+            "60",
+            "--log-level",
+            "warning",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120

@@ -16,7 +16,9 @@ from evalsite import mini_emu
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_quality_tuning_on_curated_needles_beats_the_base_on_appeal_through_the_whole_platform(live_server, settings, tmp_path, monkeypatch):
+def test_quality_tuning_on_curated_needles_beats_the_base_on_appeal_through_the_whole_platform(
+    live_server, settings, tmp_path, monkeypatch
+):
     settings.NEEDLE_TRAINING_DIR = tmp_path / "training"
     settings.NEEDLE_VOTE_RATE_LIMIT_PER_MINUTE = 100_000
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

@@ -12,11 +12,26 @@ from evalsite.workers import BASE_DIR
 
 def manage(*args, **env):
     clean = {k: v for k, v in os.environ.items() if k not in ("DEBUG", "SECRET_KEY", "ALLOWED_HOSTS")}
-    return subprocess.run([sys.executable, "manage.py", *args], cwd=BASE_DIR, env={**clean, **env}, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=BASE_DIR,
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_check_deploy_is_clean_under_production_settings():
-    result = manage("check", "--deploy", "--fail-level", "WARNING", DEBUG="0", SECRET_KEY=secrets.token_urlsafe(50), ALLOWED_HOSTS="needle.example.org")
+    result = manage(
+        "check",
+        "--deploy",
+        "--fail-level",
+        "WARNING",
+        DEBUG="0",
+        SECRET_KEY=secrets.token_urlsafe(50),
+        ALLOWED_HOSTS="needle.example.org",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "System check identified no issues (0 silenced)." in result.stdout
 
@@ -45,7 +60,12 @@ def test_the_readme_lists_every_environment_variable_the_code_reads():
     for package in ["core", "evalsite", "generation", "annotation", "analysis", "training"]:
         for path in (BASE_DIR / package).rglob("*.py"):
             if "tests" not in path.parts and "migrations" not in path.parts:
-                read |= set(re.findall(r'(?:environ\.get|environ\[|getenv|env_int|env_bool|env_float|env_list)\(?\s*"([A-Z][A-Z0-9_]+)"', path.read_text()))
+                read |= set(
+                    re.findall(
+                        r'(?:environ\.get|environ\[|getenv|env_int|env_bool|env_float|env_list)\(?\s*"([A-Z][A-Z0-9_]+)"',
+                        path.read_text(),
+                    )
+                )
     read -= {"PYTHONPATH", "DJANGO_SETTINGS_MODULE"}  # passed on to processes, not settings
     assert {"DATABASE_URL", "DB_CONN_MAX_AGE", "SECRET_KEY"} <= read  # the pattern finds what it must
     readme = (BASE_DIR / "README.md").read_text()

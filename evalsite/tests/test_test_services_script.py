@@ -1,7 +1,6 @@
 """scripts/test_services.sh, the set-up `make test` and CI share: run on a PATH of stand-in commands, mostly in its
 dry-run mode, so nothing on this machine is installed, started or stopped."""
 
-import os
 import shutil
 import stat
 import subprocess
@@ -53,8 +52,11 @@ def machine(tmp_path):
             path.chmod(path.stat().st_mode | stat.S_IXUSR)
         calls.write_text("")
         environment = {
-            "PATH": str(bin_dir), "HOME": str(tmp_path), "NEEDLE_SETUP_WAIT_SECONDS": "0",
-            "NEEDLE_SETUP_DRY_RUN": "1" if dry_run else "0", **env,
+            "PATH": str(bin_dir),
+            "HOME": str(tmp_path),
+            "NEEDLE_SETUP_WAIT_SECONDS": "0",
+            "NEEDLE_SETUP_DRY_RUN": "1" if dry_run else "0",
+            **env,
         }
         result = subprocess.run([BASH, str(SCRIPT), *args], env=environment, capture_output=True, text=True, timeout=60)
         result.calls = calls.read_text()
@@ -74,7 +76,9 @@ def test_a_missing_package_without_root_or_sudo_stops_at_once_with_the_command_t
 def test_as_root_missing_packages_are_installed_with_apt_get(machine):
     result = machine(hide=["tesseract", "chromium"], FAKE_UID="0")
     assert result.returncode == 0, result.stderr
-    assert "would run: env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium tesseract-ocr" in result.stderr
+    assert (
+        "would run: env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium tesseract-ocr" in result.stderr
+    )
 
 
 def test_with_sudo_that_needs_no_password_packages_are_installed_through_sudo(machine):
@@ -111,8 +115,10 @@ def test_a_remote_postgresql_that_does_not_answer_is_reported_not_started(machin
 def test_a_missing_database_role_is_created_on_the_local_server(machine):
     result = machine(FAKE_UID="0", FAKE_PSQL_ERROR='psql: error: FATAL:  role "needle" does not exist')
     assert result.returncode == 0, result.stderr
-    assert ("would run: runuser -u postgres -- psql -X -q -p 5432 -v ON_ERROR_STOP=1 "
-            "-c CREATE ROLE needle LOGIN CREATEDB PASSWORD 'needle'") in result.stderr
+    assert (
+        "would run: runuser -u postgres -- psql -X -q -p 5432 -v ON_ERROR_STOP=1 "
+        "-c CREATE ROLE needle LOGIN CREATEDB PASSWORD 'needle'"
+    ) in result.stderr
 
 
 def test_a_refused_password_stops_with_the_command_that_sets_it(machine):

@@ -24,8 +24,15 @@ pytestmark = pytest.mark.django_db
 
 
 def state():
-    return snapshot(TextToImageModel, PromptSet, Prompt, GenerationBatch, BatchModel, GeneratedImage,
-                    dirs=[settings.MEDIA_ROOT / "images"])
+    return snapshot(
+        TextToImageModel,
+        PromptSet,
+        Prompt,
+        GenerationBatch,
+        BatchModel,
+        GeneratedImage,
+        dirs=[settings.MEDIA_ROOT / "images"],
+    )
 
 
 @pytest.fixture
@@ -71,10 +78,13 @@ BREAKAGES = {
     "the unet folder is missing": lambda p: shutil.rmtree(p / "unet"),
     "weights truncated": lambda p: (p / UNET_WEIGHTS).write_bytes((p / UNET_WEIGHTS).read_bytes()[:2000]),
     "weights file empty": lambda p: (p / UNET_WEIGHTS).write_bytes(b""),
-    "weights header length past the end": lambda p: _rewrite_weights(p, lambda d, n, h: struct.pack("<Q", 10**12) + d[8:]),
+    "weights header length past the end": lambda p: _rewrite_weights(
+        p, lambda d, n, h: struct.pack("<Q", 10**12) + d[8:]
+    ),
     "weights header not JSON": lambda p: _rewrite_weights(p, lambda d, n, h: d[:8] + b"\xff" * n + d[8 + n :]),
     "weights header a JSON list": lambda p: _rewrite_weights(
-        p, lambda d, n, h: struct.pack("<Q", 7) + b"[1,2,3]" + d[8 + n :]),
+        p, lambda d, n, h: struct.pack("<Q", 7) + b"[1,2,3]" + d[8 + n :]
+    ),
     "weights tensor past the end": lambda p: _rewrite_weights(p, _tensor_past_the_end),
 }
 WEIGHTS_SAY = ["diffusion_pytorch_model.safetensors", "again"]
@@ -114,15 +124,24 @@ def test_register_command_refuses_a_broken_pipeline_directory(breakage, broken_p
     check(f"register_model: {breakage}", "command", answer, says=BREAKAGE_SAYS[breakage], before=before, after=state())
 
 
-@pytest.mark.parametrize("breakage", ["class name is a list", "weights truncated", "weights tensor past the end",
-                                      "a component spec is a bare string"])
+@pytest.mark.parametrize(
+    "breakage",
+    ["class name is a list", "weights truncated", "weights tensor past the end", "a component spec is a bare string"],
+)
 def test_admin_refuses_a_broken_pipeline_directory_under_its_field(breakage, broken_pipeline, admin_client):
     path = broken_pipeline(breakage)
     before = state()
     data = {"name": "new-model", "pipeline_path": str(path), "steps": 30, "guidance_scale": 7.5, "scheduler": "default"}
     answer = from_form_page(lambda: admin_client.post(reverse("admin:generation_texttoimagemodel_add"), data))
-    check(f"admin register: {breakage}", "admin", answer, says=BREAKAGE_SAYS[breakage], field="pipeline_path",
-          before=before, after=state())
+    check(
+        f"admin register: {breakage}",
+        "admin",
+        answer,
+        says=BREAKAGE_SAYS[breakage],
+        field="pipeline_path",
+        before=before,
+        after=state(),
+    )
 
 
 REGISTER_OPTIONS = [
@@ -180,8 +199,14 @@ def test_register_command_refuses_paths_that_are_not_pipelines(tmp_path):
     ]
     for case, path, says in cases:
         before = state()
-        check(f"register_model: {case}", "command", from_command("register_model", "new-model", path), says=says,
-              before=before, after=state())
+        check(
+            f"register_model: {case}",
+            "command",
+            from_command("register_model", "new-model", path),
+            says=says,
+            before=before,
+            after=state(),
+        )
 
 
 ADMIN_REGISTER_FIELDS = [
@@ -196,8 +221,14 @@ ADMIN_REGISTER_FIELDS = [
 
 @pytest.mark.parametrize("case,changes,field,says", ADMIN_REGISTER_FIELDS, ids=[c[0] for c in ADMIN_REGISTER_FIELDS])
 def test_admin_register_shows_each_error_under_its_field(case, changes, field, says, tiny_pipeline_dir, admin_client):
-    data = {"name": "new-model", "pipeline_path": str(tiny_pipeline_dir("sd", 0)), "steps": 30, "guidance_scale": 7.5,
-            "scheduler": "default", **changes}
+    data = {
+        "name": "new-model",
+        "pipeline_path": str(tiny_pipeline_dir("sd", 0)),
+        "steps": 30,
+        "guidance_scale": 7.5,
+        "scheduler": "default",
+        **changes,
+    }
     before = state()
     answer = from_form_page(lambda: admin_client.post(reverse("admin:generation_texttoimagemodel_add"), data))
     check(f"admin register: {case}", "admin", answer, says=says, field=field, before=before, after=state())
@@ -213,8 +244,10 @@ def test_register_service_refuses_bad_values(tiny_pipeline_dir):
     ]
     for i, (case, changes, says) in enumerate(cases):
         before = state()
-        answer = from_call(lambda: services.register_model(name=f"new-model-{i}", pipeline_path=path, **changes),
-                           services.GenerationError)
+        answer = from_call(
+            lambda: services.register_model(name=f"new-model-{i}", pipeline_path=path, **changes),
+            services.GenerationError,
+        )
         check(f"register service: {case}", "service", answer, says=says, before=before, after=state())
 
 
@@ -274,8 +307,14 @@ def test_generate_command_refuses_missing_or_unknown_batches():
         ("resume an unknown batch", ["--resume", "999"], ["no batch 999"]),
     ]:
         before = state()
-        check(f"generate: {case}", "command", from_command("generate", *argv, "--no-wait"), says=says,
-              before=before, after=state())
+        check(
+            f"generate: {case}",
+            "command",
+            from_command("generate", *argv, "--no-wait"),
+            says=says,
+            before=before,
+            after=state(),
+        )
 
 
 BATCH_FORM_CASES = [
@@ -290,7 +329,9 @@ BATCH_FORM_CASES = [
 
 
 @pytest.mark.parametrize("case,changes,field,says", BATCH_FORM_CASES, ids=[c[0] for c in BATCH_FORM_CASES])
-def test_admin_batch_form_shows_each_error_under_its_field(case, changes, field, says, two_models, prompt_set, admin_client):
+def test_admin_batch_form_shows_each_error_under_its_field(
+    case, changes, field, says, two_models, prompt_set, admin_client
+):
     data = {"models": [m.pk for m in two_models], "prompt_set": prompt_set.pk, "seeds": "0-1", **changes}
     before = state()
     answer = from_form_page(lambda: admin_client.post(reverse("admin:generation_generationbatch_add"), data))
@@ -319,10 +360,20 @@ def test_create_batch_service_refuses_bad_values(two_models, prompt_set):
 LONG = "ab" * 100_000  # 200,000 characters: over the csv module's own field limit as well as Needle's cap
 
 UPLOAD_CASES = [
-    ("a prompt over the length cap (CSV)", "long.csv", f"prompt\nshort one\n{LONG}\n".encode(), "file",
-     ["line 3", "200,000", "2,000", "shorten"]),
-    ("a prompt over the length cap (TSV)", "long.tsv", f"Prompt\tCategory\n{LONG}\tx\n".encode(), "file",
-     ["line 2", "2,000", "shorten"]),
+    (
+        "a prompt over the length cap (CSV)",
+        "long.csv",
+        f"prompt\nshort one\n{LONG}\n".encode(),
+        "file",
+        ["line 3", "200,000", "2,000", "shorten"],
+    ),
+    (
+        "a prompt over the length cap (TSV)",
+        "long.tsv",
+        f"Prompt\tCategory\n{LONG}\tx\n".encode(),
+        "file",
+        ["line 2", "2,000", "shorten"],
+    ),
     ("an unknown extension", "prompts.txt", b"prompt\na cat\n", "file", ["extension", ".csv"]),
     ("no prompt column", "p.csv", b"text\na cat\n", "file", ["prompt", "column"]),
     ("an empty file", "p.csv", b"", "file", ["empty"]),
@@ -341,8 +392,12 @@ UPLOAD_CASES = [
 @pytest.mark.parametrize("case,filename,data,field,says", UPLOAD_CASES, ids=[c[0] for c in UPLOAD_CASES])
 def test_admin_prompt_upload_shows_file_problems_under_the_file_field(case, filename, data, field, says, admin_client):
     before = state()
-    answer = from_form_page(lambda: admin_client.post(
-        reverse("admin:generation_promptset_import"), {"name": "new-set", "file": SimpleUploadedFile(filename, data)}))
+    answer = from_form_page(
+        lambda: admin_client.post(
+            reverse("admin:generation_promptset_import"),
+            {"name": "new-set", "file": SimpleUploadedFile(filename, data)},
+        )
+    )
     check(f"prompt upload: {case}", "upload", answer, says=says, field=field, before=before, after=state())
 
 
@@ -352,11 +407,17 @@ def test_admin_prompt_upload_shows_name_problems_under_the_name_field(prompt_set
         ("a blank name", "   ", ["required"], "name"),
     ]:
         before = state()
-        answer = from_form_page(lambda: admin_client.post(
-            reverse("admin:generation_promptset_import"), {"name": name, "file": SimpleUploadedFile("p.csv", b"prompt\nx\n")}))
+        answer = from_form_page(
+            lambda: admin_client.post(
+                reverse("admin:generation_promptset_import"),
+                {"name": name, "file": SimpleUploadedFile("p.csv", b"prompt\nx\n")},
+            )
+        )
         check(f"prompt upload: {case}", "upload", answer, says=says, field=field, before=before, after=state())
     before = state()
-    answer = from_form_page(lambda: admin_client.post(reverse("admin:generation_promptset_import"), {"name": "new-set"}))
+    answer = from_form_page(
+        lambda: admin_client.post(reverse("admin:generation_promptset_import"), {"name": "new-set"})
+    )
     check("prompt upload: no file", "upload", answer, says=["required"], field="file", before=before, after=state())
 
 
@@ -371,10 +432,25 @@ def test_import_prompts_command_refuses_bad_files(tmp_path, settings):
         ("an unknown format", [str(tmp_path / "long.tsv"), "--format", "xml"], ["format", "invalid choice"]),
     ]:
         before = state()
-        check(f"import_prompts: {case}", "command", from_command("import_prompts", *argv), says=says,
-              before=before, after=state())
+        check(
+            f"import_prompts: {case}",
+            "command",
+            from_command("import_prompts", *argv),
+            says=says,
+            before=before,
+            after=state(),
+        )
     settings.NEEDLE_PROMPT_MAX_CHARS = 300
-    for case, path in [("a prompt over the length cap (TSV)", "long.tsv"), ("a prompt over the length cap (JSONL)", "long.jsonl")]:
+    for case, path in [
+        ("a prompt over the length cap (TSV)", "long.tsv"),
+        ("a prompt over the length cap (JSONL)", "long.jsonl"),
+    ]:
         before = state()
-        check(f"import_prompts: {case}", "command", from_command("import_prompts", str(tmp_path / path)),
-              says=["line 2" if path.endswith("tsv") else "line 1", "300", "shorten"], before=before, after=state())
+        check(
+            f"import_prompts: {case}",
+            "command",
+            from_command("import_prompts", str(tmp_path / path)),
+            says=["line 2" if path.endswith("tsv") else "line 1", "300", "shorten"],
+            before=before,
+            after=state(),
+        )

@@ -53,7 +53,9 @@ def test_dashboard_shows_live_progress_and_the_pairs(live_server, celery_worker,
     page.click("text=browser check")
     images = page.locator(".pairs img")
     assert images.count() == 16
-    page.wait_for_function("Array.from(document.querySelectorAll('.pairs img')).every(i => i.complete && i.naturalWidth === 64)")
+    page.wait_for_function(
+        "Array.from(document.querySelectorAll('.pairs img')).every(i => i.complete && i.naturalWidth === 64)"
+    )
     header = page.locator(".pairs thead").inner_text()
     assert "base" in header and "tuned" in header
     page.screenshot(path=str(shots / "generation-batch.png"), full_page=True)

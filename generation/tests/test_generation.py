@@ -19,7 +19,9 @@ def image_bytes(image: GeneratedImage) -> bytes:
 
 
 def test_each_model_gets_every_prompt_and_seed_once(two_models, prompt_set):
-    batch = services.create_batch(models=list(two_models), prompt_set=prompt_set, seeds=[0, 1, 2], chunk_size=4, inference_batch_size=2)
+    batch = services.create_batch(
+        models=list(two_models), prompt_set=prompt_set, seeds=[0, 1, 2], chunk_size=4, inference_batch_size=2
+    )
     services.generate_batch_in_process(batch)
     progress = selectors.batch_progress(batch)
     assert (progress.done, progress.total) == (24, 24)
@@ -69,7 +71,9 @@ def test_initial_noise_depends_only_on_seed_not_on_batch_company(two_models):
 
 
 def test_running_a_chunk_again_creates_nothing(two_models, prompt_set):
-    batch = services.create_batch(models=list(two_models), prompt_set=prompt_set, seeds=[0, 1], chunk_size=4, inference_batch_size=2)
+    batch = services.create_batch(
+        models=list(two_models), prompt_set=prompt_set, seeds=[0, 1], chunk_size=4, inference_batch_size=2
+    )
     model_id = two_models[0].pk
     first = services.generate_chunk(batch.pk, model_id, 0)
     again = services.generate_chunk(batch.pk, model_id, 0)
@@ -103,14 +107,19 @@ def test_a_later_batch_reuses_existing_images(two_models, prompt_set):
 def test_each_worker_process_loads_a_pipeline_once(two_models, prompt_set):
     services.pipeline_cache().clear()
     loads_before = services.pipeline_cache().loads
-    batch = services.create_batch(models=list(two_models), prompt_set=prompt_set, seeds=[0, 1, 2, 3], chunk_size=2, inference_batch_size=2)
+    batch = services.create_batch(
+        models=list(two_models), prompt_set=prompt_set, seeds=[0, 1, 2, 3], chunk_size=2, inference_batch_size=2
+    )
     services.generate_batch_in_process(batch)  # 16 chunks over two models
     assert services.pipeline_cache().loads - loads_before == 2
 
 
 def test_batch_parameters_override_model_defaults_for_all_models(two_models, prompt_set):
     batch = services.create_batch(
-        models=list(two_models), prompt_set=prompt_set, seeds=[0], parameters={"steps": 2, "width": 48, "height": 32, "scheduler": "euler_a"}
+        models=list(two_models),
+        prompt_set=prompt_set,
+        seeds=[0],
+        parameters={"steps": 2, "width": 48, "height": 32, "scheduler": "euler_a"},
     )
     assert {bm.parameters["steps"] for bm in batch.batch_models.all()} == {2}
     services.generate_batch_in_process(batch)
@@ -119,7 +128,9 @@ def test_batch_parameters_override_model_defaults_for_all_models(two_models, pro
     assert image.parameters == {"steps": 2, "guidance_scale": 5.0, "width": 48, "height": 32, "scheduler": "euler_a"}
 
 
-@pytest.mark.parametrize("scheduler", ["ddim", "pndm", "lms", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc"])
+@pytest.mark.parametrize(
+    "scheduler", ["ddim", "pndm", "lms", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "unipc"]
+)
 def test_every_offered_scheduler_runs(tiny_pipeline_dir, scheduler):
     loaded = pipelines.load_pipeline(tiny_pipeline_dir("sd", 0), expected_fingerprint=None)
     params = {"steps": 5, "guidance_scale": 5.0, "width": 64, "height": 64, "scheduler": scheduler}  # PNDM needs >= 4
@@ -170,7 +181,9 @@ def test_invalid_batches_are_refused(two_models, prompt_set, kwargs, message):
 
 
 def test_chunks_hold_whole_forward_passes(two_models, prompt_set):
-    batch = services.create_batch(models=list(two_models), prompt_set=prompt_set, seeds=[0], chunk_size=10, inference_batch_size=4)
+    batch = services.create_batch(
+        models=list(two_models), prompt_set=prompt_set, seeds=[0], chunk_size=10, inference_batch_size=4
+    )
     assert batch.chunk_size == 8
 
 
@@ -249,8 +262,20 @@ def test_clean_partial_images_removes_only_old_half_written_files():
 def test_generate_with_reuse_finds_the_batch_of_that_name_instead_of_adding_another(two_models, prompt_set):
     # --no-wait: the chunks are only queued (on commit, which a test transaction never reaches); no worker needed.
     def generate(*extra, seeds="0-1"):
-        call_command("generate", "--models", "base", "tuned", "--prompt-set", "four", "--seeds", seeds, "--name", "demo",
-                     "--no-wait", *extra)
+        call_command(
+            "generate",
+            "--models",
+            "base",
+            "tuned",
+            "--prompt-set",
+            "four",
+            "--seeds",
+            seeds,
+            "--name",
+            "demo",
+            "--no-wait",
+            *extra,
+        )
 
     generate("--reuse")
     generate("--reuse")  # `make demo` run again

@@ -28,7 +28,10 @@ def test_csv_with_bom_quoted_commas_and_multiline_prompt():
 def test_jsonl_accepts_partiprompts_keys_in_any_case():
     data = b'{"Prompt": "a dog", "Category": "Animals"}\n\n{"prompt": "a boat", "challenge": "Basic"}\n'
     parsed = parse_prompt_file(data, "p.jsonl")
-    assert [(p.text, p.category, p.challenge) for p in parsed.prompts] == [("a dog", "Animals", ""), ("a boat", "", "Basic")]
+    assert [(p.text, p.category, p.challenge) for p in parsed.prompts] == [
+        ("a dog", "Animals", ""),
+        ("a boat", "", "Basic"),
+    ]
 
 
 def test_duplicates_are_reported_with_both_line_numbers_and_skipped():
@@ -54,7 +57,7 @@ def test_missing_prompt_column_lists_the_columns_found():
 
 
 def test_every_empty_prompt_is_reported_with_its_line():
-    errors = errors_of(b"prompt,category\na cat,x\n ,y\nok,z\n\"\",w\n", "p.csv")
+    errors = errors_of(b'prompt,category\na cat,x\n ,y\nok,z\n"",w\n', "p.csv")
     assert errors == ["line 3: empty prompt", "line 5: empty prompt"]
 
 

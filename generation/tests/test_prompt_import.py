@@ -37,7 +37,7 @@ def test_existing_name_is_refused_and_the_first_set_is_untouched():
 
 def test_command_prints_every_error_and_imports_nothing(tmp_path):
     bad = tmp_path / "bad.csv"
-    bad.write_bytes(b"prompt\nok\n\"\"\n\"\"\n")
+    bad.write_bytes(b'prompt\nok\n""\n""\n')
     with pytest.raises(CommandError) as info:
         call_command("import_prompts", str(bad))
     assert "line 3: empty prompt" in str(info.value) and "line 4: empty prompt" in str(info.value)

@@ -72,7 +72,9 @@ def test_corrupt_model_index(tmp_path):
 
 
 def test_non_text_to_image_pipeline_is_refused(tmp_path):
-    (tmp_path / "model_index.json").write_text(json.dumps({"_class_name": "DDPMPipeline", "unet": ["diffusers", "UNet2DModel"]}))
+    (tmp_path / "model_index.json").write_text(
+        json.dumps({"_class_name": "DDPMPipeline", "unet": ["diffusers", "UNet2DModel"]})
+    )
     assert "not a text-to-image pipeline" in register_error(tmp_path)
 
 
@@ -95,5 +97,11 @@ def test_register_command_reports_errors_and_success(tiny_pipeline_dir, tmp_path
         call_command("register_model", "bad", str(tmp_path / "missing"))
     call_command("register_model", "good", str(tiny_pipeline_dir("sd", 0)), "--steps", "12", "--scheduler", "euler")
     model = TextToImageModel.objects.get(name="good")
-    assert model.default_parameters == {"steps": 12, "guidance_scale": 7.5, "width": 64, "height": 64, "scheduler": "euler"}
+    assert model.default_parameters == {
+        "steps": 12,
+        "guidance_scale": 7.5,
+        "width": 64,
+        "height": 64,
+        "scheduler": "euler",
+    }
     assert "Registered good" in capsys.readouterr().out

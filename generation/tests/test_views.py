@@ -11,7 +11,9 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def staff_client(client):
-    user = get_user_model().objects.create_user("researcher", password="pw-long-enough-1", is_staff=True, is_superuser=True)
+    user = get_user_model().objects.create_user(
+        "researcher", password="pw-long-enough-1", is_staff=True, is_superuser=True
+    )
     client.force_login(user)
     return client
 
@@ -29,10 +31,16 @@ def test_dashboard_shows_progress_and_pairs(staff_client, generated_batch):
     detail = staff_client.get(reverse("generation:batch_detail", args=[generated_batch.pk])).content.decode()
     assert detail.count("<img") == 4 and detail.count("pending") == 4
     data = staff_client.get(reverse("generation:progress_json"), {"id": generated_batch.pk}).json()
-    assert data["batches"][0]["done"] == 4 and data["batches"][0]["per_model"][0] == {"model": "base", "done": 4, "total": 4}
+    assert data["batches"][0]["done"] == 4 and data["batches"][0]["per_model"][0] == {
+        "model": "base",
+        "done": 4,
+        "total": 4,
+    }
 
 
-def test_batch_page_pages_through_every_key_and_tolerates_bad_page_numbers(staff_client, two_models, prompt_set, monkeypatch):
+def test_batch_page_pages_through_every_key_and_tolerates_bad_page_numbers(
+    staff_client, two_models, prompt_set, monkeypatch
+):
     from generation import selectors
 
     monkeypatch.setattr(selectors, "PAIRS_PER_PAGE", 3)
@@ -74,12 +82,14 @@ def test_non_staff_users_cannot_reach_the_dashboard(client):
 
 
 def test_admin_import_shows_line_numbered_errors_and_imports_nothing(staff_client):
-    upload = SimpleUploadedFile("bad.csv", b"prompt\nok\n\"\"\n")
+    upload = SimpleUploadedFile("bad.csv", b'prompt\nok\n""\n')
     response = staff_client.post(reverse("admin:generation_promptset_import"), {"name": "bad", "file": upload})
     assert response.status_code == 200 and "line 3: empty prompt" in response.content.decode()
     assert not PromptSet.objects.exists()
     upload = SimpleUploadedFile("good.tsv", b"Prompt\tCategory\na cat\tAnimals\na cat\tAnimals\n")
-    response = staff_client.post(reverse("admin:generation_promptset_import"), {"name": "good", "file": upload}, follow=True)
+    response = staff_client.post(
+        reverse("admin:generation_promptset_import"), {"name": "good", "file": upload}, follow=True
+    )
     page = response.content.decode()
     assert "Imported 1 prompts" in page and "duplicate of line 2" in page
     assert PromptSet.objects.get().prompts.get().category == "Animals"
@@ -106,5 +116,7 @@ def test_admin_creates_a_batch_and_refuses_bad_seeds(staff_client, two_models, p
 
 
 def test_progress_json_ignores_malformed_ids(staff_client, generated_batch):
-    data = staff_client.get(reverse("generation:progress_json") + f"?id=abc&id=-1&id={generated_batch.pk}&id=1e9").json()
+    data = staff_client.get(
+        reverse("generation:progress_json") + f"?id=abc&id=-1&id={generated_batch.pk}&id=1e9"
+    ).json()
     assert [b["id"] for b in data["batches"]] == [generated_batch.pk]

@@ -28,9 +28,13 @@ def reference_digests(batch) -> dict:
             chunk = keys[start : start + batch.chunk_size]
             for i in range(0, len(chunk), batch.inference_batch_size):
                 group = chunk[i : i + batch.inference_batch_size]
-                images, _ = pipelines.render(loaded, [k.prompt_text for k in group], [k.seed for k in group], bm.parameters)
+                images, _ = pipelines.render(
+                    loaded, [k.prompt_text for k in group], [k.seed for k in group], bm.parameters
+                )
                 for key, pixels in zip(group, images):
-                    digests[bm.model_id, key.prompt_id, key.seed] = hashlib.sha256(pipelines.encode_png(pixels)).hexdigest()
+                    digests[bm.model_id, key.prompt_id, key.seed] = hashlib.sha256(
+                        pipelines.encode_png(pixels)
+                    ).hexdigest()
     return digests
 
 
@@ -49,8 +53,20 @@ def stored_digests() -> dict:
 
 def test_generate_command_runs_a_batch_on_the_worker(celery_worker, two_models, prompt_set, capsys):
     call_command(
-        "generate", "--models", "base", "tuned", "--prompt-set", "four", "--seeds", "0-2",
-        "--chunk-size", "4", "--inference-batch-size", "2", "--timeout", "120",
+        "generate",
+        "--models",
+        "base",
+        "tuned",
+        "--prompt-set",
+        "four",
+        "--seeds",
+        "0-2",
+        "--chunk-size",
+        "4",
+        "--inference-batch-size",
+        "2",
+        "--timeout",
+        "120",
     )
     out = capsys.readouterr().out
     assert "queued 6 chunk task(s)" in out and "complete: 24 images" in out and "24/24" in out
@@ -60,7 +76,9 @@ def test_generate_command_runs_a_batch_on_the_worker(celery_worker, two_models, 
 
 
 def test_duplicated_and_repeated_tasks_never_make_a_second_image(celery_worker, two_models, prompt_set):
-    batch = services.create_batch(models=list(two_models), prompt_set=prompt_set, seeds=[0, 1], chunk_size=4, inference_batch_size=2)
+    batch = services.create_batch(
+        models=list(two_models), prompt_set=prompt_set, seeds=[0, 1], chunk_size=4, inference_batch_size=2
+    )
     services.dispatch_batch(batch)
     for bm in batch.batch_models.all():  # the same chunks delivered again, as after a broker hiccup
         for index in range(selectors.chunk_count(batch)):
@@ -74,12 +92,18 @@ def test_duplicated_and_repeated_tasks_never_make_a_second_image(celery_worker, 
     assert len(stored_digests()) == 16
 
 
-def test_worker_killed_mid_chunk_then_a_new_worker_finishes_byte_identical(celery_worker, tiny_pipeline_dir, prompt_set):
+def test_worker_killed_mid_chunk_then_a_new_worker_finishes_byte_identical(
+    celery_worker, tiny_pipeline_dir, prompt_set
+):
     if not settings.CELERY_BROKER_URL.startswith(("redis", "amqp")):
         pytest.skip("redelivery after a SIGKILL needs a broker with acknowledgements (Redis or RabbitMQ)")
     # Slow enough (128 px, 25 steps) that a forward pass takes a good fraction of a second.
-    model = services.register_model(name="slow", pipeline_path=str(tiny_pipeline_dir("sd", 2)), steps=25, width=128, height=128)
-    batch = services.create_batch(models=[model], prompt_set=prompt_set, seeds=[0, 1, 2, 3], chunk_size=8, inference_batch_size=4)
+    model = services.register_model(
+        name="slow", pipeline_path=str(tiny_pipeline_dir("sd", 2)), steps=25, width=128, height=128
+    )
+    batch = services.create_batch(
+        models=[model], prompt_set=prompt_set, seeds=[0, 1, 2, 3], chunk_size=8, inference_batch_size=4
+    )
     services.dispatch_batch(batch)  # 2 chunks of 2 passes each
 
     deadline = time.monotonic() + 120
@@ -103,7 +127,9 @@ def test_worker_killed_mid_chunk_then_a_new_worker_finishes_byte_identical(celer
         assert pipelines.png_chunk_types(png.read_bytes())[-1] == "IEND", f"{png} is truncated"
 
 
-def test_a_missing_model_directory_fails_the_batch_with_a_clear_message(celery_worker, tiny_pipeline_dir, tmp_path, prompt_set):
+def test_a_missing_model_directory_fails_the_batch_with_a_clear_message(
+    celery_worker, tiny_pipeline_dir, tmp_path, prompt_set
+):
     import shutil
 
     path = tmp_path / "moved"

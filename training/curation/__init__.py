@@ -26,27 +26,41 @@ Score conventions: CLIP score = ``100 * cos`` (see ``training.clip_scoring``);
 aesthetic score = LAION head output on the 1-10 scale (``training.aesthetic``).
 """
 
-from .errors import (  # noqa: F401
-    CurationError,
-)
 from .candidates import (  # noqa: F401
     CAPTION_FILES,
-    FunnelCandidate,
-    CandidateScan,
-    ImportProblem,
     SUPPORTED_FORMATS,
     SUPPORTED_SUFFIXES,
     UNSUPPORTED_IMAGE_SUFFIXES,
+    CandidateScan,
+    FunnelCandidate,
+    ImportProblem,
     scan_candidates,
     to_rgb,
+)
+from .contact_sheet import (  # noqa: F401
+    SHEET_HEADER_HEIGHT,
+    SHEET_LABEL_LINES,
+    SHEET_LINE_HEIGHT,
+    SHEET_PADDING,
+    contact_sheet,
+    contact_sheet_size,
+)
+from .errors import (  # noqa: F401
+    CurationError,
+)
+from .features import (  # noqa: F401
+    FunnelFeatures,
+)
+from .funnel import (  # noqa: F401
+    FunnelResult,
+    StageRecord,
+    histogram,
+    run_funnel,
 )
 from .near_duplicates import (  # noqa: F401
     hamming,
     near_duplicate_pairs,
     perceptual_hash,
-)
-from .features import (  # noqa: F401
-    FunnelFeatures,
 )
 from .stages import (  # noqa: F401
     AestheticStage,
@@ -59,18 +73,4 @@ from .stages import (  # noqa: F401
     count_words,
     default_stages,
     ocr_unavailable_reason,
-)
-from .funnel import (  # noqa: F401
-    FunnelResult,
-    StageRecord,
-    histogram,
-    run_funnel,
-)
-from .contact_sheet import (  # noqa: F401
-    SHEET_HEADER_HEIGHT,
-    SHEET_LABEL_LINES,
-    SHEET_LINE_HEIGHT,
-    SHEET_PADDING,
-    contact_sheet,
-    contact_sheet_size,
 )

@@ -14,7 +14,6 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-
 from .errors import CurationError
 
 log = logging.getLogger(__name__)
@@ -25,10 +24,21 @@ SUPPORTED_FORMATS = {"JPEG": "JPEG", "PNG": "PNG", "WEBP": "WebP", "BMP": "BMP",
 SUPPORTED_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 # Image files Needle sees but does not take: reported, so a researcher knows to convert them.
 UNSUPPORTED_IMAGE_SUFFIXES = (
-    ".gif", ".heic", ".heif", ".avif", ".svg", ".jxl", ".ico", ".psd", ".dng", ".cr2", ".nef", ".arw", ".jp2",
+    ".gif",
+    ".heic",
+    ".heif",
+    ".avif",
+    ".svg",
+    ".jxl",
+    ".ico",
+    ".psd",
+    ".dng",
+    ".cr2",
+    ".nef",
+    ".arw",
+    ".jp2",
 )
 _ROTATED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
-
 
 
 # --- candidates and their import ---------------------------------------------------------------------------------
@@ -159,18 +169,42 @@ def _read_caption_file(path: Path, problems: list[ImportProblem]) -> list[tuple[
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                problems.append(ImportProblem("malformed_caption_line", f"is not valid JSON ({exc.msg} at column {exc.colno})", caption_file=name, line=number))
+                problems.append(
+                    ImportProblem(
+                        "malformed_caption_line",
+                        f"is not valid JSON ({exc.msg} at column {exc.colno})",
+                        caption_file=name,
+                        line=number,
+                    )
+                )
                 continue
             if not isinstance(record, dict):
-                problems.append(ImportProblem("malformed_caption_line", f'is a JSON {type(record).__name__}, not an object like {{"file": "a.jpg", "caption": "..."}}', caption_file=name, line=number))
+                problems.append(
+                    ImportProblem(
+                        "malformed_caption_line",
+                        f'is a JSON {type(record).__name__}, not an object like {{"file": "a.jpg", "caption": "..."}}',
+                        caption_file=name,
+                        line=number,
+                    )
+                )
                 continue
             file_value = record.get("file", record.get("file_name"))
             caption = record.get("caption", record.get("text"))
             if not isinstance(file_value, str) or not file_value.strip():
-                problems.append(ImportProblem("malformed_caption_line", 'has no "file" string', caption_file=name, line=number))
+                problems.append(
+                    ImportProblem("malformed_caption_line", 'has no "file" string', caption_file=name, line=number)
+                )
                 continue
             if caption is not None and not isinstance(caption, str):
-                problems.append(ImportProblem("malformed_caption_line", f'has a "caption" that is a JSON {type(caption).__name__}, not a string', caption_file=name, line=number, file=file_value))
+                problems.append(
+                    ImportProblem(
+                        "malformed_caption_line",
+                        f'has a "caption" that is a JSON {type(caption).__name__}, not a string',
+                        caption_file=name,
+                        line=number,
+                        file=file_value,
+                    )
+                )
                 continue
             rows.append((file_value, caption or "", number))
         return rows
@@ -179,11 +213,22 @@ def _read_caption_file(path: Path, problems: list[ImportProblem]) -> list[tuple[
     try:
         header = next(reader, None)
         if header is None:
-            problems.append(ImportProblem("malformed_caption_file", "is empty: it needs a header line file,caption", caption_file=name))
+            problems.append(
+                ImportProblem(
+                    "malformed_caption_file", "is empty: it needs a header line file,caption", caption_file=name
+                )
+            )
             return rows
         columns = [column.strip().lower() for column in header]
         if "file" not in columns or "caption" not in columns:
-            problems.append(ImportProblem("malformed_caption_file", f"header must name the columns file and caption (found: {','.join(header)})", caption_file=name, line=1))
+            problems.append(
+                ImportProblem(
+                    "malformed_caption_file",
+                    f"header must name the columns file and caption (found: {','.join(header)})",
+                    caption_file=name,
+                    line=1,
+                )
+            )
             return rows
         file_at, caption_at = columns.index("file"), columns.index("caption")
         start_line = reader.line_num + 1
@@ -192,28 +237,56 @@ def _read_caption_file(path: Path, problems: list[ImportProblem]) -> list[tuple[
             if not any(cell.strip() for cell in record):
                 continue
             if len(record) != len(columns):
-                problems.append(ImportProblem("malformed_caption_line", f"has {len(record)} field(s) but the header has {len(columns)} (quote captions that contain commas)", caption_file=name, line=number))
+                problems.append(
+                    ImportProblem(
+                        "malformed_caption_line",
+                        f"has {len(record)} field(s) but the header has {len(columns)} (quote captions that contain commas)",
+                        caption_file=name,
+                        line=number,
+                    )
+                )
                 continue
             if not record[file_at].strip():
-                problems.append(ImportProblem("malformed_caption_line", "has an empty file column", caption_file=name, line=number))
+                problems.append(
+                    ImportProblem("malformed_caption_line", "has an empty file column", caption_file=name, line=number)
+                )
                 continue
             rows.append((record[file_at], record[caption_at], number))
     except csv.Error as exc:
-        problems.append(ImportProblem("malformed_caption_line", f"cannot be parsed as CSV ({exc}); lines after it were not read", caption_file=name, line=reader.line_num))
+        problems.append(
+            ImportProblem(
+                "malformed_caption_line",
+                f"cannot be parsed as CSV ({exc}); lines after it were not read",
+                caption_file=name,
+                line=reader.line_num,
+            )
+        )
     return rows
 
 
 def _collect_captions(folder: Path, problems: list[ImportProblem]) -> dict[str, list[_CaptionRow]]:
     present = [folder / name for name in CAPTION_FILES if (folder / name).is_file()]
     if not present:
-        problems.append(ImportProblem("caption_file_missing", f"no captions.csv (columns file,caption) or captions.jsonl ({{\"file\": ..., \"caption\": ...}} per line) in {folder}: no image can be imported without captions"))
+        problems.append(
+            ImportProblem(
+                "caption_file_missing",
+                f'no captions.csv (columns file,caption) or captions.jsonl ({{"file": ..., "caption": ...}} per line) in {folder}: no image can be imported without captions',
+            )
+        )
         return {}
     captions: dict[str, list[_CaptionRow]] = defaultdict(list)
     for path in present:
         for raw, caption, number in _read_caption_file(path, problems):
             reference = _normalise_reference(raw)
             if reference is None:
-                problems.append(ImportProblem("malformed_caption_line", f"file {raw!r} is absolute or contains '..': give the path relative to the collection folder", caption_file=path.name, line=number))
+                problems.append(
+                    ImportProblem(
+                        "malformed_caption_line",
+                        f"file {raw!r} is absolute or contains '..': give the path relative to the collection folder",
+                        caption_file=path.name,
+                        line=number,
+                    )
+                )
                 continue
             captions[reference].append(_CaptionRow(caption, path.name, number))
     return captions
@@ -275,7 +348,15 @@ def scan_candidates(folder: str | Path) -> CandidateScan:
         for row in captions[reference]:
             close = difflib.get_close_matches(reference, images, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            problems.append(ImportProblem("missing_file", f"captions {reference}, which is not in the folder{hint}", file=reference, caption_file=row.caption_file, line=row.line))
+            problems.append(
+                ImportProblem(
+                    "missing_file",
+                    f"captions {reference}, which is not in the folder{hint}",
+                    file=reference,
+                    caption_file=row.caption_file,
+                    line=row.line,
+                )
+            )
 
     candidates: list[FunnelCandidate] = []
     first_by_hash: dict[str, str] = {}
@@ -283,7 +364,13 @@ def scan_candidates(folder: str | Path) -> CandidateScan:
         path = folder / file
         rows = captions.get(file, [])
         if file.lower().endswith(UNSUPPORTED_IMAGE_SUFFIXES):
-            problems.append(ImportProblem("unsupported_format", f"unsupported format {path.suffix.lower()}: convert it to JPEG, PNG or WebP", file=file))
+            problems.append(
+                ImportProblem(
+                    "unsupported_format",
+                    f"unsupported format {path.suffix.lower()}: convert it to JPEG, PNG or WebP",
+                    file=file,
+                )
+            )
             continue
         try:
             data = path.read_bytes()
@@ -293,43 +380,89 @@ def scan_candidates(folder: str | Path) -> CandidateScan:
         try:
             image_format, width, height = _decode(data)
         except _Unsupported as exc:
-            problems.append(ImportProblem("unsupported_format", f"is a {exc.args[0]} image, which Needle does not take: convert it to JPEG, PNG or WebP", file=file))
+            problems.append(
+                ImportProblem(
+                    "unsupported_format",
+                    f"is a {exc.args[0]} image, which Needle does not take: convert it to JPEG, PNG or WebP",
+                    file=file,
+                )
+            )
             continue
         except UnidentifiedImageError:
-            problems.append(ImportProblem("unreadable_image", f"is not an image file (Pillow cannot identify it){' although named ' + path.suffix if path.suffix else ''}", file=file))
+            problems.append(
+                ImportProblem(
+                    "unreadable_image",
+                    f"is not an image file (Pillow cannot identify it){' although named ' + path.suffix if path.suffix else ''}",
+                    file=file,
+                )
+            )
             continue
         except Image.DecompressionBombError as exc:
             problems.append(ImportProblem("unreadable_image", f"is too large to decode safely ({exc})", file=file))
             continue
         except (OSError, SyntaxError, ValueError, EOFError, IndexError) as exc:
             message = str(exc) or type(exc).__name__
-            truncated = any(word in message.lower() for word in ("truncat", "broken", "end of file", "eof", "incomplete"))
+            truncated = any(
+                word in message.lower() for word in ("truncat", "broken", "end of file", "eof", "incomplete")
+            )
             kind = "truncated_image" if truncated else "unreadable_image"
             what = "is truncated or corrupt" if truncated else "cannot be decoded"
             problems.append(ImportProblem(kind, f"{what} ({message}): re-download or re-export it", file=file))
             continue
 
         if not rows:
-            problems.append(ImportProblem("missing_caption", "has no caption: add a row for it to the caption file", file=file))
+            problems.append(
+                ImportProblem("missing_caption", "has no caption: add a row for it to the caption file", file=file)
+            )
             continue
         texts = [row.caption.strip() for row in rows]
         if len(rows) > 1:
             where = ", ".join(f"{row.caption_file} line {row.line}" for row in rows)
             if len(set(texts)) == 1:
-                problems.append(ImportProblem("duplicate_caption", f"has {len(rows)} identical caption rows ({where}); imported once", file=file, severity="warning"))
+                problems.append(
+                    ImportProblem(
+                        "duplicate_caption",
+                        f"has {len(rows)} identical caption rows ({where}); imported once",
+                        file=file,
+                        severity="warning",
+                    )
+                )
             else:
-                problems.append(ImportProblem("duplicate_caption", f"has {len(rows)} different caption rows ({where}): keep exactly one; not imported", file=file))
+                problems.append(
+                    ImportProblem(
+                        "duplicate_caption",
+                        f"has {len(rows)} different caption rows ({where}): keep exactly one; not imported",
+                        file=file,
+                    )
+                )
                 continue
         if not texts[0]:
-            problems.append(ImportProblem("empty_caption", "has an empty caption", file=file, caption_file=rows[0].caption_file, line=rows[0].line))
+            problems.append(
+                ImportProblem(
+                    "empty_caption",
+                    "has an empty caption",
+                    file=file,
+                    caption_file=rows[0].caption_file,
+                    line=rows[0].line,
+                )
+            )
             continue
 
         digest = hashlib.sha256(data).hexdigest()
         if digest in first_by_hash:
             original = first_by_hash[digest]
-            problems.append(ImportProblem("exact_duplicate", f"is byte-identical to {original} (same SHA-256); only {original} is imported", file=file, duplicate_of=original))
+            problems.append(
+                ImportProblem(
+                    "exact_duplicate",
+                    f"is byte-identical to {original} (same SHA-256); only {original} is imported",
+                    file=file,
+                    duplicate_of=original,
+                )
+            )
             continue
         first_by_hash[digest] = file
-        candidates.append(FunnelCandidate(file, path.resolve(), texts[0], width, height, digest, image_format, len(data)))
+        candidates.append(
+            FunnelCandidate(file, path.resolve(), texts[0], width, height, digest, image_format, len(data))
+        )
 
     return CandidateScan(folder, tuple(candidates), tuple(problems), tuple(sorted(set(others) - set(captions))))

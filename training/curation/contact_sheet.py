@@ -24,7 +24,9 @@ SHEET_LABEL_LINES = 4
 SHEET_HEADER_HEIGHT = 28
 
 
-def contact_sheet_size(count: int, columns: int = 6, thumb: int = 160, label_lines: int = SHEET_LABEL_LINES) -> tuple[int, int]:
+def contact_sheet_size(
+    count: int, columns: int = 6, thumb: int = 160, label_lines: int = SHEET_LABEL_LINES
+) -> tuple[int, int]:
     """(width, height) of a sheet of ``count`` thumbnails: ``columns`` cells of
     ``thumb + 2 * SHEET_PADDING`` pixels across, ``ceil(count / columns)`` rows (at least one)
     of ``thumb + 2 * SHEET_PADDING + label_lines * SHEET_LINE_HEIGHT``, under a header."""
@@ -76,12 +78,25 @@ def contact_sheet(
     """Draw up to ``n`` kept (or rejected, with stage and reason under each) candidates as a grid
     and write it to ``path`` (format from the suffix, written atomically). Size: ``contact_sheet_size``."""
     if kept:
-        items = [(c, f"{c.id} " + " ".join(f"{short}={result.scores.get(c.id, {})[key]:.2f}" for key, short in (("aesthetic_score", "aes"), ("clip_score", "clip")) if key in result.scores.get(c.id, {}))) for c in result.kept[:n]]
+        items = [
+            (
+                c,
+                f"{c.id} "
+                + " ".join(
+                    f"{short}={result.scores.get(c.id, {})[key]:.2f}"
+                    for key, short in (("aesthetic_score", "aes"), ("clip_score", "clip"))
+                    if key in result.scores.get(c.id, {})
+                ),
+            )
+            for c in result.kept[:n]
+        ]
         title = f"kept: {min(n, len(result.kept))} shown of {len(result.kept)} kept ({result.count_in} candidates)"
     else:
         rejections = result.rejected
         items = [(r.candidate, f"[{r.stage}] {r.reason} | {r.candidate.id}") for r in rejections[:n]]
-        title = f"rejected: {min(n, len(rejections))} shown of {len(rejections)} rejected ({result.count_in} candidates)"
+        title = (
+            f"rejected: {min(n, len(rejections))} shown of {len(rejections)} rejected ({result.count_in} candidates)"
+        )
     size = contact_sheet_size(len(items), columns, thumb)
     sheet = Image.new("RGB", size, (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
@@ -96,10 +111,17 @@ def contact_sheet(
         x0 = (index % columns) * cell_w
         y0 = SHEET_HEADER_HEIGHT + (index // columns) * cell_h
         image = ImageOps.contain(candidate.open_image(), (thumb, thumb))
-        sheet.paste(image, (x0 + SHEET_PADDING + (thumb - image.width) // 2, y0 + SHEET_PADDING + (thumb - image.height) // 2))
+        sheet.paste(
+            image, (x0 + SHEET_PADDING + (thumb - image.width) // 2, y0 + SHEET_PADDING + (thumb - image.height) // 2)
+        )
         colour = (0, 0, 0) if kept else (170, 0, 0)
         for line_number, line in enumerate(_wrap(draw, label, font, thumb, SHEET_LABEL_LINES)):
-            draw.text((x0 + SHEET_PADDING, y0 + thumb + SHEET_PADDING + 2 + line_number * SHEET_LINE_HEIGHT), line, fill=colour, font=font)
+            draw.text(
+                (x0 + SHEET_PADDING, y0 + thumb + SHEET_PADDING + 2 + line_number * SHEET_LINE_HEIGHT),
+                line,
+                fill=colour,
+                font=font,
+            )
     path = Path(path)
     image_format = Image.registered_extensions().get(path.suffix.lower())
     if image_format is None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 
-
-
 log = logging.getLogger(__name__)
 
 

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-
 from .candidates import FunnelCandidate
 from .errors import CurationError
 from .near_duplicates import perceptual_hash
@@ -58,7 +57,11 @@ class FunnelFeatures:
             embeddings = self.scorer.embed_images([c.open_image() for c in batch])
             for candidate, embedding in zip(batch, embeddings):
                 self.image_embeddings_by_id[candidate.id] = embedding
-        return np.stack([self.image_embeddings_by_id[c.id] for c in candidates]) if candidates else np.zeros((0, 0), np.float32)
+        return (
+            np.stack([self.image_embeddings_by_id[c.id] for c in candidates])
+            if candidates
+            else np.zeros((0, 0), np.float32)
+        )
 
     def text_embeddings(self, candidates: Sequence[FunnelCandidate]) -> np.ndarray:
         if self.scorer is None:
@@ -68,7 +71,11 @@ class FunnelFeatures:
             batch = missing[start : start + self.batch_size]
             for caption, embedding in zip(batch, self.scorer.embed_texts(batch)):
                 self._text_embeddings[caption] = embedding
-        return np.stack([self._text_embeddings[c.caption] for c in candidates]) if candidates else np.zeros((0, 0), np.float32)
+        return (
+            np.stack([self._text_embeddings[c.caption] for c in candidates])
+            if candidates
+            else np.zeros((0, 0), np.float32)
+        )
 
     def clip_scores(self, candidates: Sequence[FunnelCandidate]) -> np.ndarray:
         todo = [c for c in candidates if "clip_score" not in self.scores[c.id]]

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-
 from .candidates import FunnelCandidate
 from .errors import CurationError
 from .features import FunnelFeatures
@@ -108,10 +107,30 @@ class FunnelResult:
         """One JSON-ready row per candidate: verdict, rejecting stage and reason, scores."""
         rows = []
         for candidate in self.kept:
-            rows.append({"id": candidate.id, "caption": candidate.caption, "kept": True, "stage": None, "reason": None, "duplicate_of": None, "scores": _jsonable(self.scores.get(candidate.id, {}))})
+            rows.append(
+                {
+                    "id": candidate.id,
+                    "caption": candidate.caption,
+                    "kept": True,
+                    "stage": None,
+                    "reason": None,
+                    "duplicate_of": None,
+                    "scores": _jsonable(self.scores.get(candidate.id, {})),
+                }
+            )
         for rejection in self.rejected:
             c = rejection.candidate
-            rows.append({"id": c.id, "caption": c.caption, "kept": False, "stage": rejection.stage, "reason": rejection.reason, "duplicate_of": rejection.duplicate_of, "scores": _jsonable(self.scores.get(c.id, {}))})
+            rows.append(
+                {
+                    "id": c.id,
+                    "caption": c.caption,
+                    "kept": False,
+                    "stage": rejection.stage,
+                    "reason": rejection.reason,
+                    "duplicate_of": rejection.duplicate_of,
+                    "scores": _jsonable(self.scores.get(c.id, {})),
+                }
+            )
         return rows
 
 
@@ -153,14 +172,31 @@ def run_funnel(
         reason = stage.unavailable_reason(features)
         if reason:
             log.warning("Curation stage %s skipped: %s", stage.name, reason)
-            records.append(StageRecord(stage.name, kind, stage.config(), "skipped", len(surviving), len(surviving), skipped_reason=reason))
+            records.append(
+                StageRecord(
+                    stage.name, kind, stage.config(), "skipped", len(surviving), len(surviving), skipped_reason=reason
+                )
+            )
             continue
         started = time.perf_counter()
         kept, rejected = stage.apply(surviving, features)
         kept_ids, rejected_ids = [c.id for c in kept], [r.candidate.id for r in rejected]
         if sorted(kept_ids + rejected_ids) != sorted(c.id for c in surviving):
-            raise RuntimeError(f"stage {stage.name} did not account for each of its {len(surviving)} candidates exactly once")
-        records.append(StageRecord(stage.name, kind, stage.config(), "ran", len(surviving), len(kept), list(rejected), seconds=time.perf_counter() - started))
+            raise RuntimeError(
+                f"stage {stage.name} did not account for each of its {len(surviving)} candidates exactly once"
+            )
+        records.append(
+            StageRecord(
+                stage.name,
+                kind,
+                stage.config(),
+                "ran",
+                len(surviving),
+                len(kept),
+                list(rejected),
+                seconds=time.perf_counter() - started,
+            )
+        )
         surviving = list(kept)
     return FunnelResult(
         count_in=len(candidates),

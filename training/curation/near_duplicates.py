@@ -8,7 +8,6 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageOps
 
-
 log = logging.getLogger(__name__)
 
 

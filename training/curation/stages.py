@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-
 from .candidates import FunnelCandidate
 from .features import FunnelFeatures
 from .near_duplicates import near_duplicate_pairs
@@ -57,10 +56,14 @@ class FunnelStage:
             if f.name != "name" and f.metadata.get("config", True)
         }
 
-    def apply(self, candidates: Sequence[FunnelCandidate], features: FunnelFeatures) -> tuple[list[FunnelCandidate], list[Rejection]]:
+    def apply(
+        self, candidates: Sequence[FunnelCandidate], features: FunnelFeatures
+    ) -> tuple[list[FunnelCandidate], list[Rejection]]:
         raise NotImplementedError
 
-    def _threshold(self, candidates, values, minimum: float, label: str) -> tuple[list[FunnelCandidate], list[Rejection]]:
+    def _threshold(
+        self, candidates, values, minimum: float, label: str
+    ) -> tuple[list[FunnelCandidate], list[Rejection]]:
         kept, rejected = [], []
         for candidate, value in zip(candidates, values):
             if np.isfinite(value) and value >= minimum:
@@ -89,9 +92,21 @@ class ResolutionStage(FunnelStage):
             short, ratio = min(candidate.width, candidate.height), candidate.aspect_ratio
             features.record(candidate, "aspect_ratio", ratio)
             if short < self.min_side:
-                rejected.append(Rejection(candidate, self.name, f"short side {short} px < minimum {self.min_side} px ({candidate.width}x{candidate.height})"))
+                rejected.append(
+                    Rejection(
+                        candidate,
+                        self.name,
+                        f"short side {short} px < minimum {self.min_side} px ({candidate.width}x{candidate.height})",
+                    )
+                )
             elif ratio > self.max_aspect_ratio * (1 + 1e-9):  # tolerance: 4/3 computed as 400/300 equals 4/3
-                rejected.append(Rejection(candidate, self.name, f"aspect ratio {ratio:.3f} > maximum {self.max_aspect_ratio:g} ({candidate.width}x{candidate.height})"))
+                rejected.append(
+                    Rejection(
+                        candidate,
+                        self.name,
+                        f"aspect ratio {ratio:.3f} > maximum {self.max_aspect_ratio:g} ({candidate.width}x{candidate.height})",
+                    )
+                )
             else:
                 kept.append(candidate)
         return kept, rejected
@@ -131,7 +146,9 @@ class TextInImageStage(FunnelStage):
     max_words: int = 5
     language: str = "eng"
     name: str = "text_in_image"
-    ocr: Callable[[Image.Image], str] | None = field(default=None, compare=False, repr=False, metadata={"config": False})
+    ocr: Callable[[Image.Image], str] | None = field(
+        default=None, compare=False, repr=False, metadata={"config": False}
+    )
 
     def unavailable_reason(self, features):
         return None if self.ocr is not None else ocr_unavailable_reason()
@@ -155,7 +172,9 @@ class TextInImageStage(FunnelStage):
             words = count_words(read(candidate.open_image()))
             features.record(candidate, "ocr_words", words)
             if words > self.max_words:
-                rejected.append(Rejection(candidate, self.name, f"{words} words of text in the image > maximum {self.max_words}"))
+                rejected.append(
+                    Rejection(candidate, self.name, f"{words} words of text in the image > maximum {self.max_words}")
+                )
             else:
                 kept.append(candidate)
         return kept, rejected
@@ -253,7 +272,9 @@ class AestheticStage(FunnelStage):
 
     def configuration_problem(self, features):
         if not features.has_aesthetic:
-            return f"stage '{self.name}' needs a CLIP model and an aesthetic head: pass scorer=... and aesthetic_head=..."
+            return (
+                f"stage '{self.name}' needs a CLIP model and an aesthetic head: pass scorer=... and aesthetic_head=..."
+            )
         return None
 
     def apply(self, candidates, features):

@@ -33,9 +33,14 @@ def load_aesthetic_scoring(head_path: str, clip_path: str, clip_name: str = ""):
     from training.clip_scoring import ClipLoadError, load_clip
 
     if not head_path or not clip_path:
-        missing, field = ("the aesthetic head", "aesthetic_head_path") if not head_path else ("the CLIP model it sits on", "clip_model_path")
-        raise TrainingError(f"Scoring validation images needs both an aesthetic head and its CLIP model; give {missing}.",
-                            field=field)
+        missing, field = (
+            ("the aesthetic head", "aesthetic_head_path")
+            if not head_path
+            else ("the CLIP model it sits on", "clip_model_path")
+        )
+        raise TrainingError(
+            f"Scoring validation images needs both an aesthetic head and its CLIP model; give {missing}.", field=field
+        )
     try:
         head = AestheticHead.load(head_path)
     except AestheticHeadError as exc:
@@ -47,7 +52,8 @@ def load_aesthetic_scoring(head_path: str, clip_path: str, clip_name: str = ""):
     if clip.embed_dim != head.input_dim:
         raise TrainingError(
             f"The aesthetic head {head_path} takes {head.input_dim}-d CLIP embeddings but {clip.model_name} makes "
-            f"{clip.embed_dim}-d ones: give the CLIP model the head was trained on.", field="clip_model_path",
+            f"{clip.embed_dim}-d ones: give the CLIP model the head was trained on.",
+            field="clip_model_path",
         )
     return clip, head
 
@@ -68,7 +74,9 @@ def validation_images(run: QualityTuningRun, step: int) -> list[Path] | None:
     return [folder / name for name in (expected or found)]
 
 
-def score_validation_images(run: QualityTuningRun, *, rescore: bool = False, require_all: bool = True, scoring=None) -> dict[int, float]:
+def score_validation_images(
+    run: QualityTuningRun, *, rescore: bool = False, require_all: bool = True, scoring=None
+) -> dict[int, float]:
     """Store the mean aesthetic score of each checkpoint's validation images; returns {step: score} of those scored now.
 
     Idempotent: checkpoints scored before are kept unless ``rescore``. With
@@ -79,9 +87,13 @@ def score_validation_images(run: QualityTuningRun, *, rescore: bool = False, req
     """
     run = QualityTuningRun.objects.get(pk=run.pk)
     if not run.aesthetic_head_path:
-        raise TrainingError(f"Run {run.pk} has no aesthetic head configured: give one (and its CLIP model) when creating "
-                            "the run, to score its validation images.")
-    pending = list(run.checkpoints.all() if rescore else run.checkpoints.filter(validation_aesthetic_score__isnull=True))
+        raise TrainingError(
+            f"Run {run.pk} has no aesthetic head configured: give one (and its CLIP model) when creating "
+            "the run, to score its validation images."
+        )
+    pending = list(
+        run.checkpoints.all() if rescore else run.checkpoints.filter(validation_aesthetic_score__isnull=True)
+    )
     if not pending:
         return {}
     found = {cp.step: validation_images(run, cp.step) for cp in pending}
@@ -90,7 +102,9 @@ def score_validation_images(run: QualityTuningRun, *, rescore: bool = False, req
         raise TrainingError(_missing_validation_message(run, missing, VALIDATION_DIR))
     scored = {}
     if len(missing) < len(pending):
-        clip, head = scoring or load_aesthetic_scoring(run.aesthetic_head_path, run.clip_model_path, run.clip_model_name)
+        clip, head = scoring or load_aesthetic_scoring(
+            run.aesthetic_head_path, run.clip_model_path, run.clip_model_name
+        )
         for cp in pending:
             if found[cp.step] is None:
                 continue
@@ -102,8 +116,10 @@ def score_validation_images(run: QualityTuningRun, *, rescore: bool = False, req
             RunCheckpoint.objects.filter(pk=cp.pk).update(validation_aesthetic_score=score)
             scored[cp.step] = score
     if missing and require_all:
-        raise TrainingError(_missing_validation_message(run, missing, VALIDATION_DIR) +
-                            (f" Steps {', '.join(map(str, sorted(scored)))} were scored." if scored else ""))
+        raise TrainingError(
+            _missing_validation_message(run, missing, VALIDATION_DIR)
+            + (f" Steps {', '.join(map(str, sorted(scored)))} were scored." if scored else "")
+        )
     with contextlib.suppress(OSError):
         _note_scoring_warning(run, "")  # it works now: an old failure no longer applies
     return scored
@@ -111,9 +127,11 @@ def score_validation_images(run: QualityTuningRun, *, rescore: bool = False, req
 
 def _missing_validation_message(run: QualityTuningRun, steps: list[int], validation_dir: str) -> str:
     folders = ", ".join(str(Path(run.run_dir) / validation_dir / checkpoints.checkpoint_name(s)) for s in sorted(steps))
-    return (f"Run {run.pk} has no complete set of validation images for step {', '.join(map(str, sorted(steps)))} "
-            f"({folders}). The trainer renders them at every checkpoint it reaches by training; a checkpoint saved "
-            "when the run was cancelled has none, and deleted images cannot be scored.")
+    return (
+        f"Run {run.pk} has no complete set of validation images for step {', '.join(map(str, sorted(steps)))} "
+        f"({folders}). The trainer renders them at every checkpoint it reaches by training; a checkpoint saved "
+        "when the run was cancelled has none, and deleted images cannot be scored."
+    )
 
 
 def _note_scoring_warning(run: QualityTuningRun, message: str) -> None:
@@ -141,8 +159,9 @@ class FollowerScoring:
             if not RunCheckpoint.objects.filter(run_id=self.run.pk, validation_aesthetic_score__isnull=True).exists():
                 return
             if self.scoring is None:
-                self.scoring = load_aesthetic_scoring(self.run.aesthetic_head_path, self.run.clip_model_path,
-                                                      self.run.clip_model_name)
+                self.scoring = load_aesthetic_scoring(
+                    self.run.aesthetic_head_path, self.run.clip_model_path, self.run.clip_model_name
+                )
             score_validation_images(self.run, require_all=False, scoring=self.scoring)
         except DatabaseError:
             raise
@@ -151,8 +170,11 @@ class FollowerScoring:
             message = exc if isinstance(exc, TrainingError) else f"{type(exc).__name__}: {exc}"
             logger.warning("run %s: scoring validation images failed: %s", self.run.pk, message)
             with contextlib.suppress(OSError):
-                _note_scoring_warning(self.run, f"Scoring the validation images failed; the run goes on without an "
-                                                f"automatic pick. {message} Fix it, then score them from the run page.")
+                _note_scoring_warning(
+                    self.run,
+                    f"Scoring the validation images failed; the run goes on without an "
+                    f"automatic pick. {message} Fix it, then score them from the run page.",
+                )
 
 
 def train_aesthetic_head_from_ratings(ratings, *, clip_model_path, clip_model_name: str = "", out_path) -> Path:
@@ -188,7 +210,9 @@ def train_aesthetic_head_from_ratings(ratings, *, clip_model_path, clip_model_na
     embeddings = scorer.embed_images(images)
     targets = np.array([np.mean(by_candidate[pk]) for pk in order])
     try:
-        training = train_aesthetic_head(embeddings, targets, kind="absolute", validation_fraction=0.2 if len(order) >= 10 else 0.0)
+        training = train_aesthetic_head(
+            embeddings, targets, kind="absolute", validation_fraction=0.2 if len(order) >= 10 else 0.0
+        )
     except AestheticHeadError as exc:
         raise TrainingError(str(exc)) from None
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -32,8 +32,13 @@ logger = logging.getLogger(__name__)
 CurationStatus = CurationRun.Status
 STAGE_KINDS = {
     cls.__name__: cls
-    for cls in (curation.ResolutionStage, curation.TextInImageStage, curation.NearDuplicateStage,
-                curation.ClipScoreStage, curation.AestheticStage)
+    for cls in (
+        curation.ResolutionStage,
+        curation.TextInImageStage,
+        curation.NearDuplicateStage,
+        curation.ClipScoreStage,
+        curation.AestheticStage,
+    )
 }
 CLIP_STAGE_KINDS = ("ClipScoreStage", "AestheticStage")
 CURATION_LOCK_FILE = ".running.lock"
@@ -56,42 +61,67 @@ def import_candidate_collection(name: str, path: str, created_by=None) -> Candid
     name = check_new_name(name, "candidate collection", CandidateCollection.objects, field="name")
     folder = Path(path or "").expanduser()
     if not str(path or "").strip() or not folder.is_dir():
-        raise TrainingError(f"Candidate folder not found: {folder} is not a folder. Give a folder the workers can read.",
-                            field="path")
+        raise TrainingError(
+            f"Candidate folder not found: {folder} is not a folder. Give a folder the workers can read.", field="path"
+        )
     scan = curation.scan_candidates(folder)
     missing_captions = [p for p in scan.problems if p.kind == "caption_file_missing"]
     if missing_captions:
-        raise TrainingError(missing_captions[0].message[0].upper() + missing_captions[0].message[1:] + ".", field="path")
+        raise TrainingError(
+            missing_captions[0].message[0].upper() + missing_captions[0].message[1:] + ".", field="path"
+        )
     if not scan.candidates:
         listed = "; ".join(str(p) for p in scan.errors[:5]) or "the folder has no images"
         more = f" (and {len(scan.errors) - 5} more)" if len(scan.errors) > 5 else ""
-        raise TrainingError(f"No candidate in {folder} could be imported: {listed}{more}. Fix the files, then import again.",
-                            field="path")
+        raise TrainingError(
+            f"No candidate in {folder} could be imported: {listed}{more}. Fix the files, then import again.",
+            field="path",
+        )
     try:
         with transaction.atomic():
             collection = CandidateCollection.objects.create(
-                name=name, path=str(folder.resolve()), candidate_count=len(scan.candidates),
-                problems=[str(p) for p in scan.problems], created_by=created_by,
+                name=name,
+                path=str(folder.resolve()),
+                candidate_count=len(scan.candidates),
+                problems=[str(p) for p in scan.problems],
+                created_by=created_by,
             )
             Candidate.objects.bulk_create(
                 [
-                    Candidate(collection=collection, relative_path=c.id, caption=c.caption, width=c.width, height=c.height,
-                              sha256=c.sha256, format=c.format, size_bytes=c.size_bytes)
+                    Candidate(
+                        collection=collection,
+                        relative_path=c.id,
+                        caption=c.caption,
+                        width=c.width,
+                        height=c.height,
+                        sha256=c.sha256,
+                        format=c.format,
+                        size_bytes=c.size_bytes,
+                    )
                     for c in scan.candidates
                 ],
                 batch_size=1000,
             )
     except IntegrityError:
-        raise TrainingError(f"A candidate collection named {name!r} already exists; choose another name.",
-                            field="name", code=DUPLICATE) from None
+        raise TrainingError(
+            f"A candidate collection named {name!r} already exists; choose another name.", field="name", code=DUPLICATE
+        ) from None
     return collection
 
 
 def funnel_candidate(row: Candidate, folder: Path | None = None) -> curation.FunnelCandidate:
     """A Candidate row as the funnel's dataclass (its id is the path inside the collection folder)."""
     folder = Path(folder or row.collection.path)
-    return curation.FunnelCandidate(row.relative_path, folder / row.relative_path, row.caption, row.width, row.height,
-                              row.sha256, row.format, row.size_bytes)
+    return curation.FunnelCandidate(
+        row.relative_path,
+        folder / row.relative_path,
+        row.caption,
+        row.width,
+        row.height,
+        row.sha256,
+        row.format,
+        row.size_bytes,
+    )
 
 
 # --- Stage configuration -----------------------------------------------------------------------------
@@ -111,7 +141,9 @@ def stages_from_config(config) -> list:
     for number, entry in enumerate(config, start=1):
         where = f"stage {number}"
         if not isinstance(entry, dict):
-            raise TrainingError(f'{where} is a JSON {type(entry).__name__}, not an object like {{"kind": "ResolutionStage"}}.')
+            raise TrainingError(
+                f'{where} is a JSON {type(entry).__name__}, not an object like {{"kind": "ResolutionStage"}}.'
+            )
         kind = entry.get("kind")
         if kind not in STAGE_KINDS:
             raise TrainingError(f"{where}: unknown kind {kind!r}; use one of {', '.join(STAGE_KINDS)}.")
@@ -125,9 +157,15 @@ def stages_from_config(config) -> list:
             expected = type(fields[key])
             if expected is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
-            if not isinstance(value, expected) or isinstance(value, bool) or (expected is float and not math.isfinite(value)):
-                raise TrainingError(f"{where} ({kind}): {key} must be a{'n' if expected is int else ''} "
-                                    f"{ {int: 'integer', float: 'number', str: 'string'}[expected]}, not {value!r}.")
+            if (
+                not isinstance(value, expected)
+                or isinstance(value, bool)
+                or (expected is float and not math.isfinite(value))
+            ):
+                raise TrainingError(
+                    f"{where} ({kind}): {key} must be a{'n' if expected is int else ''} "
+                    f"{ {int: 'integer', float: 'number', str: 'string'}[expected] }, not {value!r}."
+                )
             values[key] = value
         if "name" in values and not values["name"].strip():
             raise TrainingError(f"{where} ({kind}): name cannot be empty.")
@@ -145,7 +183,10 @@ def stages_from_config(config) -> list:
 
 
 def stages_to_config(stages) -> list[dict]:
-    return [{"kind": type(stage).__name__, **{key: getattr(stage, key) for key in _stage_fields(type(stage))}} for stage in stages]
+    return [
+        {"kind": type(stage).__name__, **{key: getattr(stage, key) for key in _stage_fields(type(stage))}}
+        for stage in stages
+    ]
 
 
 def default_stage_config() -> list[dict]:
@@ -159,15 +200,22 @@ def _uses_aesthetic_head(stage_config: list[dict], head_path: str) -> bool:
 
 
 def _uses_clip(stage_config: list[dict], head_path: str) -> bool:
-    return any(entry["kind"] in CLIP_STAGE_KINDS for entry in stage_config) or _uses_aesthetic_head(stage_config, head_path)
+    return any(entry["kind"] in CLIP_STAGE_KINDS for entry in stage_config) or _uses_aesthetic_head(
+        stage_config, head_path
+    )
 
 
 # --- Runs ------------------------------------------------------------------------------------------------
 
 
 def create_curation_run(
-    collection: CandidateCollection, stages=None, *, clip_model_path: str = "", clip_model_name: str = "",
-    aesthetic_head_path: str = "", created_by=None,
+    collection: CandidateCollection,
+    stages=None,
+    *,
+    clip_model_path: str = "",
+    clip_model_name: str = "",
+    aesthetic_head_path: str = "",
+    created_by=None,
 ) -> CurationRun:
     """A queued funnel run over ``collection`` (not started: see start_curation_run). ``stages``: None (Emu's
     default_stages), their JSON form, or FunnelStage objects. Refuses up front what could only fail later."""
@@ -187,34 +235,48 @@ def create_curation_run(
         raise TrainingError(
             f"The stage(s) {', '.join(named) or 'near_duplicate (with an aesthetic head)'} need a CLIP model: give the "
             "path of a local open_clip checkpoint (an exported folder with open_clip_config.json, or a weights file "
-            "plus its architecture name), or leave those stages out.", field="clip_model_path",
+            "plus its architecture name), or leave those stages out.",
+            field="clip_model_path",
         )
     if clip_model_path:
         clip_path = Path(clip_model_path).expanduser()
         if not clip_path.exists():
-            raise TrainingError(f"CLIP model not found: {clip_path} does not exist. Give a path the workers can read.",
-                                field="clip_model_path")
+            raise TrainingError(
+                f"CLIP model not found: {clip_path} does not exist. Give a path the workers can read.",
+                field="clip_model_path",
+            )
         if clip_path.is_file() and not clip_model_name:
-            raise TrainingError(f"{clip_path} is a bare weights file: give its open_clip architecture name too (e.g. ViT-L-14).",
-                                field="clip_model_name")
+            raise TrainingError(
+                f"{clip_path} is a bare weights file: give its open_clip architecture name too (e.g. ViT-L-14).",
+                field="clip_model_name",
+            )
         clip_model_path = str(clip_path.resolve())
     if any(entry["kind"] == "AestheticStage" for entry in stage_config) and not aesthetic_head_path:
         raise TrainingError(
             "The aesthetic stage needs an aesthetic head: give the path of a LAION-format head (.pth or .safetensors) "
-            "trained on this CLIP model's embeddings, or leave the stage out.", field="aesthetic_head_path",
+            "trained on this CLIP model's embeddings, or leave the stage out.",
+            field="aesthetic_head_path",
         )
     if aesthetic_head_path:
         head_path = Path(aesthetic_head_path).expanduser()
         if not head_path.is_file():
-            raise TrainingError(f"Aesthetic head not found: {head_path} is not a file. Give a path the workers can read.",
-                                field="aesthetic_head_path")
+            raise TrainingError(
+                f"Aesthetic head not found: {head_path} is not a file. Give a path the workers can read.",
+                field="aesthetic_head_path",
+            )
         aesthetic_head_path = str(head_path.resolve())
         if not clip_model_path:
-            raise TrainingError("An aesthetic head scores CLIP image embeddings: give the CLIP model it was trained on too.",
-                                field="clip_model_path")
+            raise TrainingError(
+                "An aesthetic head scores CLIP image embeddings: give the CLIP model it was trained on too.",
+                field="clip_model_path",
+            )
     return CurationRun.objects.create(
-        collection=collection, stages=stage_config, clip_model_path=clip_model_path, clip_model_name=clip_model_name,
-        aesthetic_head_path=aesthetic_head_path, created_by=created_by,
+        collection=collection,
+        stages=stage_config,
+        clip_model_path=clip_model_path,
+        clip_model_name=clip_model_name,
+        aesthetic_head_path=aesthetic_head_path,
+        created_by=created_by,
     )
 
 
@@ -227,7 +289,9 @@ def start_curation_run(run: CurationRun) -> CurationRun:
         if run.status == CurationStatus.RUNNING:
             raise TrainingError(f"Curation run {run.pk} is running; it cannot be started twice.")
         task_id = f"curation-{run.pk}-{secrets.token_hex(6)}"
-        CurationRun.objects.filter(pk=run.pk).update(status=CurationStatus.QUEUED, error="", celery_task_id=task_id, finished_at=None)
+        CurationRun.objects.filter(pk=run.pk).update(
+            status=CurationStatus.QUEUED, error="", celery_task_id=task_id, finished_at=None
+        )
         enqueue_on_commit("training.tasks.run_curation_funnel", run.pk, task_id=task_id)
     run.refresh_from_db()
     return run
@@ -299,7 +363,9 @@ def execute_curation_run(run_id: int, task_id: str = "") -> str:
             if run.status == CurationStatus.FAILED:
                 return f"curation run {run_id} failed before; start it again to retry"
             # queued, or running with its lock free: the worker that claimed it died, so this delivery takes over.
-            CurationRun.objects.filter(pk=run_id).update(status=CurationStatus.RUNNING, started_at=timezone.now(), error="")
+            CurationRun.objects.filter(pk=run_id).update(
+                status=CurationStatus.RUNNING, started_at=timezone.now(), error=""
+            )
         # Sheets left by an earlier attempt (or by a run of a recreated database with this id) show other outcomes;
         # none is drawn while the run is not finished.
         for sheet in curation_run_dir(run).glob("sheet-*.png"):
@@ -324,27 +390,44 @@ def _compute_and_record(run: CurationRun) -> None:
     stages = stages_from_config(run.stages)
     folder = Path(run.collection.path)
     if not folder.is_dir():
-        raise TrainingError(f"The collection folder {folder} is gone; restore it, or import the images as a new collection.")
+        raise TrainingError(
+            f"The collection folder {folder} is gone; restore it, or import the images as a new collection."
+        )
     rows = list(run.collection.candidates.all())
     by_path = {row.relative_path: row for row in rows}
     scorer, head = _load_funnel_models(run)
-    result = curation.run_funnel([funnel_candidate(row, folder) for row in rows], stages, scorer=scorer, aesthetic_head=head)
+    result = curation.run_funnel(
+        [funnel_candidate(row, folder) for row in rows], stages, scorer=scorer, aesthetic_head=head
+    )
 
     outcomes = []
     for candidate in result.kept:
         scores = result.scores.get(candidate.id, {})
-        outcomes.append(FunnelOutcome(
-            run=run, candidate=by_path[candidate.id], kept=True, clip_score=_finite(scores.get("clip_score")),
-            aesthetic_score=_finite(scores.get("aesthetic_score")), scores=_jsonable_scores(scores),
-        ))
+        outcomes.append(
+            FunnelOutcome(
+                run=run,
+                candidate=by_path[candidate.id],
+                kept=True,
+                clip_score=_finite(scores.get("clip_score")),
+                aesthetic_score=_finite(scores.get("aesthetic_score")),
+                scores=_jsonable_scores(scores),
+            )
+        )
     for rejection in result.rejected:
         scores = result.scores.get(rejection.candidate.id, {})
-        outcomes.append(FunnelOutcome(
-            run=run, candidate=by_path[rejection.candidate.id], kept=False, stage=rejection.stage,
-            reason=rejection.reason[:500], duplicate_of=rejection.duplicate_of or "",
-            clip_score=_finite(scores.get("clip_score")), aesthetic_score=_finite(scores.get("aesthetic_score")),
-            scores=_jsonable_scores(scores),
-        ))
+        outcomes.append(
+            FunnelOutcome(
+                run=run,
+                candidate=by_path[rejection.candidate.id],
+                kept=False,
+                stage=rejection.stage,
+                reason=rejection.reason[:500],
+                duplicate_of=rejection.duplicate_of or "",
+                clip_score=_finite(scores.get("clip_score")),
+                aesthetic_score=_finite(scores.get("aesthetic_score")),
+                scores=_jsonable_scores(scores),
+            )
+        )
     report = json.loads(json.dumps(result.report(), allow_nan=False, default=str))
     with transaction.atomic():
         locked = CurationRun.objects.select_for_update().get(pk=run.pk)
@@ -353,8 +436,12 @@ def _compute_and_record(run: CurationRun) -> None:
         FunnelOutcome.objects.filter(run=run).delete()  # none, unless an earlier write was rolled back halfway
         FunnelOutcome.objects.bulk_create(outcomes, batch_size=1000)
         CurationRun.objects.filter(pk=run.pk).update(
-            status=CurationStatus.FINISHED, report=report, count_in=result.count_in, count_kept=len(result.kept),
-            finished_at=timezone.now(), error="",
+            status=CurationStatus.FINISHED,
+            report=report,
+            count_in=result.count_in,
+            count_kept=len(result.kept),
+            finished_at=timezone.now(),
+            error="",
         )
 
 
@@ -367,10 +454,20 @@ def funnel_result_from_outcomes(run: CurationRun) -> curation.FunnelResult:
     for stage in run.report.get("stages", []):
         rejections = [
             curation.Rejection(funnel_candidate(o.candidate, folder), o.stage, o.reason, o.duplicate_of or None)
-            for o in outcomes if not o.kept and o.stage == stage["name"]
+            for o in outcomes
+            if not o.kept and o.stage == stage["name"]
         ]
-        records.append(curation.StageRecord(stage["name"], stage["kind"], stage["config"], stage["status"],
-                                            stage["count_in"], stage["count_out"], rejections))
+        records.append(
+            curation.StageRecord(
+                stage["name"],
+                stage["kind"],
+                stage["config"],
+                stage["status"],
+                stage["count_in"],
+                stage["count_out"],
+                rejections,
+            )
+        )
     scores = {o.candidate.relative_path: dict(o.scores) for o in outcomes}
     return curation.FunnelResult(count_in=run.count_in, stages=records, kept=kept, scores=scores)
 

@@ -33,11 +33,17 @@ def import_curated_dataset(name: str, path: str, *, description: str = "", creat
         raise TrainingError(str(exc), field="path") from None
     try:
         return CuratedDataset.objects.create(
-            name=name, path=str(folder.resolve()), content_hash=dataset.content_hash, image_count=len(dataset),
-            description=description, created_by=created_by,
+            name=name,
+            path=str(folder.resolve()),
+            content_hash=dataset.content_hash,
+            image_count=len(dataset),
+            description=description,
+            created_by=created_by,
         )
     except IntegrityError:
-        raise TrainingError(f"A curated dataset named {name!r} already exists; choose another name.", field="name") from None
+        raise TrainingError(
+            f"A curated dataset named {name!r} already exists; choose another name.", field="name"
+        ) from None
 
 
 def verify_dataset(dataset: CuratedDataset) -> None:
@@ -103,8 +109,10 @@ def freeze_curated_dataset(name: str, entries, *, description: str = "", created
             except OSError as exc:
                 raise TrainingError(f"{source} cannot be read ({exc}); restore it or leave it out.") from None
             if hashlib.sha256(data).hexdigest() != row.sha256:
-                raise TrainingError(f"{source} changed since the collection {row.collection.name} was imported; "
-                                    "restore it or re-import the collection.")
+                raise TrainingError(
+                    f"{source} changed since the collection {row.collection.name} was imported; "
+                    "restore it or re-import the collection."
+                )
             (staging / file_name).write_bytes(data)
             lines.append(json.dumps({"file_name": file_name, "text": caption.strip()}, ensure_ascii=False))
         (staging / CAPTIONS_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")

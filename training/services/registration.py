@@ -64,8 +64,11 @@ def register_checkpoint(checkpoint: RunCheckpoint, name: str | None = None, *, r
     """
     error = None
     with transaction.atomic():
-        checkpoint = (RunCheckpoint.objects.select_for_update(of=("self",))
-                      .select_related("run__base_model", "run__dataset", "registered_model").get(pk=checkpoint.pk))
+        checkpoint = (
+            RunCheckpoint.objects.select_for_update(of=("self",))
+            .select_related("run__base_model", "run__dataset", "registered_model")
+            .get(pk=checkpoint.pk)
+        )
         if checkpoint.registered_model is not None:
             return checkpoint.registered_model
         run = checkpoint.run
@@ -83,10 +86,17 @@ def register_checkpoint(checkpoint: RunCheckpoint, name: str | None = None, *, r
         try:
             with transaction.atomic():
                 model = generation_services.register_model(
-                    name=(name or default_model_name(checkpoint)).strip(), pipeline_path=str(exported),
-                    steps=base.default_steps, guidance_scale=base.default_guidance_scale, width=base.default_width,
-                    height=base.default_height, scheduler=base.default_scheduler, description=_describe(lineage),
-                    source=TextToImageModel.Source.QUALITY_TUNED, parent=base, registered_by=registered_by,
+                    name=(name or default_model_name(checkpoint)).strip(),
+                    pipeline_path=str(exported),
+                    steps=base.default_steps,
+                    guidance_scale=base.default_guidance_scale,
+                    width=base.default_width,
+                    height=base.default_height,
+                    scheduler=base.default_scheduler,
+                    description=_describe(lineage),
+                    source=TextToImageModel.Source.QUALITY_TUNED,
+                    parent=base,
+                    registered_by=registered_by,
                 )
                 lineage["model_fingerprint"] = model.weights_fingerprint
                 checkpoint.registered_model = model
@@ -100,7 +110,13 @@ def register_checkpoint(checkpoint: RunCheckpoint, name: str | None = None, *, r
 
 
 def create_tuned_vs_base_campaign(
-    checkpoint: RunCheckpoint, prompt_set, seeds, name: str | None = None, *, model_name: str | None = None, created_by=None
+    checkpoint: RunCheckpoint,
+    prompt_set,
+    seeds,
+    name: str | None = None,
+    *,
+    model_name: str | None = None,
+    created_by=None,
 ):
     """A draft campaign, the base against this checkpoint (registered first if it is not), on both of Emu's criteria."""
     if isinstance(seeds, str):
@@ -117,7 +133,12 @@ def create_tuned_vs_base_campaign(
             name, number = f"{stem} ({number})", number + 1
     try:
         return annotation_services.create_campaign(
-            name=name, models=[base, tuned], prompt_set=prompt_set, seeds=list(seeds), criteria=None, created_by=created_by
+            name=name,
+            models=[base, tuned],
+            prompt_set=prompt_set,
+            seeds=list(seeds),
+            criteria=None,
+            created_by=created_by,
         )
     except annotation_services.AnnotationError as exc:
         raise TrainingError(str(exc)) from None

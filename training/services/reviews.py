@@ -89,7 +89,8 @@ def _create_review(candidate_ids: list[int], **fields) -> CurationReview:
         with transaction.atomic():
             review = CurationReview.objects.create(**fields)
             CurationDecision.objects.bulk_create(
-                CurationDecision(review=review, candidate_id=cid, position=i) for i, cid in enumerate(candidate_ids, start=1)
+                CurationDecision(review=review, candidate_id=cid, position=i)
+                for i, cid in enumerate(candidate_ids, start=1)
             )
     except IntegrityError:  # two researchers picked the same name at once
         raise ReviewError(f"A review named {fields['name']!r} already exists; choose another name.") from None
@@ -134,9 +135,15 @@ def open_generalist_review(
         )
     default = GENERALIST_RATING_INSTRUCTIONS if mode == CurationReview.Mode.RATING else GENERALIST_INSTRUCTIONS
     return _create_review(
-        candidate_ids, name=name, stage=CurationStage.GENERALIST, funnel_run=funnel_run, mode=mode,
+        candidate_ids,
+        name=name,
+        stage=CurationStage.GENERALIST,
+        funnel_run=funnel_run,
+        mode=mode,
         keep_threshold=keep_threshold if mode == CurationReview.Mode.RATING else 4,
-        instructions=(instructions or "").strip() or default, lease_seconds=lease_seconds, created_by=created_by,
+        instructions=(instructions or "").strip() or default,
+        lease_seconds=lease_seconds,
+        created_by=created_by,
     )
 
 
@@ -170,9 +177,15 @@ def open_specialist_review(
             "to select from."
         )
     return _create_review(
-        candidate_ids, name=name, stage=CurationStage.SPECIALIST, funnel_run_id=source_review.funnel_run_id,
-        source_review=source_review, mode=CurationReview.Mode.KEEP_REJECT, target_size=target_size,
-        instructions=(instructions or "").strip() or SPECIALIST_INSTRUCTIONS, lease_seconds=lease_seconds,
+        candidate_ids,
+        name=name,
+        stage=CurationStage.SPECIALIST,
+        funnel_run_id=source_review.funnel_run_id,
+        source_review=source_review,
+        mode=CurationReview.Mode.KEEP_REJECT,
+        target_size=target_size,
+        instructions=(instructions or "").strip() or SPECIALIST_INSTRUCTIONS,
+        lease_seconds=lease_seconds,
         created_by=created_by,
     )
 
@@ -238,13 +251,17 @@ def _clean_decision(review: CurationReview, keep, rating, reasons, caption) -> d
             raise ReviewError("Rate the image from 1 to 5.")
         return {"keep": rating >= review.keep_threshold, "rating": rating, "reasons": [], "caption": ""}
     if not isinstance(keep, bool):
-        raise ReviewError("Choose keep or reject." if review.stage == CurationStage.GENERALIST else "Choose select or skip.")
+        raise ReviewError(
+            "Choose keep or reject." if review.stage == CurationStage.GENERALIST else "Choose select or skip."
+        )
     if review.stage == CurationStage.GENERALIST or not keep:
         return {"keep": keep, "rating": None, "reasons": [], "caption": ""}
     reasons = list(dict.fromkeys(reasons or ()))
     unknown = [r for r in reasons if r not in SelectionReason.values]
     if unknown:
-        raise ReviewError(f"Unknown reasons: {', '.join(map(str, unknown))}; choose from {', '.join(SelectionReason.labels)}.")
+        raise ReviewError(
+            f"Unknown reasons: {', '.join(map(str, unknown))}; choose from {', '.join(SelectionReason.labels)}."
+        )
     if not reasons:
         raise ReviewError(
             "Say why this image is selected: tick at least one of composition, lighting, colour and contrast, "
@@ -254,7 +271,12 @@ def _clean_decision(review: CurationReview, keep, rating, reasons, caption) -> d
     if not caption:
         raise ReviewError("Write the caption: describe exactly what is in the image.")
     # Stored in the reasons' own order, so the same ticks in another order are the same decision.
-    return {"keep": True, "rating": None, "reasons": [r for r in SelectionReason.values if r in reasons], "caption": caption}
+    return {
+        "keep": True,
+        "rating": None,
+        "reasons": [r for r in SelectionReason.values if r in reasons],
+        "caption": caption,
+    }
 
 
 def decide(
@@ -350,9 +372,7 @@ def freeze_review(review: CurationReview, dataset_name: str, *, description: str
             f"Specialist stage {fresh.name}: {len(entries)} images selected from funnel run {fresh.funnel_run_id}."
         )
         try:
-            dataset = freeze_curated_dataset(
-                dataset_name, entries, description=description, created_by=created_by
-            )
+            dataset = freeze_curated_dataset(dataset_name, entries, description=description, created_by=created_by)
         except TrainingError as exc:
             raise ReviewError(str(exc)) from None
         fresh.dataset = dataset
@@ -371,12 +391,13 @@ def train_aesthetic_head_from_review(
     NEEDLE_TRAINING_DIR/aesthetic-heads/<review>.pth unless ``out_path`` says otherwise.
     """
 
-
     if review.stage != CurationStage.GENERALIST or review.mode != CurationReview.Mode.RATING:
         raise ReviewError("Only a generalist stage in rating mode has 1-5 ratings to train an aesthetic head on.")
     ratings = [
         (d.candidate, d.rating)
-        for d in review.decisions.filter(rating__isnull=False).select_related("candidate__collection").order_by("position")
+        for d in review.decisions.filter(rating__isnull=False)
+        .select_related("candidate__collection")
+        .order_by("position")
     ]
     if len(ratings) < 2:
         raise ReviewError("Rate at least a few images first: an aesthetic head needs ratings to learn from.")
@@ -385,7 +406,9 @@ def train_aesthetic_head_from_review(
     clip_model_name = (clip_model_name or "").strip() or run.clip_model_name
     if not clip_model_path:
         raise ReviewError("Give the local open_clip model the head sits on (its funnel run names none).")
-    out_path = Path(out_path) if out_path else Path(settings.NEEDLE_TRAINING_DIR) / "aesthetic-heads" / f"{review.name}.pth"
+    out_path = (
+        Path(out_path) if out_path else Path(settings.NEEDLE_TRAINING_DIR) / "aesthetic-heads" / f"{review.name}.pth"
+    )
     try:
         return train_aesthetic_head_from_ratings(
             ratings, clip_model_path=clip_model_path, clip_model_name=clip_model_name, out_path=out_path

@@ -39,7 +39,9 @@ def build_config(overrides: dict) -> QualityTuningConfig:
     the run is made or started, not by the trainer hours later.
     """
     if not isinstance(overrides, dict):
-        raise TrainingError(f"invalid quality-tuning config: expected settings by name, not {type(overrides).__name__}.")
+        raise TrainingError(
+            f"invalid quality-tuning config: expected settings by name, not {type(overrides).__name__}."
+        )
     try:
         config = QualityTuningConfig.from_dict(dict(overrides))
     except InvalidConfigError as exc:
@@ -48,8 +50,11 @@ def build_config(overrides: dict) -> QualityTuningConfig:
         raise TrainingError(f"invalid quality-tuning config: {exc}") from None
     for name in sorted(_NOT_NONE_ON_COMMAND_LINE):
         if getattr(config, name) is None:
-            raise TrainingError(f"invalid quality-tuning config: {name} cannot be empty (its default is "
-                                f"{getattr(QualityTuningConfig(), name)!r}).", field=name)
+            raise TrainingError(
+                f"invalid quality-tuning config: {name} cannot be empty (its default is "
+                f"{getattr(QualityTuningConfig(), name)!r}).",
+                field=name,
+            )
     return config
 
 
@@ -87,8 +92,14 @@ def check_base_model(base_model: TextToImageModel):
 
 
 def create_run(
-    base_model: TextToImageModel, dataset: CuratedDataset, *, created_by=None, aesthetic_head_path: str = "",
-    clip_model_path: str = "", clip_model_name: str = "", **config_overrides,
+    base_model: TextToImageModel,
+    dataset: CuratedDataset,
+    *,
+    created_by=None,
+    aesthetic_head_path: str = "",
+    clip_model_path: str = "",
+    clip_model_name: str = "",
+    **config_overrides,
 ) -> QualityTuningRun:
     """A queued run of ``base_model`` on ``dataset`` (not started: see start_run). Emu's defaults for what is not given.
 
@@ -98,16 +109,25 @@ def create_run(
     """
     config = build_config(config_overrides)
     aesthetic_head_path, clip_model_path, clip_model_name = (
-        (aesthetic_head_path or "").strip(), (clip_model_path or "").strip(), (clip_model_name or "").strip())
+        (aesthetic_head_path or "").strip(),
+        (clip_model_path or "").strip(),
+        (clip_model_name or "").strip(),
+    )
     if aesthetic_head_path or clip_model_path or clip_model_name:
         load_aesthetic_scoring(aesthetic_head_path, clip_model_path, clip_model_name)
     check_base_model(base_model)
     verify_dataset(dataset)
     with transaction.atomic():
         run = QualityTuningRun.objects.create(
-            base_model=base_model, base_fingerprint=base_model.weights_fingerprint, dataset=dataset,
-            config=json.loads(json.dumps(config.to_dict())), run_dir="", max_steps=config.max_steps,
-            aesthetic_head_path=aesthetic_head_path, clip_model_path=clip_model_path, clip_model_name=clip_model_name,
+            base_model=base_model,
+            base_fingerprint=base_model.weights_fingerprint,
+            dataset=dataset,
+            config=json.loads(json.dumps(config.to_dict())),
+            run_dir="",
+            max_steps=config.max_steps,
+            aesthetic_head_path=aesthetic_head_path,
+            clip_model_path=clip_model_path,
+            clip_model_name=clip_model_name,
             created_by=created_by,
         )
         # Unique even if the database is recreated while run directories stay: a new run never resumes an old one.
@@ -125,10 +145,12 @@ def _busy_message(run: QualityTuningRun) -> str:
         where = f"its task is alive on this machine (pid {', '.join(map(str, sorted(pids)))})"
     else:
         where = f"it runs on {host or 'another machine'}, where this server cannot see whether it is alive"
-    return (f"Run {run.pk} is {run.status} ({where}; last report {seen} s ago), so it cannot be started twice. "
-            f"If its worker died, it can be resumed from {when:%Y-%m-%d %H:%M:%S %Z} "
-            f"(NEEDLE_TRAINING_STALE_SECONDS={settings.NEEDLE_TRAINING_STALE_SECONDS} after its last report); "
-            "or cancel it first.")
+    return (
+        f"Run {run.pk} is {run.status} ({where}; last report {seen} s ago), so it cannot be started twice. "
+        f"If its worker died, it can be resumed from {when:%Y-%m-%d %H:%M:%S %Z} "
+        f"(NEEDLE_TRAINING_STALE_SECONDS={settings.NEEDLE_TRAINING_STALE_SECONDS} after its last report); "
+        "or cancel it first."
+    )
 
 
 def start_run(run: QualityTuningRun) -> QualityTuningRun:
@@ -146,8 +168,10 @@ def start_run(run: QualityTuningRun) -> QualityTuningRun:
         try:
             build_config(run.config)
         except TrainingError as exc:
-            raise TrainingError(f"Run {run.pk} cannot start: {exc} Its settings are frozen: create a new run with "
-                                "valid settings.", errors=exc.errors) from None
+            raise TrainingError(
+                f"Run {run.pk} cannot start: {exc} Its settings are frozen: create a new run with valid settings.",
+                errors=exc.errors,
+            ) from None
         task_id = f"quality-tuning-{run.pk}-{secrets.token_hex(6)}"
         QualityTuningRun.objects.filter(pk=run.pk).update(
             status=Status.QUEUED, queued_at=timezone.now(), finished_at=None, error="", celery_task_id=task_id
@@ -167,7 +191,9 @@ def cancel_run(run: QualityTuningRun) -> QualityTuningRun:
         if run.status == Status.QUEUED or is_lost(run, now):
             # No trainer (or none that reports): nothing to stop. A task delivered later sees 'cancelled' and leaves.
             note = "" if run.status == Status.QUEUED else " (its worker had stopped reporting)"
-            QualityTuningRun.objects.filter(pk=run.pk).update(status=Status.CANCELLED, finished_at=now, error=f"Cancelled{note}.")
+            QualityTuningRun.objects.filter(pk=run.pk).update(
+                status=Status.CANCELLED, finished_at=now, error=f"Cancelled{note}."
+            )
         elif run.status == Status.RUNNING:
             QualityTuningRun.objects.filter(pk=run.pk).update(status=Status.CANCELLING)
     run.refresh_from_db()

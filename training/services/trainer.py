@@ -88,9 +88,17 @@ def config_flags(config: dict) -> list[str]:
 def trainer_command(run: QualityTuningRun) -> list[str]:
     launcher = shlex.split(settings.NEEDLE_TRAINING_LAUNCHER) or [sys.executable]
     return [
-        *launcher, "-m", TRAINER_MODULE,
-        "--base", run.base_model.pipeline_path, "--dataset", run.dataset.path,
-        "--run-dir", run.run_dir, "--cache-dir", str(cache_dir()),
+        *launcher,
+        "-m",
+        TRAINER_MODULE,
+        "--base",
+        run.base_model.pipeline_path,
+        "--dataset",
+        run.dataset.path,
+        "--run-dir",
+        run.run_dir,
+        "--cache-dir",
+        str(cache_dir()),
         *config_flags(run.config),
     ]
 
@@ -112,7 +120,9 @@ class Follower:
             last = self.metrics.last
             seconds = last.get("seconds_per_step")
             fields.update(
-                step=last["step"], loss=last.get("loss"), seconds_per_step=seconds,
+                step=last["step"],
+                loss=last.get("loss"),
+                seconds_per_step=seconds,
                 eta_seconds=seconds * max(0, self.run.max_steps - last["step"]) if seconds is not None else None,
             )
         QualityTuningRun.objects.filter(pk=self.run.pk).update(**fields)
@@ -129,9 +139,13 @@ class Follower:
         except FileNotFoundError:  # pruned between the listing and now
             return
         RunCheckpoint.objects.get_or_create(
-            run_id=self.run.pk, step=step,
-            defaults={"path": str(path), "saved_at": datetime.fromtimestamp(saved, tz=dt_timezone.utc),
-                      "loss": self.metrics.losses.get(step)},
+            run_id=self.run.pk,
+            step=step,
+            defaults={
+                "path": str(path),
+                "saved_at": datetime.fromtimestamp(saved, tz=dt_timezone.utc),
+                "loss": self.metrics.losses.get(step),
+            },
         )
         self.recorded.add(step)
         logger.info("run %s: checkpoint at step %s recorded", self.run.pk, step)
@@ -145,8 +159,13 @@ def _wait_for_a_dying_trainer(run_id: int) -> None:
     (a thread blocked writing a checkpoint). When nothing reports on the run any more, give it time to go."""
     run = QualityTuningRun.objects.filter(pk=run_id).first()
     deadline = time.monotonic() + DYING_TRAINER_WAIT_SECONDS
-    while (run is not None and run.status not in QualityTuningRun.TERMINAL and time.monotonic() < deadline
-           and trainer_is_running(run.run_dir) and not follower_alive(run)):
+    while (
+        run is not None
+        and run.status not in QualityTuningRun.TERMINAL
+        and time.monotonic() < deadline
+        and trainer_is_running(run.run_dir)
+        and not follower_alive(run)
+    ):
         time.sleep(0.5)
         run.refresh_from_db()
 
@@ -154,7 +173,12 @@ def _wait_for_a_dying_trainer(run_id: int) -> None:
 def _claim(run_id: int, task_id: str) -> tuple[QualityTuningRun | None, str]:
     """Take the run for this task, or say why not (finished, cancelled, another trainer alive)."""
     with transaction.atomic():
-        run = QualityTuningRun.objects.select_for_update().select_related("base_model", "dataset").filter(pk=run_id).first()
+        run = (
+            QualityTuningRun.objects.select_for_update()
+            .select_related("base_model", "dataset")
+            .filter(pk=run_id)
+            .first()
+        )
         if run is None:
             return None, f"run {run_id} no longer exists"
         if run.status in QualityTuningRun.TERMINAL:
@@ -166,9 +190,15 @@ def _claim(run_id: int, task_id: str) -> tuple[QualityTuningRun | None, str]:
             QualityTuningRun.objects.filter(pk=run_id).update(status=Status.CANCELLED, finished_at=now)
             return None, f"run {run_id} was cancelled while no trainer ran"
         QualityTuningRun.objects.filter(pk=run_id).update(
-            status=Status.RUNNING, attempts=run.attempts + 1, started_at=run.started_at or now, heartbeat_at=now,
-            celery_task_id=task_id or run.celery_task_id, worker=f"{socket.gethostname()} pid {os.getpid()}",
-            trainer_pid=None, error="", finished_at=None,
+            status=Status.RUNNING,
+            attempts=run.attempts + 1,
+            started_at=run.started_at or now,
+            heartbeat_at=now,
+            celery_task_id=task_id or run.celery_task_id,
+            worker=f"{socket.gethostname()} pid {os.getpid()}",
+            trainer_pid=None,
+            error="",
+            finished_at=None,
         )
     run.refresh_from_db()
     return run, ""
@@ -218,7 +248,8 @@ def execute_run(run_id: int, *, task_id: str = "", requeue=None) -> str:
 def check_base_model_files(run: QualityTuningRun) -> None:
     """The base model's directory still holds the weights the run was created on (cheap: no model loading)."""
     check_base_unchanged(
-        run, missing="on this worker. Mount the model directory here or register the model again.",
+        run,
+        missing="on this worker. Mount the model directory here or register the model again.",
         changed="the run cannot go on with other weights.",
     )
 
@@ -228,8 +259,10 @@ def _train_and_follow(run: QualityTuningRun, requeue) -> str:
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / TRAINER_LOG
     with open(log_path, "ab") as log:
-        log.write(f"\n=== attempt {run.attempts} at {timezone.now():%Y-%m-%d %H:%M:%S %Z} on {socket.gethostname()} "
-                  f"(task pid {os.getpid()}) ===\n".encode())
+        log.write(
+            f"\n=== attempt {run.attempts} at {timezone.now():%Y-%m-%d %H:%M:%S %Z} on {socket.gethostname()} "
+            f"(task pid {os.getpid()}) ===\n".encode()
+        )
         log.flush()
         offset = log.tell()
         command = trainer_command(run)
@@ -286,7 +319,9 @@ def _train_and_follow(run: QualityTuningRun, requeue) -> str:
         # SIGTERM from outside (the worker's warm shutdown, a scheduler's preemption): checkpointed; go on elsewhere.
         with transaction.atomic():
             QualityTuningRun.objects.filter(pk=run.pk, status=Status.RUNNING).update(
-                status=Status.QUEUED, trainer_pid=None, queued_at=timezone.now(),
+                status=Status.QUEUED,
+                trainer_pid=None,
+                queued_at=timezone.now(),
                 error=f"The trainer was stopped from outside at step {step}; queued again to resume.",
             )
             if requeue is not None:
@@ -296,10 +331,17 @@ def _train_and_follow(run: QualityTuningRun, requeue) -> str:
         return "lock-race"
     if code is not None and code < 0:
         latest = checkpoints.latest_checkpoint(run_dir)
-        resume = (f" Resuming continues from the checkpoint at step {checkpoints.checkpoint_step(latest)}."
-                  if latest else " No checkpoint was saved yet.")
-        _finish(run.pk, Status.FAILED, f"The trainer was killed by {signal_name(-code)} at step {step} "
-                                       f"(out of memory?).{resume} Its log: {log_path}")
+        resume = (
+            f" Resuming continues from the checkpoint at step {checkpoints.checkpoint_step(latest)}."
+            if latest
+            else " No checkpoint was saved yet."
+        )
+        _finish(
+            run.pk,
+            Status.FAILED,
+            f"The trainer was killed by {signal_name(-code)} at step {step} "
+            f"(out of memory?).{resume} Its log: {log_path}",
+        )
         return f"run {run.pk} failed: trainer killed by signal {-code}"
     _finish(run.pk, Status.FAILED, trainer_error(output, log_path))
     return f"run {run.pk} failed (exit {code})"

@@ -58,9 +58,14 @@ def training_worker(django_db_setup, django_db_blocker):
         if "NOT_FOUND" not in str(exc):
             raise
     worker = WorkerProcess(
-        queues="training", database_url=url, log_dir=settings.VAR_DIR / "logs",
-        env={"CELERY_VISIBILITY_TIMEOUT": str(TEST_VISIBILITY_TIMEOUT), "NEEDLE_TRAINING_POLL_SECONDS": "0.2",
-             "OMP_NUM_THREADS": "1"},  # a shared 2-core machine
+        queues="training",
+        database_url=url,
+        log_dir=settings.VAR_DIR / "logs",
+        env={
+            "CELERY_VISIBILITY_TIMEOUT": str(TEST_VISIBILITY_TIMEOUT),
+            "NEEDLE_TRAINING_POLL_SECONDS": "0.2",
+            "OMP_NUM_THREADS": "1",
+        },  # a shared 2-core machine
     )
     worker.start()
     yield worker

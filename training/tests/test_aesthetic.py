@@ -79,7 +79,10 @@ def test_wrong_layouts_are_explained(tmp_path):
         AestheticHead.load(tmp_path / "shape.pth")
 
     # A head with ReLUs between layers shifts the indices: layers.3 instead of layers.2, ...
-    relu_variant = {f"layers.{i}.{p}": v for (k, v), i, p in zip(state.items(), (0, 0, 3, 3, 6, 6, 8, 8, 9, 9), ("weight", "bias") * 5)}
+    relu_variant = {
+        f"layers.{i}.{p}": v
+        for (k, v), i, p in zip(state.items(), (0, 0, 3, 3, 6, 6, 8, 8, 9, 9), ("weight", "bias") * 5)
+    }
     torch.save(relu_variant, tmp_path / "relu.pth")
     with pytest.raises(AestheticHeadError, match="missing layers.2.bias, layers.2.weight.*unexpected layers.3"):
         AestheticHead.load(tmp_path / "relu.pth")

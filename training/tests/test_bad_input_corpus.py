@@ -60,8 +60,11 @@ START_CASES = [
     ("max steps 0", ["--max-steps", "0"], ["max_steps", "at least 1"]),
     ("max steps 10**10", ["--max-steps", str(10**10)], ["max_steps", "1,000,000"]),
     ("batch size 0", ["--batch-size", "0"], ["batch_size", "at least 1"]),
-    ("batch size not a multiple of accumulation", ["--batch-size", "6", "--gradient-accumulation-steps", "4"],
-     ["batch_size", "multiple", "gradient_accumulation_steps"]),
+    (
+        "batch size not a multiple of accumulation",
+        ["--batch-size", "6", "--gradient-accumulation-steps", "4"],
+        ["batch_size", "multiple", "gradient_accumulation_steps"],
+    ),
     ("accumulation 0", ["--gradient-accumulation-steps", "0"], ["gradient_accumulation_steps", "at least 1"]),
     ("checkpoint every 0", ["--checkpoint-every", "0"], ["checkpoint_every", "at least 1"]),
     ("validation every -1", ["--validation-every", "-1"], ["validation_every", "at least 1"]),
@@ -106,8 +109,14 @@ def test_quality_tune_refuses_unknown_runs_and_steps():
         ("register a step of an unknown run", ["register", "999", "--step", "1", "--name", "x"], ["no run 999"]),
     ]:
         before = state()
-        check(f"quality_tune: {case}", "command", from_command("quality_tune", *argv), says=says, before=before,
-              after=state())
+        check(
+            f"quality_tune: {case}",
+            "command",
+            from_command("quality_tune", *argv),
+            says=says,
+            before=before,
+            after=state(),
+        )
 
 
 def form_data(**changes):
@@ -121,8 +130,12 @@ def form_data(**changes):
 FORM_CASES = [
     ("learning rate NaN", {"learning_rate": "nan"}, "learning_rate", ["number"]),
     ("learning rate negative", {"learning_rate": "-0.001"}, "learning_rate", ["learning_rate", "above 0"]),
-    ("batch size not a multiple of accumulation", {"batch_size": "6", "gradient_accumulation_steps": "4"}, "batch_size",
-     ["multiple"]),
+    (
+        "batch size not a multiple of accumulation",
+        {"batch_size": "6", "gradient_accumulation_steps": "4"},
+        "batch_size",
+        ["multiple"],
+    ),
     ("EMA decay 2", {"ema_decay": "2"}, "ema_decay", ["between 0 and 1"]),
     ("resolution 12", {"resolution": "12"}, "resolution", ["multiple of 8"]),
     ("validation seeds backwards", {"validation_seeds": "5-1"}, "validation_seeds", ["backwards"]),
@@ -131,10 +144,18 @@ FORM_CASES = [
     ("seed negative", {"seed": "-1"}, "seed", ["0"]),
     ("noise offset NaN", {"noise_offset": "nan"}, "noise_offset", ["number"]),
     ("keep last 0 checkpoints", {"keep_last_checkpoints": "0"}, "keep_last_checkpoints", ["at least 1"]),
-    ("an aesthetic head that is not there", {"aesthetic_head_path": "/nowhere/head.pth", "clip_model_path": "/nowhere/clip"},
-     "aesthetic_head_path", ["not found|does not exist|not a file"]),
-    ("an aesthetic head without its CLIP model", {"aesthetic_head_path": "/nowhere/head.pth"}, "clip_model_path",
-     ["CLIP"]),
+    (
+        "an aesthetic head that is not there",
+        {"aesthetic_head_path": "/nowhere/head.pth", "clip_model_path": "/nowhere/clip"},
+        "aesthetic_head_path",
+        ["not found|does not exist|not a file"],
+    ),
+    (
+        "an aesthetic head without its CLIP model",
+        {"aesthetic_head_path": "/nowhere/head.pth"},
+        "clip_model_path",
+        ["CLIP"],
+    ),
     ("a validation prompt starting with a dash", {"validation_prompts": "-x"}, "validation_prompts", ["'-'"]),
 ]
 
@@ -167,11 +188,24 @@ def test_create_run_service_refuses_bad_values(base_model, dataset):
         ("batch size a bool", {"batch_size": True}, ["batch_size", "whole number"], "batch_size"),
         ("learning rate a string", {"learning_rate": "fast"}, ["learning_rate", "number"], "learning_rate"),
         ("EMA a string", {"use_ema": "yes"}, ["use_ema", "true or false"], "use_ema"),
-        ("no validation prompts", {"validation_prompts": []}, ["validation_prompts", "at least one"], "validation_prompts"),
-        ("a validation prompt that is a number", {"validation_prompts": [5]}, ["validation_prompts", "text"],
-         "validation_prompts"),
-        ("a fractional validation seed", {"validation_seeds": [1.5]}, ["validation_seeds", "whole numbers"],
-         "validation_seeds"),
+        (
+            "no validation prompts",
+            {"validation_prompts": []},
+            ["validation_prompts", "at least one"],
+            "validation_prompts",
+        ),
+        (
+            "a validation prompt that is a number",
+            {"validation_prompts": [5]},
+            ["validation_prompts", "text"],
+            "validation_prompts",
+        ),
+        (
+            "a fractional validation seed",
+            {"validation_seeds": [1.5]},
+            ["validation_seeds", "whole numbers"],
+            "validation_seeds",
+        ),
         ("a validation prompt starting with a dash", {"validation_prompts": ["-x"]}, ["'-'"], "validation_prompts"),
     ]:
         before = state()
@@ -188,7 +222,13 @@ def test_start_refuses_a_run_whose_stored_config_is_invalid(base_model, dataset)
     run.refresh_from_db()
     before = state()
     answer = from_call(lambda: services.start_run(run), services.TrainingError)
-    check("start_run service: a stored config with adam beta1 5", "service", answer,
-          says=["adam_beta1", "below 1", "new run"], before=before, after=state())
+    check(
+        "start_run service: a stored config with adam beta1 5",
+        "service",
+        answer,
+        says=["adam_beta1", "below 1", "new run"],
+        before=before,
+        after=state(),
+    )
     run.refresh_from_db()
     assert run.status == "failed" and not run.celery_task_id

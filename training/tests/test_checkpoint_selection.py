@@ -22,10 +22,10 @@ from annotation import services as annotation_services
 from annotation.models import Campaign, Rater
 from generation import services as generation_services
 from training import checkpoints, selectors, services
-from training.services.trainer import Follower
 from training.aesthetic import AestheticHead, AestheticMLP
 from training.clip_scoring import load_clip, save_tiny_clip
 from training.models import QualityTuningRun, RunCheckpoint
+from training.services.trainer import Follower
 from training.validation import VALIDATION_DIR
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("one_torch_thread")]
@@ -39,14 +39,22 @@ def trained_run_dir(tiny_pipeline_dir, curated_dataset, tmp_path_factory):
     from training.quality_tuning import QualityTuningConfig, train
 
     config = QualityTuningConfig(
-        resolution=32, batch_size=4, max_steps=6, checkpoint_every=3, validation_every=3,
-        validation_prompts=("a red circle on a blue background",), validation_seeds=(0, 1), validation_inference_steps=2,
+        resolution=32,
+        batch_size=4,
+        max_steps=6,
+        checkpoint_every=3,
+        validation_every=3,
+        validation_prompts=("a red circle on a blue background",),
+        validation_seeds=(0, 1),
+        validation_inference_steps=2,
         seed=0,
     )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return train(config, tiny_pipeline_dir("sd", 0), curated_dataset, tmp_path_factory.mktemp("trained") / "run").run_dir
+        return train(
+            config, tiny_pipeline_dir("sd", 0), curated_dataset, tmp_path_factory.mktemp("trained") / "run"
+        ).run_dir
     finally:
         torch.set_num_threads(threads)
 
@@ -70,8 +78,9 @@ def make_run(settings, tmp_path, tiny_pipeline_dir, curated_dataset, trained_run
     dataset = services.import_curated_dataset("shapes", str(curated_dataset))
 
     def make(**scoring) -> QualityTuningRun:
-        run = services.create_run(base, dataset, resolution=32, batch_size=4, max_steps=6, checkpoint_every=3,
-                                  validation_every=3, **scoring)
+        run = services.create_run(
+            base, dataset, resolution=32, batch_size=4, max_steps=6, checkpoint_every=3, validation_every=3, **scoring
+        )
         shutil.copytree(trained_run_dir, run.run_dir)
         Follower(run).sync()  # what the task does at every poll: record checkpoints (and score them)
         QualityTuningRun.objects.filter(pk=run.pk).update(status="finished", step=6)
@@ -83,8 +92,11 @@ def make_run(settings, tmp_path, tiny_pipeline_dir, curated_dataset, trained_run
 
 @pytest.fixture
 def staff_client(client):
-    client.force_login(get_user_model().objects.create_user("researcher", password="pw-long-enough-1", is_staff=True,
-                                                            is_superuser=True))
+    client.force_login(
+        get_user_model().objects.create_user(
+            "researcher", password="pw-long-enough-1", is_staff=True, is_superuser=True
+        )
+    )
     return client
 
 
@@ -115,7 +127,9 @@ def test_the_checkpoint_campaign_puts_every_checkpoint_against_the_base_on_visua
 
     # Asked again: the same campaign, no new models; asked for a new one: another campaign on the same models.
     assert services.create_checkpoint_campaign(run, prompt_set=prompt_set) == campaign
-    again = services.create_checkpoint_campaign(run, prompt_set="four", seeds="0-1", steps=[6], new=True, votes_per_item=5)
+    again = services.create_checkpoint_campaign(
+        run, prompt_set="four", seeds="0-1", steps=[6], new=True, votes_per_item=5
+    )
     assert again != campaign and again.ordered_models() == [run.base_model, registered[1]] and again.seeds == [0, 1]
     assert [c.votes_per_item for c in again.criteria.all()] == [5]
     run.refresh_from_db()
@@ -158,7 +172,9 @@ def vote(campaign, rater, wants_b):
     return voted
 
 
-def test_the_launched_campaign_gives_each_step_a_win_rate_equal_to_a_count_of_the_votes(make_run, prompt_set, staff_client):
+def test_the_launched_campaign_gives_each_step_a_win_rate_equal_to_a_count_of_the_votes(
+    make_run, prompt_set, staff_client
+):
     run = make_run()
     campaign = services.create_checkpoint_campaign(run, prompt_set=prompt_set, gold_share=0)
     annotation_services.launch_campaign(campaign)
@@ -179,6 +195,7 @@ def test_the_launched_campaign_gives_each_step_a_win_rate_equal_to_a_count_of_th
             if rater_index == 2 and prompt in (1, 2):
                 return "tie" if step == 3 else "b"
             return "b" if liked else "a"
+
         return choose
 
     raters = [Rater.objects.create() for _ in range(3)]
@@ -187,7 +204,10 @@ def test_the_launched_campaign_gives_each_step_a_win_rate_equal_to_a_count_of_th
         for item in vote(campaign, rater, wants(index)):
             ballots[item.pk, wants(index)(item)] += 1
     rows = selectors.checkpoint_win_rates(run)
-    assert [(r["step"], r["win_rate"], r["comparisons"], r["incomplete"]) for r in rows] == [(3, None, 0, 4), (6, None, 0, 4)]
+    assert [(r["step"], r["win_rate"], r["comparisons"], r["incomplete"]) for r in rows] == [
+        (3, None, 0, 4),
+        (6, None, 0, 4),
+    ]
     for item in vote(campaign, raters[2], wants(2)):
         ballots[item.pk, wants(2)(item)] += 1
 
@@ -199,9 +219,14 @@ def test_the_launched_campaign_gives_each_step_a_win_rate_equal_to_a_count_of_th
         expected[step] = majority.count("b") / len(items)
     rows = selectors.checkpoint_win_rates(run)
     assert [r["step"] for r in rows] == STEPS and [r["model"] for r in rows] == [
-        cp.registered_model.name for cp in run.checkpoints.order_by("step")]
+        cp.registered_model.name for cp in run.checkpoints.order_by("step")
+    ]
     for row in rows:
-        assert row["win_rate"] == pytest.approx(expected[row["step"]]) and row["comparisons"] == 4 and row["incomplete"] == 0
+        assert (
+            row["win_rate"] == pytest.approx(expected[row["step"]])
+            and row["comparisons"] == 4
+            and row["incomplete"] == 0
+        )
         assert (row["low"], row["high"]) == (None, None)  # 4 prompts: too few for a prompt-clustered interval
     assert expected == {3: 0.75, 6: 0.25}  # the votes were meant to favour the earlier step
 
@@ -216,7 +241,9 @@ def test_the_launched_campaign_gives_each_step_a_win_rate_equal_to_a_count_of_th
     assert b"".join(plot).startswith(b"\x89PNG")
 
 
-def test_validation_images_are_scored_as_the_run_is_followed_and_the_best_step_is_the_automatic_pick(make_run, scoring_files):
+def test_validation_images_are_scored_as_the_run_is_followed_and_the_best_step_is_the_automatic_pick(
+    make_run, scoring_files
+):
     run = make_run(**scoring_files)
     scores = {cp.step: cp.validation_aesthetic_score for cp in run.checkpoints.all()}
     expected = direct_scores(run.path, scoring_files)
@@ -235,7 +262,10 @@ def test_validation_images_are_scored_as_the_run_is_followed_and_the_best_step_i
 
     # A checkpoint whose validation images are gone: the others are scored, and the error names the folder.
     shutil.rmtree(run.path / VALIDATION_DIR / "step-000006")
-    with pytest.raises(services.TrainingError, match=r"no complete set of validation images for step 6 .*step-000006.*Steps 3 were scored"):
+    with pytest.raises(
+        services.TrainingError,
+        match=r"no complete set of validation images for step 6 .*step-000006.*Steps 3 were scored",
+    ):
         services.score_validation_images(run)
     assert RunCheckpoint.objects.get(run=run, step=3).validation_aesthetic_score == pytest.approx(expected[3], rel=1e-5)
 
@@ -261,8 +291,14 @@ def test_missing_or_mismatched_scoring_files_are_refused_up_front_and_only_warne
     # The head disappears after the run was created: the follow loop warns on the page; the run is not failed.
     head = tmp_path / "head.pth"
     shutil.copy(files["aesthetic_head_path"], head)
-    run = services.create_run(plain.base_model, plain.dataset, resolution=32, max_steps=6, checkpoint_every=3,
-                              **{**files, "aesthetic_head_path": str(head)})
+    run = services.create_run(
+        plain.base_model,
+        plain.dataset,
+        resolution=32,
+        max_steps=6,
+        checkpoint_every=3,
+        **{**files, "aesthetic_head_path": str(head)},
+    )
     shutil.copytree(plain.path, run.run_dir)
     head.unlink()
     follower = Follower(run)
@@ -284,19 +320,37 @@ def test_missing_or_mismatched_scoring_files_are_refused_up_front_and_only_warne
     assert pick is not None and f"{pick.validation_aesthetic_score:.3f}" in page and "automatic pick</span>" in page
     progress = staff_client.get(reverse("training:run_progress", args=[run.pk])).json()
     assert progress["automatic_pick"] == pick.step and progress["win_rate_curve"] is None
-    assert [c["automatic_pick"] for c in progress["checkpoints"]] == [c["step"] == pick.step for c in progress["checkpoints"]]
+    assert [c["automatic_pick"] for c in progress["checkpoints"]] == [
+        c["step"] == pick.step for c in progress["checkpoints"]
+    ]
 
 
 def test_the_run_form_checks_the_scoring_files_and_the_page_creates_the_checkpoint_campaign(
     make_run, scoring_files, prompt_set, staff_client, tmp_path
 ):
     run = make_run()
-    form = {"base_model": "sd-base", "dataset": "shapes", "batch_size": 4, "gradient_accumulation_steps": 1,
-            "learning_rate": 1e-5, "lr_warmup_steps": 0, "noise_offset": 0.1, "max_steps": 6, "checkpoint_every": 3,
-            "validation_every": 3, "validation_prompts": "a red circle", "validation_seeds": "0",
-            "validation_inference_steps": 2, "seed": 0, "resolution": 32, "crop": "center", "ema_decay": 0.9999,
-            "mixed_precision": "no", "aesthetic_head_path": str(tmp_path / "nope.pth"),
-            "clip_model_path": scoring_files["clip_model_path"]}
+    form = {
+        "base_model": "sd-base",
+        "dataset": "shapes",
+        "batch_size": 4,
+        "gradient_accumulation_steps": 1,
+        "learning_rate": 1e-5,
+        "lr_warmup_steps": 0,
+        "noise_offset": 0.1,
+        "max_steps": 6,
+        "checkpoint_every": 3,
+        "validation_every": 3,
+        "validation_prompts": "a red circle",
+        "validation_seeds": "0",
+        "validation_inference_steps": 2,
+        "seed": 0,
+        "resolution": 32,
+        "crop": "center",
+        "ema_decay": 0.9999,
+        "mixed_precision": "no",
+        "aesthetic_head_path": str(tmp_path / "nope.pth"),
+        "clip_model_path": scoring_files["clip_model_path"],
+    }
     response = staff_client.post(reverse("training:run_new"), form)
     assert response.status_code == 200 and "aesthetic head not found" in response.content.decode()
     response = staff_client.post(reverse("training:run_new"), {**form, **scoring_files})
@@ -326,7 +380,18 @@ def test_the_command_creates_the_checkpoint_campaign_and_prints_the_pick(make_ru
     assert "No automatic pick: the run has no aesthetic head" in capsys.readouterr().out
 
     run = make_run(**scoring_files)
-    call_command("quality_tune", "checkpoint-campaign", str(run.pk), "--prompt-set", "four", "--seeds", "0-1", "--steps", "3", "6")
+    call_command(
+        "quality_tune",
+        "checkpoint-campaign",
+        str(run.pk),
+        "--prompt-set",
+        "four",
+        "--seeds",
+        "0-1",
+        "--steps",
+        "3",
+        "6",
+    )
     out = capsys.readouterr().out
     run.refresh_from_db()
     assert f"Created draft campaign {run.checkpoint_campaign.name!r}" in out and "each vs sd-base, visual appeal" in out

@@ -80,7 +80,9 @@ def test_embeddings_are_normalised_and_batched(tiny_clip_dir):
     scorer = load_clip(None, tiny_clip_dir, batch_size=2)
     calls = []
     original = scorer.model.encode_image
-    scorer.model.encode_image = lambda batch, normalize=False: calls.append(len(batch)) or original(batch, normalize=normalize)
+    scorer.model.encode_image = lambda batch, normalize=False: (
+        calls.append(len(batch)) or original(batch, normalize=normalize)
+    )
     embeddings = scorer.embed_images(pictures(5))
     assert calls == [2, 2, 1]
     assert embeddings.dtype == np.float32 and embeddings.shape == (5, 32)
@@ -89,7 +91,9 @@ def test_embeddings_are_normalised_and_batched(tiny_clip_dir):
     one_by_one = np.concatenate([scorer.embed_images([image]) for image in pictures(5)])
     np.testing.assert_allclose(one_by_one, embeddings, atol=1e-5)
     texts = scorer.embed_texts(TEXTS)
-    np.testing.assert_allclose(ClipScorer.cosine_scores(embeddings, texts), scorer.scores(pictures(5), TEXTS), atol=1e-4)
+    np.testing.assert_allclose(
+        ClipScorer.cosine_scores(embeddings, texts), scorer.scores(pictures(5), TEXTS), atol=1e-4
+    )
 
 
 def test_missing_file_and_directory_problems(tmp_path, tiny_clip_dir):
@@ -109,7 +113,9 @@ def test_missing_file_and_directory_problems(tmp_path, tiny_clip_dir):
 
 def test_wrong_model_name_is_named_with_a_suggestion(registered_weights):
     name, weights = registered_weights
-    with pytest.raises(ClipLoadError, match="Unknown open_clip architecture 'needle-test-tiny-clp'.*needle-test-tiny-clip"):
+    with pytest.raises(
+        ClipLoadError, match="Unknown open_clip architecture 'needle-test-tiny-clp'.*needle-test-tiny-clip"
+    ):
         load_clip("needle-test-tiny-clp", weights)
     with pytest.raises(ClipLoadError, match="local files"):
         load_clip("hf-hub:laion/CLIP-ViT-B-32-laion2B-s34B-b79K", weights)

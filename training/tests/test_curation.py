@@ -16,9 +16,9 @@ from training.aesthetic import AestheticHead, AestheticMLP
 from training.clip_scoring import ClipScorer, load_clip, save_tiny_clip
 from training.curation import (
     AestheticStage,
-    FunnelCandidate,
     ClipScoreStage,
     CurationError,
+    FunnelCandidate,
     NearDuplicateStage,
     ResolutionStage,
     TextInImageStage,
@@ -83,17 +83,20 @@ def test_scan_reports_each_problem_by_file_and_line_and_imports_the_good_files(t
     pattern(6).save(buffer, "PNG")
     (tmp_path / "truncated.png").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
     (tmp_path / "notes.jpg").write_text("this is a text file, not a JPEG")
-    write_jsonl(tmp_path, [
-        {"file": "good.png", "caption": "a colourful field"},
-        {"file": "also good.jpg", "caption": "ellipses, on a field"},
-        {"file": "truncated.png", "caption": "cut in half"},
-        {"file": "notes.jpg", "caption": "not an image"},
-        {"file": "missing.png", "caption": "nobody saved me"},
-        '{"file": "broken.png", "caption": ',
-        {"file": "empty.png", "caption": "   "},
-        {"file": "repeated.png", "caption": "twice"},
-        {"file_name": "repeated.png", "text": "twice"},
-    ])
+    write_jsonl(
+        tmp_path,
+        [
+            {"file": "good.png", "caption": "a colourful field"},
+            {"file": "also good.jpg", "caption": "ellipses, on a field"},
+            {"file": "truncated.png", "caption": "cut in half"},
+            {"file": "notes.jpg", "caption": "not an image"},
+            {"file": "missing.png", "caption": "nobody saved me"},
+            '{"file": "broken.png", "caption": ',
+            {"file": "empty.png", "caption": "   "},
+            {"file": "repeated.png", "caption": "twice"},
+            {"file_name": "repeated.png", "text": "twice"},
+        ],
+    )
     scan = scan_candidates(tmp_path)
 
     assert [c.id for c in scan.candidates] == ["also good.jpg", "good.png", "repeated.png"]
@@ -123,12 +126,12 @@ def test_csv_captions_conflicts_and_bad_lines(tmp_path):
     for i, name in enumerate(["a.png", "b.png", "c.png", "d.webp"]):
         pattern(i).save(tmp_path / name)
     (tmp_path / "captions.csv").write_text(
-        'file,caption\n'
+        "file,caption\n"
         'a.png,"a field, with ellipses"\n'
-        'b.png,first caption\n'
-        'c.png,one,two\n'
-        'b.png,second caption\n'
-        './d.webp,a webp\n',
+        "b.png,first caption\n"
+        "c.png,one,two\n"
+        "b.png,second caption\n"
+        "./d.webp,a webp\n",
         encoding="utf-8",
     )
     scan = scan_candidates(tmp_path)
@@ -136,7 +139,9 @@ def test_csv_captions_conflicts_and_bad_lines(tmp_path):
     assert scan.candidates[1].format == "WEBP"
     problems = {p.kind: p for p in scan.problems}
     assert problems["malformed_caption_line"].line == 4 and "3 field(s)" in str(problems["malformed_caption_line"])
-    assert problems["duplicate_caption"].severity == "error" and "different caption rows" in str(problems["duplicate_caption"])
+    assert problems["duplicate_caption"].severity == "error" and "different caption rows" in str(
+        problems["duplicate_caption"]
+    )
     assert problems["missing_caption"].file == "c.png"  # its only row was malformed
 
     (tmp_path / "captions.csv").write_text("image,text\na.png,x\n", encoding="utf-8")
@@ -178,10 +183,10 @@ def test_scan_only_reads(tmp_path):
 @pytest.mark.parametrize(
     ("size", "kept"),
     [
-        ((100, 100), True),   # short side exactly the minimum
-        ((99, 150), False),   # one pixel short
-        ((200, 100), True),   # aspect exactly 2
-        ((100, 200), True),   # portrait, aspect exactly 2
+        ((100, 100), True),  # short side exactly the minimum
+        ((99, 150), False),  # one pixel short
+        ((200, 100), True),  # aspect exactly 2
+        ((100, 200), True),  # portrait, aspect exactly 2
         ((201, 100), False),  # just over 2
         ((100, 201), False),
     ],
@@ -191,7 +196,11 @@ def test_resolution_and_aspect_boundaries_are_inclusive(size, kept):
     assert (len(result.kept) == 1) is kept
     if not kept:
         reason = result.rejected[0].reason
-        assert ("short side 99 px < minimum 100 px" in reason) if size[0] == 99 else ("aspect ratio 2.010 > maximum 2" in reason)
+        assert (
+            ("short side 99 px < minimum 100 px" in reason)
+            if size[0] == 99
+            else ("aspect ratio 2.010 > maximum 2" in reason)
+        )
 
 
 def test_resolution_aspect_ratio_from_a_fraction():
@@ -257,7 +266,9 @@ def test_near_duplicate_keeps_the_best_aesthetic_score_when_a_head_is_given(tmp_
 
 def test_near_duplicate_pair_search_methods_agree():
     rng = np.random.default_rng(0)
-    hashes = rng.integers(0, 2**63, size=3000, dtype=np.int64).astype(np.uint64) * np.uint64(2) + rng.integers(0, 2, 3000).astype(np.uint64)
+    hashes = rng.integers(0, 2**63, size=3000, dtype=np.int64).astype(np.uint64) * np.uint64(2) + rng.integers(
+        0, 2, 3000
+    ).astype(np.uint64)
     planted = []
     for k in range(200):  # copies with 0-6 flipped bits
         source = int(hashes[k * 7])
@@ -277,7 +288,12 @@ def test_ocr_stage_without_tesseract_is_recorded_as_skipped(monkeypatch):
     candidates = [fake_candidate("a", 600, 600), fake_candidate("b", 100, 100)]
     result = run_funnel(candidates, [TextInImageStage(max_words=3), ResolutionStage(min_side=512)])
     ocr = result.stage("text_in_image")
-    assert (ocr.status, ocr.skipped_reason, ocr.count_in, ocr.count_out) == ("skipped", "OCR is unavailable: no tesseract here", 2, 2)
+    assert (ocr.status, ocr.skipped_reason, ocr.count_in, ocr.count_out) == (
+        "skipped",
+        "OCR is unavailable: no tesseract here",
+        2,
+        2,
+    )
     assert result.report()["stages"][0]["status"] == "skipped"
     assert result.stage("resolution").count_in == 2
 
@@ -318,7 +334,9 @@ def test_real_tesseract_rejects_a_poster_and_keeps_a_photo(tmp_path):
         draw.text((30, 40 + 100 * row), line, fill="black", font=font)
     poster.save(tmp_path / "poster.png")
     pattern(3, size=(640, 360)).save(tmp_path / "photo.png")
-    write_jsonl(tmp_path, [{"file": "poster.png", "caption": "a shop poster"}, {"file": "photo.png", "caption": "a field"}])
+    write_jsonl(
+        tmp_path, [{"file": "poster.png", "caption": "a shop poster"}, {"file": "photo.png", "caption": "a field"}]
+    )
 
     result = run_funnel(scan_candidates(tmp_path).candidates, [TextInImageStage(max_words=5)])
     stage = result.stage("text_in_image")
@@ -374,9 +392,18 @@ def test_clip_stage_scores_match_open_clip_and_threshold_applies(collection, sco
 def test_embeddings_are_computed_once_in_batches_and_shared(collection, scorer, head, monkeypatch):
     image_batches, text_batches = [], []
     embed_images, embed_texts = ClipScorer.embed_images, ClipScorer.embed_texts
-    monkeypatch.setattr(ClipScorer, "embed_images", lambda self, images: image_batches.append(len(images)) or embed_images(self, images))
-    monkeypatch.setattr(ClipScorer, "embed_texts", lambda self, texts: text_batches.append(len(texts)) or embed_texts(self, texts))
-    stages = [ResolutionStage(min_side=64, max_aspect_ratio=2.0), NearDuplicateStage(max_hamming=8), ClipScoreStage(min_score=-1000), AestheticStage(min_score=-1000)]
+    monkeypatch.setattr(
+        ClipScorer, "embed_images", lambda self, images: image_batches.append(len(images)) or embed_images(self, images)
+    )
+    monkeypatch.setattr(
+        ClipScorer, "embed_texts", lambda self, texts: text_batches.append(len(texts)) or embed_texts(self, texts)
+    )
+    stages = [
+        ResolutionStage(min_side=64, max_aspect_ratio=2.0),
+        NearDuplicateStage(max_hamming=8),
+        ClipScoreStage(min_score=-1000),
+        AestheticStage(min_score=-1000),
+    ]
     result = run_funnel(collection, stages, scorer=scorer, aesthetic_head=head, batch_size=4)
     assert result.stage("clip_score").count_in == 10  # 11.png too wide, 12.png too small, 10.png a near duplicate
     # The near-duplicate group (00.png, 10.png) was embedded for the aesthetic tie-break, the 9 other survivors
@@ -388,8 +415,15 @@ def test_embeddings_are_computed_once_in_batches_and_shared(collection, scorer, 
 
 
 def test_funnel_counts_report_and_contact_sheets(collection, scorer, head, tmp_path, monkeypatch):
-    monkeypatch.setattr(curation.stages, "ocr_unavailable_reason", lambda: "OCR is unavailable: the tesseract binary is not on PATH")
-    probe = run_funnel(collection, [ClipScoreStage(min_score=-1000), AestheticStage(min_score=-1000)], scorer=scorer, aesthetic_head=head)
+    monkeypatch.setattr(
+        curation.stages, "ocr_unavailable_reason", lambda: "OCR is unavailable: the tesseract binary is not on PATH"
+    )
+    probe = run_funnel(
+        collection,
+        [ClipScoreStage(min_score=-1000), AestheticStage(min_score=-1000)],
+        scorer=scorer,
+        aesthetic_head=head,
+    )
     aesthetic = sorted(probe.scores[c.id]["aesthetic_score"] for c in collection)
     clip = sorted(probe.scores[c.id]["clip_score"] for c in collection)
     stages = [

@@ -58,8 +58,12 @@ def make_candidates(folder):
     (folder / "notes.jpg").write_text("not an image")
     pattern(6).save(folder / "uncaptioned.png")
     rows = [{"file": f"p{s}.png", "caption": f"pattern number {s}"} for s in range(1, 5)]
-    rows += [{"file": "p1-large.png", "caption": "pattern number 1, large"}, {"file": "small.png", "caption": "a tiny one"},
-             {"file": "sub/p5.jpg", "caption": "pattern five"}, {"file": "notes.jpg", "caption": "oops"}]
+    rows += [
+        {"file": "p1-large.png", "caption": "pattern number 1, large"},
+        {"file": "small.png", "caption": "a tiny one"},
+        {"file": "sub/p5.jpg", "caption": "pattern five"},
+        {"file": "notes.jpg", "caption": "oops"},
+    ]
     (folder / "captions.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
     return folder
 
@@ -108,7 +112,13 @@ def wait_until_ended(run, worker, timeout: float = 60):
 def test_import_stores_the_good_files_and_reports_each_bad_one(collection, candidate_folder):
     assert collection.candidate_count == 7
     assert sorted(collection.candidates.values_list("relative_path", flat=True)) == [
-        "p1-large.png", "p1.png", "p2.png", "p3.png", "p4.png", "small.png", "sub/p5.jpg"
+        "p1-large.png",
+        "p1.png",
+        "p2.png",
+        "p3.png",
+        "p4.png",
+        "small.png",
+        "sub/p5.jpg",
     ]
     small = collection.candidates.get(relative_path="small.png")
     assert (small.width, small.height, small.format, small.caption) == (40, 40, "PNG", "a tiny one")
@@ -148,10 +158,19 @@ def test_stage_configuration_and_run_creation_refuse_with_the_fix(collection, mo
     with pytest.raises(services.TrainingError, match="aesthetic stage needs an aesthetic head"):
         services.create_curation_run(collection, STAGES, clip_model_path=str(models_dir / "clip"))
     with pytest.raises(services.TrainingError, match="Aesthetic head not found"):
-        services.create_curation_run(collection, STAGES, clip_model_path=str(models_dir / "clip"),
-                                     aesthetic_head_path=str(models_dir / "nohead.pth"))
+        services.create_curation_run(
+            collection,
+            STAGES,
+            clip_model_path=str(models_dir / "clip"),
+            aesthetic_head_path=str(models_dir / "nohead.pth"),
+        )
     run = services.create_curation_run(collection, CHEAP_STAGES)
-    assert run.status == "queued" and run.stages[0] == {"kind": "ResolutionStage", "min_side": 64, "max_aspect_ratio": 2.0, "name": "resolution"}
+    assert run.status == "queued" and run.stages[0] == {
+        "kind": "ResolutionStage",
+        "min_side": 64,
+        "max_aspect_ratio": 2.0,
+        "name": "resolution",
+    }
 
 
 # --- the funnel on a worker -----------------------------------------------------------------------------------
@@ -159,9 +178,12 @@ def test_stage_configuration_and_run_creation_refuse_with_the_fix(collection, mo
 
 @pytest.mark.worker
 @pytest.mark.django_db(transaction=True)
-def test_funnel_runs_on_the_worker_and_records_every_outcome_once(training_worker, collection, models_dir, staff_client):
-    run = services.create_curation_run(collection, STAGES, clip_model_path=str(models_dir / "clip"),
-                                       aesthetic_head_path=str(models_dir / "head.pth"))
+def test_funnel_runs_on_the_worker_and_records_every_outcome_once(
+    training_worker, collection, models_dir, staff_client
+):
+    run = services.create_curation_run(
+        collection, STAGES, clip_model_path=str(models_dir / "clip"), aesthetic_head_path=str(models_dir / "head.pth")
+    )
     services.start_curation_run(run)
     from training.tasks import run_curation_funnel
 
@@ -181,7 +203,10 @@ def test_funnel_runs_on_the_worker_and_records_every_outcome_once(training_worke
 
     outcomes = {o.candidate.relative_path: o for o in FunnelOutcome.objects.filter(run=run).select_related("candidate")}
     assert len(outcomes) == 7
-    assert outcomes["small.png"].stage == "resolution" and "short side 40 px < minimum 64 px" in outcomes["small.png"].reason
+    assert (
+        outcomes["small.png"].stage == "resolution"
+        and "short side 40 px < minimum 64 px" in outcomes["small.png"].reason
+    )
     pair = [outcomes["p1.png"], outcomes["p1-large.png"]]
     duplicate = next(o for o in pair if not o.kept)
     keeper = next(o for o in pair if o.kept)
@@ -197,10 +222,15 @@ def test_funnel_runs_on_the_worker_and_records_every_outcome_once(training_worke
 
     # Pages, sheets and CSV for staff only.
     client = Client()  # anonymous; staff_client is the test's own client, logged in
-    urls = [reverse("training:curation_collections"), reverse("training:curation_collection", args=[collection.pk]),
-            reverse("training:curation_run_new", args=[collection.pk]), reverse("training:curation_run", args=[run.pk]),
-            reverse("training:curation_sheet", args=[run.pk, "kept"]), reverse("training:curation_sheet", args=[run.pk, "rejected"]),
-            reverse("training:curation_outcomes_csv", args=[run.pk])]
+    urls = [
+        reverse("training:curation_collections"),
+        reverse("training:curation_collection", args=[collection.pk]),
+        reverse("training:curation_run_new", args=[collection.pk]),
+        reverse("training:curation_run", args=[run.pk]),
+        reverse("training:curation_sheet", args=[run.pk, "kept"]),
+        reverse("training:curation_sheet", args=[run.pk, "rejected"]),
+        reverse("training:curation_outcomes_csv", args=[run.pk]),
+    ]
     for url in urls:
         assert client.get(url).status_code in (302, 403), url
     page = staff_client.get(urls[3]).content.decode()
@@ -227,12 +257,17 @@ def test_a_clip_model_gone_at_execution_fails_the_run_with_the_fix_and_it_can_st
     training_worker, collection, models_dir, tmp_path
 ):
     clip = shutil.copytree(models_dir / "clip", tmp_path / "clip")
-    run = services.create_curation_run(collection, [{"kind": "ClipScoreStage", "min_score": -100.0}], clip_model_path=str(clip))
+    run = services.create_curation_run(
+        collection, [{"kind": "ClipScoreStage", "min_score": -100.0}], clip_model_path=str(clip)
+    )
     shutil.rmtree(clip)
     services.start_curation_run(run)
     wait_until_ended(run, training_worker)
     assert run.status == "failed"
-    assert run.error.startswith("The CLIP model cannot be loaded: CLIP weights not found") and "start the run again" in run.error
+    assert (
+        run.error.startswith("The CLIP model cannot be loaded: CLIP weights not found")
+        and "start the run again" in run.error
+    )
     assert not FunnelOutcome.objects.filter(run=run).exists()
 
     shutil.copytree(models_dir / "clip", clip)
@@ -257,7 +292,9 @@ def test_curate_command_imports_runs_and_reports(training_worker, candidate_fold
     with pytest.raises(CommandError, match="No candidate collection named 'nope'"):
         call_command("curate", "funnel", "nope", "--stages", str(stages_file))
     out = io.StringIO()
-    call_command("curate", "funnel", "cmd-photos", "--stages", str(stages_file), "--wait", "--timeout", "60", stdout=out)
+    call_command(
+        "curate", "funnel", "cmd-photos", "--stages", str(stages_file), "--wait", "--timeout", "60", stdout=out
+    )
     assert "resolution: 7 -> 6" in out.getvalue() and "near_duplicate: 6 -> 5" in out.getvalue()
     run = CurationRun.objects.get()
     assert "finished: 5 of 7 kept" in out.getvalue()
@@ -266,7 +303,9 @@ def test_curate_command_imports_runs_and_reports(training_worker, candidate_fold
     call_command("curate", "report", str(run.pk), stdout=out)
     summary = json.loads(out.getvalue())
     assert summary["count_kept"] == 5 and len(summary["outcomes"]) == 7
-    call_command("curate", "report", str(run.pk), "--format", "csv", "--out", str(tmp_path / "r.csv"), stdout=io.StringIO())
+    call_command(
+        "curate", "report", str(run.pk), "--format", "csv", "--out", str(tmp_path / "r.csv"), stdout=io.StringIO()
+    )
     assert len((tmp_path / "r.csv").read_text().splitlines()) == 8
     with pytest.raises(CommandError, match="No curation run 999999"):
         call_command("curate", "report", "999999")
@@ -316,35 +355,51 @@ def test_freeze_copies_the_selection_into_a_dataset_that_loads_with_the_same_has
 def test_an_aesthetic_head_trained_from_ratings_loads_and_scores(collection, models_dir, tmp_path):
     rows = list(collection.candidates.all())
     ratings = [(row, 1 + i % 5) for i, row in enumerate(rows)] + [(rows[0], 3)]
-    path = services.train_aesthetic_head_from_ratings(ratings, clip_model_path=str(models_dir / "clip"), out_path=tmp_path / "head.pth")
+    path = services.train_aesthetic_head_from_ratings(
+        ratings, clip_model_path=str(models_dir / "clip"), out_path=tmp_path / "head.pth"
+    )
     head = AestheticHead.load(path)
     assert head.input_dim == 32 and head.predict(np.ones((2, 32), np.float32)).shape == (2,)
     with pytest.raises(services.TrainingError, match="ratings run from 1 to 5"):
-        services.train_aesthetic_head_from_ratings([(rows[0], 7)], clip_model_path=str(models_dir / "clip"), out_path=tmp_path / "x.pth")
+        services.train_aesthetic_head_from_ratings(
+            [(rows[0], 7)], clip_model_path=str(models_dir / "clip"), out_path=tmp_path / "x.pth"
+        )
 
 
-def test_the_forms_import_a_folder_and_show_a_run_s_refusal_next_to_its_field(db, staff_client, candidate_folder, tmp_path):
+def test_the_forms_import_a_folder_and_show_a_run_s_refusal_next_to_its_field(
+    db, staff_client, candidate_folder, tmp_path
+):
     url = reverse("training:curation_collections")
     page = staff_client.post(url, {"name": "web-photos", "path": str(tmp_path / "nowhere")}).content.decode()
     assert "Candidate folder not found" in page
     response = staff_client.post(url, {"name": "web-photos", "path": str(candidate_folder)})
     collection = CandidateCollection.objects.get(name="web-photos")
-    assert response.status_code == 302 and response["Location"] == reverse("training:curation_collection", args=[collection.pk])
+    assert response.status_code == 302 and response["Location"] == reverse(
+        "training:curation_collection", args=[collection.pk]
+    )
 
     new_run = reverse("training:curation_run_new", args=[collection.pk])
     form = staff_client.get(new_run).content.decode()
     assert 'name="min_side" value="512"' in form and 'name="aesthetic_min_score" value="5.0"' in form
-    data = {"use_resolution": "on", "min_side": 512, "max_aspect_ratio": 2.0, "max_words": 5, "max_hamming": 6,
-            "use_clip_score": "on", "clip_min_score": 28, "aesthetic_min_score": 5}
+    data = {
+        "use_resolution": "on",
+        "min_side": 512,
+        "max_aspect_ratio": 2.0,
+        "max_words": 5,
+        "max_hamming": 6,
+        "use_clip_score": "on",
+        "clip_min_score": 28,
+        "aesthetic_min_score": 5,
+    }
     page = staff_client.post(new_run, data).content.decode()
     assert 'id="clip_model_path-error"' in page and "need a CLIP model" in page
     assert not CurationRun.objects.exists()
 
 
 def test_the_outcomes_csv_neutralises_formulas_in_captions_and_reasons_and_keeps_negative_scores(db, tmp_path):
-    from training.tests.test_review_stages import make_funnel
     from training.models import Candidate
     from training.selectors import write_outcomes_csv
+    from training.tests.test_review_stages import make_funnel
 
     run = make_funnel(tmp_path / "photos", [(-2.5, -0.125)], rejected=1)
     formulas = ['=HYPERLINK("http://x")', "\rx"]

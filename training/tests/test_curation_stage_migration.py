@@ -33,9 +33,14 @@ def test_stages_decisions_and_reviewer_grants_survive_the_move_and_its_undoing(t
     candidate = run.outcomes.filter(kept=True).first().candidate
     try:
         old = migrate(BEFORE_THE_MOVE)
-        OldReview, OldDecision = old.get_model("annotation", "CurationReview"), old.get_model("annotation", "CurationDecision")
+        OldReview, OldDecision = (
+            old.get_model("annotation", "CurationReview"),
+            old.get_model("annotation", "CurationDecision"),
+        )
         review = OldReview.objects.create(name="gen-before", stage="generalist", funnel_run_id=run.pk)
-        OldDecision.objects.create(review=review, candidate_id=candidate.pk, position=1, keep=True, caption="kept before")
+        OldDecision.objects.create(
+            review=review, candidate_id=candidate.pk, position=1, keep=True, caption="kept before"
+        )
         # The permission as a database made before the move holds it: on annotation's content type.
         old_type = ContentType.objects.get(app_label="annotation", model="curationreview")
         reviewer = User.objects.create_user("reviewer")
@@ -50,4 +55,6 @@ def test_stages_decisions_and_reviewer_grants_survive_the_move_and_its_undoing(t
         (candidate.pk, True, "kept before")
     ]
     assert User.objects.get(pk=reviewer.pk).has_perm("training.review_curation")
-    assert not ContentType.objects.filter(app_label="annotation", model__in=["curationreview", "curationdecision"]).exists()
+    assert not ContentType.objects.filter(
+        app_label="annotation", model__in=["curationreview", "curationdecision"]
+    ).exists()

@@ -51,7 +51,10 @@ def test_preprocessing_resizes_the_short_side_crops_and_mirrors(curated_dataset)
     first = preprocess(wide, resolution=32, mode=crop_mode(False, seed=0), file_name="a.png", flip=False)
     again = preprocess(wide, resolution=32, mode=crop_mode(False, seed=0), file_name="a.png", flip=False)
     np.testing.assert_array_equal(first, again)  # a random crop is fixed per (seed, image), so latents can be cached
-    crops = {preprocess(wide, resolution=32, mode=crop_mode(False, seed=s), file_name="a.png", flip=False).tobytes() for s in range(8)}
+    crops = {
+        preprocess(wide, resolution=32, mode=crop_mode(False, seed=s), file_name="a.png", flip=False).tobytes()
+        for s in range(8)
+    }
     assert len(crops) > 1
 
 
@@ -63,11 +66,21 @@ def test_preprocessing_resizes_the_short_side_crops_and_mirrors(curated_dataset)
         (lambda d: Image.new("RGB", (8, 8)).save(d / "extra.png"), r"caption missing for .*extra\.png: add a line"),
         (lambda d: (d / "captions.jsonl").unlink(), r"has no captions\.jsonl"),
         (lambda d: (d / "0005.png").unlink(), r"names 0005\.png, which is not in"),
-        (lambda d: (d / "captions.jsonl").write_text('{"file_name": "0000.png", "text": ""}\n'), r"line 1: the caption of 0000\.png is missing"),
+        (
+            lambda d: (d / "captions.jsonl").write_text('{"file_name": "0000.png", "text": ""}\n'),
+            r"line 1: the caption of 0000\.png is missing",
+        ),
         (lambda d: (d / "captions.jsonl").write_text("{oops\n"), r"line 1 is not valid JSON"),
     ],
-    ids=["garbage-image", "truncated-image", "uncaptioned-image", "no-captions-file", "caption-without-image",
-         "empty-caption", "bad-json"],
+    ids=[
+        "garbage-image",
+        "truncated-image",
+        "uncaptioned-image",
+        "no-captions-file",
+        "caption-without-image",
+        "empty-caption",
+        "bad-json",
+    ],
 )
 def test_bad_datasets_are_refused_naming_the_file(dataset_copy, damage, message):
     damage(dataset_copy)

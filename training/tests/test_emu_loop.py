@@ -44,8 +44,14 @@ FUNNEL_STAGES = [
 ]
 # A few-second run at 32 px (4x4 latents), checkpoints at steps 3 and 6 (as TINY in test_runs.py).
 TINY = {
-    "resolution": 32, "batch_size": 4, "max_steps": 6, "checkpoint_every": 3, "validation_every": 3,
-    "validation_prompts": ["a red circle on a blue background"], "validation_seeds": [0], "validation_inference_steps": 2,
+    "resolution": 32,
+    "batch_size": 4,
+    "max_steps": 6,
+    "checkpoint_every": 3,
+    "validation_every": 3,
+    "validation_prompts": ["a red circle on a blue background"],
+    "validation_seeds": [0],
+    "validation_inference_steps": 2,
 }
 TWO_PROMPTS = "prompt,category\na lighthouse at dusk,Outdoor Scenes\na bowl of lemons,Food\n"
 TARGET = 5
@@ -94,7 +100,9 @@ def vote_for(rater: Rater, campaign: Campaign, preferred) -> int:
             item = task.item
             winner_is_a = item.image_b.model_id != preferred.pk
             choice = "left" if winner_is_a == task.a_on_left else "right"
-            assert not annotation_services.submit_vote(rater, task.token, choice, seconds_on_task=3.0, campaign=campaign).duplicate
+            assert not annotation_services.submit_vote(
+                rater, task.token, choice, seconds_on_task=3.0, campaign=campaign
+            ).duplicate
             votes += 1
     return votes
 
@@ -122,24 +130,40 @@ def test_a_curated_selection_quality_tunes_a_model_whose_preferred_checkpoint_fa
     assert services.execute_curation_run(run_id) == f"curation run {run_id} finished"
     funnel = CurationRun.objects.get(pk=run_id)
     assert (funnel.status, funnel.count_in, funnel.count_kept) == ("finished", 12, 10)
-    assert [s["name"] for s in funnel.report["stages"]] == ["resolution", "text_in_image", "near_duplicate", "clip_score", "aesthetic"]
-    rejected = {o.candidate.relative_path: o for o in FunnelOutcome.objects.filter(run=funnel, kept=False).select_related("candidate")}
-    assert rejected.keys() == {"thumbnail.png", "photo-01.png"} or rejected.keys() == {"thumbnail.png", "photo-01-large.png"}
+    assert [s["name"] for s in funnel.report["stages"]] == [
+        "resolution",
+        "text_in_image",
+        "near_duplicate",
+        "clip_score",
+        "aesthetic",
+    ]
+    rejected = {
+        o.candidate.relative_path: o
+        for o in FunnelOutcome.objects.filter(run=funnel, kept=False).select_related("candidate")
+    }
+    assert rejected.keys() == {"thumbnail.png", "photo-01.png"} or rejected.keys() == {
+        "thumbnail.png",
+        "photo-01-large.png",
+    }
     assert rejected["thumbnail.png"].stage == "resolution"
     duplicate = next(o for path, o in rejected.items() if path != "thumbnail.png")
     assert duplicate.stage == "near_duplicate" and duplicate.duplicate_of in {"photo-01.png", "photo-01-large.png"}
 
     # --- 2. Generalists keep or reject ---------------------------------------------------------------------
     reviewer = User.objects.create_user("rev", password="pw-rev-long-enough")
-    reviewer.user_permissions.add(Permission.objects.get(codename="review_curation", content_type__app_label="training"))
+    reviewer.user_permissions.add(
+        Permission.objects.get(codename="review_curation", content_type__app_label="training")
+    )
     reviewer = User.objects.get(pk=reviewer.pk)  # fresh: no stale permission cache
     assert selectors.reviewer_may_review(reviewer) and not reviewer.is_staff
 
     out = command("curation_stage", "open-generalist", "gen", "--funnel-run", funnel.pk)
     assert "over 10 candidates of funnel run" in out
     generalist = CurationReview.objects.get(name="gen")
-    scores = [FunnelOutcome.objects.get(run=funnel, candidate=d.candidate).aesthetic_score
-              for d in generalist.decisions.order_by("position")]
+    scores = [
+        FunnelOutcome.objects.get(run=funnel, candidate=d.candidate).aesthetic_score
+        for d in generalist.decisions.order_by("position")
+    ]
     assert scores == sorted(scores, reverse=True)  # best automatic aesthetic score reviewed first
     rejected_by_generalist = {4, 9}
     while (decision := reviews.next_decision(generalist, reviewer)) is not None:
@@ -159,10 +183,13 @@ def test_a_curated_selection_quality_tunes_a_model_whose_preferred_checkpoint_fa
             continue
         caption = f"a sharp, well-lit {decision.candidate.caption}"
         corrected[decision.candidate.relative_path] = caption
-        reviews.decide(specialist, decision.pk, reviewer, keep=True,
-                                   reasons=["composition", "colour_contrast"], caption=caption)
+        reviews.decide(
+            specialist, decision.pk, reviewer, keep=True, reasons=["composition", "colour_contrast"], caption=caption
+        )
     assert len(corrected) == TARGET and len(skipped) == 1
-    assert specialist.decisions.filter(decided_at__isnull=True).count() == 8 - TARGET - 1  # the target stopped the stage
+    assert (
+        specialist.decisions.filter(decided_at__isnull=True).count() == 8 - TARGET - 1
+    )  # the target stopped the stage
     assert f"selected {TARGET} of {TARGET}," in command("curation_stage", "status", "final")
 
     # --- 4. Freeze the selection into a curated dataset ------------------------------------------------------
@@ -205,7 +232,10 @@ def test_a_curated_selection_quality_tunes_a_model_whose_preferred_checkpoint_fa
     # Emu stops early although the loss still falls: these raters prefer the earlier step.
     assert sum(vote_for(Rater.objects.create(), campaign, step_models[3]) for _ in range(3)) == 4 * 3
     win_rates = {row["step"]: row for row in selectors.checkpoint_win_rates(run)}
-    assert {step: (row["win_rate"], row["comparisons"]) for step, row in win_rates.items()} == {3: (1.0, 2), 6: (0.0, 2)}
+    assert {step: (row["win_rate"], row["comparisons"]) for step, row in win_rates.items()} == {
+        3: (1.0, 2),
+        6: (0.0, 2),
+    }
     chosen_step = max(win_rates, key=lambda step: win_rates[step]["win_rate"])
     tuned = services.register_checkpoint(checkpoints[chosen_step])
     assert tuned == step_models[3]  # registered once, by the checkpoint campaign
@@ -216,9 +246,16 @@ def test_a_curated_selection_quality_tunes_a_model_whose_preferred_checkpoint_fa
     final = services.create_tuned_vs_base_campaign(checkpoints[chosen_step], prompts, "0-1")
     assert (final.status, final.seeds, final.prompt_set) == ("draft", [0, 1], prompts)
     assert final.ordered_models() == [base, tuned]
-    assert sorted((c.criterion, c.votes_per_item) for c in final.criteria.all()) == [("text_faithfulness", 3), ("visual_appeal", 5)]
+    assert sorted((c.criterion, c.votes_per_item) for c in final.criteria.all()) == [
+        ("text_faithfulness", 3),
+        ("visual_appeal", 5),
+    ]
     lineage = QualityTuningRun.objects.get(pk=run.pk).checkpoints.get(step=chosen_step).lineage
     assert lineage["base_fingerprint"] == base.weights_fingerprint
     assert lineage["dataset_hash"] == dataset.content_hash == frozen.content_hash
-    assert (lineage["step"], lineage["dataset"], lineage["model_fingerprint"]) == (3, "emu-mini", tuned.weights_fingerprint)
+    assert (lineage["step"], lineage["dataset"], lineage["model_fingerprint"]) == (
+        3,
+        "emu-mini",
+        tuned.weights_fingerprint,
+    )
     assert dataset.content_hash[:12] in tuned.description and "step 3" in tuned.description

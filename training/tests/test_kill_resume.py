@@ -34,16 +34,40 @@ CONFIG = QualityTuningConfig(
     seed=3,
 )
 CLI_FLAGS = [
-    "--resolution", "32", "--batch-size", "4", "--max-steps", "30", "--checkpoint-every", "5", "--validation-every", "5",
-    "--validation-prompts", "a red circle on a blue background", "--validation-seeds", "0",
-    "--validation-inference-steps", "2", "--learning-rate", "1e-4", "--random-flip", "--seed", "3",
+    "--resolution",
+    "32",
+    "--batch-size",
+    "4",
+    "--max-steps",
+    "30",
+    "--checkpoint-every",
+    "5",
+    "--validation-every",
+    "5",
+    "--validation-prompts",
+    "a red circle on a blue background",
+    "--validation-seeds",
+    "0",
+    "--validation-inference-steps",
+    "2",
+    "--learning-rate",
+    "1e-4",
+    "--random-flip",
+    "--seed",
+    "3",
 ]
 
 
 def run_cli(*args):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "training.quality_tuning", *map(str, args)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "training.quality_tuning", *map(str, args)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_until(process, condition, what: str, timeout: float = 90):
@@ -61,7 +85,9 @@ def wait_until(process, condition, what: str, timeout: float = 90):
 def test_a_killed_run_resumes_to_the_weights_of_an_uninterrupted_one(tiny_pipeline_dir, curated_dataset, tmp_path):
     base, cache = tiny_pipeline_dir("sd", 0), tmp_path / "cache"
     killed_dir = tmp_path / "killed"
-    process = run_cli("--base", base, "--dataset", curated_dataset, "--run-dir", killed_dir, "--cache-dir", cache, *CLI_FLAGS)
+    process = run_cli(
+        "--base", base, "--dataset", curated_dataset, "--run-dir", killed_dir, "--cache-dir", cache, *CLI_FLAGS
+    )
     pointer = killed_dir / "checkpoints" / "latest"
     reported = wait_until(process, lambda: pointer.is_file() and pointer.read_text().strip(), "a checkpoint")
     # Kill between checkpoints, so that trained steps are lost and their metrics lines must be dropped.

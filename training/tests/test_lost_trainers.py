@@ -11,8 +11,8 @@ from django.utils import timezone
 
 from generation import services as generation_services
 from training import selectors, services
-from training.trainer_process import TRAINER_LOG, trainer_error
 from training.models import QualityTuningRun
+from training.trainer_process import TRAINER_LOG, trainer_error
 
 pytestmark = pytest.mark.django_db
 
@@ -35,7 +35,10 @@ def dead_pid():
 
 def running(run, *, worker, seconds_ago, trainer_pid=None):
     QualityTuningRun.objects.filter(pk=run.pk).update(
-        status="running", worker=worker, trainer_pid=trainer_pid, started_at=timezone.now() - timedelta(hours=1),
+        status="running",
+        worker=worker,
+        trainer_pid=trainer_pid,
+        started_at=timezone.now() - timedelta(hours=1),
         heartbeat_at=timezone.now() - timedelta(seconds=seconds_ago),
     )
     run.refresh_from_db()
@@ -77,7 +80,9 @@ def test_a_live_trainer_in_the_lock_file_keeps_the_run_alive(run, dead_pid):
 def test_a_run_on_another_machine_waits_for_the_stale_time(run, settings):
     settings.NEEDLE_TRAINING_STALE_SECONDS = 600
     running(run, worker="gpu-node-7 pid 4242", seconds_ago=30)
-    with pytest.raises(services.TrainingError, match=r"runs on gpu-node-7.* resumed from \d{4}-\d\d-\d\d \d\d:\d\d:\d\d"):
+    with pytest.raises(
+        services.TrainingError, match=r"runs on gpu-node-7.* resumed from \d{4}-\d\d-\d\d \d\d:\d\d:\d\d"
+    ):
         services.start_run(run)
     running(run, worker="gpu-node-7 pid 4242", seconds_ago=601)
     assert services.start_run(run).status == "queued"
@@ -102,10 +107,11 @@ ValueError: Invalid beta parameter at index 0: 5.0
 def test_a_trainer_traceback_becomes_one_line_naming_the_exception_and_the_log():
     error = trainer_error(TRACEBACK, "/runs/run-1/trainer.log")
     assert "\n" not in error
-    assert error == ("The trainer failed: ValueError: Invalid beta parameter at index 0: 5.0 "
-                     "(the full output is in /runs/run-1/trainer.log)")
-    assert trainer_error("error: run directory in use\nerror: second line\n") == (
-        "run directory in use; second line")
+    assert error == (
+        "The trainer failed: ValueError: Invalid beta parameter at index 0: 5.0 "
+        "(the full output is in /runs/run-1/trainer.log)"
+    )
+    assert trainer_error("error: run directory in use\nerror: second line\n") == ("run directory in use; second line")
 
 
 def test_the_trainer_prints_a_one_line_error_after_an_unexpected_traceback(monkeypatch, tmp_path, capsys):

@@ -36,7 +36,9 @@ def max_abs_diff(a, b):
 
 
 def test_loss_goes_down_on_a_learnable_setting(tiny_pipeline_dir, curated_dataset, tiny_config, tmp_path):
-    config = dataclasses.replace(tiny_config, batch_size=8, max_steps=30, learning_rate=1e-3, checkpoint_every=30, validation_every=30)
+    config = dataclasses.replace(
+        tiny_config, batch_size=8, max_steps=30, learning_rate=1e-3, checkpoint_every=30, validation_every=30
+    )
     train(config, tiny_pipeline_dir("sd", 0), curated_dataset, tmp_path / "run")
     losses = [m["loss"] for m in read_metrics(tmp_path / "run")]
     assert len(losses) == 30
@@ -57,6 +59,7 @@ def encoder_calls(monkeypatch):
             if not calls["validating"]:
                 calls[name] += 1
             return method(self, *args, **kwargs)
+
         return wrapper
 
     def validating(method):
@@ -66,6 +69,7 @@ def encoder_calls(monkeypatch):
                 return method(self, *args, **kwargs)
             finally:
                 calls["validating"] = False
+
         return wrapper
 
     monkeypatch.setattr(AutoencoderKL, "encode", counting("vae", AutoencoderKL.encode))
@@ -97,7 +101,9 @@ def test_the_dataset_is_encoded_once_and_the_cache_is_keyed_by_what_changes_it(
     assert (encoder_calls["vae"], encoder_calls["text_encoder"]) == (2, 1)  # another run, same cache: no encoding
     assert second.cache_files == first.cache_files
 
-    bigger = train(dataclasses.replace(config, resolution=64), base, curated_dataset, tmp_path / "bigger", cache_dir=cache)
+    bigger = train(
+        dataclasses.replace(config, resolution=64), base, curated_dataset, tmp_path / "bigger", cache_dir=cache
+    )
     assert (encoder_calls["vae"], encoder_calls["text_encoder"]) == (4, 1)  # new latents; captions did not change
     assert set(bigger.cache_files[:2]).isdisjoint(first.cache_files) and bigger.cache_files[2] == first.cache_files[2]
     assert load_file(bigger.cache_files[0])["mean"].shape == (8, 4, 8, 8)
@@ -105,12 +111,19 @@ def test_the_dataset_is_encoded_once_and_the_cache_is_keyed_by_what_changes_it(
     assert sorted(p.name for p in cache.iterdir()) == sorted({p.name for p in first.cache_files + bigger.cache_files})
 
 
-def test_accumulated_micro_batches_make_the_same_update_as_one_batch(tiny_pipeline_dir, curated_dataset, tiny_config, tmp_path):
+def test_accumulated_micro_batches_make_the_same_update_as_one_batch(
+    tiny_pipeline_dir, curated_dataset, tiny_config, tmp_path
+):
     base = tiny_pipeline_dir("sd", 0)
     config = dataclasses.replace(tiny_config, batch_size=8, max_steps=3, learning_rate=1e-4, checkpoint_every=3)
     one = train(config, base, curated_dataset, tmp_path / "one", cache_dir=tmp_path / "cache")
-    four = train(dataclasses.replace(config, gradient_accumulation_steps=4), base, curated_dataset, tmp_path / "four",
-                 cache_dir=tmp_path / "cache")
+    four = train(
+        dataclasses.replace(config, gradient_accumulation_steps=4),
+        base,
+        curated_dataset,
+        tmp_path / "four",
+        cache_dir=tmp_path / "cache",
+    )
     for a, b in zip(read_metrics(one.run_dir), read_metrics(four.run_dir), strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-5)  # same gradient, not just the same direction
@@ -124,16 +137,26 @@ def test_accumulated_micro_batches_make_the_same_update_as_one_batch(tiny_pipeli
     assert mean_diff < 1e-3 * mean_change
 
 
-def test_checkpoints_resume_after_a_cancel_and_export_a_loadable_pipeline(tiny_pipeline_dir, curated_dataset, tiny_config, tmp_path):
+def test_checkpoints_resume_after_a_cancel_and_export_a_loadable_pipeline(
+    tiny_pipeline_dir, curated_dataset, tiny_config, tmp_path
+):
     base = tiny_pipeline_dir("sd", 0)
-    config = dataclasses.replace(tiny_config, use_ema=True, ema_decay=0.9, random_flip=True, snr_gamma=5.0, lr_warmup_steps=2,
-                                 learning_rate=1e-4)
+    config = dataclasses.replace(
+        tiny_config, use_ema=True, ema_decay=0.9, random_flip=True, snr_gamma=5.0, lr_warmup_steps=2, learning_rate=1e-4
+    )
     reference = train(config, base, curated_dataset, tmp_path / "reference", cache_dir=tmp_path / "cache")
 
     events = []
     stop_after = 2
-    stopped = train(config, base, curated_dataset, tmp_path / "run", cache_dir=tmp_path / "cache", progress=events.append,
-                    should_stop=lambda: events[-1].step >= stop_after)
+    stopped = train(
+        config,
+        base,
+        curated_dataset,
+        tmp_path / "run",
+        cache_dir=tmp_path / "cache",
+        progress=events.append,
+        should_stop=lambda: events[-1].step >= stop_after,
+    )
     assert stopped.stopped and stopped.step == 2
     assert [e.event for e in events] == ["started", "step", "step", "checkpoint", "stopped"]
     assert [p.name for p in checkpoints.list_checkpoints(stopped.run_dir)] == ["step-000002"]
@@ -148,17 +171,29 @@ def test_checkpoints_resume_after_a_cancel_and_export_a_loadable_pipeline(tiny_p
         assert max_abs_diff(expected, actual) == 0.0, name
     assert [m["loss"] for m in read_metrics(resumed.run_dir)] == [m["loss"] for m in read_metrics(reference.run_dir)]
     assert sorted(p.name for p in (resumed.run_dir / "validation").iterdir()) == [
-        "grid.png", "prompts.json", "step-000003", "step-000006"
+        "grid.png",
+        "prompts.json",
+        "step-000003",
+        "step-000006",
     ]
     assert (resumed.run_dir / "loss.png").is_file()
 
     exported = checkpoints.export_pipeline(resumed.run_dir, None, tmp_path / "exported")
-    assert max_abs_diff(unet_weights(exported), load_file(resumed.checkpoint / "unet_ema/diffusion_pytorch_model.safetensors")) == 0
+    assert (
+        max_abs_diff(
+            unet_weights(exported), load_file(resumed.checkpoint / "unet_ema/diffusion_pytorch_model.safetensors")
+        )
+        == 0
+    )
     for frozen in ("vae", "text_encoder", "tokenizer", "scheduler"):
         assert fingerprint_directory(exported / frozen) == fingerprint_directory(base / frozen)
     loaded = load_pipeline(exported, expected_fingerprint=None, device="cpu")
-    images, _ = render(loaded, ["a red circle on a blue background"], [0],
-                       {"scheduler": "default", "steps": 2, "guidance_scale": 5.0, "width": 32, "height": 32})
+    images, _ = render(
+        loaded,
+        ["a red circle on a blue background"],
+        [0],
+        {"scheduler": "default", "steps": 2, "guidance_scale": 5.0, "width": 32, "height": 32},
+    )
     assert images[0].shape == (32, 32, 3) and images[0].std() > 0
 
     trained = checkpoints.export_pipeline(resumed.run_dir, 3, tmp_path / "step3", use_ema=False)
@@ -169,7 +204,9 @@ def test_checkpoints_resume_after_a_cancel_and_export_a_loadable_pipeline(tiny_p
         checkpoints.export_pipeline(resumed.run_dir, 4, tmp_path / "nowhere")
 
 
-def test_a_run_directory_keeps_its_settings_and_the_last_checkpoints(tiny_pipeline_dir, curated_dataset, tiny_config, tmp_path):
+def test_a_run_directory_keeps_its_settings_and_the_last_checkpoints(
+    tiny_pipeline_dir, curated_dataset, tiny_config, tmp_path
+):
     base = tiny_pipeline_dir("sd", 0)
     config = dataclasses.replace(tiny_config, checkpoint_every=2, keep_last_checkpoints=2)
     train(config, base, curated_dataset, tmp_path / "run")
@@ -197,18 +234,36 @@ def _write_model_index(path, class_name, **components):
     [
         (lambda tmp, sd: tmp / "nowhere", PipelineDirectoryError, "does not exist"),
         (lambda tmp, sd: tmp, PipelineDirectoryError, "has no model_index.json"),
-        (lambda tmp, sd: _write_model_index(tmp / "flux", "FluxPipeline", transformer=["diffusers", "FluxTransformer2DModel"]),
-         UnsupportedBasePipelineError, "holds a FluxPipeline; quality-tuning trains a StableDiffusionPipeline"),
-        (lambda tmp, sd: _write_model_index(tmp / "xl", "StableDiffusionXLPipeline"),
-         UnsupportedBasePipelineError, "SDXL .* not supported yet"),
-        (lambda tmp, sd: _write_model_index(tmp / "no-unet", "StableDiffusionPipeline", vae=["diffusers", "AutoencoderKL"]),
-         UnsupportedBasePipelineError, "it has no unet"),
-        (lambda tmp, sd: shutil.rmtree(shutil.copytree(sd, tmp / "unet-gone") / "unet") or tmp / "unet-gone",
-         PipelineDirectoryError, r"unet/ is missing"),
+        (
+            lambda tmp, sd: _write_model_index(
+                tmp / "flux", "FluxPipeline", transformer=["diffusers", "FluxTransformer2DModel"]
+            ),
+            UnsupportedBasePipelineError,
+            "holds a FluxPipeline; quality-tuning trains a StableDiffusionPipeline",
+        ),
+        (
+            lambda tmp, sd: _write_model_index(tmp / "xl", "StableDiffusionXLPipeline"),
+            UnsupportedBasePipelineError,
+            "SDXL .* not supported yet",
+        ),
+        (
+            lambda tmp, sd: _write_model_index(
+                tmp / "no-unet", "StableDiffusionPipeline", vae=["diffusers", "AutoencoderKL"]
+            ),
+            UnsupportedBasePipelineError,
+            "it has no unet",
+        ),
+        (
+            lambda tmp, sd: shutil.rmtree(shutil.copytree(sd, tmp / "unet-gone") / "unet") or tmp / "unet-gone",
+            PipelineDirectoryError,
+            r"unet/ is missing",
+        ),
     ],
     ids=["missing", "not-a-pipeline", "other-pipeline", "sdxl", "no-unet-in-index", "unet-folder-gone"],
 )
-def test_bad_base_pipelines_are_refused_before_training(tiny_pipeline_dir, curated_dataset, tiny_config, tmp_path, make_base, error, message):
+def test_bad_base_pipelines_are_refused_before_training(
+    tiny_pipeline_dir, curated_dataset, tiny_config, tmp_path, make_base, error, message
+):
     base = make_base(tmp_path, tiny_pipeline_dir("sd", 0))
     with pytest.raises(error, match=message):
         train(tiny_config, base, curated_dataset, tmp_path / "run")
@@ -238,7 +293,9 @@ def test_invalid_configs_are_refused(settings, message):
         QualityTuningConfig(**settings)
 
 
-def test_an_epsilon_model_can_be_tuned_to_v_prediction_and_exports_saying_so(tiny_pipeline_dir, curated_dataset, tiny_config, tmp_path):
+def test_an_epsilon_model_can_be_tuned_to_v_prediction_and_exports_saying_so(
+    tiny_pipeline_dir, curated_dataset, tiny_config, tmp_path
+):
     base = check_base_pipeline(tiny_pipeline_dir("sd", 0))
     assert base.prediction_type == "epsilon"
     config = dataclasses.replace(tiny_config, max_steps=2, prediction_type="v_prediction")
@@ -248,4 +305,6 @@ def test_an_epsilon_model_can_be_tuned_to_v_prediction_and_exports_saying_so(tin
     assert torch.isfinite(unet_weights(result.checkpoint)["conv_in.weight"]).all()
     exported = checkpoints.export_pipeline(result.run_dir, None, tmp_path / "exported")
     # Sampling must use the parameterisation the UNet now predicts.
-    assert json.loads((exported / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == "v_prediction"
+    assert (
+        json.loads((exported / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == "v_prediction"
+    )

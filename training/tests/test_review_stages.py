@@ -19,17 +19,34 @@ from django.utils import timezone
 from PIL import Image
 
 from training import selectors
-from training.services import reviews as services
-from training.models import CurationDecision, CurationReview, SelectionReason
 from training.datasets import load_curated_dataset
-from training.models import Candidate, CandidateCollection, CurationRun, FunnelOutcome
+from training.models import (
+    Candidate,
+    CandidateCollection,
+    CurationDecision,
+    CurationReview,
+    CurationRun,
+    FunnelOutcome,
+    SelectionReason,
+)
+from training.services import reviews as services
 
 pytestmark = pytest.mark.django_db
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-CAPTIONS = ["a red barn in snow", "a lighthouse at dusk", "three blue birds", "a bowl of lemons", "a foggy pier",
-            "an old tram", "a cat on a windowsill", "sunflowers in a field", "a mountain lake", "a neon street at night"]
+CAPTIONS = [
+    "a red barn in snow",
+    "a lighthouse at dusk",
+    "three blue birds",
+    "a bowl of lemons",
+    "a foggy pier",
+    "an old tram",
+    "a cat on a windowsill",
+    "sunflowers in a field",
+    "a mountain lake",
+    "a neon street at night",
+]
 
 
 # --- Fixtures -----------------------------------------------------------------------------------
@@ -39,20 +56,32 @@ def make_funnel(folder, scores, *, status=CurationRun.Status.FINISHED, rejected=
     """A collection of real PNGs and a funnel run that kept one candidate per (aesthetic, clip) score pair."""
     folder.mkdir(parents=True, exist_ok=True)
     collection = CandidateCollection.objects.create(name=name, path=str(folder))
-    run = CurationRun.objects.create(collection=collection, stages=[], status=status, count_in=len(scores) + rejected, count_kept=len(scores))
+    run = CurationRun.objects.create(
+        collection=collection, stages=[], status=status, count_in=len(scores) + rejected, count_kept=len(scores)
+    )
     for i, scored in enumerate([*scores, *[None] * rejected]):
         file_name = f"img-{i:03d}.png"
         hue = (37 * i) % 256
         Image.new("RGB", (96 + 8 * (i % 3), 64), (hue, 255 - hue, (hue * 3) % 256)).save(folder / file_name)
         data = (folder / file_name).read_bytes()
         candidate = Candidate.objects.create(
-            collection=collection, relative_path=file_name, caption=CAPTIONS[i % len(CAPTIONS)], width=96, height=64,
-            sha256=hashlib.sha256(data).hexdigest(), format="PNG", size_bytes=len(data),
+            collection=collection,
+            relative_path=file_name,
+            caption=CAPTIONS[i % len(CAPTIONS)],
+            width=96,
+            height=64,
+            sha256=hashlib.sha256(data).hexdigest(),
+            format="PNG",
+            size_bytes=len(data),
         )
         aesthetic, clip = scored if scored else (9.9, 0.9)  # a rejected candidate scores high, to show it is left out
         FunnelOutcome.objects.create(
-            run=run, candidate=candidate, kept=scored is not None, stage="" if scored else "ResolutionStage",
-            aesthetic_score=aesthetic, clip_score=clip,
+            run=run,
+            candidate=candidate,
+            kept=scored is not None,
+            stage="" if scored else "ResolutionStage",
+            aesthetic_score=aesthetic,
+            clip_score=clip,
         )
     return run
 
@@ -66,7 +95,9 @@ def funnel(tmp_path):
 def make_user(username, *, staff=False, reviewer=False):
     user = User.objects.create_user(username, password="pw-" + username, is_staff=staff)
     if reviewer:
-        user.user_permissions.add(Permission.objects.get(codename="review_curation", content_type__app_label="training"))
+        user.user_permissions.add(
+            Permission.objects.get(codename="review_curation", content_type__app_label="training")
+        )
     return User.objects.get(pk=user.pk)  # fresh, so the permission cache is empty
 
 
@@ -99,8 +130,14 @@ def test_a_generalist_stage_reviews_kept_candidates_best_aesthetic_score_first(t
     scores = [(5.0, 0.2), (6.5, 0.1), (5.0, 0.4), (None, 0.9), (7.0, 0.3)]
     run = make_funnel(tmp_path / "p", scores)
     review = services.open_generalist_review(run, "gen-order")
-    ordered = [(d.position, FunnelOutcome.objects.get(run=run, candidate=d.candidate).aesthetic_score,
-                FunnelOutcome.objects.get(run=run, candidate=d.candidate).clip_score) for d in review.decisions.order_by("position")]
+    ordered = [
+        (
+            d.position,
+            FunnelOutcome.objects.get(run=run, candidate=d.candidate).aesthetic_score,
+            FunnelOutcome.objects.get(run=run, candidate=d.candidate).clip_score,
+        )
+        for d in review.decisions.order_by("position")
+    ]
     # Aesthetic descending; a tie broken by the CLIP score; unscored last; the rejected candidate left out.
     assert ordered == [(1, 7.0, 0.3), (2, 6.5, 0.1), (3, 5.0, 0.4), (4, 5.0, 0.2), (5, None, 0.9)]
     assert "photography magazine" in review.instructions
@@ -125,7 +162,9 @@ def test_a_funnel_run_not_finished_or_that_kept_nothing_is_refused(tmp_path):
 
 def test_a_specialist_stage_takes_what_the_generalist_kept_in_its_order(funnel, alice):
     with pytest.raises(services.ReviewError, match="kept no candidates yet"):
-        services.open_specialist_review(services.open_generalist_review(funnel, "gen-empty"), "spec-empty", target_size=2)
+        services.open_specialist_review(
+            services.open_generalist_review(funnel, "gen-empty"), "spec-empty", target_size=2
+        )
     generalist = generalist_keeping(funnel, alice, {2, 3, 5, 8})
     kept = list(generalist.decisions.filter(keep=True).order_by("position").values_list("candidate_id", flat=True))
     specialist = services.open_specialist_review(generalist, "spec", target_size=2)
@@ -213,16 +252,22 @@ def test_a_specialist_selection_needs_a_reason_and_a_caption(funnel, alice):
         services.decide(specialist, d.pk, alice, keep=True, reasons=["lighting"], caption="  ")
     with pytest.raises(services.ReviewError, match="Unknown reasons"):
         services.decide(specialist, d.pk, alice, keep=True, reasons=["vibes"], caption="a barn")
-    result = services.decide(specialist, d.pk, alice, keep=True, reasons=["lighting", "composition"], caption=" a red\nbarn ")
+    result = services.decide(
+        specialist, d.pk, alice, keep=True, reasons=["lighting", "composition"], caption=" a red\nbarn "
+    )
     assert result.decision.reasons == ["composition", "lighting"] and result.decision.caption == "a red barn"
     # The same ticks in another order are the same decision.
-    assert services.decide(specialist, d.pk, alice, keep=True, reasons=["composition", "lighting"], caption="a red barn").duplicate
+    assert services.decide(
+        specialist, d.pk, alice, keep=True, reasons=["composition", "lighting"], caption="a red barn"
+    ).duplicate
     skipped = services.next_decision(specialist, alice)
     assert services.decide(specialist, skipped.pk, alice, keep=False, reasons=["lighting"]).decision.reasons == []
 
 
 def test_the_specialist_stage_never_selects_more_than_its_target(funnel, alice, bob):
-    specialist = services.open_specialist_review(generalist_keeping(funnel, alice, {1, 2, 3, 4, 5}), "spec", target_size=2)
+    specialist = services.open_specialist_review(
+        generalist_keeping(funnel, alice, {1, 2, 3, 4, 5}), "spec", target_size=2
+    )
     a, b, c = (services.next_decision(specialist, u) for u in (alice, bob, make_user("carol", reviewer=True)))
     select = {"keep": True, "reasons": [SelectionReason.COMPOSITION], "caption": "fine"}
     services.decide(specialist, a.pk, alice, **select)
@@ -252,7 +297,8 @@ def test_progress_counts_decisions_kept_and_each_reviewer(funnel, alice, bob):
     assert (progress.total, progress.decided, progress.kept, progress.leased) == (8, 4, 3, 1)
     assert progress.median_seconds == 3.0
     assert [(r.reviewer, r.decided, r.kept, r.median_seconds) for r in progress.reviewers] == [
-        ("alice", 3, 2, 4.0), ("bob", 1, 1, 1.0)
+        ("alice", 3, 2, 4.0),
+        ("bob", 1, 1, 1.0),
     ]
 
 
@@ -278,7 +324,9 @@ def test_freeze_writes_the_selection_with_corrected_captions_and_is_idempotent(f
             services.decide(specialist, d.pk, alice, keep=False)
             continue
         written[d.candidate.relative_path] = f"corrected: {d.candidate.caption} (#{d.position})"
-        services.decide(specialist, d.pk, alice, keep=True, reasons=["colour_contrast"], caption=written[d.candidate.relative_path])
+        services.decide(
+            specialist, d.pk, alice, keep=True, reasons=["colour_contrast"], caption=written[d.candidate.relative_path]
+        )
 
     dataset = services.freeze_review(specialist, "emu-mini", created_by=researcher)
     specialist.refresh_from_db()
@@ -302,7 +350,9 @@ def test_an_aesthetic_head_trains_from_a_rating_stage(funnel, alice, researcher,
     with pytest.raises(services.ReviewError, match="rating mode"):
         services.train_aesthetic_head_from_review(services.open_generalist_review(funnel, "kr"), clip_model_path="x")
     clip_dir = save_tiny_clip(tmp_path / "tiny-clip", seed=0)
-    path = services.train_aesthetic_head_from_review(review, clip_model_path=str(clip_dir), out_path=tmp_path / "head.pth")
+    path = services.train_aesthetic_head_from_review(
+        review, clip_model_path=str(clip_dir), out_path=tmp_path / "head.pth"
+    )
     assert path.is_file()
 
 
@@ -321,7 +371,8 @@ def test_reviewer_pages_need_the_permission_and_researcher_pages_need_staff(funn
     decision = review.decisions.get(position=1)
     plain = make_user("plain")
     reviewer_urls = [
-        reverse("curation:review_list"), reverse("curation:review", args=[review.name]),
+        reverse("curation:review_list"),
+        reverse("curation:review", args=[review.name]),
         reverse("curation:image", args=[review.name, decision.pk]),
     ]
     researcher_urls = [reverse("curation:manage_list"), reverse("curation:manage_detail", args=[review.name])]
@@ -337,7 +388,10 @@ def test_reviewer_pages_need_the_permission_and_researcher_pages_need_staff(funn
         assert client_for(alice).get(url).status_code == 403, url
         assert client_for(researcher).get(url).status_code == 200, url
     assert client_for(alice).post(reverse("curation:close", args=[review.name])).status_code == 403
-    assert client_for(plain).post(reverse("curation:decide", args=[review.name, decision.pk]), {"keep": "1"}).status_code == 403
+    assert (
+        client_for(plain).post(reverse("curation:decide", args=[review.name, decision.pk]), {"keep": "1"}).status_code
+        == 403
+    )
 
 
 def test_candidate_images_come_from_the_collection_folder_only_through_the_review(funnel, alice):
@@ -379,37 +433,62 @@ def test_the_json_answer_carries_the_next_candidate_and_a_refusal_says_why(funne
     url = reverse("curation:decide", args=[specialist.name, d.pk])
     refused = client.post(url, {"keep": "1", "caption": "x"}, HTTP_ACCEPT="application/json")
     assert refused.status_code == 409 and "at least one" in refused.json()["error"]
-    ok = client.post(url, {"keep": "1", "caption": "a barn", "reasons": ["lighting"], "seconds": "3.5"}, HTTP_ACCEPT="application/json")
+    ok = client.post(
+        url,
+        {"keep": "1", "caption": "a barn", "reasons": ["lighting"], "seconds": "3.5"},
+        HTTP_ACCEPT="application/json",
+    )
     body = ok.json()
     assert body["recorded"] and body["next"] is None  # the target of 1 is reached
     assert body["progress"] == "1 of 3 · 1 of 1 selected"
     d.refresh_from_db()
     assert (d.caption, d.reasons, d.seconds_on_task) == ("a barn", ["lighting"], 3.5)
-    assert "final selection is complete" in client.get(reverse("curation:review", args=[specialist.name])).content.decode()
+    assert (
+        "final selection is complete" in client.get(reverse("curation:review", args=[specialist.name])).content.decode()
+    )
 
 
 def test_researchers_open_both_stages_and_freeze_from_their_pages(funnel, alice, researcher, training_dir):
     client = client_for(researcher)
-    response = client.post(reverse("curation:open_generalist"), {
-        "generalist-funnel_run": funnel.pk, "generalist-name": "gen", "generalist-mode": "keep_reject",
-        "generalist-keep_threshold": 4, "generalist-lease_seconds": 300, "generalist-instructions": "",
-    })
+    response = client.post(
+        reverse("curation:open_generalist"),
+        {
+            "generalist-funnel_run": funnel.pk,
+            "generalist-name": "gen",
+            "generalist-mode": "keep_reject",
+            "generalist-keep_threshold": 4,
+            "generalist-lease_seconds": 300,
+            "generalist-instructions": "",
+        },
+    )
     assert response.status_code == 302, response.content.decode()[:2000]
     generalist = CurationReview.objects.get(name="gen")
-    refused = client.post(reverse("curation:open_specialist"), {
-        "specialist-source_review": generalist.pk, "specialist-name": "spec", "specialist-target_size": 2,
-        "specialist-lease_seconds": 600,
-    })
+    refused = client.post(
+        reverse("curation:open_specialist"),
+        {
+            "specialist-source_review": generalist.pk,
+            "specialist-name": "spec",
+            "specialist-target_size": 2,
+            "specialist-lease_seconds": 600,
+        },
+    )
     assert refused.status_code == 400 and "kept no candidates yet" in refused.content.decode()
     while (d := services.next_decision(generalist, alice)) is not None:
         services.decide(generalist, d.pk, alice, keep=d.position <= 3)
-    client.post(reverse("curation:open_specialist"), {
-        "specialist-source_review": generalist.pk, "specialist-name": "spec", "specialist-target_size": 2,
-        "specialist-lease_seconds": 600,
-    })
+    client.post(
+        reverse("curation:open_specialist"),
+        {
+            "specialist-source_review": generalist.pk,
+            "specialist-name": "spec",
+            "specialist-target_size": 2,
+            "specialist-lease_seconds": 600,
+        },
+    )
     specialist = CurationReview.objects.get(name="spec")
     while (d := services.next_decision(specialist, alice)) is not None:
-        services.decide(specialist, d.pk, alice, keep=True, reasons=["subject_background"], caption=f"caption {d.position}")
+        services.decide(
+            specialist, d.pk, alice, keep=True, reasons=["subject_background"], caption=f"caption {d.position}"
+        )
     detail = client.get(reverse("curation:manage_detail", args=["spec"])).content.decode()
     assert "2 of the target 2" in detail and "alice" in detail
     frozen = client.post(reverse("curation:freeze", args=["spec"]), {"dataset_name": "emu-pages"}, follow=True)
@@ -493,14 +572,23 @@ def browser(monkeypatch):
 def signed_in(browser, live_server, user, **context_options):
     client = client_for(user)
     context = browser.new_context(**context_options)
-    context.add_cookies([{"name": settings.SESSION_COOKIE_NAME, "value": client.cookies[settings.SESSION_COOKIE_NAME].value, "url": live_server.url}])
+    context.add_cookies(
+        [
+            {
+                "name": settings.SESSION_COOKIE_NAME,
+                "value": client.cookies[settings.SESSION_COOKIE_NAME].value,
+                "url": live_server.url,
+            }
+        ]
+    )
     return context
 
 
 def wait_for_candidate(page, number):
     page.wait_for_function(
         "n => { const r = document.getElementById('curate'); return r && r.dataset.state === 'ready' && r.dataset.shown === String(n); }",
-        arg=number, timeout=15_000,
+        arg=number,
+        timeout=15_000,
     )
 
 
@@ -538,7 +626,15 @@ def test_a_reviewer_keeps_and_rejects_five_candidates_by_keyboard(live_server, b
     assert all(d.reviewer_id == reviewer.pk and d.seconds_on_task > 0 for d in decided)
     context.close()
 
-    phone = signed_in(browser, live_server, reviewer, viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True, has_touch=True)
+    phone = signed_in(
+        browser,
+        live_server,
+        reviewer,
+        viewport={"width": 390, "height": 844},
+        device_scale_factor=2,
+        is_mobile=True,
+        has_touch=True,
+    )
     page = phone.new_page()
     page.goto(f"{live_server.url}/curate/review/{review.name}/")
     wait_for_candidate(page, 1)
@@ -571,7 +667,10 @@ def test_a_reviewer_keeps_and_rejects_five_candidates_by_keyboard(live_server, b
     page.keyboard.press("x")
     wait_for_candidate(page, 3)
     chosen = specialist.decisions.get(keep=True)
-    assert (chosen.reasons, chosen.caption) == (["composition", "colour_contrast"], "a red barn in fresh snow under a pale sky")
+    assert (chosen.reasons, chosen.caption) == (
+        ["composition", "colour_contrast"],
+        "a red barn in fresh snow under a pale sky",
+    )
     assert specialist.decisions.filter(keep=False).count() == 1
     context.close()
 

@@ -71,14 +71,18 @@ def test_importing_freezes_the_hash_and_a_changed_folder_is_refused(curated_data
     folder = shutil.copytree(curated_dataset, tmp_path / "mine")
     call_command("quality_tune", "import-dataset", "mine", str(folder))
     dataset = CuratedDataset.objects.get(name="mine")
-    assert dataset.image_count == 8 and len(dataset.content_hash) == 64 and dataset.content_hash in capsys.readouterr().out
+    assert (
+        dataset.image_count == 8 and len(dataset.content_hash) == 64 and dataset.content_hash in capsys.readouterr().out
+    )
     with pytest.raises(services.TrainingError, match="already exists"):
         services.import_curated_dataset("mine", str(folder))
     run = services.create_run(base_model, dataset, **TINY)
 
     captions = (folder / "captions.jsonl").read_text().replace("a red circle", "a crimson circle")
     (folder / "captions.jsonl").write_text(captions)
-    with pytest.raises(services.TrainingError, match="changed since it was frozen .* import the new contents as a new dataset"):
+    with pytest.raises(
+        services.TrainingError, match="changed since it was frozen .* import the new contents as a new dataset"
+    ):
         services.create_run(base_model, dataset, **TINY)
     # A run created before the change refuses it when its task starts, before any trainer runs.
     assert "failed" in services.execute_run(run.pk)
@@ -97,7 +101,9 @@ def test_an_sdxl_base_makes_a_run_and_other_sdxl_pipelines_are_not_supported_yet
     index = json.loads((path / "model_index.json").read_text())
     (path / "model_index.json").write_text(json.dumps({**index, "_class_name": "StableDiffusionXLImg2ImgPipeline"}))
     TextToImageModel.objects.create(
-        name="sdxl-img2img", pipeline_path=str(path), pipeline_class="StableDiffusionXLImg2ImgPipeline",
+        name="sdxl-img2img",
+        pipeline_path=str(path),
+        pipeline_class="StableDiffusionXLImg2ImgPipeline",
         weights_fingerprint=fingerprint_directory(path)[0],
     )
     with pytest.raises(services.TrainingError, match="Base model sdxl-img2img: .* SDXL pipeline .* not supported yet"):
@@ -112,9 +118,14 @@ def test_a_base_that_is_not_a_stable_diffusion_pipeline_is_refused(tiny_pipeline
     index = json.loads((path / "model_index.json").read_text())
     (path / "model_index.json").write_text(json.dumps({**index, "_class_name": "PixArtAlphaPipeline"}))
     other = TextToImageModel.objects.create(
-        name="pixart", pipeline_path=str(path), pipeline_class="PixArtAlphaPipeline", weights_fingerprint=fingerprint_directory(path)[0]
+        name="pixart",
+        pipeline_path=str(path),
+        pipeline_class="PixArtAlphaPipeline",
+        weights_fingerprint=fingerprint_directory(path)[0],
     )
-    with pytest.raises(services.TrainingError, match="holds a PixArtAlphaPipeline; quality-tuning trains a StableDiffusionPipeline"):
+    with pytest.raises(
+        services.TrainingError, match="holds a PixArtAlphaPipeline; quality-tuning trains a StableDiffusionPipeline"
+    ):
         services.create_run(other, dataset, **TINY)
 
 
@@ -124,7 +135,9 @@ def test_a_base_whose_directory_was_deleted_or_changed_is_refused(own_copy, data
     config = json.loads(open(scheduler).read())
     with open(scheduler, "w") as fh:
         json.dump({**config, "steps_offset": 7}, fh)
-    with pytest.raises(services.TrainingError, match="changed since it was registered .* register the new weights as a new model"):
+    with pytest.raises(
+        services.TrainingError, match="changed since it was registered .* register the new weights as a new model"
+    ):
         services.create_run(own_copy, dataset, **TINY)
 
     shutil.rmtree(own_copy.pipeline_path)
@@ -141,7 +154,11 @@ def test_a_base_whose_directory_was_deleted_or_changed_is_refused(own_copy, data
 
 def form_data(base="sd-base", dataset="shapes", **changes):
     form = QualityTuningRunForm()
-    data = {name: field.initial for name, field in form.fields.items() if field.initial is not None and field.initial is not False}
+    data = {
+        name: field.initial
+        for name, field in form.fields.items()
+        if field.initial is not None and field.initial is not False
+    }
     data.update(base_model=base, dataset=dataset, start_now="")
     data.update(changes)
     return {k: v for k, v in data.items() if v is not None}
@@ -157,12 +174,17 @@ def test_an_invalid_config_is_refused_by_the_form_next_to_its_field(staff_client
     form = response.context["form"]
     assert form.errors["learning_rate"] == ["learning_rate must be above 0 and at most 1, not -0.001 (Emu: 1e-05)"]
     response = staff_client.post(url, form_data(batch_size="6", gradient_accumulation_steps="4"))
-    assert "batch_size 6 is not a multiple of gradient_accumulation_steps 4" in response.context["form"].errors["batch_size"][0]
+    assert (
+        "batch_size 6 is not a multiple of gradient_accumulation_steps 4"
+        in response.context["form"].errors["batch_size"][0]
+    )
     response = staff_client.post(url, form_data(base="sdxl-none"))
     assert "base_model" in response.context["form"].errors
     assert not QualityTuningRun.objects.exists()
 
-    response = staff_client.post(url, form_data(**{k: str(v) for k, v in TINY.items()}, crop="random", random_flip="on"))
+    response = staff_client.post(
+        url, form_data(**{k: str(v) for k, v in TINY.items()}, crop="random", random_flip="on")
+    )
     run = QualityTuningRun.objects.get()
     assert response.status_code == 302 and response["Location"] == reverse("training:run_detail", args=[run.pk])
     assert run.status == "queued" and run.config["center_crop"] is False and run.config["random_flip"] is True
@@ -187,12 +209,28 @@ def test_the_trainer_command_line_carries_every_setting():
     from training.quality_tuning import _argument_parser
 
     config = QualityTuningConfig(
-        resolution=32, batch_size=8, gradient_accumulation_steps=2, learning_rate=3e-6, snr_gamma=5.0, random_flip=True,
-        center_crop=False, use_ema=True, ema_decay=0.999, keep_last_checkpoints=3, mixed_precision="bf16",
-        prediction_type="v_prediction", validation_prompts=("a lighthouse at dusk", "a red apple"), validation_seeds=(0, 7),
-        gradient_checkpointing=True, max_grad_norm=0.5,
+        resolution=32,
+        batch_size=8,
+        gradient_accumulation_steps=2,
+        learning_rate=3e-6,
+        snr_gamma=5.0,
+        random_flip=True,
+        center_crop=False,
+        use_ema=True,
+        ema_decay=0.999,
+        keep_last_checkpoints=3,
+        mixed_precision="bf16",
+        prediction_type="v_prediction",
+        validation_prompts=("a lighthouse at dusk", "a red apple"),
+        validation_seeds=(0, 7),
+        gradient_checkpointing=True,
+        max_grad_norm=0.5,
     )
     stored = json.loads(json.dumps(config.to_dict()))  # as in the run's JSON field
     args = _argument_parser().parse_args(["--run-dir", "x", *services.config_flags(stored)])
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(QualityTuningConfig) if getattr(args, f.name) is not None}
+    values = {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(QualityTuningConfig)
+        if getattr(args, f.name) is not None
+    }
     assert QualityTuningConfig.from_dict(values) == config

@@ -19,8 +19,8 @@ from django.utils import timezone
 from generation import services as generation_services
 from generation.models import TextToImageModel
 from training import selectors, services
-from training.trainer_process import MetricsTail
 from training.models import CandidateCollection, CurationRun, QualityTuningRun, RunCheckpoint
+from training.trainer_process import MetricsTail
 
 pytestmark = pytest.mark.django_db
 
@@ -37,16 +37,25 @@ def run(tiny_pipeline_dir, curated_dataset):
 
 def training_urls(run, step):
     gets = [
-        reverse("training:run_list"), reverse("training:run_new"), reverse("training:dataset_list"),
-        reverse("training:run_detail", args=[run.pk]), reverse("training:run_progress", args=[run.pk]),
-        reverse("training:loss_curve", args=[run.pk]), reverse("training:validation_grid", args=[run.pk]),
-        reverse("training:trainer_log", args=[run.pk]), reverse("training:win_rate_curve", args=[run.pk]),
+        reverse("training:run_list"),
+        reverse("training:run_new"),
+        reverse("training:dataset_list"),
+        reverse("training:run_detail", args=[run.pk]),
+        reverse("training:run_progress", args=[run.pk]),
+        reverse("training:loss_curve", args=[run.pk]),
+        reverse("training:validation_grid", args=[run.pk]),
+        reverse("training:trainer_log", args=[run.pk]),
+        reverse("training:win_rate_curve", args=[run.pk]),
     ]
     posts = [
-        reverse("training:run_new"), reverse("training:dataset_list"), reverse("training:run_cancel", args=[run.pk]),
-        reverse("training:run_start", args=[run.pk]), reverse("training:checkpoint_register", args=[run.pk, step]),
+        reverse("training:run_new"),
+        reverse("training:dataset_list"),
+        reverse("training:run_cancel", args=[run.pk]),
+        reverse("training:run_start", args=[run.pk]),
+        reverse("training:checkpoint_register", args=[run.pk, step]),
         reverse("training:checkpoint_compare", args=[run.pk, step]),
-        reverse("training:checkpoint_campaign_create", args=[run.pk]), reverse("training:score_validation", args=[run.pk]),
+        reverse("training:checkpoint_campaign_create", args=[run.pk]),
+        reverse("training:score_validation", args=[run.pk]),
     ]
     return gets, posts
 
@@ -57,22 +66,46 @@ def test_every_training_url_is_refused_to_anonymous_and_non_staff_users(client, 
     checkpoint = RunCheckpoint.objects.create(run=run, step=3, path=str(tmp_path), saved_at=timezone.now())
     gets, posts = training_urls(run, checkpoint.step)
     named = {p.name for p in get_resolver("training.urls").url_patterns}
-    assert named == {reverse_name.split(":")[1] for reverse_name in [
-        "training:run_list", "training:run_new", "training:dataset_list", "training:run_detail", "training:run_progress",
-        "training:loss_curve", "training:validation_grid", "training:trainer_log", "training:run_cancel",
-        "training:run_start", "training:checkpoint_register", "training:checkpoint_compare",
-        "training:checkpoint_campaign_create", "training:score_validation", "training:win_rate_curve",
-        "training:curation_collections", "training:curation_collection", "training:curation_run_new",
-        "training:curation_run", "training:curation_run_start", "training:curation_sheet",
-        "training:curation_outcomes_csv"]}, "a new URL needs a line here"
+    assert named == {
+        reverse_name.split(":")[1]
+        for reverse_name in [
+            "training:run_list",
+            "training:run_new",
+            "training:dataset_list",
+            "training:run_detail",
+            "training:run_progress",
+            "training:loss_curve",
+            "training:validation_grid",
+            "training:trainer_log",
+            "training:run_cancel",
+            "training:run_start",
+            "training:checkpoint_register",
+            "training:checkpoint_compare",
+            "training:checkpoint_campaign_create",
+            "training:score_validation",
+            "training:win_rate_curve",
+            "training:curation_collections",
+            "training:curation_collection",
+            "training:curation_run_new",
+            "training:curation_run",
+            "training:curation_run_start",
+            "training:curation_sheet",
+            "training:curation_outcomes_csv",
+        ]
+    }, "a new URL needs a line here"
     collection = CandidateCollection.objects.create(name="candidates", path=str(tmp_path))
     curation = CurationRun.objects.create(collection=collection, stages=[])
     gets += [
-        reverse("training:curation_collections"), reverse("training:curation_collection", args=[collection.pk]),
-        reverse("training:curation_run", args=[curation.pk]), reverse("training:curation_sheet", args=[curation.pk, "kept"]),
+        reverse("training:curation_collections"),
+        reverse("training:curation_collection", args=[collection.pk]),
+        reverse("training:curation_run", args=[curation.pk]),
+        reverse("training:curation_sheet", args=[curation.pk, "kept"]),
         reverse("training:curation_outcomes_csv", args=[curation.pk]),
     ]
-    posts += [reverse("training:curation_run_new", args=[collection.pk]), reverse("training:curation_run_start", args=[curation.pk])]
+    posts += [
+        reverse("training:curation_run_new", args=[collection.pk]),
+        reverse("training:curation_run_start", args=[curation.pk]),
+    ]
     for who in ("anonymous", "non-staff"):
         if who == "non-staff":
             client.force_login(get_user_model().objects.create_user("rater", password="pw-long-enough-1"))
@@ -88,8 +121,11 @@ def test_every_training_url_is_refused_to_anonymous_and_non_staff_users(client, 
 
 
 def test_staff_see_the_run_pages_admin_and_progress(client, run):
-    client.force_login(get_user_model().objects.create_user("researcher", password="pw-long-enough-1", is_staff=True,
-                                                            is_superuser=True))
+    client.force_login(
+        get_user_model().objects.create_user(
+            "researcher", password="pw-long-enough-1", is_staff=True, is_superuser=True
+        )
+    )
     for name in ("curateddataset", "qualitytuningrun", "runcheckpoint"):
         assert client.get(reverse(f"admin:training_{name}_changelist")).status_code == 200
     assert client.get(reverse("admin:training_qualitytuningrun_change", args=[run.pk])).status_code == 200
@@ -107,8 +143,21 @@ def test_staff_see_the_run_pages_admin_and_progress(client, run):
 
 
 def test_the_command_queues_cancels_resumes_and_reports(run, capsys):
-    call_command("quality_tune", "start", "--base", "sd-base", "--dataset", "shapes", "--max-steps", "8", "--resolution", "32",
-                 "--batch-size", "4", "--no-center-crop")
+    call_command(
+        "quality_tune",
+        "start",
+        "--base",
+        "sd-base",
+        "--dataset",
+        "shapes",
+        "--max-steps",
+        "8",
+        "--resolution",
+        "32",
+        "--batch-size",
+        "4",
+        "--no-center-crop",
+    )
     started = QualityTuningRun.objects.exclude(pk=run.pk).get()
     assert started.status == "queued" and started.celery_task_id and started.max_steps == 8
     assert started.config["center_crop"] is False and started.config["noise_offset"] == 0.1
@@ -140,7 +189,9 @@ def test_the_task_does_nothing_for_ended_runs_and_finishes_a_cancel_nobody_follo
     assert run.status == "cancelled" and run.attempts == 0
     assert "no longer exists" in services.execute_run(run.pk + 1000)
     # A run whose worker stopped reporting can be cancelled or resumed from the page.
-    QualityTuningRun.objects.filter(pk=run.pk).update(status="running", heartbeat_at=timezone.now() - timezone.timedelta(hours=1))
+    QualityTuningRun.objects.filter(pk=run.pk).update(
+        status="running", heartbeat_at=timezone.now() - timezone.timedelta(hours=1)
+    )
     run.refresh_from_db()
     assert selectors.is_stale(run) and selectors.can_start(run)
     assert services.cancel_run(run).status == "cancelled"
@@ -168,8 +219,9 @@ def process_is_gone(pid: int) -> bool:
 def test_the_trainer_dies_with_the_process_that_started_it():
     """Killing only the task's process (not its group) must not leave the trainer running as an orphan."""
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "evalsite.settings", "PYTHONPATH": str(REPO)}
-    parent = subprocess.Popen([sys.executable, "-c", PARENT], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True,
-                              start_new_session=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         child = int(parent.stdout.readline())
         assert not process_is_gone(child)
@@ -190,7 +242,13 @@ def test_following_metrics_reads_only_new_complete_lines_and_starts_over_after_a
     assert tail.poll() is False and tail.last is None
     metrics = tmp_path / "metrics.jsonl"
     with open(metrics, "w") as fh:
-        fh.write(json.dumps({"step": 1, "loss": 0.5}) + "\n" + json.dumps({"step": 2, "loss": 0.4}) + "\n" + '{"step": 3, "lo')
+        fh.write(
+            json.dumps({"step": 1, "loss": 0.5})
+            + "\n"
+            + json.dumps({"step": 2, "loss": 0.4})
+            + "\n"
+            + '{"step": 3, "lo'
+        )
     assert tail.poll() is True and tail.last["step"] == 2 and tail.losses == {1: 0.5, 2: 0.4}
     with open(metrics, "a") as fh:
         fh.write('ss": 0.3}\n')

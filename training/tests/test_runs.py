@@ -18,16 +18,22 @@ from safetensors.torch import load_file
 from generation import services as generation_services
 from generation.models import GeneratedImage, TextToImageModel
 from training import checkpoints, services
-from training.trainer_process import TRAINER_LOG, trainer_is_running
 from training.metrics import read_metrics
 from training.models import QualityTuningRun
+from training.trainer_process import TRAINER_LOG, trainer_is_running
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 
 # A few-second run of the tiny SD pipeline at 32 px (4x4 latents).
 TINY = {
-    "resolution": 32, "batch_size": 4, "max_steps": 6, "checkpoint_every": 3, "validation_every": 3,
-    "validation_prompts": ["a red circle on a blue background"], "validation_seeds": [0], "validation_inference_steps": 2,
+    "resolution": 32,
+    "batch_size": 4,
+    "max_steps": 6,
+    "checkpoint_every": 3,
+    "validation_every": 3,
+    "validation_prompts": ["a red circle on a blue background"],
+    "validation_seeds": [0],
+    "validation_inference_steps": 2,
 }
 
 
@@ -45,7 +51,9 @@ def dataset(curated_dataset):
 
 @pytest.fixture
 def staff_client(client):
-    user = get_user_model().objects.create_user("researcher", password="pw-long-enough-1", is_staff=True, is_superuser=True)
+    user = get_user_model().objects.create_user(
+        "researcher", password="pw-long-enough-1", is_staff=True, is_superuser=True
+    )
     client.force_login(user)
     return client
 
@@ -57,7 +65,9 @@ def wait_for(run, condition, what: str, worker, timeout: float = 120, interval: 
         if condition(run):
             return run
         time.sleep(interval)
-    raise AssertionError(f"run {run.pk} never {what} (status {run.status}, step {run.step}, error {run.error!r}):\n{worker.log()}")
+    raise AssertionError(
+        f"run {run.pk} never {what} (status {run.status}, step {run.step}, error {run.error!r}):\n{worker.log()}"
+    )
 
 
 def ended(run):
@@ -113,8 +123,15 @@ def test_a_run_trains_on_the_worker_and_a_checkpoint_becomes_a_model_compared_wi
     last.refresh_from_db()
     assert last.registered_model == tuned and Path(last.exported_path) == Path(tuned.pipeline_path)
     lineage = last.lineage
-    assert lineage["base_fingerprint"] == base_model.weights_fingerprint and lineage["dataset_hash"] == dataset.content_hash
-    assert lineage["step"] == 6 and lineage["hyperparameters"]["batch_size"] == 4 and lineage["hyperparameters"]["noise_offset"] == 0.1
+    assert (
+        lineage["base_fingerprint"] == base_model.weights_fingerprint
+        and lineage["dataset_hash"] == dataset.content_hash
+    )
+    assert (
+        lineage["step"] == 6
+        and lineage["hyperparameters"]["batch_size"] == 4
+        and lineage["hyperparameters"]["noise_offset"] == 0.1
+    )
     assert dataset.content_hash[:12] in tuned.description and "step 6" in tuned.description
     assert services.register_checkpoint(last, "another-name") == tuned  # idempotent
     assert TextToImageModel.objects.filter(source="quality_tuned").count() == 1
@@ -131,14 +148,18 @@ def test_a_run_trains_on_the_worker_and_a_checkpoint_becomes_a_model_compared_wi
     assert [cm.model for cm in campaign.campaign_models.order_by("position")] == [base_model, tuned]
     assert set(campaign.criteria.values_list("criterion", flat=True)) == {"visual_appeal", "text_faithfulness"}
     # ... and from the page, for a checkpoint not registered yet: it is registered on the way.
-    response = staff_client.post(reverse("training:checkpoint_compare", args=[run.pk, 3]), {"prompt_set": "four", "seeds": "0-3"})
+    response = staff_client.post(
+        reverse("training:checkpoint_compare", args=[run.pk, 3]), {"prompt_set": "four", "seeds": "0-3"}
+    )
     assert response.status_code == 302 and "/annotation/campaigns/" in response["Location"]
     early = run.checkpoints.get(step=3).registered_model
     assert early.name == "sd-base-qt%d-step3" % run.pk and early.parent == base_model
     assert TextToImageModel.objects.filter(source="quality_tuned").count() == 2
 
 
-def test_a_killed_worker_s_run_resumes_on_a_new_worker_and_leaves_no_orphan_trainer(training_worker, base_model, dataset):
+def test_a_killed_worker_s_run_resumes_on_a_new_worker_and_leaves_no_orphan_trainer(
+    training_worker, base_model, dataset
+):
     config = {**TINY, "max_steps": 120, "checkpoint_every": 20, "validation_every": 1000}
     run = services.create_run(base_model, dataset, **config)
     services.start_run(run)
@@ -192,8 +213,13 @@ def test_a_duplicate_delivery_leaves_a_preempted_trainer_resumes_and_a_cancel_st
     # SIGTERM from outside (a worker's warm shutdown, a preemption notice): it checkpoints, the run is queued again
     # and resumes from that checkpoint.
     os.kill(trainer_pid, signal.SIGTERM)
-    wait_for(run, lambda r: (r.attempts == 2 and r.step > r.checkpoints.get().step + 1) or ended(r),
-             "resumed after the preemption", training_worker, interval=0.1)
+    wait_for(
+        run,
+        lambda r: (r.attempts == 2 and r.step > r.checkpoints.get().step + 1) or ended(r),
+        "resumed after the preemption",
+        training_worker,
+        interval=0.1,
+    )
     preempted_at = run.checkpoints.get().step
     assert run.status == "running" and run.trainer_pid != trainer_pid, run.error
     second_attempt = (Path(run.run_dir) / TRAINER_LOG).read_text().split("=== attempt 2")[1]
@@ -210,6 +236,8 @@ def test_a_duplicate_delivery_leaves_a_preempted_trainer_resumes_and_a_cancel_st
     assert sorted(run.checkpoints.values_list("step", flat=True)) == [preempted_at, run.step]
     assert_loadable(Path(run.checkpoints.get(step=run.step).path), run.step)
     progress = staff_client.get(reverse("training:run_progress", args=[run.pk])).json()
-    assert progress["status"] == "cancelled" and progress["eta"] == "" and progress["checkpoints"][-1]["step"] == run.step
+    assert (
+        progress["status"] == "cancelled" and progress["eta"] == "" and progress["checkpoints"][-1]["step"] == run.step
+    )
     with pytest.raises(services.TrainingError, match="already cancelled"):
         services.cancel_run(run)

@@ -11,7 +11,9 @@ def test_the_sd_text_encoder_computes_exactly_what_the_world_clips_text_tower_co
     clip = models.build_clip().eval()
     encoder = models.text_encoder_from_clip(clip)
     captions = ["a red circle on a blue background", "three green triangles at the top on a purple background"]
-    ids = clip_tokenizer()(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    ids = clip_tokenizer()(
+        captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    ).input_ids
     with torch.no_grad():
         expected = clip.encode_text(ids)  # open_clip: pooled at the end-of-text token, projected
         out = encoder(ids)

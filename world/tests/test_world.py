@@ -23,10 +23,17 @@ def test_captions_follow_the_grammar_and_parse_back():
         scene = scene_for_seed(seed)
         parsed = parse_caption(scene.caption())
         assert (parsed.count, parsed.colour, parsed.shape, parsed.position, parsed.background) == (
-            scene.count, scene.colour, scene.shape, scene.position, scene.background)
+            scene.count,
+            scene.colour,
+            scene.shape,
+            scene.position,
+            scene.background,
+        )
 
 
-@pytest.mark.parametrize("text", ["", "a red circle", "a pink circle on a blue background", "five red circles on a blue background"])
+@pytest.mark.parametrize(
+    "text", ["", "a red circle", "a pink circle on a blue background", "five red circles on a blue background"]
+)
 def test_text_outside_the_grammar_is_refused_by_name(text):
     with pytest.raises(CaptionError, match="not a caption of the mini-Emu grammar"):
         parse_caption(text)
@@ -49,7 +56,9 @@ def test_the_oracle_notices_each_attribute_the_image_does_not_show():
             "colour": replace(scene, colour=other_colour),
             "shape": replace(scene, shape=next(s for s in SHAPES if s != scene.shape)),
             "count": replace(scene, count=scene.count % 3 + 1),
-            "background": replace(scene, background=next(c for c in background_choices(scene.colour) if c != scene.background)),
+            "background": replace(
+                scene, background=next(c for c in background_choices(scene.colour) if c != scene.background)
+            ),
         }
         if scene.position in ("left", "right"):
             variants["position"] = replace(scene, position={"left": "right", "right": "left"}[scene.position])
@@ -69,8 +78,20 @@ def test_most_of_the_web_is_mediocre_and_a_few_percent_photogenic():
 
 def test_appeal_rewards_what_its_documentation_says():
     scene = scene_for_seed(7)
-    clean = replace(scene, exposure=1.0, haze=0.0, specks=(), count=1, position=None, offset=(0.0, 0.0),
-                    background_saturation=0.35, background_value=0.55, subject_saturation=0.9, subject_value=0.95, scale=1.0)
+    clean = replace(
+        scene,
+        exposure=1.0,
+        haze=0.0,
+        specks=(),
+        count=1,
+        position=None,
+        offset=(0.0, 0.0),
+        background_saturation=0.35,
+        background_value=0.55,
+        subject_saturation=0.9,
+        subject_value=0.95,
+        scale=1.0,
+    )
     base = appeal_score(render(clean))
     assert appeal_score(render(replace(clean, haze=0.4))) < base
     assert appeal_score(render(replace(clean, exposure=1.5))) < base
@@ -78,4 +99,12 @@ def test_appeal_rewards_what_its_documentation_says():
     assert appeal_score(render(replace(clean, background_saturation=1.0))) < base
     assert appeal_score(render(replace(clean, offset=(0.2, 0.15)))) < base
     assert appeal_score(render(replace(clean, specks=((0.1, 0.1, 0.3), (0.9, 0.85, 0.6), (0.85, 0.1, 0.1))))) < base
-    assert set(appeal_terms(render(clean))) == {"exposure", "contrast", "harmony", "composition", "clutter", "sharpness", "cleanliness"}
+    assert set(appeal_terms(render(clean))) == {
+        "exposure",
+        "contrast",
+        "harmony",
+        "composition",
+        "clutter",
+        "sharpness",
+        "cleanliness",
+    }

@@ -33,13 +33,17 @@ class Command(BaseCommand):
 
         create = sub.add_parser("create", help="create a draft campaign")
         create.add_argument("--name", required=True)
-        create.add_argument("--models", nargs="+", required=True, metavar="MODEL", help="two or more registered models, model A first")
+        create.add_argument(
+            "--models", nargs="+", required=True, metavar="MODEL", help="two or more registered models, model A first"
+        )
         create.add_argument("--pairing", choices=Campaign.Pairing.values, default=Campaign.Pairing.ALL_PAIRS)
         create.add_argument("--baseline", metavar="MODEL", help="with --pairing vs_baseline")
         create.add_argument("--prompt-set", required=True)
         create.add_argument("--seeds", required=True, help="e.g. '0-3, 10'")
         create.add_argument("--criteria", nargs="+", choices=Criterion.values, help="default: both of Emu's criteria")
-        create.add_argument("--gold-share", type=float, help="share of each rater's tasks that are gold (0 turns gold off)")
+        create.add_argument(
+            "--gold-share", type=float, help="share of each rater's tasks that are gold (0 turns gold off)"
+        )
         create.add_argument("--gold-min-answers", type=int, help="gold answers needed before a rater can be excluded")
         create.add_argument("--gold-min-accuracy", type=float, help="raters below this gold accuracy are excluded")
         create.add_argument("--quota", type=int, help="tasks per rater, gold included; 0: no limit")
@@ -47,26 +51,38 @@ class Command(BaseCommand):
         create.add_argument("--completion-url")
         create.add_argument("--rater-title")
         create.add_argument(
-            "--consent-text", metavar="TEXT",
+            "--consent-text",
+            metavar="TEXT",
             help="what raters agree to (first paragraph shown, the rest folded away); default: Needle's short text",
         )
         create.add_argument("--consent-file", metavar="PATH", help="the consent text from a UTF-8 file")
         create.add_argument("--contact", help="who raters can write to about the study")
         create.add_argument(
-            "--screen-out-url", help="where raters excluded by quality control go ({code}: the screen-out code)",
+            "--screen-out-url",
+            help="where raters excluded by quality control go ({code}: the screen-out code)",
         )
         create.add_argument(
-            "--speeder-seconds", type=float, metavar="S",
+            "--speeder-seconds",
+            type=float,
+            metavar="S",
             help="flag raters whose median time between answers is below S seconds (default 1; 0 turns it off)",
         )
         create.add_argument("--exclude-speeders", action="store_true", help="exclude flagged speeders automatically")
 
         launch = sub.add_parser("launch", help="generate the campaign's images and go live when they are ready")
         launch.add_argument("name")
-        launch.add_argument("--wait", action="store_true", help="wait until the campaign is live (or the launch failed)")
-        launch.add_argument("--timeout", type=float, default=0, help="with --wait: give up after this many seconds (0: never)")
+        launch.add_argument(
+            "--wait", action="store_true", help="wait until the campaign is live (or the launch failed)"
+        )
+        launch.add_argument(
+            "--timeout", type=float, default=0, help="with --wait: give up after this many seconds (0: never)"
+        )
 
-        for verb, text in (("pause", "stop handing out tasks"), ("resume", "go live again"), ("close", "stop accepting votes for good")):
+        for verb, text in (
+            ("pause", "stop handing out tasks"),
+            ("resume", "go live again"),
+            ("close", "stop accepting votes for good"),
+        ):
             sub.add_parser(verb, help=text).add_argument("name")
 
         invite = sub.add_parser("invite", help="create an invite link and print it, Prolific's placeholders appended")
@@ -74,15 +90,18 @@ class Command(BaseCommand):
         invite.add_argument("--label", default="")
         invite.add_argument("--max-raters", type=int, default=0, help="0: no limit")
         invite.add_argument(
-            "--reuse", action="store_true",
+            "--reuse",
+            action="store_true",
             help="print the campaign's active link with this label and rater limit if there is one (create it otherwise)",
         )
         invite.add_argument(
-            "--plain", action="store_true",
+            "--plain",
+            action="store_true",
             help="print the link without Prolific's placeholders: each browser that opens it is its own anonymous rater",
         )
         invite.add_argument(
-            "--base-url", default=settings.NEEDLE_BASE_URL,
+            "--base-url",
+            default=settings.NEEDLE_BASE_URL,
             help="the site's public address, e.g. https://needle.example.org",
         )
 
@@ -102,13 +121,24 @@ class Command(BaseCommand):
 
     def handle_create(self, **o):
         payload = {
-            "name": o["name"], "models": o["models"], "pairing": o["pairing"], "baseline": o["baseline"],
-            "prompt_set": o["prompt_set"], "seeds": o["seeds"], "criteria": o["criteria"],
-            "gold_share": o["gold_share"], "gold_min_answers": o["gold_min_answers"],
-            "gold_min_accuracy": o["gold_min_accuracy"], "quota_per_rater": o["quota"], "lease_seconds": o["lease"],
-            "completion_url": o["completion_url"], "rater_title": o["rater_title"],
-            "consent_text": self._consent_text(o["consent_text"], o["consent_file"]), "contact": o["contact"],
-            "screen_out_url": o["screen_out_url"], "speeder_seconds": o["speeder_seconds"],
+            "name": o["name"],
+            "models": o["models"],
+            "pairing": o["pairing"],
+            "baseline": o["baseline"],
+            "prompt_set": o["prompt_set"],
+            "seeds": o["seeds"],
+            "criteria": o["criteria"],
+            "gold_share": o["gold_share"],
+            "gold_min_answers": o["gold_min_answers"],
+            "gold_min_accuracy": o["gold_min_accuracy"],
+            "quota_per_rater": o["quota"],
+            "lease_seconds": o["lease"],
+            "completion_url": o["completion_url"],
+            "rater_title": o["rater_title"],
+            "consent_text": self._consent_text(o["consent_text"], o["consent_file"]),
+            "contact": o["contact"],
+            "screen_out_url": o["screen_out_url"],
+            "speeder_seconds": o["speeder_seconds"],
             "exclude_speeders": o["exclude_speeders"] or None,
         }
         form = CampaignForm.from_payload({k: v for k, v in payload.items() if v is not None})
@@ -141,7 +171,9 @@ class Command(BaseCommand):
     def handle_launch(self, name, wait, timeout, **o):
         campaign = self._campaign(name)
         services.launch_campaign(campaign)
-        self.stdout.write(f"Launching {campaign.name!r}: its images are queued on the 'generation' queue; it goes live when they exist.")
+        self.stdout.write(
+            f"Launching {campaign.name!r}: its images are queued on the 'generation' queue; it goes live when they exist."
+        )
         if wait:
             self._wait_for_launch(campaign, timeout)
 
@@ -197,7 +229,11 @@ class Command(BaseCommand):
             out(
                 f"  {w['criterion_label']:<18} {w['model_a']:<16} {w['model_b']:<16} {w['wins']:>7} {w['ties']:>5} "
                 f"{w['losses']:>7}   {w['win_rate_text']}{interval}"
-                + (f"; ties as half a win {w['half_ties_text']} [{w['half_ties_interval_text']}]" if w["low"] is not None else "")
+                + (
+                    f"; ties as half a win {w['half_ties_text']} [{w['half_ties_interval_text']}]"
+                    if w["low"] is not None
+                    else ""
+                )
             )
         out(f"Full report: manage.py report {shlex.quote(campaign.name)} --format html --out report.html")
 
@@ -248,9 +284,13 @@ class Command(BaseCommand):
             elif waiting.hint_due():
                 if images.complete:
                     # The images exist; going live is the finish_launch task's job, on the 'default' queue.
-                    bar.write(f"The images are ready but the campaign is not live yet. Is a worker consuming the 'default' queue? {WORKER_HINT}")
+                    bar.write(
+                        f"The images are ready but the campaign is not live yet. Is a worker consuming the 'default' queue? {WORKER_HINT}"
+                    )
                 else:
-                    bar.write(f"No new images for {NO_PROGRESS_HINT_SECONDS} s. Is a worker consuming the 'generation' queue? {WORKER_HINT}")
+                    bar.write(
+                        f"No new images for {NO_PROGRESS_HINT_SECONDS} s. Is a worker consuming the 'generation' queue? {WORKER_HINT}"
+                    )
             if waiting.timed_out():
                 raise CommandError(
                     f"Gave up waiting after {timeout:.0f}s: {campaign.name!r} is still launching ({images.done}/{images.total} images) "

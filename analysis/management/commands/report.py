@@ -23,12 +23,21 @@ class Command(BaseCommand):
         parser.add_argument("campaign", help="campaign name (or id)")
         parser.add_argument("--format", required=True, choices=FORMATS)
         parser.add_argument("--out", required=True, type=Path, help="file to write; replaced atomically")
-        parser.add_argument("--seed", type=int, default=services.DEFAULT_SEED, help="bootstrap seed, Bradley–Terry intervals only (default %(default)s)")
         parser.add_argument(
-            "--rounds", type=int, default=services.DEFAULT_ROUNDS,
+            "--seed",
+            type=int,
+            default=services.DEFAULT_SEED,
+            help="bootstrap seed, Bradley–Terry intervals only (default %(default)s)",
+        )
+        parser.add_argument(
+            "--rounds",
+            type=int,
+            default=services.DEFAULT_ROUNDS,
             help=f"bootstrap rounds for the Bradley–Terry intervals, {services.MIN_ROUNDS} to {services.MAX_ROUNDS} (default %(default)s)",
         )
-        parser.add_argument("--include-incomplete", action="store_true", help="count comparisons with fewer than k votes too")
+        parser.add_argument(
+            "--include-incomplete", action="store_true", help="count comparisons with fewer than k votes too"
+        )
 
     def handle(self, *args, campaign, format, out, seed, rounds, include_incomplete, **options):
         try:

@@ -11,7 +11,9 @@ from generation import services
 from generation.models import PromptSet, TextToImageModel
 from generation.tiny_pipelines import save_tiny_pipeline
 
-DEMO_PROMPTS = Path(__file__).resolve().parents[3] / "generation" / "data" / "demo_prompts.tsv"  # prompt import's sample too
+DEMO_PROMPTS = (
+    Path(__file__).resolve().parents[3] / "generation" / "data" / "demo_prompts.tsv"
+)  # prompt import's sample too
 # Two tiny SD-shaped pipelines with different random weights stand in for a
 # base model and its quality-tuned version until the mini-Emu world exists.
 DEMO_MODELS = {"tiny-base": 0, "tiny-tuned": 1}
@@ -20,7 +22,11 @@ DEMO_MODELS = {"tiny-base": 0, "tiny-tuned": 1}
 # gave 2, below the 4 needed: gold could never fire). Created through the service, which refuses settings where it
 # could not.
 DEMO_CAMPAIGN = {
-    "name": "demo", "seeds": [0, 1, 2, 3], "quota_per_rater": 30, "gold_share": 0.2, "gold_min_answers": 4,
+    "name": "demo",
+    "seeds": [0, 1, 2, 3],
+    "quota_per_rater": 30,
+    "gold_share": 0.2,
+    "gold_min_answers": 4,
     "rater_title": "Which picture do you prefer?",
 }
 
@@ -42,10 +48,18 @@ class Command(BaseCommand):
             path = settings.VAR_DIR / "models" / name
             if not (path / "model_index.json").exists():
                 save_tiny_pipeline(path, seed=seed, kind="sd")
-            services.register_model(name=name, pipeline_path=str(path), steps=20, guidance_scale=5.0, description="tiny random-weight demo model")
+            services.register_model(
+                name=name,
+                pipeline_path=str(path),
+                steps=20,
+                guidance_scale=5.0,
+                description="tiny random-weight demo model",
+            )
             self.stdout.write(f"Registered {name} from {path}")
         if not PromptSet.objects.filter(name="demo").exists():
-            _, parsed = services.import_prompt_set(name="demo", data=DEMO_PROMPTS.read_bytes(), filename=DEMO_PROMPTS.name)
+            _, parsed = services.import_prompt_set(
+                name="demo", data=DEMO_PROMPTS.read_bytes(), filename=DEMO_PROMPTS.name
+            )
             self.stdout.write(f"Imported {len(parsed.prompts)} demo prompts")
         self._campaign(username)
         self.stdout.write(f"Researcher login: {username} / {password}")

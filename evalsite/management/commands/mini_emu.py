@@ -14,7 +14,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="action", required=True)
-        reproduce = sub.add_parser("reproduce", help="curation, quality-tuning, checkpoint pick and the three campaigns")
+        reproduce = sub.add_parser(
+            "reproduce", help="curation, quality-tuning, checkpoint pick and the three campaigns"
+        )
         reproduce.add_argument("--scale", choices=sorted(mini_emu.SCALES), default="demo")
         reproduce.add_argument("--base-url", required=True, help="where the site is served, e.g. http://127.0.0.1:8000")
         reproduce.add_argument("--out", metavar="JSON", help="write every figure here")
@@ -39,5 +41,7 @@ class Command(BaseCommand):
         if not 1 <= options["count"] <= 1000:
             raise CommandError("--count must be between 1 and 1000.")
         loop = mini_emu.Loop(options["base_url"], "demo", log=self.stdout.write)
-        totals = loop.simulate_raters(campaign, options["count"], seed=options["seed"], careless_share=options["careless_share"])
+        totals = loop.simulate_raters(
+            campaign, options["count"], seed=options["seed"], careless_share=options["careless_share"]
+        )
         self.stdout.write(f"{totals['raters']} simulated raters cast {totals['votes']} votes on {campaign.name}.")

@@ -10,8 +10,13 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--older-than", type=float, default=3600, metavar="SECONDS",
-                            help="only files untouched for this long (default 3600; at least 60)")
+        parser.add_argument(
+            "--older-than",
+            type=float,
+            default=3600,
+            metavar="SECONDS",
+            help="only files untouched for this long (default 3600; at least 60)",
+        )
         parser.add_argument("--dry-run", action="store_true", help="list them, delete nothing")
 
     def handle(self, *args, older_than, dry_run, **options):

@@ -24,14 +24,19 @@ class Command(BaseCommand):
         parser.add_argument("--scheduler", choices=[c for c, _ in SCHEDULER_CHOICES])
         parser.add_argument("--inference-batch-size", type=int)
         parser.add_argument("--chunk-size", type=int)
-        parser.add_argument("--resume", type=int, metavar="BATCH_ID", help="queue the missing images of an existing batch")
         parser.add_argument(
-            "--reuse", action="store_true",
+            "--resume", type=int, metavar="BATCH_ID", help="queue the missing images of an existing batch"
+        )
+        parser.add_argument(
+            "--reuse",
+            action="store_true",
             help="if a batch of this --name with the same models, prompts, seeds and parameters exists, resume it "
             "instead of creating another (for scripts that run again)",
         )
         parser.add_argument("--no-wait", action="store_true", help="queue and return at once")
-        parser.add_argument("--timeout", type=float, default=0, help="give up waiting after this many seconds (0: never)")
+        parser.add_argument(
+            "--timeout", type=float, default=0, help="give up waiting after this many seconds (0: never)"
+        )
 
     def handle(self, *args, **o):
         try:
@@ -91,8 +96,10 @@ class Command(BaseCommand):
                     bar.update(progress.done - bar.n)
                     waiting.progressed()
                 elif waiting.hint_due():
-                    bar.write("No progress for 60 s. Is a worker consuming the 'generation' queue? "
-                              "Start one with: celery -A evalsite worker -Q generation -c 1")
+                    bar.write(
+                        "No progress for 60 s. Is a worker consuming the 'generation' queue? "
+                        "Start one with: celery -A evalsite worker -Q generation -c 1"
+                    )
                 if batch.error:
                     raise CommandError(f"Batch {batch.pk} failed: {batch.error}")
                 if progress.complete:

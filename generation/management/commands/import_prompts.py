@@ -28,7 +28,11 @@ class Command(BaseCommand):
                 description=o["description"],
             )
         except PromptFileError as exc:
-            raise CommandError("\n".join([f"{path}: rejected, nothing imported:"] + [f"  {e}" for e in exc.errors])) from None
+            raise CommandError(
+                "\n".join([f"{path}: rejected, nothing imported:"] + [f"  {e}" for e in exc.errors])
+            ) from None
         for dup in parsed.duplicates:
             self.stderr.write(f"  {dup}")
-        self.stdout.write(f"Imported {len(parsed.prompts)} prompts into {prompt_set.name!r} ({len(parsed.duplicates)} duplicates skipped).")
+        self.stdout.write(
+            f"Imported {len(parsed.prompts)} prompts into {prompt_set.name!r} ({len(parsed.duplicates)} duplicates skipped)."
+        )

@@ -27,19 +27,30 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
 
-        imp = sub.add_parser("import", help="scan a folder of images with captions.csv/.jsonl into a candidate collection")
+        imp = sub.add_parser(
+            "import", help="scan a folder of images with captions.csv/.jsonl into a candidate collection"
+        )
         imp.add_argument("name")
         imp.add_argument("folder")
 
-        funnel = sub.add_parser("funnel", help="create a funnel run over a collection and queue it on the 'training' queue")
+        funnel = sub.add_parser(
+            "funnel", help="create a funnel run over a collection and queue it on the 'training' queue"
+        )
         funnel.add_argument("collection", help="collection name")
-        funnel.add_argument("--stages", metavar="JSON_FILE",
-                            help='stage list, e.g. [{"kind": "ResolutionStage", "min_side": 512}]; default: all of Emu\'s filters')
+        funnel.add_argument(
+            "--stages",
+            metavar="JSON_FILE",
+            help='stage list, e.g. [{"kind": "ResolutionStage", "min_side": 512}]; default: all of Emu\'s filters',
+        )
         funnel.add_argument("--clip", default="", metavar="PATH", help="local open_clip export folder or weights file")
-        funnel.add_argument("--clip-name", default="", help="open_clip architecture of a bare weights file, e.g. ViT-L-14")
+        funnel.add_argument(
+            "--clip-name", default="", help="open_clip architecture of a bare weights file, e.g. ViT-L-14"
+        )
         funnel.add_argument("--aesthetic-head", default="", metavar="PATH", help="LAION-format aesthetic head")
         funnel.add_argument("--wait", action="store_true", help="wait until the run ends and print its stages")
-        funnel.add_argument("--timeout", type=float, default=0, help="with --wait: give up waiting after this many seconds")
+        funnel.add_argument(
+            "--timeout", type=float, default=0, help="with --wait: give up waiting after this many seconds"
+        )
 
         report = sub.add_parser("report", help="a run's report and outcomes")
         report.add_argument("run_id", type=int)
@@ -54,7 +65,9 @@ class Command(BaseCommand):
 
     def do_import(self, name, folder, **_):
         collection = services.import_candidate_collection(name, folder)
-        self.stdout.write(f"Imported {collection.candidate_count} candidates into {collection.name} from {collection.path}.")
+        self.stdout.write(
+            f"Imported {collection.candidate_count} candidates into {collection.name} from {collection.path}."
+        )
         for problem in collection.problems:
             self.stdout.write(f"  problem: {problem}")
 
@@ -62,7 +75,9 @@ class Command(BaseCommand):
         try:
             chosen = CandidateCollection.objects.get(name=collection)
         except CandidateCollection.DoesNotExist:
-            raise CommandError(f"No candidate collection named {collection!r}; import one with: manage.py curate import NAME FOLDER") from None
+            raise CommandError(
+                f"No candidate collection named {collection!r}; import one with: manage.py curate import NAME FOLDER"
+            ) from None
         stage_config = None
         if stages:
             try:

@@ -29,18 +29,24 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         sub = parser.add_subparsers(dest="subcommand", required=True, metavar="SUBCOMMAND")
 
-        gen = sub.add_parser("open-generalist", help="open a keep/reject (or 1-5 rating) stage over a funnel run's kept candidates")
+        gen = sub.add_parser(
+            "open-generalist", help="open a keep/reject (or 1-5 rating) stage over a funnel run's kept candidates"
+        )
         gen.add_argument("name")
         gen.add_argument("--funnel-run", type=int, required=True, metavar="ID", help="a finished curation (funnel) run")
         gen.add_argument("--mode", choices=CurationReview.Mode.values, default=CurationReview.Mode.KEEP_REJECT)
-        gen.add_argument("--keep-threshold", type=int, help="rating mode: ratings at or above this are kept (default 4)")
+        gen.add_argument(
+            "--keep-threshold", type=int, help="rating mode: ratings at or above this are kept (default 4)"
+        )
         gen.add_argument("--instructions", default="", help="default: Emu's wording for the mode")
         gen.add_argument("--lease", type=int, default=300, help="seconds a reviewer holds a candidate")
 
         spec = sub.add_parser("open-specialist", help="open a selection stage over what a generalist stage kept")
         spec.add_argument("name")
         spec.add_argument("--from", dest="source", required=True, metavar="GENERALIST_NAME")
-        spec.add_argument("--target-size", type=int, required=True, help="the final dataset's size; the stage stops there")
+        spec.add_argument(
+            "--target-size", type=int, required=True, help="the final dataset's size; the stage stops there"
+        )
         spec.add_argument("--instructions", default="", help="default: Emu's selection criteria")
         spec.add_argument("--lease", type=int, default=600, help="seconds a reviewer holds a candidate")
 
@@ -60,7 +66,9 @@ class Command(BaseCommand):
         head.add_argument("name")
         head.add_argument("--clip", default="", metavar="PATH", help="default: the funnel run's CLIP model")
         head.add_argument("--clip-name", default="", help="open_clip architecture of a bare weights file")
-        head.add_argument("--out", default=None, metavar="PATH", help="default: NEEDLE_TRAINING_DIR/aesthetic-heads/NAME.pth")
+        head.add_argument(
+            "--out", default=None, metavar="PATH", help="default: NEEDLE_TRAINING_DIR/aesthetic-heads/NAME.pth"
+        )
 
     def handle(self, *args, subcommand, **options):
         try:
@@ -70,9 +78,13 @@ class Command(BaseCommand):
 
     @staticmethod
     def _review(name) -> CurationReview:
-        review = CurationReview.objects.select_related("funnel_run", "source_review", "dataset").filter(name=name).first()
+        review = (
+            CurationReview.objects.select_related("funnel_run", "source_review", "dataset").filter(name=name).first()
+        )
         if review is None:
-            raise CommandError(f"No curation stage named {name!r}; open one with: manage.py curation_stage open-generalist NAME --funnel-run ID")
+            raise CommandError(
+                f"No curation stage named {name!r}; open one with: manage.py curation_stage open-generalist NAME --funnel-run ID"
+            )
         return review
 
     # --- Subcommands ------------------------------------------------------------------------
@@ -85,10 +97,18 @@ class Command(BaseCommand):
         if run is None:
             raise CommandError(f"No curation run {funnel_run}; run the funnel with: manage.py curate funnel COLLECTION")
         review = services.open_generalist_review(
-            run, name, mode=mode, keep_threshold=4 if keep_threshold is None else keep_threshold,
-            instructions=instructions, lease_seconds=lease,
+            run,
+            name,
+            mode=mode,
+            keep_threshold=4 if keep_threshold is None else keep_threshold,
+            instructions=instructions,
+            lease_seconds=lease,
         )
-        how = f"rating 1-5, kept at {review.keep_threshold} or above" if review.mode == CurationReview.Mode.RATING else "keep or reject"
+        how = (
+            f"rating 1-5, kept at {review.keep_threshold} or above"
+            if review.mode == CurationReview.Mode.RATING
+            else "keep or reject"
+        )
         self.stdout.write(
             f"Opened the generalist stage {review.name} ({how}) over {review.decisions.count()} candidates of funnel run {run.pk}."
         )
@@ -115,7 +135,9 @@ class Command(BaseCommand):
             + (" (done)" if progress.done else ""),
         ]
         for row in progress.reviewers:
-            lines.append(f"  {row.reviewer}: decided {row.decided}, {kept_word} {row.kept}, median {_seconds(row.median_seconds)}")
+            lines.append(
+                f"  {row.reviewer}: decided {row.decided}, {kept_word} {row.kept}, median {_seconds(row.median_seconds)}"
+            )
         self.stdout.write("\n".join(lines))
 
     def do_close(self, name, **_):
