@@ -1,5 +1,7 @@
 """Researchers' forms. The campaign form is also what the JSON API and `manage.py campaign create` validate with.
 
+(About 510 lines, kept whole: the campaign form and its JSON-payload adapter share every field's rule.)
+
 Field checks here exist to put each error next to the field it is about;
 ``services.create_campaign`` stays the authority and anything it refuses is
 shown as a form-wide error in its own words.

@@ -1,6 +1,6 @@
 """Everything a rater touches: invite link and consent, the voting page and its JSON, images, the end.
 
-(About 520 lines, kept whole: it is the rater's entire HTTP surface, and reviewing what a rater can reach
+(About 550 lines, kept whole: it is the rater's entire HTTP surface, and reviewing what a rater can reach
 is easiest in one file.)
 
 The views are thin: the assignment engine in ``services`` decides what a rater

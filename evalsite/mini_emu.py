@@ -1,5 +1,8 @@
 """The mini-Emu loop, driven through Needle's own services and pages: curate, quality-tune, evaluate.
 
+(About 510 lines, kept whole: the loop reads as one script, step by step, like the docs/mini-emu.md it
+reproduces.)
+
 1. **Curation** (training app, human stages): a candidate pool of world renders is imported; simulated reviewers
    rate a sample on the review pages (a generalist stage in rating mode); an aesthetic head is trained from those
    ratings; the automatic funnel (resolution, near-duplicates, the world CLIP's score, that head) runs over the

@@ -1,5 +1,8 @@
 """Diffusers pipelines: checking a directory, fingerprinting it, loading it, running it.
 
+(About 540 lines, kept whole: the one place that knows the diffusers code paths, so that generation,
+training and the world load and run every pipeline the same way.)
+
 This module does not import Django, so training code and the mini-Emu world
 can reuse it. Every path here is the one a real SD 1.x/2.x or SDXL checkpoint
 takes: ``AutoPipelineForText2Image.from_pretrained`` on a local directory.

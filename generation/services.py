@@ -1,6 +1,6 @@
 """Operations of the generation app: register, import, create, dispatch, generate.
 
-(About 540 lines, kept whole: registering models, importing prompt sets and running batches share one
+(About 580 lines, kept whole: registering models, importing prompt sets and running batches share one
 validation vocabulary and one batch state; it is the next module to split if it grows.)
 
 Views, admin actions, management commands and Celery tasks call these and

@@ -1,5 +1,9 @@
 """Reads for pages, progress.json and the commands: runs, whether they are alive, checkpoints' win rates and the
-automatic pick, curation runs, human curation stages. Nothing here changes a row or a file."""
+automatic pick, curation runs, human curation stages. Nothing here changes a row or a file.
+
+(About 550 lines: one module of reads for the whole training app, grouped by section; the next to split if it
+grows.)
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """Campaign reports: the numbers of ``analysis.stats`` over a campaign's votes, and the files researchers download.
 
+(About 550 lines, kept whole: ``build_report`` and the helpers only it uses, read top to bottom as one
+computation; the values it returns, the live figures and the exports are their own modules.)
+
 ``build_report`` reads the campaign once (the votes frame of
 ``analysis.selectors``, sorted so that the same votes always give the same
 numbers), analyses every criterion and model pair on its own, and returns a
