@@ -2,7 +2,10 @@
 
 from django import forms
 
+from core.errors import add_to_form
+
 from .models import CurationReview, CurationRun, CurationStage
+from .services import reviews
 
 
 class _FunnelRunChoice(forms.ModelChoiceField):
@@ -15,7 +18,20 @@ class _ReviewChoice(forms.ModelChoiceField):
         return f"{review.name} ({review.get_status_display()})"
 
 
-class GeneralistReviewForm(forms.Form):
+class _OpenStageForm(forms.Form):
+    """Opens a stage through the service; its refusal lands under the field it names."""
+
+    def open(self, user) -> CurationReview | None:
+        if not self.is_valid():
+            return None
+        try:
+            return self._open(dict(self.cleaned_data), user)
+        except reviews.ReviewError as exc:
+            add_to_form(self, exc)
+            return None
+
+
+class GeneralistReviewForm(_OpenStageForm):
     funnel_run = _FunnelRunChoice(
         queryset=CurationRun.objects.filter(status=CurationRun.Status.FINISHED).select_related("collection"),
         help_text="A finished automatic funnel run; its kept candidates are reviewed, best aesthetic score first.",
@@ -32,8 +48,11 @@ class GeneralistReviewForm(forms.Form):
         widget=forms.Textarea(attrs={"rows": 3}), required=False, help_text="Blank: the default wording."
     )
 
+    def _open(self, data, user):
+        return reviews.open_generalist_review(data.pop("funnel_run"), data.pop("name"), created_by=user, **data)
 
-class SpecialistReviewForm(forms.Form):
+
+class SpecialistReviewForm(_OpenStageForm):
     source_review = _ReviewChoice(
         queryset=CurationReview.objects.filter(stage=CurationStage.GENERALIST),
         help_text="The generalist stage whose kept candidates the specialists select from.",
@@ -46,6 +65,9 @@ class SpecialistReviewForm(forms.Form):
     instructions = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 3}), required=False, help_text="Blank: the default wording."
     )
+
+    def _open(self, data, user):
+        return reviews.open_specialist_review(data.pop("source_review"), data.pop("name"), created_by=user, **data)
 
 
 class FreezeReviewForm(forms.Form):

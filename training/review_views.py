@@ -214,55 +214,24 @@ def manage_list(request):
     return _manage_list_page(request)
 
 
+def _open_stage(request, form, stage: str):
+    review = form.open(request.user)
+    if review is None:
+        return _manage_list_page(request, **{f"{stage}_form": form}, status=400)
+    messages.success(request, f"Opened the {stage} stage {review.name} over {review.decisions.count()} candidates.")
+    return redirect("curation:manage_detail", review.name)
+
+
 @researcher_required
 @require_POST
 def open_generalist(request):
-    form = GeneralistReviewForm(request.POST, prefix="generalist")
-    if form.is_valid():
-        data = form.cleaned_data
-        try:
-            review = services.open_generalist_review(
-                data["funnel_run"],
-                data["name"],
-                mode=data["mode"],
-                keep_threshold=data["keep_threshold"],
-                instructions=data["instructions"],
-                lease_seconds=data["lease_seconds"],
-                created_by=request.user,
-            )
-        except services.ReviewError as exc:
-            form.add_error(None, str(exc))
-        else:
-            messages.success(
-                request, f"Opened the generalist stage {review.name} over {review.decisions.count()} candidates."
-            )
-            return redirect("curation:manage_detail", review.name)
-    return _manage_list_page(request, generalist_form=form, status=400)
+    return _open_stage(request, GeneralistReviewForm(request.POST, prefix="generalist"), "generalist")
 
 
 @researcher_required
 @require_POST
 def open_specialist(request):
-    form = SpecialistReviewForm(request.POST, prefix="specialist")
-    if form.is_valid():
-        data = form.cleaned_data
-        try:
-            review = services.open_specialist_review(
-                data["source_review"],
-                data["name"],
-                target_size=data["target_size"],
-                instructions=data["instructions"],
-                lease_seconds=data["lease_seconds"],
-                created_by=request.user,
-            )
-        except services.ReviewError as exc:
-            form.add_error(None, str(exc))
-        else:
-            messages.success(
-                request, f"Opened the specialist stage {review.name} over {review.decisions.count()} candidates."
-            )
-            return redirect("curation:manage_detail", review.name)
-    return _manage_list_page(request, specialist_form=form, status=400)
+    return _open_stage(request, SpecialistReviewForm(request.POST, prefix="specialist"), "specialist")
 
 
 def _manage_detail_page(request, review, freeze_form=None, head_form=None, status=200):

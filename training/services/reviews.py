@@ -28,7 +28,7 @@ from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from core.errors import ServiceError
+from core.errors import DUPLICATE, ServiceError
 from core.names import check_slug_name
 from training.models import CurationDecision, CurationReview, CurationRun, CurationStage, FunnelOutcome, SelectionReason
 from training.services.aesthetic_scoring import train_aesthetic_head_from_ratings
@@ -71,17 +71,17 @@ class CurationDecisionResult:
 
 
 def _review_name(name: str) -> str:
-    name = check_slug_name(name, "review", error=ReviewError)
+    name = check_slug_name(name, "review", error=ReviewError, field="name")
     if len(name) > 100:
-        raise ReviewError("The review's name is too long (100 characters at most).")
+        raise ReviewError("The review's name is too long (100 characters at most).", field="name")
     if CurationReview.objects.filter(name=name).exists():
-        raise ReviewError(f"A review named {name!r} already exists; choose another name.")
+        raise ReviewError(f"A review named {name!r} already exists; choose another name.", field="name", code=DUPLICATE)
     return name
 
 
 def _check_lease_seconds(lease_seconds: int) -> None:
     if not 30 <= lease_seconds <= MAX_CURATION_SECONDS:
-        raise ReviewError("The lease must be between 30 seconds and one day.")
+        raise ReviewError("The lease must be between 30 seconds and one day.", field="lease_seconds")
 
 
 def _create_review(candidate_ids: list[int], **fields) -> CurationReview:
@@ -93,7 +93,9 @@ def _create_review(candidate_ids: list[int], **fields) -> CurationReview:
                 for i, cid in enumerate(candidate_ids, start=1)
             )
     except IntegrityError:  # two researchers picked the same name at once
-        raise ReviewError(f"A review named {fields['name']!r} already exists; choose another name.") from None
+        raise ReviewError(
+            f"A review named {fields['name']!r} already exists; choose another name.", field="name", code=DUPLICATE
+        ) from None
     return review
 
 
@@ -113,9 +115,9 @@ def open_generalist_review(
     """
     name = _review_name(name)
     if mode not in CurationReview.Mode.values:
-        raise ReviewError(f"The mode must be one of: {', '.join(CurationReview.Mode.values)}.")
+        raise ReviewError(f"The mode must be one of: {', '.join(CurationReview.Mode.values)}.", field="mode")
     if mode == CurationReview.Mode.RATING and not (isinstance(keep_threshold, int) and 1 <= keep_threshold <= 5):
-        raise ReviewError("The keep threshold must be a rating from 1 to 5.")
+        raise ReviewError("The keep threshold must be a rating from 1 to 5.", field="keep_threshold")
     _check_lease_seconds(lease_seconds)
     if funnel_run.status != CurationRun.Status.FINISHED:
         raise ReviewError(
@@ -166,7 +168,9 @@ def open_specialist_review(
             f"{source_review.name} is a {source_review.stage} stage: a specialist stage follows a generalist stage."
         )
     if not isinstance(target_size, int) or target_size < 1:
-        raise ReviewError("Give the final dataset's size (the target), at least 1; Emu selected about 2,000.")
+        raise ReviewError(
+            "Give the final dataset's size (the target), at least 1; Emu selected about 2,000.", field="target_size"
+        )
     _check_lease_seconds(lease_seconds)
     candidate_ids = list(
         source_review.decisions.filter(keep=True).order_by("position").values_list("candidate_id", flat=True)
