@@ -7,6 +7,9 @@ from django.conf import settings
 
 from evalsite.workers import WorkerProcess, database_url_for
 
+# Fixtures several apps' tests share (a campaign with votes).
+pytest_plugins = ["annotation.tests.campaign_fixtures"]
+
 # Seconds after which the broker hands an unacknowledged task to another
 # worker: short in tests, so the kill test does not wait an hour.
 TEST_VISIBILITY_TIMEOUT = 4
@@ -117,6 +120,18 @@ def live_campaign(two_models, prompt_set):
     assert services.build_items(campaign, batch) == 40
     services.set_status(campaign, "live")
     return campaign
+
+
+@pytest.fixture
+def staff_client(client):
+    """The test client, signed in as a researcher (staff, superuser)."""
+    from django.contrib.auth import get_user_model
+
+    user = get_user_model().objects.create_user(
+        "researcher", password="pw-long-enough-1", is_staff=True, is_superuser=True
+    )
+    client.force_login(user)
+    return client
 
 
 @pytest.fixture

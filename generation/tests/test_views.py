@@ -10,15 +10,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def staff_client(client):
-    user = get_user_model().objects.create_user(
-        "researcher", password="pw-long-enough-1", is_staff=True, is_superuser=True
-    )
-    client.force_login(user)
-    return client
-
-
-@pytest.fixture
 def generated_batch(two_models, prompt_set):
     batch = services.create_batch(models=list(two_models), prompt_set=prompt_set, seeds=[0], name="pairs")
     services.generate_chunk(batch.pk, two_models[0].pk, 0)  # half done

@@ -13,7 +13,6 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 from PIL import Image
@@ -88,16 +87,6 @@ def make_run(settings, tmp_path, tiny_pipeline_dir, curated_dataset, trained_run
         return run
 
     return make
-
-
-@pytest.fixture
-def staff_client(client):
-    client.force_login(
-        get_user_model().objects.create_user(
-            "researcher", password="pw-long-enough-1", is_staff=True, is_superuser=True
-        )
-    )
-    return client
 
 
 def direct_scores(run_dir, files) -> dict[int, float]:

@@ -89,13 +89,6 @@ def collection(db, candidate_folder):
     return services.import_candidate_collection("photos", str(candidate_folder))
 
 
-@pytest.fixture
-def staff_client(client):
-    user = get_user_model().objects.create_user("curator", password="pw-long-enough-1", is_staff=True)
-    client.force_login(user)
-    return client
-
-
 def wait_until_ended(run, worker, timeout: float = 60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

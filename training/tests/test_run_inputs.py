@@ -5,7 +5,6 @@ import json
 import shutil
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
@@ -37,12 +36,6 @@ def own_copy(tiny_pipeline_dir, tmp_path):
     """A registered tiny SD model in a directory of its own, for tests that break it."""
     path = shutil.copytree(tiny_pipeline_dir("sd", 0), tmp_path / "own-sd")
     return generation_services.register_model(name="own-sd", pipeline_path=str(path))
-
-
-@pytest.fixture
-def staff_client(client):
-    client.force_login(get_user_model().objects.create_user("researcher", password="pw-long-enough-1", is_staff=True))
-    return client
 
 
 def corrupt_copy(curated_dataset, tmp_path):

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.urls import reverse
 from safetensors.torch import load_file
 
@@ -47,15 +46,6 @@ def base_model(tiny_pipeline_dir):
 @pytest.fixture
 def dataset(curated_dataset):
     return services.import_curated_dataset("shapes", str(curated_dataset))
-
-
-@pytest.fixture
-def staff_client(client):
-    user = get_user_model().objects.create_user(
-        "researcher", password="pw-long-enough-1", is_staff=True, is_superuser=True
-    )
-    client.force_login(user)
-    return client
 
 
 def wait_for(run, condition, what: str, worker, timeout: float = 120, interval: float = 0.05):
