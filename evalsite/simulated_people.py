@@ -110,6 +110,10 @@ class RaterBrowser(Browser):
         page = self.get(f"{invite_url}{separator}external_id={urllib.parse.quote(crowd_id)}")
         if page.status != 200:
             raise BrowserError(f"invite link answered {page.status}: {page.text()[:200]}")
+        if voting_page := re.fullmatch(r"/rate/[^/]+/", urllib.parse.urlparse(page.url).path):
+            # Agreed already (a join retried after a dropped connection): the link leads straight to the votes.
+            self.page_path = voting_page.group(0)
+            return self.page_path
         form = page.text()
         token = _CSRF_INPUT.search(form)
         if token is None:
