@@ -69,6 +69,14 @@ from .planning import (
     comparisons_for_power,
     sign_test_power,
 )
+from .sequential import (
+    HEDGED_CAPITAL,
+    ConfidenceSequence,
+    confidence_sequence,
+    confidence_sequence_bounds,
+    first_exclusion,
+    prompt_scores,
+)
 from .votes import ANSWERS, CRITERIA, OPTIONAL_COLUMNS, VOTE_COLUMNS, WINNERS, majority_outcomes, validate_votes
 from .win_rates import (
     HEADLINE_INTERVAL,
@@ -85,6 +93,7 @@ __all__ = [
     "CLUSTERED_SCORE",
     "CRITERIA",
     "HEADLINE_INTERVAL",
+    "HEDGED_CAPITAL",
     "MIN_PROMPTS",
     "OPTIONAL_COLUMNS",
     "RIDGE",
@@ -93,6 +102,7 @@ __all__ = [
     "Agreement",
     "BootstrapResult",
     "BradleyTerryResult",
+    "ConfidenceSequence",
     "Interval",
     "Shares",
     "SignTest",
@@ -105,13 +115,17 @@ __all__ = [
     "clustered_score_bounds",
     "clustered_score_interval",
     "comparisons_for_half_width",
+    "confidence_sequence",
+    "confidence_sequence_bounds",
     "comparisons_for_power",
+    "first_exclusion",
     "fit_bradley_terry",
     "fleiss_kappa",
     "headline_interval",
     "krippendorff_alpha_nominal",
     "majority_outcomes",
     "position_bias",
+    "prompt_scores",
     "rater_agreement",
     "resampled_totals",
     "sign_test",

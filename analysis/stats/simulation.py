@@ -86,6 +86,15 @@ def campaign_model(
     return CampaignModel(win, half, icc, mu, float(concentration), k, tau)
 
 
+def null_campaign_model(
+    *, concentration: float = 4.0, votes_per_item: int = 5, tie_vote_share: float = 0.1
+) -> CampaignModel:
+    """The symmetric null: neither model is better (a vote's chance of B is 1/2 on average), so wins + ties / 2 is 1/2."""
+    k, tau = int(votes_per_item), float(tie_vote_share)
+    win, half, icc = _truth(0.5, float(concentration), k, tau)
+    return CampaignModel(win, half, icc, 0.5, float(concentration), k, tau)
+
+
 def simulate_campaigns(model: CampaignModel, rng: np.random.Generator, campaigns: int, prompts: int, items_per_prompt):
     """Per-prompt sums of ``campaigns`` simulated campaigns: (wins, wins + ties / 2, items), each (campaigns, prompts).
 
