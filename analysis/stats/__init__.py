@@ -69,6 +69,7 @@ from .planning import (
     comparisons_for_power,
     sign_test_power,
 )
+from .ppi import PPI, PPI_ITEMS, PredictionPowered, prediction_powered_win_rate
 from .sequential import (
     HEDGED_CAPITAL,
     ConfidenceSequence,
@@ -96,6 +97,8 @@ __all__ = [
     "HEDGED_CAPITAL",
     "MIN_PROMPTS",
     "OPTIONAL_COLUMNS",
+    "PPI",
+    "PPI_ITEMS",
     "RIDGE",
     "VOTE_COLUMNS",
     "WINNERS",
@@ -104,6 +107,7 @@ __all__ = [
     "BradleyTerryResult",
     "ConfidenceSequence",
     "Interval",
+    "PredictionPowered",
     "Shares",
     "SignTest",
     "TooFewPrompts",
@@ -125,6 +129,7 @@ __all__ = [
     "krippendorff_alpha_nominal",
     "majority_outcomes",
     "position_bias",
+    "prediction_powered_win_rate",
     "prompt_scores",
     "rater_agreement",
     "resampled_totals",

@@ -119,3 +119,90 @@ def simulate_campaigns(model: CampaignModel, rng: np.random.Generator, campaigns
     wins = (won & present).sum(axis=2).astype(np.float64)
     half_ties = wins + 0.5 * (tied & present).sum(axis=2)
     return wins, half_ties, sizes.astype(np.float64)
+
+
+# --- Campaigns with an automatic judge (prediction-powered inference) -------------------------------------------------
+
+
+def _expected_item_score(latent, k: int, tie_vote_share: float) -> np.ndarray:
+    """E[item score | latent]: a vote is a tie w.p. tau, else B w.p. expit(latent); majority, ties as half."""
+    win, tie = _item_outcome_probabilities(special.expit(latent), k, tie_vote_share)
+    return win + tie / 2
+
+
+@dataclass(frozen=True)
+class JudgedModel:
+    """Items whose rater preference for B is expit(offset + prompt effect + item effect), both effects normal.
+
+    Unlike :class:`CampaignModel`, items of one prompt differ too (seeds), so a
+    judge that sees the images can predict more than the prompt's average.
+    ``true_rate`` is the expected item score, wins + ties / 2 (Gauss-Hermite).
+    """
+
+    true_rate: float
+    offset: float
+    prompt_sd: float
+    item_sd: float
+    votes_per_item: int
+    tie_vote_share: float
+
+
+def judged_model(
+    true_rate: float,
+    *,
+    prompt_sd: float = 1.0,
+    item_sd: float = 1.0,
+    votes_per_item: int = 5,
+    tie_vote_share: float = 0.1,
+) -> JudgedModel:
+    x, w = special.roots_hermitenorm(60)
+    w = w / w.sum()
+    spread = math.hypot(prompt_sd, item_sd)
+
+    def rate(offset):
+        return float(w @ _expected_item_score(offset + spread * x, votes_per_item, tie_vote_share))
+
+    offset = optimize.brentq(lambda o: rate(o) - true_rate, -30, 30, xtol=1e-13)
+    return JudgedModel(rate(offset), offset, prompt_sd, item_sd, int(votes_per_item), float(tie_vote_share))
+
+
+JUDGES = ("good", "useless", "biased", "inverted")
+
+
+def simulate_judged(model: JudgedModel, rng: np.random.Generator, campaigns: int, prompts: int, items_per_prompt: int):
+    """(human scores, latents) of simulated items, each (campaigns, prompts, items): majority of k votes, ties as half."""
+    shape = (campaigns, prompts, items_per_prompt)
+    latent = (
+        model.offset
+        + model.prompt_sd * rng.standard_normal((campaigns, prompts, 1))
+        + model.item_sd * rng.standard_normal(shape)
+    )
+    k, tau = model.votes_per_item, model.tie_vote_share
+    v = special.expit(latent)
+    b = rng.binomial(k, (1 - tau) * v)
+    t = rng.binomial(k - b, np.minimum(1.0, tau / (1 - (1 - tau) * v)))
+    a = k - b - t
+    human = np.where(2 * b > k, 1.0, np.where(2 * a > k, 0.0, 0.5))
+    return human, latent
+
+
+def judge_scores(kind: str, model: JudgedModel, latent: np.ndarray, rng: np.random.Generator, noise_sd: float = 0.5):
+    """An automatic judge's scores of items with the given latents.
+
+    ``good``: its estimate of the item's expected human score from the latent
+    seen through noise (sd ``noise_sd``); ``useless``: uniform noise, unrelated to
+    the items; ``biased``: the good judge's view shifted 2 logits toward B (it
+    overrates B everywhere, as a judge trained on B's own reward might);
+    ``inverted``: 1 - good (it prefers what humans dislike).
+    """
+    k, tau = model.votes_per_item, model.tie_vote_share
+    seen = latent + noise_sd * rng.standard_normal(latent.shape)
+    if kind == "good":
+        return _expected_item_score(seen, k, tau)
+    if kind == "useless":
+        return rng.random(latent.shape)
+    if kind == "biased":
+        return _expected_item_score(seen + 2.0, k, tau)
+    if kind == "inverted":
+        return 1 - _expected_item_score(seen, k, tau)
+    raise ValueError(f"judge must be one of {JUDGES}, not {kind!r}")
