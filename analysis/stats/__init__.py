@@ -45,6 +45,7 @@ Rules used throughout
   there is none. :func:`headline_interval` says why.
 """
 
+from .adaptive_pairs import PairPriority, next_pair_priorities, plan_pairs, ranking_separated
 from .agreement import Agreement, fleiss_kappa, krippendorff_alpha_nominal, position_bias, rater_agreement
 from .bradley_terry import RIDGE, BradleyTerryResult, bradley_terry, fit_bradley_terry
 from .intervals import (
@@ -107,6 +108,7 @@ __all__ = [
     "BradleyTerryResult",
     "ConfidenceSequence",
     "Interval",
+    "PairPriority",
     "PredictionPowered",
     "Shares",
     "SignTest",
@@ -128,9 +130,12 @@ __all__ = [
     "headline_interval",
     "krippendorff_alpha_nominal",
     "majority_outcomes",
+    "next_pair_priorities",
+    "plan_pairs",
     "position_bias",
     "prediction_powered_win_rate",
     "prompt_scores",
+    "ranking_separated",
     "rater_agreement",
     "resampled_totals",
     "sign_test",
