@@ -74,6 +74,7 @@ class CampaignAdmin(admin.ModelAdmin):
         "screen_out_url",
         "speeder_seconds",
         "exclude_speeders",
+        "pair_selection",
         "generation_batch",
         "launch_error",
         "created_by",

@@ -41,12 +41,22 @@ PAYLOAD_FIELDS = {
     "screen_out_url",
     "speeder_seconds",
     "exclude_speeders",
+    "pair_selection",
 }
 CRITERION_OVERRIDES = {"instructions", "votes_per_item", "choices"}
 # Fields with no sensible default: a payload must name them.
 REQUIRED_IN_PAYLOAD = {"name", "models", "prompt_set", "seeds"}
 # JSON types a payload's settings must have (the form would turn a list into its text, a bool into a number).
-TEXT_IN_PAYLOAD = {"name", "pairing", "baseline", "prompt_set", "completion_url", "rater_title", "screen_out_url"}
+TEXT_IN_PAYLOAD = {
+    "name",
+    "pairing",
+    "baseline",
+    "prompt_set",
+    "completion_url",
+    "rater_title",
+    "screen_out_url",
+    "pair_selection",
+}
 NUMBERS_IN_PAYLOAD = {"gold_share", "gold_min_accuracy", "speeder_seconds"}
 BOOLEANS_IN_PAYLOAD = {"exclude_speeders"}
 WHOLE_NUMBERS_IN_PAYLOAD = {"gold_min_answers", "quota_per_rater", "lease_seconds"}
@@ -91,6 +101,17 @@ class CampaignForm(forms.Form):
         required=False,
         help_text="With 'each model vs the baseline': the model every other one is compared against (e.g. the pre-trained base).",
         error_messages={"invalid_choice": "There is no registered model by that name."},
+    )
+    pair_selection = forms.ChoiceField(
+        choices=Campaign.PairSelection.choices,
+        initial=Campaign.PairSelection.UNIFORM,
+        required=False,
+        widget=forms.RadioSelect,
+        label="Pair selection",
+        help_text="Adaptive (all pairs, three or more models): the model pairs that most narrow the ranking's "
+        "uncertain gaps get votes first, recomputed from the votes every 30 s, so the ranking separates with fewer "
+        "votes. Uniform: every pair alike.",
+        error_messages={"invalid_choice": "Pair selection must be uniform or adaptive, not %(value)s."},
     )
     prompt_set = forms.ModelChoiceField(
         queryset=PromptSet.objects.all(),
@@ -287,6 +308,12 @@ class CampaignForm(forms.Form):
                 self.add_error("baseline", "With 'each model vs the baseline', choose the baseline.")
             elif models and baseline not in models:
                 self.add_error("baseline", f"The baseline {baseline.name} is not one of the chosen models.")
+        if data.get("pair_selection") == Campaign.PairSelection.ADAPTIVE and models:
+            if not services.adaptive_pairs_possible(len(models), data.get("pairing")):
+                self.add_error(
+                    "pair_selection",
+                    "Adaptive pair selection needs three or more models compared as all pairs; use uniform.",
+                )
         enabled = [c for c in Criterion if data.get(criterion_field(c, "enabled"))]
         if not enabled:
             self.add_error(
@@ -338,6 +365,7 @@ class CampaignForm(forms.Form):
                 screen_out_url=d["screen_out_url"],
                 speeder_seconds=1.0 if d["speeder_seconds"] is None else d["speeder_seconds"],
                 exclude_speeders=d["exclude_speeders"],
+                pair_selection=d["pair_selection"] or Campaign.PairSelection.UNIFORM,
                 created_by=user if user is not None and user.is_authenticated else None,
             )
         except services.AnnotationError as exc:

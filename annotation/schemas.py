@@ -61,6 +61,9 @@ class CampaignIn(JsonObjectIn):
     screen_out_url: str | None = None
     speeder_seconds: float | None = None
     exclude_speeders: bool | None = None
+    pair_selection: Literal["uniform", "adaptive"] | None = Field(
+        None, description="adaptive: all pairs of three or more models only (default uniform)"
+    )
 
     @classmethod
     def check_shape(cls, values) -> None:
@@ -157,6 +160,7 @@ class CampaignSettingsOut(CampaignSummaryOut):
     screen_out_code: str
     speeder_seconds: float
     exclude_speeders: bool
+    pair_selection: Literal["uniform", "adaptive"]
 
 
 class InviteLinkOut(Schema):

@@ -26,6 +26,7 @@ from ..models import (
 )
 from .errors import AnnotationError
 from .items import build_items
+from .pair_priorities import adaptive_pairs_possible, reset_pair_priorities
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ OPERATIONAL_FIELDS = {
     "consent_text",
     "speeder_seconds",
     "exclude_speeders",
+    "pair_selection",
 }
 # Always editable (a contact address may move mid-study).
 FREE_FIELDS = {"name", "completion_url", "completion_code", "contact", "screen_out_url", "screen_out_code"}
@@ -145,6 +147,21 @@ def _check_settings(
             raise AnnotationError("The screen-out code must differ from the completion code.", field="screen_out_code")
 
 
+def _check_pair_selection(pair_selection, *, n_models: int, pairing: str) -> None:
+    if pair_selection not in Campaign.PairSelection.values:
+        raise AnnotationError(
+            f"Pair selection must be one of: {', '.join(Campaign.PairSelection.values)}.", field="pair_selection"
+        )
+    if pair_selection == Campaign.PairSelection.ADAPTIVE and not adaptive_pairs_possible(n_models, pairing):
+        raise AnnotationError(
+            "Adaptive pair selection needs three or more models compared as all pairs: it chooses which pair of a "
+            f"ranking to show next, and this campaign compares {n_models} models"
+            + (" each against the baseline." if pairing == Campaign.Pairing.VS_BASELINE else ".")
+            + " Use uniform.",
+            field="pair_selection",
+        )
+
+
 # Settings that decide whether gold can ever exclude a rater (checked together by _check_gold_can_fire).
 GOLD_RULE_FIELDS = {"quota_per_rater", "gold_share", "gold_min_answers", "gold_min_accuracy"}
 
@@ -239,6 +256,7 @@ def create_campaign(
     screen_out_url: str = "",
     speeder_seconds: float = 1.0,
     exclude_speeders: bool = False,
+    pair_selection: str = Campaign.PairSelection.UNIFORM,
     created_by=None,
 ) -> Campaign:
     """A draft campaign comparing ``models`` (two, or N paired as ``pairing`` says).
@@ -266,6 +284,7 @@ def create_campaign(
             )
     else:
         baseline = None
+    _check_pair_selection(pair_selection, n_models=len(models), pairing=pairing)
     if Campaign.objects.filter(name=name).exists():
         raise AnnotationError(f"A campaign named {name!r} already exists.", field="name", code=DUPLICATE)
     seeds = generation_services.check_seeds(seeds, AnnotationError)
@@ -313,6 +332,7 @@ def create_campaign(
             screen_out_url=screen_out_url,
             speeder_seconds=speeder_seconds,
             exclude_speeders=exclude_speeders,
+            pair_selection=pair_selection,
             created_by=created_by,
         )
         CampaignModel.objects.bulk_create(
@@ -390,12 +410,16 @@ def update_campaign(campaign: Campaign, **changes) -> Campaign:
         screen_out_code=campaign.screen_out_code,
         completion_code=campaign.completion_code,
     )
+    _check_pair_selection(campaign.pair_selection, n_models=campaign.campaign_models.count(), pairing=campaign.pairing)
     if set(changed) & GOLD_RULE_FIELDS:  # only then: a campaign made before this rule can still be renamed
         _check_gold_can_fire(**{f: getattr(campaign, f) for f in GOLD_RULE_FIELDS})
     if "name" in changed and Campaign.objects.filter(name=campaign.name).exclude(pk=campaign.pk).exists():
         raise AnnotationError(f"A campaign named {campaign.name!r} already exists.", field="name", code=DUPLICATE)
     if changed:
-        campaign.save(update_fields=list(changed))
+        with transaction.atomic():
+            campaign.save(update_fields=list(changed))
+            if changed.get("pair_selection") == Campaign.PairSelection.UNIFORM:
+                reset_pair_priorities(campaign)
     return campaign
 
 
