@@ -233,6 +233,8 @@ CELERY_TASK_ROUTES = {
 # itself as raters come and go; this also sweeps campaigns nobody is visiting.
 CELERY_BEAT_SCHEDULE = {
     "sweep-expired-leases": {"task": "annotation.tasks.sweep_expired_leases", "schedule": 60.0},
+    # Adaptive campaigns' pair priorities from the votes so far (never in a rater's request).
+    "refresh-adaptive-pairs": {"task": "analysis.tasks.refresh_adaptive_pairs", "schedule": 30.0},
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 

@@ -68,6 +68,12 @@ class Command(BaseCommand):
             help="flag raters whose median time between answers is below S seconds (default 1; 0 turns it off)",
         )
         create.add_argument("--exclude-speeders", action="store_true", help="exclude flagged speeders automatically")
+        create.add_argument(
+            "--pair-selection",
+            choices=Campaign.PairSelection.values,
+            help="adaptive: the pairs that most narrow the ranking get votes first (all pairs, 3+ models); "
+            "default uniform",
+        )
 
         launch = sub.add_parser("launch", help="generate the campaign's images and go live when they are ready")
         launch.add_argument("name")
@@ -140,6 +146,7 @@ class Command(BaseCommand):
             "screen_out_url": o["screen_out_url"],
             "speeder_seconds": o["speeder_seconds"],
             "exclude_speeders": o["exclude_speeders"] or None,
+            "pair_selection": o["pair_selection"],
         }
         form = CampaignForm.from_payload({k: v for k, v in payload.items() if v is not None})
         campaign = form.create() if form.is_valid() else None
