@@ -52,3 +52,61 @@ def voted_campaign(live_campaign, make_rater, monkeypatch):
 
 def win_rate_row(win_rates, criterion):
     return next(w for w in win_rates if w["criterion"] == criterion)
+
+
+def rows_only_campaign(name: str, n_models: int, prompts: int, *, k: int = 3, pair_selection: str = "adaptive"):
+    """A live all-pairs visual-appeal campaign of ``n_models`` models x ``prompts`` prompts (seed 0), no gold, whose
+    images are database rows only (the engine and the votes never read image files); items in build_items' order."""
+    from annotation.models import ComparisonItem
+    from generation.models import GeneratedImage, Prompt, PromptSet, TextToImageModel
+
+    models = [
+        TextToImageModel.objects.create(
+            name=f"{name}-m{i}",
+            pipeline_path="/none",
+            pipeline_class="StableDiffusionPipeline",
+            weights_fingerprint=f"{name}-m{i}",
+        )
+        for i in range(n_models)
+    ]
+    prompt_set = PromptSet.objects.create(name=f"{name}-prompts")
+    rows = Prompt.objects.bulk_create(
+        Prompt(prompt_set=prompt_set, position=i, text=f"prompt {i}") for i in range(prompts)
+    )
+    image = {
+        (m.pk, p.pk): GeneratedImage.objects.create(
+            model=m,
+            prompt=p,
+            seed=0,
+            parameters={},
+            parameters_hash="h",
+            weights_fingerprint=m.weights_fingerprint,
+            file="00/00/x.png",
+            sha256="0" * 64,
+            width=64,
+            height=64,
+            seconds=0,
+            device="cpu",
+        )
+        for m in models
+        for p in rows
+    }
+    campaign = services.create_campaign(
+        name=name,
+        models=models,
+        prompt_set=prompt_set,
+        seeds=[0],
+        criteria={"visual_appeal": {"votes_per_item": k}},
+        gold_share=0,
+        pair_selection=pair_selection,
+    )
+    criterion = campaign.criteria.get()
+    ComparisonItem.objects.bulk_create(
+        ComparisonItem(
+            campaign=campaign, criterion=criterion, image_a=image[a.pk, p.pk], image_b=image[b.pk, p.pk], remaining=k
+        )
+        for a, b in campaign.model_pairs()
+        for p in rows
+    )
+    services.set_status(campaign, "live")
+    return campaign, models
