@@ -129,6 +129,9 @@ CREATE_CASES = [
     ("vs baseline without a baseline", {"pairing": "vs_baseline"}, ["choose the baseline"]),
     ("baseline unknown", {"pairing": "vs_baseline", "baseline": "nope"}, ["baseline", "no registered model"]),
     ("baseline a list", {"pairing": "vs_baseline", "baseline": ["base"]}, ["baseline", "name"]),
+    ("adaptive pairs with two models", {"pair_selection": "adaptive"}, ["adaptive", "three or more models"]),
+    ("pair selection unknown", {"pair_selection": "ucb"}, ["pair", "uniform", "adaptive"]),
+    ("pair selection a list", {"pair_selection": ["adaptive"]}, ["pair_selection", "text"]),
     ("an unknown setting", {"colour": "red"}, ["unknown settings", "colour"]),
     ("a body that is not JSON", "{not json", ["not valid JSON"]),
     ("a body that is a list", "[1, 2]", ["JSON object"]),
@@ -222,6 +225,8 @@ COMMAND_CASES = [
     ("an unknown prompt set", ["--prompt-set", "nope"], ["no prompt set"]),
     ("a completion URL that is not one", ["--completion-url", "not a url"], ["completion_url", "URL"]),
     ("an unknown criterion", ["--criteria", "beauty"], ["criteria", "invalid choice"]),
+    ("adaptive pairs with two models", ["--pair-selection", "adaptive"], ["three or more models"]),
+    ("an unknown pair selection", ["--pair-selection", "ucb"], ["pair-selection", "invalid choice"]),
 ]
 
 
@@ -259,6 +264,7 @@ FORM_CASES = [
     ("gold answers 10**30", {"gold_min_answers": str(10**30)}, "gold_min_answers", ["1,000"]),
     ("one model", {"models": ["base"]}, "models", ["at least two"]),
     ("gold share NaN", {"gold_share": "nan"}, "gold_share", ["number"]),
+    ("adaptive pairs with two models", {"pair_selection": "adaptive"}, "pair_selection", ["three or more models"]),
 ]
 
 
@@ -315,6 +321,16 @@ def test_services_refuse_values_of_the_wrong_type(two_models, prompt_set, draft)
             "create_invite_link: max raters a string",
             lambda: services.create_invite_link(draft, max_raters="5"),
             ["rater limit", "whole number"],
+        ),
+        (
+            "create_campaign: adaptive pairs with two models",
+            lambda: services.create_campaign(**good, pair_selection="adaptive"),
+            ["three or more models"],
+        ),
+        (
+            "update_campaign: adaptive pairs on a two-model draft",
+            lambda: services.update_campaign(draft, pair_selection="adaptive"),
+            ["three or more models"],
         ),
         # Text PostgreSQL cannot store, refused by the service itself (not only at the API's door).
         ("create_campaign: a NUL in the name", lambda: services.create_campaign(**{**good, "name": "a\x00b"}), ["NUL"]),
