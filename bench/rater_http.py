@@ -231,12 +231,20 @@ def start_server(port: int, workers: int, worker_class: str, conn_max_age: int, 
 
 
 def stop_server(server: subprocess.Popen) -> None:
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
+    os.killpg(server.pid, signal.SIGINT)  # gunicorn's quick shutdown: the load is over
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
 
 
 def cpu_seconds(pattern: str) -> float:
-    """utime + stime of every process whose command line matches ``pattern`` (children's time included)."""
+    """utime + stime of every process whose command line matches ``pattern`` (children's time included).
+
+    PostgreSQL's share counts the backends of the benchmark's database alive at both readings: with connections
+    kept (DB_CONN_MAX_AGE > 0) that is all of them; with a connection per request it misses most.
+    """
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -249,13 +257,6 @@ def cpu_seconds(pattern: str) -> float:
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
     return total / tick
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds the whole machine spent busy (all cores, everything on it: other work shows here too)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 # --- The simulated raters ----------------------------------------------------------------------------------------
@@ -430,12 +431,12 @@ def run_load(port: int, invite: str, raters: int, seconds: float, clients: int, 
     while time.time() < start_at:
         time.sleep(0.01)
     server, database = f"gunicorn evalsite.wsgi --bind 127.0.0.1:{port}", rf"^postgres: .*{URL.rsplit('/', 1)[1]}"
-    postgres0, gunicorn0, machine0 = cpu_seconds(database), cpu_seconds(server), machine_busy_seconds()
+    postgres0, gunicorn0 = cpu_seconds(database), cpu_seconds(server)
     faults = inject_faults(fault, port, seconds)
     parts = [results.get() for _ in processes]
     if faults:
         faults.join()
-    postgres1, gunicorn1, machine1 = cpu_seconds(database), cpu_seconds(server), machine_busy_seconds()
+    postgres1, gunicorn1 = cpu_seconds(database), cpu_seconds(server)
     for p in processes:
         p.join()
     errors = [e for part in parts for e in part["errors"]]
@@ -451,7 +452,6 @@ def run_load(port: int, invite: str, raters: int, seconds: float, clients: int, 
             "postgres": (postgres1 - postgres0) / seconds,
             "gunicorn": (gunicorn1 - gunicorn0) / seconds,
             "load generator": sum(part["cpu"] for part in parts) / seconds,
-            "machine": (machine1 - machine0) / seconds,
         },
     }
 
@@ -493,7 +493,7 @@ def main() -> None:
     )
     print(
         "raters | votes/s | tasks p50/p99 ms | image p50/p99 ms | vote p50/p99 ms | "
-        "CPU cores: postgres / gunicorn / load / machine | bare inserts/s | ratio"
+        "CPU cores: postgres / gunicorn / load | bare inserts/s | ratio"
     )
     try:
         for _ in range(args.repeats):
@@ -506,7 +506,7 @@ def main() -> None:
                 cells = " | ".join(f"{percentile(lat[k], 0.5):.0f}/{percentile(lat[k], 0.99):.0f}" for k in KINDS)
                 print(
                     f"{raters} | {result['votes_per_second']:.1f} | {cells} | "
-                    f"{cpu['postgres']:.2f} / {cpu['gunicorn']:.2f} / {cpu['load generator']:.2f} / {cpu['machine']:.2f} | "
+                    f"{cpu['postgres']:.2f} / {cpu['gunicorn']:.2f} / {cpu['load generator']:.2f} | "
                     f"{bare:.0f} | {result['votes_per_second'] / bare:.4f}",
                     flush=True,
                 )
