@@ -8,6 +8,7 @@ from core.errors import add_to_form
 from training import curation
 
 from . import services
+from .forms import scoring_model_fields
 
 _D = {type(stage).__name__: stage for stage in curation.default_stages()}
 
@@ -67,22 +68,10 @@ class CurationRunForm(forms.Form):
         label="Minimum aesthetic score",
         help_text="LAION head, 1-10 scale; LAION-Aesthetics V2 cut at 4.5, 5, 6 and 6.5.",
     )
-    clip_model_path = forms.CharField(
-        max_length=1000,
-        required=False,
-        label="CLIP model path",
-        help_text="A local open_clip export (folder with open_clip_config.json) or a weights file.",
-    )
-    clip_model_name = forms.CharField(
-        max_length=100,
-        required=False,
-        label="CLIP architecture",
-        help_text="e.g. ViT-L-14; only needed for a bare weights file.",
-    )
-    aesthetic_head_path = forms.CharField(
-        max_length=1000,
-        required=False,
-        help_text="LAION-format head (.pth or .safetensors) on that CLIP model's embeddings.",
+    aesthetic_head_path, clip_model_path, clip_model_name = scoring_model_fields(
+        head_help="LAION-format head (.pth or .safetensors) on that CLIP model's embeddings.",
+        path_help="A local open_clip export (folder with open_clip_config.json) or a weights file.",
+        name_help="e.g. ViT-L-14; only needed for a bare weights file.",
     )
 
     def stage_config(self) -> list[dict]:

@@ -43,6 +43,15 @@ FORM_FIELD_FOR = {
 }
 
 
+def scoring_model_fields(*, head_help: str, path_help: str, name_help: str):
+    """The optional aesthetic head, CLIP model and CLIP architecture fields (in that order), worded per form."""
+    return (
+        forms.CharField(max_length=1000, required=False, label="Aesthetic head", help_text=head_help),
+        forms.CharField(max_length=1000, required=False, label="CLIP model", help_text=path_help),
+        forms.CharField(max_length=100, required=False, label="CLIP architecture", help_text=name_help),
+    )
+
+
 class DatasetImportForm(forms.Form):
     name = forms.SlugField(max_length=100, help_text="Short unique name, e.g. emu-2k-v1.")
     path = forms.CharField(
@@ -133,24 +142,11 @@ class QualityTuningRunForm(forms.Form):
         required=False,
     )
     start_now = forms.BooleanField(required=False, initial=True, label="Queue the run now")
-    aesthetic_head_path = forms.CharField(
-        max_length=1000,
-        required=False,
-        label="Aesthetic head",
-        help_text="Optional: a LAION-format aesthetic head (.pth/.safetensors) readable by the workers. Each checkpoint's "
-        "validation images are scored with it, and the best step is the automatic pick.",
-    )
-    clip_model_path = forms.CharField(
-        max_length=1000,
-        required=False,
-        label="CLIP model",
-        help_text="With an aesthetic head: the open_clip weights file or exported folder it sits on.",
-    )
-    clip_model_name = forms.CharField(
-        max_length=100,
-        required=False,
-        label="CLIP architecture",
-        help_text="e.g. ViT-L-14; blank for an exported folder (open_clip_config.json).",
+    aesthetic_head_path, clip_model_path, clip_model_name = scoring_model_fields(
+        head_help="Optional: a LAION-format aesthetic head (.pth/.safetensors) readable by the workers. Each "
+        "checkpoint's validation images are scored with it, and the best step is the automatic pick.",
+        path_help="With an aesthetic head: the open_clip weights file or exported folder it sits on.",
+        name_help="e.g. ViT-L-14; blank for an exported folder (open_clip_config.json).",
     )
 
     def clean_validation_prompts(self):
