@@ -14,6 +14,7 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import NON_FIELD_ERRORS
 
 from core.errors import add_to_form
+from core.text import json_type
 from generation import services as generation_services
 from generation.models import PromptSet, TextToImageModel
 
@@ -50,17 +51,6 @@ TEXT_IN_PAYLOAD = {"name", "pairing", "baseline", "prompt_set", "completion_url"
 NUMBERS_IN_PAYLOAD = {"gold_share", "gold_min_accuracy", "speeder_seconds"}
 BOOLEANS_IN_PAYLOAD = {"exclude_speeders"}
 WHOLE_NUMBERS_IN_PAYLOAD = {"gold_min_answers", "quota_per_rater", "lease_seconds"}
-
-
-def json_type(value) -> str:
-    """How JSON names the type of ``value``: object, array, string, number, boolean, null."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return f"the number {value!r}"
-    return {dict: "an object", list: "an array", str: "a string"}.get(type(value), type(value).__name__)
 
 
 def criterion_field(criterion: str, part: str) -> str:
@@ -314,30 +304,20 @@ class CampaignForm(forms.Form):
             criteria[criterion.value] = {k: v for k, v in overrides.items() if v not in (None, "", [])}
         return criteria
 
+    # The settings create_campaign takes as the form cleaned them.
+    PASSED_AS_GIVEN = (
+        "name models prompt_set seeds pairing baseline lease_seconds quota_per_rater gold_share gold_min_accuracy "
+        "gold_min_answers completion_url rater_title consent_text contact screen_out_url exclude_speeders"
+    ).split()
+
     def create(self, user=None) -> Campaign | None:
         """The draft campaign, or None with the service's refusal added as a form error."""
         d = self.cleaned_data
         try:
             return services.create_campaign(
-                name=d["name"],
-                models=d["models"],
-                prompt_set=d["prompt_set"],
-                seeds=d["seeds"],
-                pairing=d["pairing"],
-                baseline=d["baseline"],
+                **{name: d[name] for name in self.PASSED_AS_GIVEN},
                 criteria=self.criteria(),
-                lease_seconds=d["lease_seconds"],
-                quota_per_rater=d["quota_per_rater"],
-                gold_share=d["gold_share"],
-                gold_min_accuracy=d["gold_min_accuracy"],
-                gold_min_answers=d["gold_min_answers"],
-                completion_url=d["completion_url"],
-                rater_title=d["rater_title"],
-                consent_text=d["consent_text"],
-                contact=d["contact"],
-                screen_out_url=d["screen_out_url"],
                 speeder_seconds=1.0 if d["speeder_seconds"] is None else d["speeder_seconds"],
-                exclude_speeders=d["exclude_speeders"],
                 created_by=user if user is not None and user.is_authenticated else None,
             )
         except services.AnnotationError as exc:

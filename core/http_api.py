@@ -29,7 +29,7 @@ from pydantic import ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
 
 from core.api_tokens import ApiTokenError, user_for_api_token
-from core.text import unstorable_text_problem
+from core.text import json_type, unstorable_text_problem
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 NOT_JSON = "The request body is not valid JSON."
@@ -57,17 +57,6 @@ ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut}
 
 
 # --- Request bodies ---------------------------------------------------------------------------
-
-
-def json_type(value) -> str:
-    """How JSON names the type of ``value``: object, array, string, number, boolean, null."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return f"the number {value!r}"
-    return {dict: "an object", list: "an array", str: "a string"}.get(type(value), type(value).__name__)
 
 
 def refuse(message: str) -> PydanticCustomError:
