@@ -18,7 +18,7 @@ from typing import Any, Literal
 from django.http import HttpResponse, StreamingHttpResponse
 from django.urls import reverse
 from ninja import Field, Query, Router, Schema
-from pydantic import create_model, field_validator
+from pydantic import field_validator
 
 from annotation.schemas import (
     CampaignSettingsOut,
@@ -29,7 +29,7 @@ from annotation.schemas import (
     find_campaign,
     invite_links_json,
 )
-from core.http_api import ERRORS, ApiError, ErrorOut
+from core.http_api import ERRORS, ApiError, ErrorOut, schema_of
 
 from . import services
 from .live import campaign_state
@@ -146,10 +146,7 @@ def _out_schema(cls: type, name: str = "", doc: str = "") -> type[Schema]:
 
     Every field is required: the JSON report (``CampaignReport.as_dict``) writes them all.
     """
-    fields = {field: (_out_type(hint), ...) for field, hint in typing.get_type_hints(cls).items()}
-    if not doc and not cls.__doc__.startswith(f"{cls.__name__}("):  # not the signature dataclass() writes
-        doc = cls.__doc__
-    return create_model(name or f"{cls.__name__}Out", __base__=Schema, __doc__=doc or None, **fields)
+    return schema_of(cls, name=name, doc=doc, field_type=_out_type)
 
 
 ReportOut = _out_schema(

@@ -15,6 +15,7 @@ evalsite.api assembles the API as a ``ResearcherApi``; the apps' routers raise `
 from __future__ import annotations
 
 import json
+import typing
 from typing import Any, ClassVar
 
 from django.conf import settings
@@ -25,7 +26,7 @@ from ninja import NinjaAPI, Schema
 from ninja.errors import HttpError, ValidationError
 from ninja.parser import Parser
 from ninja.security.base import AuthBase
-from pydantic import ConfigDict, model_validator
+from pydantic import ConfigDict, create_model, model_validator
 from pydantic_core import PydanticCustomError
 
 from core.api_tokens import ApiTokenError, user_for_api_token
@@ -43,6 +44,17 @@ class ApiError(HttpError):
     def __init__(self, status: int, message: str, **extra: Any) -> None:
         super().__init__(status, message)
         self.extra = extra
+
+
+def schema_of(cls: type, *, name: str = "", doc: str = "", field_type=lambda hint: hint) -> type[Schema]:
+    """A response schema with the fields of the dataclass ``cls``, each required, typed ``field_type(its hint)``.
+
+    Named ``name`` (by default the class's name and "Out"), described by ``doc`` or by the class's docstring.
+    """
+    fields = {field: (field_type(hint), ...) for field, hint in typing.get_type_hints(cls).items()}
+    if not doc and not (cls.__doc__ or "").startswith(f"{cls.__name__}("):  # not the signature dataclass() writes
+        doc = cls.__doc__
+    return create_model(name or f"{cls.__name__}Out", __base__=Schema, __doc__=doc or None, **fields)
 
 
 class ErrorOut(Schema):
