@@ -9,11 +9,14 @@ shown as a form-wide error in its own words.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from django import forms
 from django.contrib.auth import get_user_model
 from django.core.exceptions import NON_FIELD_ERRORS
 
 from core.errors import add_to_form
+from core.forms import FieldGroups
 from core.text import json_type
 from generation import services as generation_services
 from generation.models import PromptSet, TextToImageModel
@@ -57,7 +60,14 @@ def criterion_field(criterion: str, part: str) -> str:
     return f"{criterion}_{part}"
 
 
-class CampaignForm(forms.Form):
+class CampaignForm(FieldGroups, forms.Form):
+    # The new-campaign page's fieldsets (the criteria come in their own groups: criterion_groups).
+    groups: ClassVar[dict[str, str]] = {
+        "compared": "name models pairing baseline prompt_set seeds",
+        "raters": "gold_share gold_min_accuracy gold_min_answers quota_per_rater lease_seconds completion_url "
+        "screen_out_url speeder_seconds exclude_speeders rater_title consent_text contact",
+    }
+
     name = forms.CharField(max_length=200, help_text="For researchers only; raters never see it.")
     models = forms.ModelMultipleChoiceField(
         queryset=TextToImageModel.objects.all(),

@@ -1,6 +1,9 @@
-"""Form pages' steps: a POSTed form, once valid, handed to what saves it; an invalid one's errors as messages."""
+"""Form pages' steps: a POSTed form, once valid, handed to what saves it; an invalid one's errors as messages; fields
+laid out in groups."""
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 from django.contrib import messages
 
@@ -24,3 +27,14 @@ def errors_as_messages(request, form, *, named: bool = False) -> None:
     for field, errors in form.errors.items():
         for text in [f"{field}: {' '.join(errors)}"] if named else errors:
             messages.error(request, text)
+
+
+class FieldGroups:
+    """For a form a page lays out in fieldsets: ``groups = {"key": "field_a field_b ..."}`` on the form, and
+    ``{% include "_fields.html" with fields=form.grouped.key %}`` in the page."""
+
+    groups: ClassVar[dict[str, str]] = {}
+
+    @property
+    def grouped(self) -> dict[str, list]:
+        return {key: [self[name] for name in names.split()] for key, names in self.groups.items()}

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from django import forms
 
 from core.errors import add_to_form
+from core.forms import FieldGroups
 from training import curation
 
 from . import services
@@ -30,8 +33,18 @@ class CollectionImportForm(forms.Form):
             return None
 
 
-class CurationRunForm(forms.Form):
+class CurationRunForm(FieldGroups, forms.Form):
     """One checkbox per stage of Emu's automatic funnel, with its thresholds (their defaults are the stages' own)."""
+
+    # The new-run page's fieldsets, one per stage, then the models.
+    groups: ClassVar[dict[str, str]] = {
+        "resolution": "use_resolution min_side max_aspect_ratio",
+        "text": "use_text_in_image max_words",
+        "duplicates": "use_near_duplicate max_hamming",
+        "clip": "use_clip_score clip_min_score",
+        "aesthetic": "use_aesthetic aesthetic_min_score",
+        "models": "clip_model_path clip_model_name aesthetic_head_path",
+    }
 
     use_resolution = forms.BooleanField(required=False, initial=True, label="Resolution and aspect ratio")
     min_side = forms.IntegerField(

@@ -3,9 +3,12 @@ they are, next to the field they are about when the message names one."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from django import forms
 
 from core.errors import add_to_form
+from core.forms import FieldGroups
 from generation import services as generation_services
 from generation.models import PromptSet, TextToImageModel
 from training.config import MIXED_PRECISIONS, PREDICTION_TYPES, QualityTuningConfig
@@ -72,7 +75,19 @@ class DatasetImportForm(forms.Form):
             return None
 
 
-class QualityTuningRunForm(forms.Form):
+class QualityTuningRunForm(FieldGroups, forms.Form):
+    # The new-run page's fieldsets.
+    groups: ClassVar[dict[str, str]] = {
+        "trained": "base_model dataset",
+        "optimisation": "batch_size gradient_accumulation_steps learning_rate lr_warmup_steps noise_offset snr_gamma "
+        "max_steps seed prediction_type",
+        "images": "resolution crop random_flip",
+        "memory": "mixed_precision gradient_checkpointing use_ema ema_decay",
+        "checkpoints": "checkpoint_every keep_last_checkpoints validation_every validation_prompts validation_seeds "
+        "validation_inference_steps",
+        "pick": "aesthetic_head_path clip_model_path clip_model_name",
+    }
+
     base_model = forms.ModelChoiceField(
         queryset=TextToImageModel.objects.all(),
         to_field_name="name",
