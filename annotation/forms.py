@@ -9,11 +9,15 @@ shown as a form-wide error in its own words.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from django import forms
 from django.contrib.auth import get_user_model
 from django.core.exceptions import NON_FIELD_ERRORS
 
 from core.errors import add_to_form
+from core.forms import FieldGroups
+from core.text import json_type
 from generation import services as generation_services
 from generation.models import PromptSet, TextToImageModel
 
@@ -62,22 +66,18 @@ BOOLEANS_IN_PAYLOAD = {"exclude_speeders"}
 WHOLE_NUMBERS_IN_PAYLOAD = {"gold_min_answers", "quota_per_rater", "lease_seconds"}
 
 
-def json_type(value) -> str:
-    """How JSON names the type of ``value``: object, array, string, number, boolean, null."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return f"the number {value!r}"
-    return {dict: "an object", list: "an array", str: "a string"}.get(type(value), type(value).__name__)
-
-
 def criterion_field(criterion: str, part: str) -> str:
     return f"{criterion}_{part}"
 
 
-class CampaignForm(forms.Form):
+class CampaignForm(FieldGroups, forms.Form):
+    # The new-campaign page's fieldsets (the criteria come in their own groups: criterion_groups).
+    groups: ClassVar[dict[str, str]] = {
+        "compared": "name models pairing baseline pair_selection prompt_set seeds",
+        "raters": "gold_share gold_min_accuracy gold_min_answers quota_per_rater lease_seconds completion_url "
+        "screen_out_url speeder_seconds exclude_speeders rater_title consent_text contact",
+    }
+
     name = forms.CharField(max_length=200, help_text="For researchers only; raters never see it.")
     models = forms.ModelMultipleChoiceField(
         queryset=TextToImageModel.objects.all(),
@@ -341,30 +341,20 @@ class CampaignForm(forms.Form):
             criteria[criterion.value] = {k: v for k, v in overrides.items() if v not in (None, "", [])}
         return criteria
 
+    # The settings create_campaign takes as the form cleaned them.
+    PASSED_AS_GIVEN = (
+        "name models prompt_set seeds pairing baseline lease_seconds quota_per_rater gold_share gold_min_accuracy "
+        "gold_min_answers completion_url rater_title consent_text contact screen_out_url exclude_speeders"
+    ).split()
+
     def create(self, user=None) -> Campaign | None:
         """The draft campaign, or None with the service's refusal added as a form error."""
         d = self.cleaned_data
         try:
             return services.create_campaign(
-                name=d["name"],
-                models=d["models"],
-                prompt_set=d["prompt_set"],
-                seeds=d["seeds"],
-                pairing=d["pairing"],
-                baseline=d["baseline"],
+                **{name: d[name] for name in self.PASSED_AS_GIVEN},
                 criteria=self.criteria(),
-                lease_seconds=d["lease_seconds"],
-                quota_per_rater=d["quota_per_rater"],
-                gold_share=d["gold_share"],
-                gold_min_accuracy=d["gold_min_accuracy"],
-                gold_min_answers=d["gold_min_answers"],
-                completion_url=d["completion_url"],
-                rater_title=d["rater_title"],
-                consent_text=d["consent_text"],
-                contact=d["contact"],
-                screen_out_url=d["screen_out_url"],
                 speeder_seconds=1.0 if d["speeder_seconds"] is None else d["speeder_seconds"],
-                exclude_speeders=d["exclude_speeders"],
                 pair_selection=d["pair_selection"] or Campaign.PairSelection.UNIFORM,
                 created_by=user if user is not None and user.is_authenticated else None,
             )

@@ -15,7 +15,7 @@ from django.urls import reverse
 from ninja import Schema
 from pydantic import Field, field_validator
 
-from core.http_api import ApiError, JsonObjectIn, refuse
+from core.http_api import ApiError, JsonObjectIn, refuse, schema_of
 
 from . import selectors, services
 from .forms import CampaignForm
@@ -182,13 +182,7 @@ class StatusOut(Schema):
     launch_error: str
 
 
-class CriterionProgressOut(Schema):
-    criterion: str
-    label: str
-    votes: int
-    votes_needed: int
-    complete_items: int
-    items: int
+CriterionProgressOut = schema_of(selectors.CriterionProgress)
 
 
 class ProgressOut(Schema):

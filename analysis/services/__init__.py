@@ -47,34 +47,7 @@ from .reports import (  # noqa: F401
     exclusion_rule,
     votes_snapshot_sha256,
 )
-from .values import (  # noqa: F401
-    DEFAULT_ROUNDS,
-    DEFAULT_SEED,
-    INTERVAL_METHOD_LABELS,
-    MAX_ROUNDS,
-    MAX_SEED,
-    MIN_ROUNDS,
-    PLANNER_HALF_WIDTHS,
-    POSITION_BIAS_ALPHA,
-    AgreementSummary,
-    Bounds,
-    CampaignReport,
-    Comparison,
-    ExcludedRater,
-    Exclusions,
-    FlaggedSpeeder,
-    GroupWinRate,
-    Outcomes,
-    PlannerTarget,
-    RankedModel,
-    Ranking,
-    RaterSideBias,
-    Reproducibility,
-    p_value_text,
-    percent,
-    plain,
-    verdict,
-)
+from .values import *  # noqa: F403 (its __all__)
 from .win_rates import (  # noqa: F401
     campaign_win_rates,
 )

@@ -9,6 +9,35 @@ import numpy as np
 
 from .. import stats
 
+__all__ = [  # noqa: RUF022 (constants, classes, functions)
+    "DEFAULT_ROUNDS",
+    "DEFAULT_SEED",
+    "INTERVAL_METHOD_LABELS",
+    "MAX_ROUNDS",
+    "MAX_SEED",
+    "MIN_ROUNDS",
+    "PLANNER_HALF_WIDTHS",
+    "POSITION_BIAS_ALPHA",
+    "AgreementSummary",
+    "Bounds",
+    "CampaignReport",
+    "Comparison",
+    "ExcludedRater",
+    "Exclusions",
+    "FlaggedSpeeder",
+    "GroupWinRate",
+    "Outcomes",
+    "PlannerTarget",
+    "RankedModel",
+    "Ranking",
+    "RaterSideBias",
+    "Reproducibility",
+    "p_value_text",
+    "percent",
+    "plain",
+    "verdict",
+]
+
 DEFAULT_SEED = 0
 # Bootstrap rounds for the Bradley–Terry intervals (the win-rate intervals have no Monte Carlo part). Their
 # endpoints' Monte Carlo error is printed beside them (about 0.01 of a score point at 2,000 rounds).

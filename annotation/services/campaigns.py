@@ -64,6 +64,16 @@ def is_whole(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def check_limit(value, maximum: int, *, field: str, what: str, unit: str = "") -> None:
+    """A limit where 0 means none: a whole number from 0 to ``maximum`` (``unit`` follows it in the refusal)."""
+    if not is_whole(value):
+        raise AnnotationError(f"{what} must be a whole number (0 means no limit), not {value!r}.", field=field)
+    if value < 0:
+        raise AnnotationError(f"{what} cannot be negative; 0 means no limit.", field=field)
+    if value > maximum:
+        raise AnnotationError(f"{what} must be at most {maximum:,}{unit} (0 means no limit).", field=field)
+
+
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -100,16 +110,7 @@ def _check_settings(
 ) -> None:
     if not is_whole(lease_seconds) or not 30 <= lease_seconds <= 86_400:
         raise AnnotationError("The lease must be between 30 seconds and one day.", field="lease_seconds")
-    if not is_whole(quota_per_rater):
-        raise AnnotationError(
-            f"The quota must be a whole number of tasks, not {quota_per_rater!r}.", field="quota_per_rater"
-        )
-    if quota_per_rater < 0:
-        raise AnnotationError("The quota cannot be negative; 0 means no limit.", field="quota_per_rater")
-    if quota_per_rater > MAX_QUOTA:
-        raise AnnotationError(
-            f"The quota must be at most {MAX_QUOTA:,} tasks per rater (0 means no limit).", field="quota_per_rater"
-        )
+    check_limit(quota_per_rater, MAX_QUOTA, field="quota_per_rater", what="The quota", unit=" tasks per rater")
     if not _number(gold_share) or not 0 <= gold_share <= 0.5:
         raise AnnotationError("The gold share must be between 0 and 0.5.", field="gold_share")
     if not _number(gold_min_accuracy) or not 0 <= gold_min_accuracy <= 1:

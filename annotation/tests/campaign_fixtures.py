@@ -1,4 +1,4 @@
-"""Campaigns with votes, shared by the tests of the researcher pages (annotation) and the campaign page (analysis)."""
+"""Campaigns with their images and items, and with votes: shared by the tests of annotation, analysis and training."""
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -6,6 +6,48 @@ from django.contrib.auth import get_user_model
 from annotation import services
 from annotation.models import Participation
 from annotation.services import assignment
+from generation import services as generation_services
+
+# The researchers' new-campaign form filled in for the two_models and prompt_set fixtures: appeal only, k = 5, 10% gold.
+CAMPAIGN_FORM = {
+    "name": "x",
+    "models": ["base", "tuned"],
+    "pairing": "all_pairs",
+    "prompt_set": "four",
+    "seeds": "0-1",
+    "visual_appeal_enabled": "on",
+    "visual_appeal_votes_per_item": "5",
+    "visual_appeal_choices": ["left", "right", "tie"],
+    "gold_share": "0.1",
+    "gold_min_accuracy": "0.7",
+    "gold_min_answers": "4",
+    "quota_per_rater": "0",
+    "lease_seconds": "600",
+    "rater_title": "Compare",
+}
+
+
+def built(campaign, *, live: bool = True):
+    """The campaign with its images generated (in this process, by the tiny pipelines) and its items built; opened to
+    raters unless ``live=False``. Refreshed from the database."""
+    batch = services.generation_batch_for(campaign)
+    generation_services.generate_batch_in_process(batch)
+    services.build_items(campaign, batch)
+    if live:
+        services.set_status(campaign, "live")
+    campaign.refresh_from_db()
+    return campaign
+
+
+@pytest.fixture
+def make_campaign(two_models, prompt_set):
+    """``make_campaign(name=..., seeds=[...], **settings, live=True)``: a campaign of the two tiny models over the four
+    prompts, built (see ``built``)."""
+
+    def make(*, live: bool = True, **settings):
+        return built(services.create_campaign(models=two_models, prompt_set=prompt_set, **settings), live=live)
+
+    return make
 
 
 def vote_everything(campaign, rater, prefer: str) -> int:

@@ -17,7 +17,6 @@ from django.urls import reverse
 
 from annotation import services
 from annotation.models import Campaign, CampaignCriterion, CampaignModel, InviteLink, Participation, PlacementCounter
-from core.api_tokens import issue_api_token
 from evalsite.bad_input import Answer, check, from_call, from_command, from_form_page, from_json_request, snapshot
 
 pytestmark = pytest.mark.django_db
@@ -28,16 +27,6 @@ GOOD = {"name": "new campaign", "models": ["base", "tuned"], "prompt_set": "four
 
 def state():
     return snapshot(Campaign, CampaignModel, CampaignCriterion, InviteLink, Participation, PlacementCounter)
-
-
-@pytest.fixture
-def researcher():
-    return get_user_model().objects.create_user("researcher", password="pw-long-enough-1", is_staff=True)
-
-
-@pytest.fixture
-def api(researcher):
-    return Client(headers={"Authorization": f"Bearer {issue_api_token(researcher)}"})
 
 
 @pytest.fixture

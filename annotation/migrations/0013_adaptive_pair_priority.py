@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('annotation', '0011_move_curation_stages'),
+        ('annotation', '0012_participation_answered'),
         ('generation', '0002_batch_heartbeat'),
     ]
 
