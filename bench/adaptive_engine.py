@@ -32,54 +32,18 @@ os.environ["DATABASE_URL"] = URL
 os.environ["NEEDLE_VAR_DIR"] = str(BASE_DIR / "var" / "bench")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "evalsite.settings")
 
+from bench.bench_db import models_prompts_images, recreate_database  # noqa: E402  (BASE_DIR on the path first)
+
 STRENGTHS = np.linspace(0, 2.1, 8)
 TIE_SHARE = 0.1
 BATCH = 50
 
 
-def recreate_database(url: str) -> None:
-    import psycopg
-
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-
-
 def setup_world(prompts: int):
     from django.core.management import call_command
 
-    from generation.models import GeneratedImage, Prompt, PromptSet, TextToImageModel
-
     call_command("migrate", verbosity=0)
-    models = [
-        TextToImageModel.objects.create(
-            name=f"m{i}", pipeline_path="/bench", pipeline_class="StableDiffusionPipeline", weights_fingerprint=f"m{i}"
-        )
-        for i in range(len(STRENGTHS))
-    ]
-    prompt_set = PromptSet.objects.create(name="bench")
-    rows = Prompt.objects.bulk_create(Prompt(prompt_set=prompt_set, position=i, text=f"p{i}") for i in range(prompts))
-    images = GeneratedImage.objects.bulk_create(
-        GeneratedImage(
-            model=m,
-            prompt=p,
-            seed=0,
-            parameters={},
-            parameters_hash="h",
-            weights_fingerprint=m.weights_fingerprint,
-            file="00/00/x.png",
-            sha256="0" * 64,
-            width=64,
-            height=64,
-            seconds=0,
-            device="cpu",
-        )
-        for m in models
-        for p in rows
-    )
-    image = {(g.model_id, g.prompt_id): g for g in images}
-    return models, prompt_set, rows, image
+    return models_prompts_images([f"m{i}" for i in range(len(STRENGTHS))], prompts)
 
 
 def new_campaign(name, selection, world):

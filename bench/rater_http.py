@@ -58,20 +58,14 @@ SERVER_ENV = {
 }
 os.environ.update({k: v for k, v in SERVER_ENV.items() if k not in ("DEBUG",)})
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "evalsite.settings")
+
+from bench.bench_db import models_prompts_images, recreate_database  # noqa: E402  (BASE_DIR on the path first)
+
 COOKIE = re.compile(r"^([^=;\s]+)=([^;]*)")
 KINDS = ("tasks", "image", "vote")
 
 
 # --- Setup: one campaign with real PNG files, an invite link ---------------------------------------------------
-
-
-def recreate_database(url: str) -> None:
-    import psycopg
-
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def make_campaign(items: int) -> tuple[int, str]:
@@ -85,7 +79,6 @@ def make_campaign(items: int) -> tuple[int, str]:
 
     from annotation import services
     from annotation.models import Campaign, ComparisonItem, InviteLink
-    from generation.models import GeneratedImage, Prompt, PromptSet, TextToImageModel
 
     call_command("migrate", verbosity=0)
     subprocess.run(  # as a deployment does: the pages name the manifest's hashed static files
@@ -100,41 +93,16 @@ def make_campaign(items: int) -> tuple[int, str]:
         buffer = io.BytesIO()
         Image.new("RGB", (256, 256), colour).save(buffer, format="PNG")
         files[name] = storage.save(f"bench/{name}.png", ContentFile(buffer.getvalue()))
-    models = [
-        TextToImageModel.objects.create(
-            name=n, pipeline_path="/bench", pipeline_class="StableDiffusionPipeline", weights_fingerprint=n
-        )
-        for n in ("a", "b")
-    ]
-    prompt_set = PromptSet.objects.create(name="bench")
-    prompts = Prompt.objects.bulk_create(Prompt(prompt_set=prompt_set, position=i, text=f"p{i}") for i in range(items))
-    images = {
-        m.name: GeneratedImage.objects.bulk_create(
-            GeneratedImage(
-                model=m,
-                prompt=p,
-                seed=0,
-                parameters={},
-                parameters_hash="h",
-                weights_fingerprint="f",
-                file=files[m.name],
-                sha256=m.name * 64,
-                width=256,
-                height=256,
-                seconds=0,
-                device="cpu",
-            )
-            for p in prompts
-        )
-        for m in models
-    }
+    models, prompt_set, rows, image = models_prompts_images(
+        ["a", "b"], items, file_for=lambda m: files[m.name], size=256
+    )
     campaign = services.create_campaign(
         name="bench", models=models, prompt_set=prompt_set, seeds=[0], criteria={"visual_appeal": {}}, gold_share=0
     )
     criterion = campaign.criteria.get()
     ComparisonItem.objects.bulk_create(
         ComparisonItem(campaign=campaign, criterion=criterion, image_a=a, image_b=b, remaining=criterion.votes_per_item)
-        for a, b in zip(images["a"], images["b"])
+        for a, b in ((image[models[0].pk, p.pk], image[models[1].pk, p.pk]) for p in rows)
     )
     # The speeder check runs (its cost is part of every vote) but only flags: these raters have no think time.
     Campaign.objects.filter(pk=campaign.pk).update(exclude_speeders=False)
