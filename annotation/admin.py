@@ -74,13 +74,17 @@ class CampaignAdmin(admin.ModelAdmin):
         "screen_out_url",
         "speeder_seconds",
         "exclude_speeders",
+        "stop_when_decided",
+        "decision_width",
+        "human_share",
+        "human_prompt_ids",
         "generation_batch",
         "launch_error",
         "created_by",
         "created_at",
     ]
     # Never editable here: status moves through the buttons and actions, the rest is bookkeeping.
-    always_readonly = ["status", "generation_batch", "launch_error", "created_by", "created_at"]
+    always_readonly = ["status", "human_prompt_ids", "generation_batch", "launch_error", "created_by", "created_at"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("prompt_set").prefetch_related("campaign_models__model")
@@ -99,9 +103,9 @@ class CampaignAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return self.fields
-        # Of the structural settings only the gold share is a plain number; prompts, seeds and pairing are checked
-        # together at creation (create a new draft campaign to change them).
-        editable = services.editable_settings(obj) - (services.STRUCTURAL_FIELDS - {"gold_share"})
+        # Of the structural settings only the gold and human shares are plain numbers; prompts, seeds and pairing are
+        # checked together at creation (create a new draft campaign to change them).
+        editable = services.editable_settings(obj) - (services.STRUCTURAL_FIELDS - {"gold_share", "human_share"})
         return [f for f in self.fields if f in self.always_readonly or f not in editable]
 
     def add_view(self, request, form_url="", extra_context=None):

@@ -231,8 +231,10 @@ CELERY_TASK_ROUTES = {
 }
 # Optional (`celery -A evalsite beat`): the assignment engine sweeps stale leases
 # itself as raters come and go; this also sweeps campaigns nobody is visiting.
+# It also closes "stop when decided" campaigns once their anytime-valid interval decides (analysis, issue 13).
 CELERY_BEAT_SCHEDULE = {
     "sweep-expired-leases": {"task": "annotation.tasks.sweep_expired_leases", "schedule": 60.0},
+    "check-decisions": {"task": "analysis.tasks.check_decisions", "schedule": 30.0},
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 

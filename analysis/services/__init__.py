@@ -1,13 +1,27 @@
-"""Analysis reads annotation's votes and renders numbers; it changes nothing. One module per part:
+"""Analysis reads annotation's votes and renders numbers; besides its own records, it changes only a "stop when
+decided" campaign's status, through annotation's service. One module per part:
 
 - ``values``: the report as frozen plain values, with display strings;
 - ``reports``: ``build_report`` (the numbers of ``analysis.stats`` over a campaign's votes);
 - ``win_rates``: the campaign page's live win rates (cached per vote snapshot);
+- ``decisions``: the anytime-valid confidence sequences and "stop when decided" (the one part that writes);
+- ``prediction_powered``: AI-assisted (PPI++) win rates from an automatic judge's scores and the human votes;
 - ``exports``: the CSV exports and the JSON, HTML and PDF renderings.
 
 This package re-exports their public names: ``from analysis import services``, ``services.build_report(...)``.
 """
 
+from .decisions import (  # noqa: F401
+    SEQUENCE_LEVEL,
+    campaigns_to_decide,
+    check_decision,
+    decision_level,
+    decision_summaries,
+    primary_criterion,
+    prompt_sequence,
+    sequence_summaries,
+    stop_rule,
+)
 from .exports import (  # noqa: F401
     EXPORT_FORMATS,
     FORMAT_ALIASES,
@@ -25,6 +39,10 @@ from .exports import (  # noqa: F401
     report_json,
     report_pdf,
     votes_csv,
+)
+from .prediction_powered import (  # noqa: F401
+    judged_data,
+    prediction_powered_summaries,
 )
 from .reports import (  # noqa: F401
     ReportError,
@@ -47,20 +65,25 @@ from .values import (  # noqa: F401
     MIN_ROUNDS,
     PLANNER_HALF_WIDTHS,
     POSITION_BIAS_ALPHA,
+    PPI_EXPLANATION,
+    SEQUENCE_EXPLANATION,
     AgreementSummary,
     Bounds,
     CampaignReport,
     Comparison,
+    DecisionSummary,
     ExcludedRater,
     Exclusions,
     FlaggedSpeeder,
     GroupWinRate,
     Outcomes,
     PlannerTarget,
+    PredictionPoweredSummary,
     RankedModel,
     Ranking,
     RaterSideBias,
     Reproducibility,
+    SequenceSummary,
     p_value_text,
     percent,
     plain,

@@ -34,6 +34,8 @@ from .campaigns import (  # noqa: F401
     MAX_RATERS_PER_LINK,
     MAX_SPEEDER_SECONDS,
     MAX_TEXT,
+    MIN_DECISION_WIDTH,
+    MIN_HUMAN_SHARE,
     OPERATIONAL_FIELDS,
     STRUCTURAL_FIELDS,
     apply_campaign_action,
@@ -69,6 +71,7 @@ from .items import (  # noqa: F401
     build_items,
     degrade,
     gold_items_needed,
+    human_prompts,
 )
 from .quality_control import (  # noqa: F401
     EXCLUSION_ATTEMPTS,
