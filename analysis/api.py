@@ -65,12 +65,51 @@ class WinRateOut(Schema):
     interval_text: str
     half_ties_text: str
     half_ties_interval_text: str
+    sequence_prompts: int = Field(description="complete prompts the anytime-valid interval has seen")
+    sequence_low: float | None = Field(description="anytime-valid 95% interval of the ties-as-half rate (low)")
+    sequence_high: float | None
+    sequence_estimate: float | None
+    sequence_text: str
+    sequence_verdict: Literal["above", "below", "unclear"]
+    sequence_decision_text: str
+
+
+class StopRuleOut(Schema):
+    stop_when_decided: bool
+    decision_width: float | None
+    criterion: str | None = Field(description="the primary criterion the rule watches")
+    level: float = Field(description="each pair's sequence level (Bonferroni over pairs)")
+    description: str
+
+
+class DecisionOut(Schema):
+    """A recorded "stop when decided" decision: the look (complete prompts) and votes at which it happened."""
+
+    criterion: str
+    criterion_label: str
+    model_a: str
+    model_b: str
+    decision: Literal["B better", "A better", "width reached"]
+    look: int
+    votes_at_look: int
+    votes_at_check: int
+    low: float
+    high: float
+    estimate: float
+    level: float
+    target_width: float | None
+    decided_at: str
+    recorded_at: str
+    closed_campaign: bool
+    sentence: str | None = None
 
 
 class CampaignDetailOut(CampaignSettingsOut):
     progress: ProgressOut
     generation: LaunchImagesOut | None = Field(description="while launching: the campaign's images made so far")
     win_rates: list[WinRateOut]
+    stop_rule: StopRuleOut
+    decisions: list[DecisionOut]
     report: str = Field(description="the report's URL (JSON)")
     invite_links: list[InviteLinkOut]
 
@@ -87,6 +126,8 @@ def campaign_detail(request, pk: int):
         "progress": state["progress"],
         "generation": state["generation"],
         "win_rates": state["win_rates"],
+        "stop_rule": state["stop_rule"],
+        "decisions": state["decisions"],
         "report": request.build_absolute_uri(reverse("api:report", args=[campaign.pk])) + "?format=json",
         "invite_links": invite_links_json(campaign, request.build_absolute_uri("/")),
     }
@@ -276,6 +317,48 @@ class ReproducibilityOut(Schema):
     software: dict[str, Any]
 
 
+class SequenceOut(Schema):
+    criterion: str
+    criterion_label: str
+    model_a: str
+    model_b: str
+    prompts: int
+    total_prompts: int
+    low: float | None
+    high: float | None
+    estimate: float | None
+    level: float
+    target_width: float | None
+    decided_at: int | None
+    decision: str
+    decision_low: float | None
+    decision_high: float | None
+    method: str
+    message: str
+
+
+class PredictionPoweredOut(Schema):
+    criterion: str
+    criterion_label: str
+    model_a: str
+    model_b: str
+    judge: str
+    labelled_items: int
+    labelled_prompts: int
+    unlabelled_items: int
+    unlabelled_prompts: int
+    message: str
+    estimate: float | None
+    interval: BoundsOut | None
+    humans_only_estimate: float | None
+    humans_only: BoundsOut | None
+    lam: float | None
+    agreement: float | None
+    correlation: float | None
+    effective_labelled: float | None
+    interval_note: str
+
+
 class ReportOut(Schema):
     """The campaign's report (format=json; the other formats are files): every number, NaN written as null."""
 
@@ -292,6 +375,12 @@ class ReportOut(Schema):
     rankings: list[RankingOut]
     exclusions: ExclusionsOut
     reproducibility: ReproducibilityOut
+    sequences: list[SequenceOut] = Field(description="anytime-valid confidence sequences, ties as half")
+    stop_rule: StopRuleOut | None
+    decisions: list[DecisionOut]
+    prediction_powered: list[PredictionPoweredOut] = Field(description="AI-assisted (PPI++) win rates, ties as half")
+    sequence_explanation: str
+    ppi_explanation: str
 
 
 FILES = {

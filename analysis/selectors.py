@@ -125,14 +125,14 @@ def item_completions(campaign: Campaign) -> tuple[pd.DataFrame, pd.Series]:
     for column in ("a", "b", "tie"):
         items[column] = items[column].fillna(0).astype(int)
     items["votes"] = items[["a", "b", "tie"]].sum(axis=1)
+    items["completed_at"] = pd.Series(pd.NaT, index=items.index, dtype="datetime64[ns, UTC]")
     if len(votes):
         votes["nth"] = votes.groupby("item_id").cumcount() + 1
         kth = votes.merge(items[["item_id", "votes_per_item"]], on="item_id")
-        kth = kth[kth["nth"] == kth["votes_per_item"]].set_index("item_id")["created_at"]
-        items["completed_at"] = items["item_id"].map(kth)
-    else:
-        items["completed_at"] = pd.NaT
-    items["completed_at"] = pd.to_datetime(items["completed_at"], utc=True)
+        kth = kth[kth["nth"] == kth["votes_per_item"]]
+        moments = dict(zip(kth["item_id"], pd.to_datetime(kth["created_at"], utc=True), strict=True))
+        complete = items["item_id"].isin(moments)
+        items.loc[complete, "completed_at"] = [moments[i] for i in items.loc[complete, "item_id"]]
     times = pd.to_datetime(votes["created_at"], utc=True).sort_values(ignore_index=True)
     return items[ITEM_COLUMNS], times
 
