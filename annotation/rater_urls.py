@@ -1,6 +1,8 @@
 """Rater-facing URLs (invite links, the voting page). Researchers' pages are in annotation/urls.py.
 
-Every variable part is an opaque token: nothing here names a campaign, a model, an item or an image.
+Every variable part is an opaque token: nothing here names a campaign, a model, an item or an image. Images are not
+here: their sealed links (/i/...) are answered by annotation.rater_access.ServedImagesMiddleware before any URL is
+resolved.
 """
 
 from django.contrib.auth import views as auth_views
@@ -25,5 +27,4 @@ urlpatterns = [
     path("rate/<str:participation_token>/tasks.json", rater_views.tasks, name="tasks"),
     path("rate/<str:participation_token>/vote", rater_views.vote, name="vote"),
     path("rate/<str:participation_token>/done/", rater_views.done, name="done"),
-    path("rate/<str:participation_token>/img/<str:assignment_token>/<str:side>", rater_views.image, name="image"),
 ]

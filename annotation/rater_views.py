@@ -7,18 +7,21 @@ The views are thin: the assignment engine in ``services`` decides what a rater
 is shown and records votes. What this module owns is who may see what:
 
 - URLs carry only opaque 256-bit tokens (invite link, participation,
-  assignment). Nothing a rater receives -- HTML, JSON, image URLs, image
-  bytes, headers -- names a model, a campaign, an item or an image hash.
-  Every image arrives with the campaign's one byte length and the same
-  headers and PNG layout (``services.rater_image``), so neither its size nor
-  its headers tell the models, or gold, apart.
-- A participation's pages open only for the browser session that joined
-  through its invite link (the token is kept in
-  ``session["rater_participations"]``) or for the invited account that owns
-  it. Anything else gets the same 404 as a token that does not exist, and a
+  assignment) and sealed image links (``rater_access``). Nothing a rater
+  receives -- HTML, JSON, image URLs, image bytes, headers -- names a model,
+  a campaign, an item or an image hash. Every image arrives with the
+  campaign's one byte length and the same headers and PNG layout
+  (``services.padded_image``), so neither its size nor its headers tell the
+  models, or gold, apart.
+- A participation's pages open only for the browser that joined through its
+  invite link (the token is kept in the signed ``needle_rater`` cookie,
+  ``rater_access``) or for the invited account that owns it. Anything else gets the same 404 as a token that does not exist, and a
   client address that keeps presenting bad tokens gets 429 for the rest of
   the minute (NEEDLE_BAD_TOKEN_LIMIT_PER_MINUTE). With 256-bit tokens that
   makes guessing hopeless twice over.
+- One request per answer: the vote's reply carries the rater's next tasks, and
+  images are served by ``rater_access.ServedImagesMiddleware`` before any view
+  runs; tasks.json is read when the page loads (issue 12).
 - Votes are rate-limited per rater (NEEDLE_VOTE_RATE_LIMIT_PER_MINUTE); CSRF
   stays on for every POST, the JSON vote included (X-CSRFToken header).
 
@@ -40,7 +43,7 @@ import re
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import HttpResponse, JsonResponse
+from django.http import JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
@@ -49,12 +52,9 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from core import ratelimit
 
-from . import selectors, services
+from . import rater_access, selectors, services
 from .models import Assignment, Campaign, Choice, InviteLink, Participation, Rater
 
-SESSION_KEY = "rater_participations"
-# A browser that joins many studies keeps only its most recent participations.
-MAX_SESSION_PARTICIPATIONS = 20
 # Tokens are secrets.token_urlsafe(32): 43 characters. Anything that cannot be
 # one is refused without a database lookup (and counts as a bad token).
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{20,64}")
@@ -110,7 +110,7 @@ INVALID_PAGE = (
     "This page does not exist or is not yours. If you were taking part in a study, "
     "open your invitation link again to carry on where you stopped."
 )
-TOO_MANY_BAD_TOKENS = "Too many invalid links were opened from your network. Please wait a minute and try again."
+TOO_MANY_BAD_TOKENS = rater_access.TOO_MANY_BAD_TOKENS
 TOO_MANY_VOTES = (
     "You are answering faster than anyone can look at two images, so this answer was not recorded. "
     "Please slow down and take a moment over each pair."
@@ -130,15 +130,11 @@ def _message_page(request, message: str, *, status: int, heading: str = "Not ava
     )
 
 
-def _bad_token_key(request) -> str:
-    return f"bad-token:{ratelimit.client_address(request)}"
-
-
 def _refuse_token(
     request, *, as_json: bool = False, message: str = INVALID_PAGE, status: int = 404, heading: str = "Not available"
 ):
     """The one answer to any token this client may not use: 404, or 429 once it has presented too many."""
-    if not ratelimit.allow(_bad_token_key(request), settings.NEEDLE_BAD_TOKEN_LIMIT_PER_MINUTE):
+    if not ratelimit.allow(rater_access.bad_token_key(request), settings.NEEDLE_BAD_TOKEN_LIMIT_PER_MINUTE):
         if as_json:
             return JsonResponse({"error": TOO_MANY_BAD_TOKENS}, status=429)
         return _message_page(request, TOO_MANY_BAD_TOKENS, status=429, heading="Too many attempts")
@@ -147,13 +143,8 @@ def _refuse_token(
     return _message_page(request, message, status=status, heading=heading)
 
 
-def _remember(request, participation: Participation) -> None:
-    tokens = [t for t in request.session.get(SESSION_KEY, []) if t != participation.token]
-    request.session[SESSION_KEY] = [*tokens, participation.token][-MAX_SESSION_PARTICIPATIONS:]
-
-
 def _authorised_participation(request, token: str) -> Participation | None:
-    """The participation behind ``token`` if this session joined it or this account owns it, else None.
+    """The participation behind ``token`` if this browser joined it or this account owns it, else None.
 
     Another rater's real token and a made-up one both give None, so the
     caller's answer cannot tell them apart.
@@ -163,15 +154,15 @@ def _authorised_participation(request, token: str) -> Participation | None:
     participation = Participation.objects.select_related("campaign", "rater").filter(token=token).first()
     if participation is None:
         return None
-    if token in request.session.get(SESSION_KEY, []):
+    if token in rater_access.joined_tokens(request):
         return participation
     if request.user.is_authenticated and participation.rater.user_id == request.user.pk:
         return participation
     return None
 
 
-def _joined_in_session(request, campaign: Campaign) -> Participation | None:
-    return Participation.objects.filter(campaign=campaign, token__in=request.session.get(SESSION_KEY, [])).last()
+def _joined_in_browser(request, campaign: Campaign) -> Participation | None:
+    return Participation.objects.filter(campaign=campaign, token__in=rater_access.joined_tokens(request)).last()
 
 
 def _active_invite(token: str) -> InviteLink | None:
@@ -235,8 +226,8 @@ def _criteria_for_instructions(campaign: Campaign) -> list[dict]:
     ]
 
 
-def _progress_json(participation: Participation) -> dict:
-    progress = selectors.rater_progress(participation)
+def _progress_json(participation: Participation, answered: int | None = None) -> dict:
+    progress = selectors.rater_progress(participation, answered)
     return {"done": progress.done, "total": progress.total}
 
 
@@ -260,14 +251,23 @@ def _ended_json(participation: Participation) -> dict:
     }
 
 
-def _task_json(participation: Participation, assignment: Assignment) -> dict:
+def _task_json(participation: Participation, assignment: Assignment, image_length: int) -> dict:
     criterion = assignment.item.criterion
     task = {
         "id": assignment.token,
         "question": criterion.question,
         "instructions": criterion.instructions,
         "choices": [_choice_json(c) for c in _ordered_choices(criterion.choices)],
-        "images": {side: reverse("rate:image", args=[participation.token, assignment.token, side]) for side in SIDES},
+        "images": {
+            side: rater_access.image_link(
+                participation.token,
+                participation.campaign_id,
+                services.shown_image_file(assignment, side).name,
+                image_length,
+                assignment.expires_at,
+            )
+            for side in SIDES
+        },
     }
     if criterion.show_prompt:
         task["prompt"] = assignment.item.image_a.prompt.text
@@ -312,7 +312,7 @@ def join(request, link_token: str):
     # Once a client has presented too many bad tokens, refuse every invite
     # token for the rest of the minute, good ones too: answering good ones
     # differently would let the guessing go on.
-    if ratelimit.exceeded(_bad_token_key(request), settings.NEEDLE_BAD_TOKEN_LIMIT_PER_MINUTE):
+    if ratelimit.exceeded(rater_access.bad_token_key(request), settings.NEEDLE_BAD_TOKEN_LIMIT_PER_MINUTE):
         return _message_page(request, TOO_MANY_BAD_TOKENS, status=429, heading="Too many attempts")
     link = _active_invite(link_token)
     if link is None:
@@ -323,7 +323,7 @@ def join(request, link_token: str):
         params = {name: request.POST.get(name, "") for name in CROWD_PARAMETERS}
         # Without a crowd id, the engine would enrol a new rater each time; a
         # browser that consents twice (back button, double submit) is one rater.
-        participation = None if services.has_crowd_id(params) else _joined_in_session(request, campaign)
+        participation = None if services.has_crowd_id(params) else _joined_in_browser(request, campaign)
         if participation is None:
             try:
                 participation = services.join_with_invite(link_token, params)
@@ -337,13 +337,12 @@ def join(request, link_token: str):
             except services.AnnotationError as exc:  # the study is closed or full
                 return _message_page(request, str(exc), status=409, rater_title=campaign.rater_title)
         services.record_consent(participation)
-        _remember(request, participation)
-        return redirect("rate:page", participation.token)
+        return rater_access.remember(request, redirect("rate:page", participation.token), participation.token)
 
     if campaign.status not in (Campaign.Status.LIVE, Campaign.Status.PAUSED):
         return _message_page(request, "This study is not open right now.", status=409, rater_title=campaign.rater_title)
     # This browser already joined and consented: straight back to the pairs.
-    joined = _joined_in_session(request, campaign)
+    joined = _joined_in_browser(request, campaign)
     if joined is not None and joined.consented_at is not None:
         return redirect("rate:page", joined.token)
     try:
@@ -404,7 +403,7 @@ def page(request, participation_token: str):
         return redirect("rate:consent", participation.token)
     if participation.completed_at is not None or participation.excluded:
         return redirect("rate:done", participation.token)
-    return render(
+    page = render(
         request,
         "annotation/rater/vote.html",
         {
@@ -414,6 +413,8 @@ def page(request, participation_token: str):
             "contact": participation.campaign.contact,
         },
     )
+    # An invited account's browser holds its participation in the cookie too: image links check the cookie alone.
+    return rater_access.remember(request, page, participation.token)
 
 
 @never_cache
@@ -425,63 +426,34 @@ def tasks(request, participation_token: str):
         return _refuse_token(request, as_json=True)
     if participation.consented_at is None:
         return JsonResponse({"error": "Please read the instructions and agree to take part first."}, status=409)
+    answer, status = _tasks_answer(participation)
+    return JsonResponse(answer, status=status)
+
+
+def _tasks_answer(participation: Participation, answered: int | None = None) -> tuple[dict, int]:
+    """What tasks.json says, and its status; a vote's reply says the same after its own fields."""
+    progress = _progress_json(participation, answered)
     if participation.excluded:
-        return JsonResponse(_ended_json(participation))
-    campaign = participation.campaign
+        return _ended_json(participation), 200
     try:
-        assignments = services.open_tasks(campaign, participation.rater)
+        assignments = services.open_tasks(participation.campaign, participation.rater)
     except services.AnnotationError as exc:  # paused or closed
-        return JsonResponse({"error": str(exc), "progress": _progress_json(participation)}, status=409)
+        return {"error": str(exc), "progress": progress}, 409
     if not assignments:
         ending = services.end_if_out_of_tasks(participation)
         if ending.screened_out:  # excluded between the check above and now
-            return JsonResponse(_ended_json(participation))
-        return JsonResponse(
-            {
-                "tasks": [],
-                "progress": _progress_json(participation),
-                "done": True,
-                "completion": _completion_json(ending),
-            }
-        )
+            return _ended_json(participation), 200
+        return {"tasks": [], "progress": progress, "done": True, "completion": _completion_json(ending)}, 200
     assignments = (
-        Assignment.objects.select_related("item__criterion", "item__image_a__prompt")
+        Assignment.objects.select_related(
+            "item__criterion", "item__image_a__prompt", "item__image_b", "item__gold_image"
+        )
         .filter(pk__in=[a.pk for a in assignments])
         .order_by("id")
     )
-    return JsonResponse(
-        {
-            "tasks": [_task_json(participation, a) for a in assignments],
-            "progress": _progress_json(participation),
-            "done": False,
-            "completion": None,
-        }
-    )
-
-
-@require_GET
-def image(request, participation_token: str, assignment_token: str, side: str):
-    """One side of one of the rater's own tasks, as PNG bytes of the campaign's one length: no name, no hash, no validators."""
-    participation = _authorised_participation(request, participation_token)
-    if participation is None or side not in SIDES or not TOKEN_PATTERN.fullmatch(assignment_token):
-        return _refuse_token(request)
-    assignment = (
-        Assignment.objects.select_related("item__image_a", "item__image_b", "item__gold_image")
-        .filter(token=assignment_token, rater_id=participation.rater_id, campaign_id=participation.campaign_id)
-        .first()
-    )
-    if assignment is None:
-        return _refuse_token(request)
-    try:
-        # Padded to the campaign's one length: the bytes, like the URL, say nothing about the model or gold.
-        data = services.rater_image(participation.campaign, assignment, side)
-    except FileNotFoundError:
-        return _message_page(request, "This image is missing. Please reload the page.", status=404)
-    # HttpResponse, not FileResponse: FileResponse would name the file (its sha256) in Content-Disposition. No
-    # ETag or Last-Modified either. no-transform: a proxy must not recompress, which would bring sizes back.
-    response = HttpResponse(data, content_type="image/png")
-    response["Cache-Control"] = "private, max-age=3600, no-transform"
-    return response
+    length = services.served_image_length(participation.campaign)
+    tasks = [_task_json(participation, a, length) for a in assignments]
+    return {"tasks": tasks, "progress": progress, "done": False, "completion": None}, 200
 
 
 def _vote_error(message: str, status: int) -> JsonResponse:
@@ -522,10 +494,15 @@ def vote(request, participation_token: str):
         return JsonResponse({"error": str(exc), "ended": ended}, status=409)
     except services.AnnotationError as exc:  # expired, closed, not a choice for this question, already answered
         return _vote_error(str(exc), 409)
-    answer = {"recorded": True, "duplicate": result.duplicate, "progress": _progress_json(participation)}
+    answer = {"recorded": True, "duplicate": result.duplicate}
     if result.ended:
-        answer["ended"] = ended
-    return JsonResponse(answer)
+        return JsonResponse({**answer, "progress": _progress_json(participation, result.answered), "ended": ended})
+    # The next tasks ride on the reply: one request per answer. If handing them out fails (paused a moment ago),
+    # the vote still stands and says so; the page asks tasks.json, which explains.
+    following, status = _tasks_answer(participation, result.answered)
+    if status != 200:
+        return JsonResponse({**answer, "progress": following["progress"]})
+    return JsonResponse({**answer, **following})
 
 
 @never_cache

@@ -1,7 +1,7 @@
 """Simulated raters and reviewers that use Needle over real HTTP, exactly as a person's browser does.
 
 A :class:`RaterBrowser` opens an invite link, reads the consent page, agrees, loads the voting page (for the CSRF
-cookie), then loops: ``tasks.json``, both images, one vote. It judges only what it receives: the two PNGs and, when
+cookie) and its ``tasks.json``, then loops: both images, one vote, whose reply carries the next tasks. It judges only what it receives: the two PNGs and, when
 the question shows it, the prompt. A :class:`ReviewerBrowser` signs in on the rater sign-in page and works through a
 curation stage's review page. Neither reads the database or any researcher page.
 
@@ -132,13 +132,15 @@ class RaterBrowser(Browser):
         session = RatingSession()
         tasks_url = self.page_path.rstrip("/") + "/tasks.json"
         vote_url = self.page_path.rstrip("/") + "/vote"
+        body = None  # what the page knows of the rater's tasks: tasks.json on load, then each vote's reply
         while max_votes is None or session.votes < max_votes:
-            reply = self.get(tasks_url, Accept="application/json")
-            if reply.status != 200:
-                session.finished = True
-                session.screened_out = "screen" in reply.text().lower()
-                break
-            body = reply.json()
+            if body is None:
+                reply = self.get(tasks_url, Accept="application/json")
+                if reply.status != 200:
+                    session.finished = True
+                    session.screened_out = "screen" in reply.text().lower()
+                    break
+                body = reply.json()
             if body.get("done") or not body.get("tasks"):
                 session.finished = True
                 session.completion = body.get("completion")
@@ -154,8 +156,10 @@ class RaterBrowser(Browser):
             answer = self.post_json(
                 vote_url, {"task": task["id"], "choice": choice, "seconds": round(time.monotonic() - started, 3)}
             )
+            body = None
             if answer.status == 200:
                 session.votes += 1
+                body = answer.json() if "tasks" in answer.json() else None
             elif answer.status == 429:  # told to slow down, a person waits, then answers the task again
                 time.sleep(min(60.0, float(answer.headers.get("Retry-After", 1))))
             else:

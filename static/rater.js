@@ -3,8 +3,9 @@
  *
  * The server leases a rater up to two tasks at a time (tasks.json): the one
  * on screen and the next, whose images are preloaded so that the switch after
- * an answer is instant. On an answer the page shows the next task at once,
- * sends the vote in the background, then asks tasks.json for the next lease.
+ * an answer is instant. On an answer the page shows the next task at once and
+ * sends the vote in the background; the vote's reply carries the next lease
+ * (one request per answer), and tasks.json is asked only when it does not.
  * Sending a vote twice is harmless (the server answers "duplicate"), so a vote
  * lost to the network is simply sent again.
  *
@@ -121,25 +122,7 @@
     fetch(root.dataset.tasksUrl, { credentials: "same-origin", cache: "no-store", headers: { Accept: "application/json" } })
       .catch(function () { throw networkError(); })
       .then(readJson)
-      .then(function (data) {
-        if (data.ended) return leave(data.ended);
-        showProgress(data.progress);
-        var open = {};
-        data.tasks.forEach(function (task) { open[task.id] = true; });
-        // A queued task the server no longer lists expired: drop it.
-        queue = queue.filter(function (task) { return open[task.id]; });
-        data.tasks.forEach(function (task) {
-          var known = answered[task.id] || (current && current.id === task.id) ||
-            queue.some(function (queued) { return queued.id === task.id; });
-          if (!known) queue.push(preload(task));
-        });
-        if (data.done) {
-          if (!current && !queue.length && !votesInFlight) finish(data.completion);
-          return;
-        }
-        el.retry.hidden = true;
-        if (!current) showNext();
-      })
+      .then(absorb)
       .catch(function (err) {
         // Paused or closed study, lost connection: say so and let the rater try again.
         say(err.message, true);
@@ -152,6 +135,27 @@
         refilling = false;
         if (refillAgain) { refillAgain = false; refill(); }
       });
+  }
+
+  // The rater's open tasks as the server lists them (tasks.json, or a vote's reply): queue the new ones.
+  function absorb(data) {
+    if (data.ended) return leave(data.ended);
+    showProgress(data.progress);
+    var open = {};
+    data.tasks.forEach(function (task) { open[task.id] = true; });
+    // A queued task the server no longer lists expired: drop it.
+    queue = queue.filter(function (task) { return open[task.id]; });
+    data.tasks.forEach(function (task) {
+      var known = answered[task.id] || (current && current.id === task.id) ||
+        queue.some(function (queued) { return queued.id === task.id; });
+      if (!known) queue.push(preload(task));
+    });
+    if (data.done) {
+      if (!current && !queue.length && !votesInFlight) finish(data.completion);
+      return;
+    }
+    el.retry.hidden = true;
+    if (!current) showNext();
   }
 
   function showNext() {
@@ -281,30 +285,31 @@
       .then(readJson)
       .then(
         function (data) {
-          if (data.ended) { leave(data.ended); return true; }
-          showProgress(data.progress);
+          if (data.ended) { leave(data.ended); return {}; }
           if (el.message.classList.contains("error")) say("");
-          return true;
+          if (!data.tasks) showProgress(data.progress);
+          return { reply: data.tasks ? data : null };
         },
         function (err) {
-          if (err.ended) { leave(err.ended); return true; }
+          if (err.ended) { leave(err.ended); return {}; }
           // Lost on the way, or the server failed: sending again is safe, a
           // recorded vote comes back as a duplicate.
           if ((err.status === 0 || err.status >= 500) && attempt < VOTE_ATTEMPTS) {
             setTimeout(function () { sendVote(task, value, seconds, attempt + 1); }, 1000 * attempt);
-            return false;
+            return null;
           }
           // Refused (expired, paused, too fast...): say why. If the task is
           // still open the server hands it out again.
           delete answered[task.id];
           say(err.message, true);
-          return true;
+          return {};
         }
       )
-      .then(function (settled) {
-        if (!settled) return;
+      .then(function (outcome) {
+        if (!outcome) return; // sent again
         votesInFlight -= 1;
-        refill();
+        // The reply listed the next tasks already; otherwise (refused, or no lease in it) ask for them.
+        if (outcome.reply && !finished) absorb(outcome.reply); else refill();
       });
   }
 

@@ -88,6 +88,7 @@ from .quality_control import (  # noqa: F401
     rater_ending,
 )
 from .served_images import (  # noqa: F401
+    padded_image,
     rater_image,
     served_image_length,
     shown_image_file,

@@ -208,22 +208,19 @@ def _open_tasks(campaign: Campaign, rater: Rater, want: int, now: datetime) -> l
     fresh["prompts"] = participation.campaign_prompts or 1
     if fresh["status"] != Campaign.Status.LIVE:
         raise AnnotationError("This study is paused or closed right now; please come back later.")
-    held = list(
-        Assignment.objects.filter(
-            campaign=campaign, rater=rater, state=Assignment.State.LEASED, expires_at__gt=now
-        ).order_by("id")
+    # Every lease not yet marked expired, stale ones too: with the votes (the row's counter, read under its lock)
+    # they are the tasks handed out so far, which the quota and the gold and criterion schedules go by.
+    leased = list(
+        Assignment.objects.filter(campaign=campaign, rater=rater, state=Assignment.State.LEASED).order_by("id")
     )
+    held = [a for a in leased if a.expires_at > now]
     if participation.excluded or len(held) >= want:
         return held[:want] if not participation.excluded else []
     _maybe_sweep(campaign.pk, now)
     criteria = list(
         CampaignCriterion.objects.filter(campaign=campaign).order_by("id").values_list("id", "votes_per_item")
     )
-    taken = (
-        Assignment.objects.filter(campaign=campaign, rater=rater).exclude(state=Assignment.State.EXPIRED).count()
-        if fresh["quota_per_rater"] or fresh["gold_share"] or len(criteria) > 1
-        else 0  # only the quota, the gold schedule and the criterion schedule need it
-    )
+    taken = participation.answered + len(leased)
     while len(held) < want:
         if fresh["quota_per_rater"] and taken >= fresh["quota_per_rater"]:
             break

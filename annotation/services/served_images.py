@@ -60,16 +60,21 @@ def shown_image_file(assignment: Assignment, side: str):
 
 
 def rater_image(campaign: Campaign, assignment: Assignment, side: str) -> bytes:
-    """The PNG bytes a rater receives for one side of a task: the stored pixels, padded to the campaign's length.
+    """The PNG bytes a rater receives for one side of a task: the stored pixels, padded to the campaign's length."""
+    return padded_image(shown_image_file(assignment, side).name, served_image_length(campaign), campaign.pk)
+
+
+def padded_image(file_name: str, length: int, campaign_id: int) -> bytes:
+    """The stored image ``file_name`` padded to ``length`` bytes (the campaign's served length when it was linked).
 
     Read from storage on every request, for every image alike, so no image is served from a cache that is warm
     for one model or for gold only. Raises FileNotFoundError for a missing file.
     """
-    file = shown_image_file(assignment, side)
-    with file.storage.open(file.name, "rb") as handle:
+    with storages["images"].open(file_name, "rb") as handle:
         data = handle.read()
     try:
-        return padded_png(data, served_image_length(campaign))
+        return padded_png(data, length)
     except ValueError:
         # Longer than the stored length: items were added after it was computed. Recompute (it only grows).
+        campaign = Campaign.objects.get(pk=campaign_id)
         return padded_png(data, served_image_length(campaign, refresh=True))

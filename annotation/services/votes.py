@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import OperationalError, connection, transaction
-from django.db.models import Exists, F, OuterRef
+from django.db.models import F
 from django.utils import timezone
 
 from ..models import (
@@ -33,6 +33,7 @@ class VoteResult:
     vote: Vote
     duplicate: bool  # True when this submission repeated one already recorded
     ended: bool = False  # True when quality control ended the rater's participation (gold, speed) after this vote
+    answered: int = 0  # the rater's votes in this campaign, this one included: their progress
 
 
 class ParticipationEnded(AnnotationError):
@@ -55,20 +56,22 @@ def submit_vote(
     """
     now = now or timezone.now()
     with transaction.atomic():
-        assignments = Assignment.objects.filter(token=token, rater=rater)
-        if campaign is not None:
-            assignments = assignments.filter(campaign=campaign)
-        assignment = (
-            assignments.select_for_update(of=("self",))
-            .select_related("item__criterion", "campaign", "vote")
-            .annotate(
-                rater_excluded=Exists(
-                    Participation.objects.filter(
-                        campaign_id=OuterRef("campaign_id"), rater_id=OuterRef("rater_id"), excluded=True
-                    )
-                )
-            )
+        # The rater's participation row first, as the claim and an exclusion lock it: one global lock order. It
+        # also says whether they are excluded, and holds the progress counter this vote moves.
+        campaign_id = campaign.pk if campaign is not None else _campaign_of(token, rater)
+        participation = (
+            Participation.objects.select_for_update()
+            .filter(campaign_id=campaign_id, rater=rater)
+            .values("id", "excluded")
             .first()
+        )
+        assignment = (
+            Assignment.objects.filter(token=token, rater=rater, campaign_id=campaign_id)
+            .select_for_update(of=("self",))
+            .select_related("item__criterion", "campaign", "vote")
+            .first()
+            if participation is not None
+            else None
         )
         if assignment is None:
             raise AnnotationError("No such task for you.")  # another rater's token reads the same as a made-up one
@@ -80,7 +83,7 @@ def submit_vote(
         if existing is not None:
             if existing.choice != choice:
                 raise AnnotationError("You already answered this task; answers cannot be changed.")
-            return VoteResult(existing, duplicate=True)
+            return VoteResult(existing, duplicate=True, answered=_answered(participation["id"]))
         if assignment.campaign.status == Campaign.Status.CLOSED:
             raise AnnotationError("This study is closed; your answer was not recorded.")
         if assignment.campaign.status == Campaign.Status.PAUSED:
@@ -89,7 +92,7 @@ def submit_vote(
             raise AnnotationError(
                 "This study is paused right now, so your answer was not recorded. Please come back later."
             )
-        if assignment.rater_excluded:
+        if participation["excluded"]:
             # Exclusion expired the rater's open tasks; telling them the task "expired" would be false.
             raise ParticipationEnded(SCREENED_OUT_VOTE)
         if assignment.state != Assignment.State.LEASED or assignment.expires_at <= now:
@@ -114,7 +117,7 @@ def submit_vote(
             excluded=False,
             gold_correct=(winner == Vote.Winner.A) if item.is_gold else None,  # A is the intact image
         )
-        _record_vote(vote, item.pk)
+        answered = _record_vote(vote, item.pk, participation["id"])
     # Quality control runs after the vote is committed: a check that fails (or must retry) never loses the vote.
     try:
         ended = exclude_if_failing_gold(assignment.campaign, rater) if item.is_gold else False
@@ -127,7 +130,12 @@ def submit_vote(
             assignment.campaign_id,
         )
         ended = False
-    return VoteResult(vote, duplicate=False, ended=ended)
+    return VoteResult(vote, duplicate=False, ended=ended, answered=answered)
+
+
+def _campaign_of(token: str, rater: Rater) -> int | None:
+    """The campaign of the rater's task ``token`` (callers that did not say which campaign)."""
+    return Assignment.objects.filter(token=token, rater=rater).values_list("campaign_id", flat=True).first()
 
 
 _RECORD_VOTE_SQL = """
@@ -140,21 +148,32 @@ WITH vote AS (
 ), item AS (
     UPDATE {item} SET votes = votes + 1, open_leases = open_leases - 1
     WHERE id = %(item)s RETURNING id
+), progress AS (
+    UPDATE {participation} SET answered = answered + 1 WHERE id = %(participation)s RETURNING answered
 )
-SELECT vote.id FROM vote, answered, item
+SELECT vote.id, progress.answered FROM vote, answered, item, progress
 """
 
 
-def _record_vote(vote: Vote, item_id: int) -> None:
-    """Insert the vote, mark its assignment voted, move the item's counters: one statement on PostgreSQL."""
+def _answered(participation_id: int) -> int:
+    return Participation.objects.filter(pk=participation_id).values_list("answered", flat=True).get()
+
+
+def _record_vote(vote: Vote, item_id: int, participation_id: int) -> int:
+    """Insert the vote, mark its assignment voted, move the item's and the rater's counters: one statement on
+    PostgreSQL. Returns the rater's votes so far (their progress)."""
     if not assignment.single_statement_writes():
         vote.save(force_insert=True)
         Assignment.objects.filter(pk=vote.assignment_id).update(state=Assignment.State.VOTED)
         ComparisonItem.objects.filter(pk=item_id).update(votes=F("votes") + 1, open_leases=F("open_leases") - 1)
-        return
+        Participation.objects.filter(pk=participation_id).update(answered=F("answered") + 1)
+        return _answered(participation_id)
     vote.created_at = timezone.now()
     sql = _RECORD_VOTE_SQL.format(
-        vote=Vote._meta.db_table, assignment=Assignment._meta.db_table, item=ComparisonItem._meta.db_table
+        vote=Vote._meta.db_table,
+        assignment=Assignment._meta.db_table,
+        item=ComparisonItem._meta.db_table,
+        participation=Participation._meta.db_table,
     )
     with connection.cursor() as cursor:
         cursor.execute(
@@ -169,7 +188,9 @@ def _record_vote(vote: Vote, item_id: int) -> None:
                 "created_at": vote.created_at,
                 "voted": Assignment.State.VOTED,
                 "item": item_id,
+                "participation": participation_id,
             },
         )
-        vote.pk = cursor.fetchone()[0]
+        vote.pk, answered = cursor.fetchone()
     vote._state.adding, vote._state.db = False, connection.alias
+    return answered

@@ -277,7 +277,7 @@ def test_a_round_trip_on_postgresql_claims_and_votes_in_one_statement_each(live_
     assert sum("claimed AS (" in sql for sql in statements) == 1
     assert sum("WITH vote AS" in sql for sql in statements) == 1
     assert not any(sql.startswith(("INSERT", 'UPDATE "annotation_comparisonitem"')) for sql in statements)
-    # Lock + settings, open leases, criteria, tasks so far, claim, placement (2-3), the task's lock, the vote.
+    # Lock + settings, open leases, criteria, claim, placement (2-3), the rater and task locks, the vote, speed.
     assert len(statements) <= 11, statements
     task.refresh_from_db()
     assert task.state == Assignment.State.VOTED and task.vote.winner in ("a", "b")

@@ -12,8 +12,9 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from annotation import services
+from annotation import rater_access, services
 from annotation.models import Assignment, GoldImage, Participation, Vote
+from annotation.tests.test_rater_pages import IMAGE_LINK
 from core import ratelimit
 from generation.models import GeneratedImage, TextToImageModel
 
@@ -56,14 +57,17 @@ def post_vote(client, participation, body, **extra):
 
 def test_a_rater_cannot_fetch_another_raters_images(live_campaign):
     alice, bob = Client(), Client()
-    pa, pb = join(alice, live_campaign), join(bob, live_campaign)
+    pa = join(alice, live_campaign)
+    join(bob, live_campaign)
     task = first_task(alice, pa)
     assert alice.get(task["images"]["left"]).status_code == 200
-    # Through Alice's page (not Bob's to open) or through Bob's own page (not his task): the same 404.
+    # Alice's link copied into Bob's browser, or into a browser that joined nothing: the same 404.
     assert bob.get(task["images"]["left"]).status_code == 404
-    own_page_other_task = reverse("rate:image", args=[pb.token, task["id"], "left"])
-    assert bob.get(own_page_other_task).status_code == 404
-    assert Client().get(task["images"]["right"]).status_code == 404  # nobody's session at all
+    assert Client().get(task["images"]["right"]).status_code == 404
+    # A link altered by one character is no link at all.
+    link = task["images"]["left"]
+    forged = link[:-1] + ("A" if link[-1] != "A" else "B")
+    assert alice.get(forged).status_code == 404
 
 
 def test_a_rater_cannot_vote_on_another_raters_task(live_campaign):
@@ -280,7 +284,7 @@ def test_no_rater_response_names_a_model_a_campaign_or_an_image_hash(live_campai
         for task in data["tasks"]:
             for side in ("left", "right"):
                 url = task["images"][side]
-                assert re.fullmatch(rf"/rate/{participation.token}/img/{task['id']}/{side}", url)
+                assert re.fullmatch(IMAGE_LINK, url)
                 seen.append((f"image {side}", rater.get(url)))
         task = data["tasks"][0]
         offered = [c["value"] for c in task["choices"]]
@@ -379,7 +383,7 @@ def test_someone_else_presenting_a_known_prolific_pid_is_refused_and_learns_noth
         assert "Traceback" not in page
         for secret in (mine.token, task["id"], PROLIFIC["SESSION_ID"], PROLIFIC["STUDY_ID"]):
             assert secret not in page
-        assert not intruder.session.get("rater_participations")
+        assert rater_access.COOKIE_NAME not in intruder.cookies
         assert intruder.get(reverse("rate:tasks", args=[mine.token])).status_code == 404
     assert Participation.objects.count() == 1
 
