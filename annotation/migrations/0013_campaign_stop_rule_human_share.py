@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('annotation', '0011_move_curation_stages'),
+        ('annotation', '0012_participation_answered'),
     ]
 
     operations = [
