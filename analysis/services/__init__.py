@@ -5,6 +5,7 @@ decided" campaign's status, through annotation's service. One module per part:
 - ``reports``: ``build_report`` (the numbers of ``analysis.stats`` over a campaign's votes);
 - ``win_rates``: the campaign page's live win rates (cached per vote snapshot);
 - ``decisions``: the anytime-valid confidence sequences and "stop when decided" (the one part that writes);
+- ``judges``: storing an automatic judge's scores of pairs (the judge itself is the training app's);
 - ``prediction_powered``: AI-assisted (PPI++) win rates from an automatic judge's scores and the human votes;
 - ``exports``: the CSV exports and the JSON, HTML and PDF renderings.
 
@@ -39,6 +40,11 @@ from .exports import (  # noqa: F401
     report_json,
     report_pdf,
     votes_csv,
+)
+from .judges import (  # noqa: F401
+    JudgeScoreError,
+    judged_pairs,
+    record_judge_scores,
 )
 from .prediction_powered import (  # noqa: F401
     judged_data,

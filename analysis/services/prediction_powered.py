@@ -31,21 +31,26 @@ def _bounds(interval: stats.Interval) -> Bounds:
     return Bounds(float(interval.low), float(interval.high), float(interval.level), interval.method)
 
 
-def judged_data(items: pd.DataFrame, judged: pd.DataFrame, criterion: str, model_a: str, model_b: str) -> dict:
+def judged_data(items: pd.DataFrame, judged: pd.DataFrame, criterion: str, model_a: str, model_b: str) -> dict | None:
     """The arrays PPI takes for one criterion and pair: human and judge scores of the labelled comparisons, judge
-    scores of the unlabelled pairs, and each one's prompt."""
-    mine = items[(items["criterion"] == criterion) & (items["model_a"] == model_a) & (items["model_b"] == model_b)]
+    scores of the unlabelled pairs, and each one's prompt. None when the judge scored none of the pair's pairs."""
     scores = judged[
         (judged["criterion"] == criterion) & (judged["model_a"] == model_a) & (judged["model_b"] == model_b)
     ]
-    done = mine.groupby("prompt_id")["completed_at"].apply(lambda c: c.notna().all())
+    if scores.empty:
+        return None
+    mine = items[(items["criterion"] == criterion) & (items["model_a"] == model_a) & (items["model_b"] == model_b)]
+    done = mine["completed_at"].notna().groupby(mine["prompt_id"]).all().astype(bool)
     labelled = mine[mine["prompt_id"].isin(done[done].index)]
     outcome = stats.majority_outcomes(labelled[list(stats.WINNERS)].to_numpy()) if len(labelled) else np.zeros(0)
     labelled = labelled.assign(human=[HUMAN_SCORE[int(o)] for o in outcome])
     pair = ["image_a_id", "image_b_id"]
     labelled = labelled.merge(scores[[*pair, "score"]], on=pair, how="inner")
     taken = set(zip(labelled["image_a_id"], labelled["image_b_id"], strict=True))
-    unlabelled = scores[[(a, b) not in taken for a, b in zip(scores["image_a_id"], scores["image_b_id"], strict=True)]]
+    judge_only = np.array(
+        [(a, b) not in taken for a, b in zip(scores["image_a_id"], scores["image_b_id"], strict=True)], dtype=bool
+    )
+    unlabelled = scores.loc[judge_only]
     return {
         "human": labelled["human"].to_numpy(dtype=float),
         "judge_labelled": labelled["score"].to_numpy(dtype=float),
@@ -69,7 +74,7 @@ def prediction_powered_summaries(
     for criterion in campaign.criteria.all():
         for model_a, model_b in campaign.model_pairs():
             data = judged_data(items, judged, criterion.criterion, model_a.name, model_b.name)
-            if not data["judge"]:
+            if data is None:  # the judge did not score this criterion and pair
                 continue
             base = {
                 "criterion": criterion.criterion,
