@@ -260,6 +260,15 @@ class Command(BaseCommand):
                     else ""
                 )
             )
+        out("Anytime-valid 95% intervals (ties as half; valid however often you look):")
+        for w in campaign_win_rates(campaign):
+            out(
+                f"  {w['criterion_label']:<18} {w['model_a']:<16} {w['model_b']:<16} {w['sequence_text']} over "
+                f"{w['sequence_prompts']} complete prompts"
+                + (f"; {w['sequence_decision_text']}" if w["sequence_decision_text"] else "")
+            )
+        for d in analysis_services.decision_summaries(campaign):
+            out(f"Decided: {d.sentence}")
         out(f"Full report: manage.py report {shlex.quote(campaign.name)} --format html --out report.html")
 
     def handle_decide(self, name, **o):
