@@ -103,9 +103,9 @@ class CampaignAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return self.fields
-        # Of the structural settings only the gold and human shares are plain numbers; prompts, seeds and pairing are
-        # checked together at creation (create a new draft campaign to change them).
-        editable = services.editable_settings(obj) - (services.STRUCTURAL_FIELDS - {"gold_share", "human_share"})
+        # Of the structural settings only the gold share is a plain number; prompts, seeds, pairing and the human share
+        # are chosen at creation (create a new draft campaign to change them).
+        editable = services.editable_settings(obj) - (services.STRUCTURAL_FIELDS - {"gold_share"})
         return [f for f in self.fields if f in self.always_readonly or f not in editable]
 
     def add_view(self, request, form_url="", extra_context=None):
