@@ -16,6 +16,7 @@ from analysis.stats import confidence_sequence, prompt_scores
 from analysis.tests.small_campaigns import PROMPTS, make_live, vote
 from annotation import services as annotation_services
 from annotation.models import Campaign
+from evalsite.celery import app
 
 pytestmark = pytest.mark.django_db
 
@@ -80,6 +81,13 @@ def test_the_beat_task_and_the_command_decide(favours_b, monkeypatch, capsys):
     call_command("campaign", "decide", str(favours_b.pk))
     out = capsys.readouterr().out
     assert "decided: campaign closed" in out and "decided after 10 complete prompts and 10 counting votes" in out
+
+
+def test_beat_checks_every_30_seconds_on_the_default_queue(settings):
+    entry = settings.CELERY_BEAT_SCHEDULE["check-decisions"]
+    assert entry == {"task": "analysis.tasks.check_decisions", "schedule": 30.0}
+    assert {"analysis.tasks.check_decisions", "analysis.tasks.check_decision"} <= set(app.tasks)
+    assert app.amqp.router.route({}, "analysis.tasks.check_decision")["queue"].name == "default"
 
 
 def test_a_target_width_decides_by_width(two_models, twelve_prompts, make_rater):
