@@ -1,5 +1,6 @@
 """Fixtures shared by every app's tests: tiny real pipelines and a real Celery worker."""
 
+import contextlib
 import shutil
 
 import pytest
@@ -103,22 +104,14 @@ def prompt_set():
 
 
 @pytest.fixture
-def live_campaign(two_models, prompt_set):
+def live_campaign(make_campaign):
     """A live two-model campaign over 4 prompts x 5 seeds: 20 appeal items (k=5) and 20 faithfulness items (k=3).
 
     Its images are really generated (in this process) by the tiny pipelines. No gold
     items, so counts are exact; gold has its own tests.
     """
-    from annotation import services
-    from generation import services as generation_services
-
-    campaign = services.create_campaign(
-        name="c", models=two_models, prompt_set=prompt_set, seeds=[0, 1, 2, 3, 4], gold_share=0
-    )
-    batch = services.generation_batch_for(campaign)
-    generation_services.generate_batch_in_process(batch)
-    assert services.build_items(campaign, batch) == 40
-    services.set_status(campaign, "live")
+    campaign = make_campaign(name="c", seeds=[0, 1, 2, 3, 4], gold_share=0)
+    assert campaign.items.count() == 40
     return campaign
 
 
@@ -135,10 +128,76 @@ def staff_client(client):
 
 
 @pytest.fixture
+def researcher():
+    """A researcher's account: staff (not superuser)."""
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.create_user("researcher", password="pw-long-enough-1", is_staff=True)
+
+
+@pytest.fixture
+def api(researcher):
+    """A test client that calls the researcher API with the researcher's bearer token."""
+    from django.test import Client
+
+    from core.api_tokens import issue_api_token
+
+    return Client(headers={"Authorization": f"Bearer {issue_api_token(researcher)}"})
+
+
+@pytest.fixture
 def make_rater():
     from annotation.models import Rater
 
     return lambda: Rater.objects.create()
+
+
+def all_at_once(work, args, *, timeout: float) -> None:
+    """``work(arg)`` for each of ``args``, each in its own thread, all let go together; fails with the first errors.
+
+    Each thread closes its database connections when done (transactional tests: each has its own).
+    """
+    import threading
+
+    from django.db import connections
+
+    start = threading.Barrier(len(args))
+    errors: list[BaseException] = []
+
+    def run(arg):
+        try:
+            start.wait()
+            work(arg)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=run, args=(arg,)) for arg in args]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
+    assert not errors, errors[:3]
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    """Debian's Chromium, headless, driven by Playwright's sync API; the test is skipped where it is not installed."""
+    if not shutil.which(CHROMIUM):
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the ORM calls the test makes are still synchronous.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
 
 
 def _purge_queues():
@@ -149,13 +208,11 @@ def _purge_queues():
             conn.default_channel.queue_purge(queue)
 
 
-@pytest.fixture(scope="session")
-def celery_worker(django_db_setup, django_db_blocker):
-    """A real worker process consuming the generation and default queues against the test database.
+@contextlib.contextmanager
+def worker_process(django_db_blocker, queues: str, **env: str):
+    """A real worker process consuming ``queues`` against the test database, the queues emptied first; stopped after.
 
-    Session-wide (starting one imports torch: seconds). Tests that use it need
-    ``transactional_db`` so the worker sees their rows. ``celery_worker.kill()``
-    and ``.start()`` let a test lose and replace it.
+    ``env`` adds to its environment (its visibility timeout is the tests' short one).
     """
     from django.db import connection
 
@@ -167,14 +224,26 @@ def celery_worker(django_db_setup, django_db_blocker):
         if "NOT_FOUND" not in str(exc):
             raise
     worker = WorkerProcess(
-        queues="generation,default",
+        queues=queues,
         database_url=url,
-        env={"CELERY_VISIBILITY_TIMEOUT": str(TEST_VISIBILITY_TIMEOUT)},
+        env={"CELERY_VISIBILITY_TIMEOUT": str(TEST_VISIBILITY_TIMEOUT), **env},
         log_dir=settings.VAR_DIR / "logs",
     )
     worker.start()
     yield worker
     worker.stop()
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup, django_db_blocker):
+    """A real worker process consuming the generation and default queues against the test database.
+
+    Session-wide (starting one imports torch: seconds). Tests that use it need
+    ``transactional_db`` so the worker sees their rows. ``celery_worker.kill()``
+    and ``.start()`` let a test lose and replace it.
+    """
+    with worker_process(django_db_blocker, "generation,default") as worker:
+        yield worker
 
 
 @pytest.fixture(scope="session", autouse=True)

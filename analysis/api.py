@@ -9,6 +9,10 @@ Authentication and JSON errors come with the API (evalsite.api, core.http_api), 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import operator
+import typing
 from typing import Any, Literal
 
 from django.http import HttpResponse, StreamingHttpResponse
@@ -25,7 +29,7 @@ from annotation.schemas import (
     find_campaign,
     invite_links_json,
 )
-from core.http_api import ERRORS, ApiError, ErrorOut
+from core.http_api import ERRORS, ApiError, ErrorOut, schema_of
 
 from . import services
 from .live import campaign_state
@@ -161,226 +165,36 @@ class ReportQuery(Schema):
         return value.strip() if isinstance(value, str) else value
 
 
-class BoundsOut(Schema):
-    low: float | None
-    high: float | None
-    level: float | None
-    method: str
+def _out_type(hint):
+    """The JSON type of a report value's field: tuples are lists, floats may be null (NaN), dataclasses schemas."""
+    if dataclasses.is_dataclass(hint):
+        return _out_schema(hint)
+    if hint is float:
+        return float | None
+    if hint is dict:
+        return dict[str, Any]
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple:
+        return list[_out_type(args[0])]
+    if args:  # X | None
+        return functools.reduce(operator.or_, {_out_type(arg) for arg in args})
+    return hint
 
 
-class OutcomesOut(Schema):
-    wins: int
-    ties: int
-    losses: int
-    win_share: float | None
-    tie_share: float | None
-    loss_share: float | None
+@functools.cache
+def _out_schema(cls: type, name: str = "", doc: str = "") -> type[Schema]:
+    """The response schema of one of the report's frozen dataclasses (analysis.services.values), field for field.
+
+    Every field is required: the JSON report (``CampaignReport.as_dict``) writes them all.
+    """
+    return schema_of(cls, name=name, doc=doc, field_type=_out_type)
 
 
-class GroupWinRateOut(Schema):
-    group: str
-    comparisons: int
-    prompts: int
-    wins: int
-    ties: int
-    losses: int
-    win_rate: float | None
-    interval: BoundsOut | None
-    sign_test_p: float | None
-    incomplete_items: int
-    interval_note: str
-
-
-class PlannerTargetOut(Schema):
-    half_width_points: int
-    comparisons_needed: int | None
-    votes_needed: int | None
-
-
-class ComparisonOut(Schema):
-    criterion: str
-    criterion_label: str
-    model_a: str
-    model_b: str
-    votes_per_item: int
-    items: int
-    compared: int
-    incomplete_items: int
-    unvoted_items: int
-    prompts: int
-    raters: int
-    message: str
-    statement: str
-    item_outcomes: OutcomesOut | None
-    vote_outcomes: OutcomesOut | None
-    win_rate: float | None
-    interval: BoundsOut | None
-    win_rate_half_ties: float | None
-    interval_half_ties: BoundsOut | None
-    interval_note: str
-    sign_test_p: float | None
-    by_category: list[GroupWinRateOut]
-    by_challenge: list[GroupWinRateOut]
-    design_effect: float | None
-    planner: list[PlannerTargetOut]
-
-
-class AgreementOut(Schema):
-    criterion: str
-    criterion_label: str
-    message: str
-    fleiss_kappa: float | None
-    fleiss_items: int
-    ratings_per_item: int
-    krippendorff_alpha: float | None
-    alpha_items: int
-    majority_agreement: float | None
-    majority_items: int
-    items_without_majority: int
-    categories: list[str]
-
-
-class RaterSideBiasOut(Schema):
-    rater_id: int
-    external_id: str
-    side_votes: int
-    left_picks: int
-    left_share: float | None
-    p_value: float | None
-    flagged: bool
-
-
-class RankedModelOut(Schema):
-    model: str
-    score: float | None
-    low: float | None
-    high: float | None
-    rank: int
-    rank_upper: int | None
-    mc_error: float | None
-
-
-class RankingOut(Schema):
-    criterion: str
-    criterion_label: str
-    message: str
-    unit: str
-    anchor: str | None
-    battles: int
-    prompts: int
-    degenerate_rounds: int
-    models: list[RankedModelOut]
-    win_fractions: list[list[float | None]]
-    interval_note: str
-
-
-class ExcludedRaterOut(Schema):
-    rater_id: int
-    participation_id: int
-    external_id: str
-    reason: str
-    excluded_at: str | None
-    excluded_votes: int
-    excluded_gold_votes: int
-
-
-class FlaggedSpeederOut(Schema):
-    rater_id: int
-    external_id: str
-    median_seconds: float | None
-    excluded: bool
-
-
-class ExclusionsOut(Schema):
-    rule: dict[str, Any]
-    raters: list[ExcludedRaterOut]
-    excluded_votes: int
-    gold_votes: int
-    speeders: list[FlaggedSpeederOut]
-
-
-class ReproducibilityOut(Schema):
-    votes: int
-    votes_sha256: str
-    last_vote_at: str | None
-    simulated_votes: int
-    excluded_votes: int
-    exclusion_rule: dict[str, Any]
-    seed: int
-    rounds: int
-    level: float
-    include_incomplete: bool
-    interval_method: str
-    min_prompts_for_interval: int
-    bradley_terry_unit: str
-    code_version: str
-    software: dict[str, Any]
-
-
-class SequenceOut(Schema):
-    criterion: str
-    criterion_label: str
-    model_a: str
-    model_b: str
-    prompts: int
-    total_prompts: int
-    low: float | None
-    high: float | None
-    estimate: float | None
-    level: float
-    target_width: float | None
-    decided_at: int | None
-    decision: str
-    decision_low: float | None
-    decision_high: float | None
-    method: str
-    message: str
-
-
-class PredictionPoweredOut(Schema):
-    criterion: str
-    criterion_label: str
-    model_a: str
-    model_b: str
-    judge: str
-    labelled_items: int
-    labelled_prompts: int
-    unlabelled_items: int
-    unlabelled_prompts: int
-    message: str
-    estimate: float | None
-    interval: BoundsOut | None
-    humans_only_estimate: float | None
-    humans_only: BoundsOut | None
-    lam: float | None
-    agreement: float | None
-    correlation: float | None
-    effective_labelled: float | None
-    interval_note: str
-
-
-class ReportOut(Schema):
-    """The campaign's report (format=json; the other formats are files): every number, NaN written as null."""
-
-    campaign_id: int
-    campaign_name: str
-    campaign_status: str
-    models: list[str]
-    pairing: str
-    baseline: str | None
-    prompt_set: str
-    comparisons: list[ComparisonOut]
-    agreement: list[AgreementOut]
-    position_bias: list[RaterSideBiasOut]
-    rankings: list[RankingOut]
-    exclusions: ExclusionsOut
-    reproducibility: ReproducibilityOut
-    sequences: list[SequenceOut] = Field(description="anytime-valid confidence sequences, ties as half")
-    stop_rule: StopRuleOut | None
-    decisions: list[DecisionOut]
-    prediction_powered: list[PredictionPoweredOut] = Field(description="AI-assisted (PPI++) win rates, ties as half")
-    sequence_explanation: str
-    ppi_explanation: str
+ReportOut = _out_schema(
+    services.CampaignReport,
+    "ReportOut",
+    "The campaign's report (format=json; the other formats are files): every number, NaN written as null.",
+)
 
 
 FILES = {

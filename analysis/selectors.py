@@ -14,23 +14,10 @@ import pandas as pd
 
 from annotation.models import Campaign, ComparisonItem, Vote
 
+from . import stats
 from .models import JudgeScore
 
-VOTE_COLUMNS = [
-    "item_id",
-    "prompt_id",
-    "category",
-    "challenge",
-    "criterion",
-    "model_a",
-    "model_b",
-    "rater_id",
-    "winner",
-    "a_on_left",
-    "seconds_on_task",
-    "votes_per_item",
-    "answer",
-]
+VOTE_COLUMNS = [*stats.VOTE_COLUMNS, *stats.OPTIONAL_COLUMNS]  # the schema of analysis.stats, answer included
 
 
 def votes_frame(campaign: Campaign, *, include_excluded: bool = False) -> pd.DataFrame:

@@ -78,6 +78,7 @@ class CampaignAdmin(admin.ModelAdmin):
         "decision_width",
         "human_share",
         "human_prompt_ids",
+        "pair_selection",
         "generation_batch",
         "launch_error",
         "created_by",

@@ -9,11 +9,15 @@ shown as a form-wide error in its own words.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from django import forms
 from django.contrib.auth import get_user_model
 from django.core.exceptions import NON_FIELD_ERRORS
 
 from core.errors import add_to_form
+from core.forms import FieldGroups
+from core.text import json_type
 from generation import services as generation_services
 from generation.models import PromptSet, TextToImageModel
 
@@ -44,33 +48,40 @@ PAYLOAD_FIELDS = {
     "stop_when_decided",
     "decision_width",
     "human_share",
+    "pair_selection",
 }
 CRITERION_OVERRIDES = {"instructions", "votes_per_item", "choices"}
 # Fields with no sensible default: a payload must name them.
 REQUIRED_IN_PAYLOAD = {"name", "models", "prompt_set", "seeds"}
 # JSON types a payload's settings must have (the form would turn a list into its text, a bool into a number).
-TEXT_IN_PAYLOAD = {"name", "pairing", "baseline", "prompt_set", "completion_url", "rater_title", "screen_out_url"}
+TEXT_IN_PAYLOAD = {
+    "name",
+    "pairing",
+    "baseline",
+    "prompt_set",
+    "completion_url",
+    "rater_title",
+    "screen_out_url",
+    "pair_selection",
+}
 NUMBERS_IN_PAYLOAD = {"gold_share", "gold_min_accuracy", "speeder_seconds", "decision_width", "human_share"}
 BOOLEANS_IN_PAYLOAD = {"exclude_speeders", "stop_when_decided"}
 WHOLE_NUMBERS_IN_PAYLOAD = {"gold_min_answers", "quota_per_rater", "lease_seconds"}
-
-
-def json_type(value) -> str:
-    """How JSON names the type of ``value``: object, array, string, number, boolean, null."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return f"the number {value!r}"
-    return {dict: "an object", list: "an array", str: "a string"}.get(type(value), type(value).__name__)
 
 
 def criterion_field(criterion: str, part: str) -> str:
     return f"{criterion}_{part}"
 
 
-class CampaignForm(forms.Form):
+class CampaignForm(FieldGroups, forms.Form):
+    # The new-campaign page's fieldsets (the criteria come in their own groups: criterion_groups).
+    groups: ClassVar[dict[str, str]] = {
+        "compared": "name models pairing baseline pair_selection prompt_set seeds",
+        "raters": "gold_share gold_min_accuracy gold_min_answers quota_per_rater lease_seconds completion_url "
+        "screen_out_url speeder_seconds exclude_speeders rater_title consent_text contact",
+        "votes": "stop_when_decided decision_width human_share",
+    }
+
     name = forms.CharField(max_length=200, help_text="For researchers only; raters never see it.")
     models = forms.ModelMultipleChoiceField(
         queryset=TextToImageModel.objects.all(),
@@ -94,6 +105,17 @@ class CampaignForm(forms.Form):
         required=False,
         help_text="With 'each model vs the baseline': the model every other one is compared against (e.g. the pre-trained base).",
         error_messages={"invalid_choice": "There is no registered model by that name."},
+    )
+    pair_selection = forms.ChoiceField(
+        choices=Campaign.PairSelection.choices,
+        initial=Campaign.PairSelection.UNIFORM,
+        required=False,
+        widget=forms.RadioSelect,
+        label="Pair selection",
+        help_text="Adaptive (all pairs, three or more models): the model pairs that most narrow the ranking's "
+        "uncertain gaps get votes first, recomputed from the votes every 30 s, so the ranking separates with fewer "
+        "votes. Uniform: every pair alike.",
+        error_messages={"invalid_choice": "Pair selection must be uniform or adaptive, not %(value)s."},
     )
     prompt_set = forms.ModelChoiceField(
         queryset=PromptSet.objects.all(),
@@ -322,6 +344,12 @@ class CampaignForm(forms.Form):
                 self.add_error("baseline", "With 'each model vs the baseline', choose the baseline.")
             elif models and baseline not in models:
                 self.add_error("baseline", f"The baseline {baseline.name} is not one of the chosen models.")
+        if data.get("pair_selection") == Campaign.PairSelection.ADAPTIVE and models:
+            if not services.adaptive_pairs_possible(len(models), data.get("pairing")):
+                self.add_error(
+                    "pair_selection",
+                    "Adaptive pair selection needs three or more models compared as all pairs; use uniform.",
+                )
         enabled = [c for c in Criterion if data.get(criterion_field(c, "enabled"))]
         if not enabled:
             self.add_error(
@@ -349,33 +377,25 @@ class CampaignForm(forms.Form):
             criteria[criterion.value] = {k: v for k, v in overrides.items() if v not in (None, "", [])}
         return criteria
 
+    # The settings create_campaign takes as the form cleaned them.
+    PASSED_AS_GIVEN = (
+        "name models prompt_set seeds pairing baseline lease_seconds quota_per_rater gold_share gold_min_accuracy "
+        "gold_min_answers completion_url rater_title consent_text contact screen_out_url exclude_speeders"
+    ).split()
+
     def create(self, user=None) -> Campaign | None:
         """The draft campaign, or None with the service's refusal added as a form error."""
         d = self.cleaned_data
         try:
             return services.create_campaign(
-                name=d["name"],
-                models=d["models"],
-                prompt_set=d["prompt_set"],
-                seeds=d["seeds"],
-                pairing=d["pairing"],
-                baseline=d["baseline"],
+                **{name: d[name] for name in self.PASSED_AS_GIVEN},
                 criteria=self.criteria(),
-                lease_seconds=d["lease_seconds"],
-                quota_per_rater=d["quota_per_rater"],
-                gold_share=d["gold_share"],
-                gold_min_accuracy=d["gold_min_accuracy"],
-                gold_min_answers=d["gold_min_answers"],
-                completion_url=d["completion_url"],
-                rater_title=d["rater_title"],
-                consent_text=d["consent_text"],
-                contact=d["contact"],
-                screen_out_url=d["screen_out_url"],
                 speeder_seconds=1.0 if d["speeder_seconds"] is None else d["speeder_seconds"],
                 exclude_speeders=d["exclude_speeders"],
                 stop_when_decided=d["stop_when_decided"],
                 decision_width=d["decision_width"],
                 human_share=1.0 if d["human_share"] is None else d["human_share"],
+                pair_selection=d["pair_selection"] or Campaign.PairSelection.UNIFORM,
                 created_by=user if user is not None and user.is_authenticated else None,
             )
         except services.AnnotationError as exc:

@@ -109,6 +109,10 @@ class Campaign(models.Model):
         ALL_PAIRS = "all_pairs", "all pairs"
         VS_BASELINE = "vs_baseline", "each model vs the baseline"
 
+    class PairSelection(models.TextChoices):
+        UNIFORM = "uniform", "uniform: every model pair alike"
+        ADAPTIVE = "adaptive", "adaptive: the pairs that most narrow the ranking first"
+
     name = models.CharField(max_length=200, unique=True, help_text="Researchers only; raters never see it.")
     rater_title = models.CharField(
         max_length=200, default="Compare two images", help_text="The heading raters see. Never name the models here."
@@ -135,6 +139,15 @@ class Campaign(models.Model):
         help_text="With 'each vs the baseline': the model every other model is compared against.",
     )
     seeds = models.JSONField()
+    # Which model pair raters get next (all pairs, three or more models): adaptive takes the pairs whose votes most
+    # narrow the ranking's uncertain adjacent gaps first (ComparisonItem.pair_priority, recomputed by analysis).
+    pair_selection = models.CharField(
+        max_length=16,
+        choices=PairSelection.choices,
+        default=PairSelection.UNIFORM,
+        help_text="Adaptive (all pairs, three or more models): the pairs that most narrow the ranking's uncertain "
+        "gaps get votes first, so the ranking separates with fewer votes.",
+    )
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
     lease_seconds = models.PositiveIntegerField(
         default=600, help_text="An unanswered task returns to the pool after this."
@@ -323,6 +336,9 @@ class ComparisonItem(models.Model):
     votes = models.PositiveSmallIntegerField(default=0)
     open_leases = models.PositiveSmallIntegerField(default=0)
     remaining = models.SmallIntegerField(default=0)
+    # The claim takes open items in (pair_priority, remaining, id) order: 0 is most wanted. Always 0 in a uniform
+    # campaign; an adaptive one's are set per model pair (services.set_pair_priorities) from the votes so far.
+    pair_priority = models.IntegerField(default=0)
 
     class Meta:
         ordering = ["id"]
@@ -335,13 +351,17 @@ class ComparisonItem(models.Model):
             models.UniqueConstraint(fields=["criterion", "gold_image"], name="gold_item_unique"),
         ]
         indexes = [
-            # Depth-first claim: WHERE campaign = ? AND remaining > 0 ORDER BY remaining, id.
+            # Depth-first claim: WHERE campaign = ? AND remaining > 0 ORDER BY pair_priority, remaining, id.
             models.Index(
-                fields=["campaign", "remaining", "id"], condition=Q(remaining__gt=0), name="item_open_depth_first"
+                fields=["campaign", "pair_priority", "remaining", "id"],
+                condition=Q(remaining__gt=0),
+                name="item_open_depth_first",
             ),
             # The same within one criterion: the usual claim, for the criterion the rater's schedule names.
             models.Index(
-                fields=["criterion", "remaining", "id"], condition=Q(remaining__gt=0), name="item_open_depth_first_crit"
+                fields=["criterion", "pair_priority", "remaining", "id"],
+                condition=Q(remaining__gt=0),
+                name="item_open_depth_first_crit",
             ),
         ]
 

@@ -15,7 +15,7 @@ from django.urls import reverse
 from ninja import Schema
 from pydantic import Field, field_validator
 
-from core.http_api import ApiError, JsonObjectIn, refuse
+from core.http_api import ApiError, JsonObjectIn, refuse, schema_of
 
 from . import selectors, services
 from .forms import CampaignForm
@@ -69,6 +69,9 @@ class CampaignIn(JsonObjectIn):
     )
     human_share: float | None = Field(
         None, description="fraction of the prompts humans vote on, drawn at random at launch (0.01-1; default 1)"
+    )
+    pair_selection: Literal["uniform", "adaptive"] | None = Field(
+        None, description="adaptive: all pairs of three or more models only (default uniform)"
     )
 
     @classmethod
@@ -170,6 +173,7 @@ class CampaignSettingsOut(CampaignSummaryOut):
     decision_width: float | None
     human_share: float
     human_prompt_ids: list[int] | None = Field(description="the prompts drawn for human votes (null until launch)")
+    pair_selection: Literal["uniform", "adaptive"]
 
 
 class InviteLinkOut(Schema):
@@ -191,13 +195,7 @@ class StatusOut(Schema):
     launch_error: str
 
 
-class CriterionProgressOut(Schema):
-    criterion: str
-    label: str
-    votes: int
-    votes_needed: int
-    complete_items: int
-    items: int
+CriterionProgressOut = schema_of(selectors.CriterionProgress)
 
 
 class ProgressOut(Schema):

@@ -294,30 +294,37 @@ def invite_url(base_url: str, link: InviteLink) -> str:
     return f"{join_url(base_url, link)}?{PROLIFIC_QUERY}"
 
 
-VOTE_EXPORT_COLUMNS = [
-    "vote_id",
-    "item_id",
-    "criterion",
-    "prompt_id",
-    "prompt",
-    "category",
-    "challenge",
-    "seed",
-    "model_a",
-    "model_b",
-    "rater_id",
-    "external_id",
-    "choice",
-    "a_on_left",
-    "winner",
-    "winner_model",
-    "seconds_on_task",
-    "gold",
-    "gold_correct",
-    "excluded",
-    "simulated",
-    "created_at",
-]
+# The columns that say which comparison an exported row is about, each with the ComparisonItem field it reads
+# (the votes export here, analysis's items export).
+ITEM_EXPORT_FIELDS = {
+    "item_id": "id",
+    "criterion": "criterion__criterion",
+    "prompt_id": "image_a__prompt_id",
+    "prompt": "image_a__prompt__text",
+    "category": "image_a__prompt__category",
+    "challenge": "image_a__prompt__challenge",
+    "seed": "image_a__seed",
+    "model_a": "image_a__model__name",
+    "model_b": "image_b__model__name",
+}
+# The votes export's columns, each with the Vote field it reads; winner_model is worked out from the others.
+_VOTE_EXPORT_FIELDS = {
+    "vote_id": "id",
+    **{column: f"assignment__item__{field}" for column, field in ITEM_EXPORT_FIELDS.items()},
+    "rater_id": "assignment__rater_id",
+    "external_id": "assignment__rater__external_id",
+    "choice": "choice",
+    "a_on_left": "assignment__a_on_left",
+    "winner": "winner",
+    "winner_model": None,
+    "seconds_on_task": "seconds_on_task",
+    "gold": "assignment__item__gold_image_id",
+    "gold_correct": "gold_correct",
+    "excluded": "excluded",
+    "simulated": "assignment__rater__simulated",
+    "created_at": "created_at",
+}
+VOTE_EXPORT_COLUMNS = list(_VOTE_EXPORT_FIELDS)
 
 
 def vote_export_rows(campaign: Campaign):
@@ -326,81 +333,14 @@ def vote_export_rows(campaign: Campaign):
     Gold items compare an image with a degraded copy of itself: model_b repeats
     model_a there, and ``gold_correct`` says whether the intact image was picked.
     """
-    votes = (
-        Vote.objects.filter(assignment__campaign=campaign)
-        .order_by("id")
-        .values_list(
-            "id",
-            "assignment__item_id",
-            "assignment__item__criterion__criterion",
-            "assignment__item__image_a__prompt_id",
-            "assignment__item__image_a__prompt__text",
-            "assignment__item__image_a__prompt__category",
-            "assignment__item__image_a__prompt__challenge",
-            "assignment__item__image_a__seed",
-            "assignment__item__image_a__model__name",
-            "assignment__item__image_b__model__name",
-            "assignment__rater_id",
-            "assignment__rater__external_id",
-            "choice",
-            "assignment__a_on_left",
-            "winner",
-            "seconds_on_task",
-            "assignment__item__gold_image_id",
-            "gold_correct",
-            "excluded",
-            "assignment__rater__simulated",
-            "created_at",
-        )
-    )
-    for (
-        vote_id,
-        item_id,
-        criterion,
-        prompt_id,
-        prompt,
-        category,
-        challenge,
-        seed,
-        model_a,
-        model_b,
-        rater_id,
-        external_id,
-        choice,
-        a_on_left,
-        winner,
-        seconds,
-        gold_image_id,
-        gold_correct,
-        excluded,
-        simulated,
-        created_at,
-    ) in votes.iterator(chunk_size=2000):
-        winner_model = model_a if winner == Vote.Winner.A else model_b if winner == Vote.Winner.B else ""
-        yield [
-            vote_id,
-            item_id,
-            criterion,
-            prompt_id,
-            prompt,
-            category,
-            challenge,
-            seed,
-            model_a,
-            model_b,
-            rater_id,
-            external_id,
-            choice,
-            a_on_left,
-            winner,
-            winner_model,
-            seconds,
-            gold_image_id is not None,
-            gold_correct,
-            excluded,
-            simulated,
-            created_at.isoformat(),
-        ]
+    fields = {column: field for column, field in _VOTE_EXPORT_FIELDS.items() if field}
+    votes = Vote.objects.filter(assignment__campaign=campaign).order_by("id").values(*fields.values())
+    for vote in votes.iterator(chunk_size=2000):
+        row = {column: vote[field] for column, field in fields.items()}
+        row["winner_model"] = {Vote.Winner.A: row["model_a"], Vote.Winner.B: row["model_b"]}.get(row["winner"], "")
+        row["gold"] = row["gold"] is not None
+        row["created_at"] = row["created_at"].isoformat()
+        yield [row[column] for column in VOTE_EXPORT_COLUMNS]
 
 
 def launch_images(campaign: Campaign) -> dict | None:

@@ -9,6 +9,8 @@ from django.contrib.admin.views.decorators import staff_member_required
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from core.forms import errors_as_messages, saved
+
 from . import selectors, services
 from .forms import CampaignForm, ExcludeRaterForm, InviteAccountForm, InviteLinkForm
 from .models import Campaign, Participation
@@ -29,13 +31,10 @@ def campaign_list(request):
 @staff_member_required
 def campaign_new(request):
     form = CampaignForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        campaign = form.create(request.user)
-        if campaign is not None:
-            messages.success(
-                request, f"Created the draft campaign {campaign.name}. Check its settings, then launch it."
-            )
-            return redirect("campaigns:detail", campaign.pk)
+    campaign = saved(request, form, form.create, request.user)
+    if campaign is not None:
+        messages.success(request, f"Created the draft campaign {campaign.name}. Check its settings, then launch it.")
+        return redirect("campaigns:detail", campaign.pk)
     return render(request, "annotation/researcher/campaign_form.html", {"form": form})
 
 
@@ -75,7 +74,7 @@ def invite_link_create(request, pk):
                 request, f"Invite link created: {selectors.invite_url(request.build_absolute_uri('/'), link)}"
             )
     else:
-        _form_errors_as_messages(request, form)
+        errors_as_messages(request, form)
     return redirect("campaigns:detail", campaign.pk)
 
 
@@ -89,7 +88,7 @@ def invite_account(request, pk):
         services.invite_account(campaign, user)
         messages.success(request, f"{user.get_username()} can now vote in this campaign.")
     else:
-        _form_errors_as_messages(request, form)
+        errors_as_messages(request, form)
     return redirect("campaigns:detail", campaign.pk)
 
 
@@ -104,11 +103,5 @@ def exclude_rater(request, pk, participation_pk):
             request, f"Rater {participation.rater_id} excluded; {flagged} vote(s) kept and flagged, no longer counted."
         )
     else:
-        _form_errors_as_messages(request, form)
+        errors_as_messages(request, form)
     return redirect("campaigns:detail", pk)
-
-
-def _form_errors_as_messages(request, form):
-    for errors in form.errors.values():
-        for error in errors:
-            messages.error(request, error)

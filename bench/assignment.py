@@ -28,14 +28,7 @@ os.environ["DATABASE_URL"] = URL
 os.environ["NEEDLE_VAR_DIR"] = str(BASE_DIR / "var" / "bench")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "evalsite.settings")
 
-
-def recreate_database(url: str) -> None:
-    import psycopg
-
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
+from bench.bench_db import models_prompts_images, recreate_database  # noqa: E402  (BASE_DIR on the path first)
 
 
 def run_processes(target, shares) -> tuple[float, list]:
@@ -70,39 +63,10 @@ def main() -> None:
 
     from annotation import services
     from annotation.models import Assignment, Campaign, ComparisonItem, Rater, Vote
-    from generation.models import GeneratedImage, Prompt, PromptSet, TextToImageModel
 
     call_command("migrate", verbosity=0)
-    models = [
-        TextToImageModel.objects.create(
-            name=n, pipeline_path="/bench", pipeline_class="StableDiffusionPipeline", weights_fingerprint=n
-        )
-        for n in ("a", "b")
-    ]
-    prompt_set = PromptSet.objects.create(name="bench")
-    prompts = Prompt.objects.bulk_create(
-        Prompt(prompt_set=prompt_set, position=i, text=f"p{i}") for i in range(args.items)
-    )
-    images = {
-        m.pk: GeneratedImage.objects.bulk_create(
-            GeneratedImage(
-                model=m,
-                prompt=p,
-                seed=0,
-                parameters={},
-                parameters_hash="h",
-                weights_fingerprint="f",
-                file="00/00/x.png",
-                sha256="0" * 64,
-                width=64,
-                height=64,
-                seconds=0,
-                device="cpu",
-            )
-            for p in prompts
-        )
-        for m in models
-    }
+    models, prompt_set, _, image = models_prompts_images(["a", "b"], args.items)
+    images = {m.pk: [image[m.pk, p.pk] for p in prompt_set.prompts.order_by("position")] for m in models}
     campaign = services.create_campaign(
         name="bench", models=models, prompt_set=prompt_set, seeds=[0], criteria={"visual_appeal": {}}, gold_share=0
     )

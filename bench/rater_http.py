@@ -58,20 +58,14 @@ SERVER_ENV = {
 }
 os.environ.update({k: v for k, v in SERVER_ENV.items() if k not in ("DEBUG",)})
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "evalsite.settings")
+
+from bench.bench_db import models_prompts_images, recreate_database  # noqa: E402  (BASE_DIR on the path first)
+
 COOKIE = re.compile(r"^([^=;\s]+)=([^;]*)")
 KINDS = ("tasks", "image", "vote")
 
 
 # --- Setup: one campaign with real PNG files, an invite link ---------------------------------------------------
-
-
-def recreate_database(url: str) -> None:
-    import psycopg
-
-    name = url.rsplit("/", 1)[1]
-    with psycopg.connect(url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def make_campaign(items: int) -> tuple[int, str]:
@@ -85,7 +79,6 @@ def make_campaign(items: int) -> tuple[int, str]:
 
     from annotation import services
     from annotation.models import Campaign, ComparisonItem, InviteLink
-    from generation.models import GeneratedImage, Prompt, PromptSet, TextToImageModel
 
     call_command("migrate", verbosity=0)
     subprocess.run(  # as a deployment does: the pages name the manifest's hashed static files
@@ -100,41 +93,16 @@ def make_campaign(items: int) -> tuple[int, str]:
         buffer = io.BytesIO()
         Image.new("RGB", (256, 256), colour).save(buffer, format="PNG")
         files[name] = storage.save(f"bench/{name}.png", ContentFile(buffer.getvalue()))
-    models = [
-        TextToImageModel.objects.create(
-            name=n, pipeline_path="/bench", pipeline_class="StableDiffusionPipeline", weights_fingerprint=n
-        )
-        for n in ("a", "b")
-    ]
-    prompt_set = PromptSet.objects.create(name="bench")
-    prompts = Prompt.objects.bulk_create(Prompt(prompt_set=prompt_set, position=i, text=f"p{i}") for i in range(items))
-    images = {
-        m.name: GeneratedImage.objects.bulk_create(
-            GeneratedImage(
-                model=m,
-                prompt=p,
-                seed=0,
-                parameters={},
-                parameters_hash="h",
-                weights_fingerprint="f",
-                file=files[m.name],
-                sha256=m.name * 64,
-                width=256,
-                height=256,
-                seconds=0,
-                device="cpu",
-            )
-            for p in prompts
-        )
-        for m in models
-    }
+    models, prompt_set, rows, image = models_prompts_images(
+        ["a", "b"], items, file_for=lambda m: files[m.name], size=256
+    )
     campaign = services.create_campaign(
         name="bench", models=models, prompt_set=prompt_set, seeds=[0], criteria={"visual_appeal": {}}, gold_share=0
     )
     criterion = campaign.criteria.get()
     ComparisonItem.objects.bulk_create(
         ComparisonItem(campaign=campaign, criterion=criterion, image_a=a, image_b=b, remaining=criterion.votes_per_item)
-        for a, b in zip(images["a"], images["b"])
+        for a, b in ((image[models[0].pk, p.pk], image[models[1].pk, p.pk]) for p in rows)
     )
     # The speeder check runs (its cost is part of every vote) but only flags: these raters have no think time.
     Campaign.objects.filter(pk=campaign.pk).update(exclude_speeders=False)
@@ -231,12 +199,20 @@ def start_server(port: int, workers: int, worker_class: str, conn_max_age: int, 
 
 
 def stop_server(server: subprocess.Popen) -> None:
-    os.killpg(server.pid, signal.SIGTERM)
-    server.wait(timeout=30)
+    os.killpg(server.pid, signal.SIGINT)  # gunicorn's quick shutdown: the load is over
+    try:
+        server.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
 
 
 def cpu_seconds(pattern: str) -> float:
-    """utime + stime of every process whose command line matches ``pattern`` (children's time included)."""
+    """utime + stime of every process whose command line matches ``pattern`` (children's time included).
+
+    PostgreSQL's share counts the backends of the benchmark's database alive at both readings: with connections
+    kept (DB_CONN_MAX_AGE > 0) that is all of them; with a connection per request it misses most.
+    """
     tick = os.sysconf("SC_CLK_TCK")
     total = 0
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -249,13 +225,6 @@ def cpu_seconds(pattern: str) -> float:
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
     return total / tick
-
-
-def machine_busy_seconds() -> float:
-    """CPU seconds the whole machine spent busy (all cores, everything on it: other work shows here too)."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 # --- The simulated raters ----------------------------------------------------------------------------------------
@@ -430,12 +399,12 @@ def run_load(port: int, invite: str, raters: int, seconds: float, clients: int, 
     while time.time() < start_at:
         time.sleep(0.01)
     server, database = f"gunicorn evalsite.wsgi --bind 127.0.0.1:{port}", rf"^postgres: .*{URL.rsplit('/', 1)[1]}"
-    postgres0, gunicorn0, machine0 = cpu_seconds(database), cpu_seconds(server), machine_busy_seconds()
+    postgres0, gunicorn0 = cpu_seconds(database), cpu_seconds(server)
     faults = inject_faults(fault, port, seconds)
     parts = [results.get() for _ in processes]
     if faults:
         faults.join()
-    postgres1, gunicorn1, machine1 = cpu_seconds(database), cpu_seconds(server), machine_busy_seconds()
+    postgres1, gunicorn1 = cpu_seconds(database), cpu_seconds(server)
     for p in processes:
         p.join()
     errors = [e for part in parts for e in part["errors"]]
@@ -451,7 +420,6 @@ def run_load(port: int, invite: str, raters: int, seconds: float, clients: int, 
             "postgres": (postgres1 - postgres0) / seconds,
             "gunicorn": (gunicorn1 - gunicorn0) / seconds,
             "load generator": sum(part["cpu"] for part in parts) / seconds,
-            "machine": (machine1 - machine0) / seconds,
         },
     }
 
@@ -493,7 +461,7 @@ def main() -> None:
     )
     print(
         "raters | votes/s | tasks p50/p99 ms | image p50/p99 ms | vote p50/p99 ms | "
-        "CPU cores: postgres / gunicorn / load / machine | bare inserts/s | ratio"
+        "CPU cores: postgres / gunicorn / load | bare inserts/s | ratio"
     )
     try:
         for _ in range(args.repeats):
@@ -506,7 +474,7 @@ def main() -> None:
                 cells = " | ".join(f"{percentile(lat[k], 0.5):.0f}/{percentile(lat[k], 0.99):.0f}" for k in KINDS)
                 print(
                     f"{raters} | {result['votes_per_second']:.1f} | {cells} | "
-                    f"{cpu['postgres']:.2f} / {cpu['gunicorn']:.2f} / {cpu['load generator']:.2f} / {cpu['machine']:.2f} | "
+                    f"{cpu['postgres']:.2f} / {cpu['gunicorn']:.2f} / {cpu['load generator']:.2f} | "
                     f"{bare:.0f} | {result['votes_per_second'] / bare:.4f}",
                     flush=True,
                 )

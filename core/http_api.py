@@ -15,6 +15,7 @@ evalsite.api assembles the API as a ``ResearcherApi``; the apps' routers raise `
 from __future__ import annotations
 
 import json
+import typing
 from typing import Any, ClassVar
 
 from django.conf import settings
@@ -25,11 +26,11 @@ from ninja import NinjaAPI, Schema
 from ninja.errors import HttpError, ValidationError
 from ninja.parser import Parser
 from ninja.security.base import AuthBase
-from pydantic import ConfigDict, model_validator
+from pydantic import ConfigDict, create_model, model_validator
 from pydantic_core import PydanticCustomError
 
 from core.api_tokens import ApiTokenError, user_for_api_token
-from core.text import unstorable_text_problem
+from core.text import json_type, unstorable_text_problem
 
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 NOT_JSON = "The request body is not valid JSON."
@@ -45,6 +46,17 @@ class ApiError(HttpError):
         self.extra = extra
 
 
+def schema_of(cls: type, *, name: str = "", doc: str = "", field_type=lambda hint: hint) -> type[Schema]:
+    """A response schema with the fields of the dataclass ``cls``, each required, typed ``field_type(its hint)``.
+
+    Named ``name`` (by default the class's name and "Out"), described by ``doc`` or by the class's docstring.
+    """
+    fields = {field: (field_type(hint), ...) for field, hint in typing.get_type_hints(cls).items()}
+    if not doc and not (cls.__doc__ or "").startswith(f"{cls.__name__}("):  # not the signature dataclass() writes
+        doc = cls.__doc__
+    return create_model(name or f"{cls.__name__}Out", __base__=Schema, __doc__=doc or None, **fields)
+
+
 class ErrorOut(Schema):
     """Every refusal: what went wrong and what to do. Refused bodies add ``fields`` (field -> messages)."""
 
@@ -57,17 +69,6 @@ ERRORS = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut}
 
 
 # --- Request bodies ---------------------------------------------------------------------------
-
-
-def json_type(value) -> str:
-    """How JSON names the type of ``value``: object, array, string, number, boolean, null."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return f"the number {value!r}"
-    return {dict: "an object", list: "an array", str: "a string"}.get(type(value), type(value).__name__)
 
 
 def refuse(message: str) -> PydanticCustomError:

@@ -67,46 +67,17 @@ class Scale:
     leave_for_people: int = 0  # appeal items per campaign left for a person to vote on in the demo
 
 
-SCALES = {
-    "ci": Scale(
-        pool=240,
-        rating_sample=60,
-        needles=24,
-        tune_steps=30,
-        checkpoint_every=15,
-        prompts=12,
-        seeds="0",
-        checkpoint_prompts=6,
-        raters=12,
-        quota=24,
-        gold_share=0.2,
-    ),
-    "demo": Scale(
-        pool=1600,
-        rating_sample=240,
-        needles=160,
-        tune_steps=240,
-        checkpoint_every=80,
-        prompts=48,
-        seeds="0",
-        checkpoint_prompts=16,
-        raters=30,
-        quota=40,
-        leave_for_people=10,
-    ),
-    "full": Scale(
-        pool=5000,
-        rating_sample=500,
-        needles=400,
-        tune_steps=480,
-        checkpoint_every=120,
-        prompts=200,
-        seeds="0-1",
-        checkpoint_prompts=40,
-        raters=80,
-        quota=60,
-    ),
+# fmt: off
+SCALES = {  # one row per scale, the fields in Scale's order
+    name: Scale(*row)
+    for name, row in {
+        #        pool  rating  needles  tune  every  prompts  seeds  ckpt  raters  quota  gold  people
+        "ci":   ( 240,     60,      24,   30,    15,      12,   "0",    6,     12,    24,  0.2,      0),
+        "demo": (1600,    240,     160,  240,    80,      48,   "0",   16,     30,    40,  0.1,     10),
+        "full": (5000,    500,     400,  480,   120,     200, "0-1",   40,     80,    60,  0.1,      0),
+    }.items()
 }
+# fmt: on
 #: Emu's recipe scaled to the world: a small constant learning rate, noise offset 0.1, a short run, batch 16.
 TUNING = {
     "learning_rate": 5e-5,

@@ -251,6 +251,8 @@ CELERY_TASK_ROUTES = {
 CELERY_BEAT_SCHEDULE = {
     "sweep-expired-leases": {"task": "annotation.tasks.sweep_expired_leases", "schedule": 60.0},
     "check-decisions": {"task": "analysis.tasks.check_decisions", "schedule": 30.0},
+    # Adaptive campaigns' pair priorities from the votes so far (never in a rater's request).
+    "refresh-adaptive-pairs": {"task": "analysis.tasks.refresh_adaptive_pairs", "schedule": 30.0},
 }
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 

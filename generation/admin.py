@@ -3,6 +3,8 @@ from django.shortcuts import redirect, render
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from core.forms import saved
+
 from . import selectors, services
 from .forms import GenerationBatchForm, PromptImportForm, RegisterModelForm
 from .models import GeneratedImage, GenerationBatch, Prompt, PromptSet, TextToImageModel
@@ -59,15 +61,14 @@ class TextToImageModelAdmin(admin.ModelAdmin):
         if not self.has_add_permission(request):
             return redirect("admin:index")
         form = RegisterModelForm(request.POST or None)
-        if request.method == "POST" and form.is_valid():
-            model = form.register(request.user)
-            if model is not None:
-                self.message_user(
-                    request,
-                    f"Registered {model.name} ({model.pipeline_class}, fingerprint {model.weights_fingerprint[:12]}).",
-                    messages.SUCCESS,
-                )
-                return redirect("admin:generation_texttoimagemodel_changelist")
+        model = saved(request, form, form.register, request.user)
+        if model is not None:
+            self.message_user(
+                request,
+                f"Registered {model.name} ({model.pipeline_class}, fingerprint {model.weights_fingerprint[:12]}).",
+                messages.SUCCESS,
+            )
+            return redirect("admin:generation_texttoimagemodel_changelist")
         return render_form_page(self, request, form, "Register a text-to-image model")
 
 
@@ -105,20 +106,19 @@ class PromptSetAdmin(admin.ModelAdmin):
         if not self.has_add_permission(request):
             return redirect("admin:index")
         form = PromptImportForm(request.POST or None, request.FILES or None)
-        if request.method == "POST" and form.is_valid():
-            result = form.import_set()
-            if result is not None:
-                prompt_set, parsed = result
+        result = saved(request, form, form.import_set)
+        if result is not None:
+            prompt_set, parsed = result
+            self.message_user(
+                request, f"Imported {len(parsed.prompts)} prompts into {prompt_set.name!r}.", messages.SUCCESS
+            )
+            for dup in parsed.duplicates[:20]:
+                self.message_user(request, str(dup), messages.WARNING)
+            if len(parsed.duplicates) > 20:
                 self.message_user(
-                    request, f"Imported {len(parsed.prompts)} prompts into {prompt_set.name!r}.", messages.SUCCESS
+                    request, f"... and {len(parsed.duplicates) - 20} more duplicates skipped", messages.WARNING
                 )
-                for dup in parsed.duplicates[:20]:
-                    self.message_user(request, str(dup), messages.WARNING)
-                if len(parsed.duplicates) > 20:
-                    self.message_user(
-                        request, f"... and {len(parsed.duplicates) - 20} more duplicates skipped", messages.WARNING
-                    )
-                return redirect("admin:generation_promptset_change", prompt_set.pk)
+            return redirect("admin:generation_promptset_change", prompt_set.pk)
         return render_form_page(
             self,
             request,
@@ -177,11 +177,10 @@ class GenerationBatchAdmin(admin.ModelAdmin):
 
     def add_view(self, request, form_url="", extra_context=None):
         form = GenerationBatchForm(request.POST or None)
-        if request.method == "POST" and form.is_valid():
-            batch = form.create(request.user)
-            if batch is not None:
-                self.message_user(request, f"Created {batch}.", messages.SUCCESS)
-                return redirect("generation:batch_detail", batch.pk)
+        batch = saved(request, form, form.create, request.user)
+        if batch is not None:
+            self.message_user(request, f"Created {batch}.", messages.SUCCESS)
+            return redirect("generation:batch_detail", batch.pk)
         return render_form_page(
             self,
             request,

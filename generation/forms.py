@@ -31,18 +31,23 @@ class RegisterModelForm(forms.Form):
             raise forms.ValidationError(str(exc)) from None
         return path
 
+    # The settings register_model takes as the form cleaned them.
+    PASSED_AS_GIVEN = (
+        "name",
+        "pipeline_path",
+        "steps",
+        "guidance_scale",
+        "width",
+        "height",
+        "scheduler",
+        "description",
+    )
+
     def register(self, user) -> TextToImageModel | None:
         d = self.cleaned_data
         try:
             return services.register_model(
-                name=d["name"],
-                pipeline_path=d["pipeline_path"],
-                steps=d["steps"],
-                guidance_scale=d["guidance_scale"],
-                width=d["width"],
-                height=d["height"],
-                scheduler=d["scheduler"],
-                description=d["description"],
+                **{name: d[name] for name in self.PASSED_AS_GIVEN},
                 registered_by=user,
                 inspected=self.pipeline_info,
             )

@@ -45,18 +45,11 @@ def _tiny_vae():
     )
 
 
-def build_tiny_sd_pipeline(seed: int = 0, prediction_type: str = "epsilon"):
-    """An SD 1.x-shaped pipeline (SD 2.x when ``prediction_type='v_prediction'``).
+def _tiny_unet(**own):
+    """A two-level UNet over the tiny VAE's 8x8 latents, with each pipeline's ``own`` settings (its conditioning)."""
+    from diffusers import UNet2DConditionModel
 
-    ~1 M UNet parameters; weights are drawn from ``seed``, so two seeds give two
-    different "models" with identical architecture.
-    """
-    import torch
-    from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextModel
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=8,
         in_channels=4,
         out_channels=4,
@@ -64,6 +57,22 @@ def build_tiny_sd_pipeline(seed: int = 0, prediction_type: str = "epsilon"):
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         block_out_channels=(32, 64),
         layers_per_block=1,
+        **own,
+    )
+
+
+def build_tiny_sd_pipeline(seed: int = 0, prediction_type: str = "epsilon"):
+    """An SD 1.x-shaped pipeline (SD 2.x when ``prediction_type='v_prediction'``).
+
+    ~1 M UNet parameters; weights are drawn from ``seed``, so two seeds give two
+    different "models" with identical architecture.
+    """
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextModel
+
+    torch.manual_seed(seed)
+    unet = _tiny_unet(
         cross_attention_dim=32,
         attention_head_dim=8,
         norm_num_groups=8,
@@ -95,18 +104,11 @@ def build_tiny_sd_pipeline(seed: int = 0, prediction_type: str = "epsilon"):
 def build_tiny_sdxl_pipeline(seed: int = 0):
     """An SDXL-shaped pipeline: two text encoders and size/crop conditioning."""
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
+    unet = _tiny_unet(
         cross_attention_dim=64,  # text_encoder (32) + text_encoder_2 (32), concatenated
         attention_head_dim=(2, 4),
         use_linear_projection=True,

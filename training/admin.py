@@ -19,6 +19,15 @@ from .models import (
 )
 
 
+def _each_run(model_admin, request, queryset, action) -> None:
+    """An admin action's ``action`` on each selected run; a refusal is a warning, and the other runs go on."""
+    for run in queryset:
+        try:
+            action(run)
+        except services.TrainingError as exc:
+            model_admin.message_user(request, str(exc), messages.WARNING)
+
+
 @admin.register(CuratedDataset)
 class CuratedDatasetAdmin(admin.ModelAdmin):
     list_display = ["name", "image_count", "short_hash", "path", "frozen_at"]
@@ -89,19 +98,11 @@ class QualityTuningRunAdmin(admin.ModelAdmin):
 
     @admin.action(description="Cancel the selected runs (they checkpoint and stop)")
     def cancel(self, request, queryset):
-        for run in queryset:
-            try:
-                services.cancel_run(run)
-            except services.TrainingError as exc:
-                self.message_user(request, str(exc), messages.WARNING)
+        _each_run(self, request, queryset, services.cancel_run)
 
     @admin.action(description="Queue or resume the selected runs")
     def start(self, request, queryset):
-        for run in queryset:
-            try:
-                services.start_run(run)
-            except services.TrainingError as exc:
-                self.message_user(request, str(exc), messages.WARNING)
+        _each_run(self, request, queryset, services.start_run)
 
 
 @admin.register(RunCheckpoint)
@@ -191,11 +192,7 @@ class CurationRunAdmin(admin.ModelAdmin):
 
     @admin.action(description="Queue the selected curation runs (failed ones start again)")
     def start(self, request, queryset):
-        for run in queryset:
-            try:
-                services.start_curation_run(run)
-            except services.TrainingError as exc:
-                self.message_user(request, str(exc), messages.WARNING)
+        _each_run(self, request, queryset, services.start_curation_run)
 
 
 @admin.register(FunnelOutcome)

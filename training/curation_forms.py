@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from django import forms
 
 from core.errors import add_to_form
+from core.forms import FieldGroups
 from training import curation
 
 from . import services
+from .forms import scoring_model_fields
 
 _D = {type(stage).__name__: stage for stage in curation.default_stages()}
 
@@ -29,8 +33,18 @@ class CollectionImportForm(forms.Form):
             return None
 
 
-class CurationRunForm(forms.Form):
+class CurationRunForm(FieldGroups, forms.Form):
     """One checkbox per stage of Emu's automatic funnel, with its thresholds (their defaults are the stages' own)."""
+
+    # The new-run page's fieldsets, one per stage, then the models.
+    groups: ClassVar[dict[str, str]] = {
+        "resolution": "use_resolution min_side max_aspect_ratio",
+        "text": "use_text_in_image max_words",
+        "duplicates": "use_near_duplicate max_hamming",
+        "clip": "use_clip_score clip_min_score",
+        "aesthetic": "use_aesthetic aesthetic_min_score",
+        "models": "clip_model_path clip_model_name aesthetic_head_path",
+    }
 
     use_resolution = forms.BooleanField(required=False, initial=True, label="Resolution and aspect ratio")
     min_side = forms.IntegerField(
@@ -67,22 +81,10 @@ class CurationRunForm(forms.Form):
         label="Minimum aesthetic score",
         help_text="LAION head, 1-10 scale; LAION-Aesthetics V2 cut at 4.5, 5, 6 and 6.5.",
     )
-    clip_model_path = forms.CharField(
-        max_length=1000,
-        required=False,
-        label="CLIP model path",
-        help_text="A local open_clip export (folder with open_clip_config.json) or a weights file.",
-    )
-    clip_model_name = forms.CharField(
-        max_length=100,
-        required=False,
-        label="CLIP architecture",
-        help_text="e.g. ViT-L-14; only needed for a bare weights file.",
-    )
-    aesthetic_head_path = forms.CharField(
-        max_length=1000,
-        required=False,
-        help_text="LAION-format head (.pth or .safetensors) on that CLIP model's embeddings.",
+    aesthetic_head_path, clip_model_path, clip_model_name = scoring_model_fields(
+        head_help="LAION-format head (.pth or .safetensors) on that CLIP model's embeddings.",
+        path_help="A local open_clip export (folder with open_clip_config.json) or a weights file.",
+        name_help="e.g. ViT-L-14; only needed for a bare weights file.",
     )
 
     def stage_config(self) -> list[dict]:

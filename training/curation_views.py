@@ -11,6 +11,8 @@ from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from core.forms import saved
+
 from . import selectors, services
 from .curation_forms import CollectionImportForm, CurationRunForm
 from .models import CandidateCollection, CurationRun
@@ -25,14 +27,11 @@ def _curation_run(pk) -> CurationRun:
 @staff_member_required
 def collection_list(request):
     form = CollectionImportForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        collection = form.save(request.user)
-        if collection is not None:
-            problems = f", {len(collection.problems)} problem(s) reported" if collection.problems else ""
-            messages.success(
-                request, f"Imported {collection.candidate_count} candidates into {collection.name}{problems}."
-            )
-            return redirect("training:curation_collection", collection.pk)
+    collection = saved(request, form, form.save, request.user)
+    if collection is not None:
+        problems = f", {len(collection.problems)} problem(s) reported" if collection.problems else ""
+        messages.success(request, f"Imported {collection.candidate_count} candidates into {collection.name}{problems}.")
+        return redirect("training:curation_collection", collection.pk)
     collections = CandidateCollection.objects.all()[:200]
     runs = CurationRun.objects.select_related("collection")[:50]
     return render(
@@ -51,11 +50,10 @@ def collection_detail(request, pk):
 def curation_run_new(request, pk):
     collection = get_object_or_404(CandidateCollection, pk=pk)
     form = CurationRunForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        run = form.create(collection, request.user)
-        if run is not None:
-            messages.success(request, f"Queued curation run {run.pk} on the training queue.")
-            return redirect("training:curation_run", run.pk)
+    run = saved(request, form, form.create, collection, request.user)
+    if run is not None:
+        messages.success(request, f"Queued curation run {run.pk} on the training queue.")
+        return redirect("training:curation_run", run.pk)
     return render(request, "training/curation_run_form.html", {"collection": collection, "form": form})
 
 

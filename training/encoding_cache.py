@@ -124,17 +124,18 @@ def encode_latent_distributions(
     return tensors
 
 
+def _tokens(tokenizer, captions: list[str]):
+    """The captions as the pipelines tokenize a prompt: padded to the tokenizer's full length, longer ones cut."""
+    return tokenizer(
+        captions, max_length=tokenizer.model_max_length, padding="max_length", truncation=True, return_tensors="pt"
+    )
+
+
 @torch.no_grad()
 def encode_captions(captions: list[str], tokenizer, text_encoder, *, device) -> dict[str, torch.Tensor]:
     embeddings = []
     for start in range(0, len(captions), ENCODE_BATCH_SIZE):
-        tokens = tokenizer(
-            captions[start : start + ENCODE_BATCH_SIZE],
-            max_length=tokenizer.model_max_length,
-            padding="max_length",
-            truncation=True,
-            return_tensors="pt",
-        )
+        tokens = _tokens(tokenizer, captions[start : start + ENCODE_BATCH_SIZE])
         # The last hidden state is what StableDiffusionPipeline conditions on (clip_skip unset).
         embeddings.append(text_encoder(tokens.input_ids.to(device), return_dict=False)[0].float().cpu())
     return {"embeddings": torch.cat(embeddings)}
@@ -147,13 +148,7 @@ def encode_captions_sdxl(captions: list[str], tokenizers, text_encoders, *, devi
     for start in range(0, len(captions), ENCODE_BATCH_SIZE):
         per_encoder = []
         for tokenizer, text_encoder in zip(tokenizers, text_encoders, strict=True):
-            tokens = tokenizer(
-                captions[start : start + ENCODE_BATCH_SIZE],
-                max_length=tokenizer.model_max_length,
-                padding="max_length",
-                truncation=True,
-                return_tensors="pt",
-            )
+            tokens = _tokens(tokenizer, captions[start : start + ENCODE_BATCH_SIZE])
             output = text_encoder(tokens.input_ids.to(device), output_hidden_states=True, return_dict=False)
             per_encoder.append(output[-1][-2].float().cpu())  # penultimate hidden states
         # Only the last encoder's (text_encoder_2's) projected pooled output conditions SDXL.

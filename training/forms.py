@@ -3,9 +3,12 @@ they are, next to the field they are about when the message names one."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from django import forms
 
 from core.errors import add_to_form
+from core.forms import FieldGroups
 from generation import services as generation_services
 from generation.models import PromptSet, TextToImageModel
 from training.config import MIXED_PRECISIONS, PREDICTION_TYPES, QualityTuningConfig
@@ -43,6 +46,15 @@ FORM_FIELD_FOR = {
 }
 
 
+def scoring_model_fields(*, head_help: str, path_help: str, name_help: str):
+    """The optional aesthetic head, CLIP model and CLIP architecture fields (in that order), worded per form."""
+    return (
+        forms.CharField(max_length=1000, required=False, label="Aesthetic head", help_text=head_help),
+        forms.CharField(max_length=1000, required=False, label="CLIP model", help_text=path_help),
+        forms.CharField(max_length=100, required=False, label="CLIP architecture", help_text=name_help),
+    )
+
+
 class DatasetImportForm(forms.Form):
     name = forms.SlugField(max_length=100, help_text="Short unique name, e.g. emu-2k-v1.")
     path = forms.CharField(
@@ -63,7 +75,19 @@ class DatasetImportForm(forms.Form):
             return None
 
 
-class QualityTuningRunForm(forms.Form):
+class QualityTuningRunForm(FieldGroups, forms.Form):
+    # The new-run page's fieldsets.
+    groups: ClassVar[dict[str, str]] = {
+        "trained": "base_model dataset",
+        "optimisation": "batch_size gradient_accumulation_steps learning_rate lr_warmup_steps noise_offset snr_gamma "
+        "max_steps seed prediction_type",
+        "images": "resolution crop random_flip",
+        "memory": "mixed_precision gradient_checkpointing use_ema ema_decay",
+        "checkpoints": "checkpoint_every keep_last_checkpoints validation_every validation_prompts validation_seeds "
+        "validation_inference_steps",
+        "pick": "aesthetic_head_path clip_model_path clip_model_name",
+    }
+
     base_model = forms.ModelChoiceField(
         queryset=TextToImageModel.objects.all(),
         to_field_name="name",
@@ -133,24 +157,11 @@ class QualityTuningRunForm(forms.Form):
         required=False,
     )
     start_now = forms.BooleanField(required=False, initial=True, label="Queue the run now")
-    aesthetic_head_path = forms.CharField(
-        max_length=1000,
-        required=False,
-        label="Aesthetic head",
-        help_text="Optional: a LAION-format aesthetic head (.pth/.safetensors) readable by the workers. Each checkpoint's "
-        "validation images are scored with it, and the best step is the automatic pick.",
-    )
-    clip_model_path = forms.CharField(
-        max_length=1000,
-        required=False,
-        label="CLIP model",
-        help_text="With an aesthetic head: the open_clip weights file or exported folder it sits on.",
-    )
-    clip_model_name = forms.CharField(
-        max_length=100,
-        required=False,
-        label="CLIP architecture",
-        help_text="e.g. ViT-L-14; blank for an exported folder (open_clip_config.json).",
+    aesthetic_head_path, clip_model_path, clip_model_name = scoring_model_fields(
+        head_help="Optional: a LAION-format aesthetic head (.pth/.safetensors) readable by the workers. Each "
+        "checkpoint's validation images are scored with it, and the best step is the automatic pick.",
+        path_help="With an aesthetic head: the open_clip weights file or exported folder it sits on.",
+        name_help="e.g. ViT-L-14; blank for an exported folder (open_clip_config.json).",
     )
 
     def clean_validation_prompts(self):

@@ -10,6 +10,7 @@ from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST, require_safe
 
+from core.forms import errors_as_messages, saved
 from generation.models import PromptSet
 
 from . import selectors, services
@@ -41,12 +42,11 @@ def run_new(request):
     if "base_model" in request.GET:
         initial["base_model"] = request.GET["base_model"]
     form = QualityTuningRunForm(request.POST or None, initial=initial)
-    if request.method == "POST" and form.is_valid():
-        run = form.create(request.user)
-        if run is not None:
-            queued = " and queued it on the training queue" if run.celery_task_id else ""
-            messages.success(request, f"Created run {run.pk}{queued}.")
-            return redirect("training:run_detail", run.pk)
+    run = saved(request, form, form.create, request.user)
+    if run is not None:
+        queued = " and queued it on the training queue" if run.celery_task_id else ""
+        messages.success(request, f"Created run {run.pk}{queued}.")
+        return redirect("training:run_detail", run.pk)
     return render(request, "training/run_form.html", {"form": form})
 
 
@@ -162,8 +162,7 @@ def checkpoint_compare(request, pk, step):
     checkpoint = _checkpoint(pk, step)
     form = CompareWithBaseForm(request.POST)
     if not form.is_valid():
-        for field, errors in form.errors.items():
-            messages.error(request, f"{field}: {' '.join(errors)}")
+        errors_as_messages(request, form, named=True)
         return redirect("training:run_detail", pk)
     d = form.cleaned_data
     try:
@@ -183,8 +182,7 @@ def checkpoint_campaign_create(request, pk):
     run = _run(pk)
     form = CheckpointCampaignForm(request.POST)
     if not form.is_valid():
-        for field, errors in form.errors.items():
-            messages.error(request, f"{field}: {' '.join(errors)}")
+        errors_as_messages(request, form, named=True)
         return redirect("training:run_detail", pk)
     d = form.cleaned_data
     existing = run.checkpoint_campaign_id
@@ -237,11 +235,10 @@ def win_rate_curve(request, pk):
 @staff_member_required
 def dataset_list(request):
     form = DatasetImportForm(request.POST or None)
-    if request.method == "POST" and form.is_valid():
-        dataset = form.save(request.user)
-        if dataset is not None:
-            messages.success(
-                request, f"Froze {dataset.name}: {dataset.image_count} images, hash {dataset.content_hash[:12]}."
-            )
-            return redirect("training:dataset_list")
+    dataset = saved(request, form, form.save, request.user)
+    if dataset is not None:
+        messages.success(
+            request, f"Froze {dataset.name}: {dataset.image_count} images, hash {dataset.content_hash[:12]}."
+        )
+        return redirect("training:dataset_list")
     return render(request, "training/dataset_list.html", {"form": form, "datasets": CuratedDataset.objects.all()})

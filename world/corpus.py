@@ -12,7 +12,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from world.scenes import render, scene_for_seed
+from world.oracle import scene_for_seed
+from world.scenes import render
 
 CORPUS_SEED_BASE = 0
 POOL_SEED_BASE = 10_000_000

@@ -193,18 +193,3 @@ def sample_scene(rng: np.random.Generator) -> Scene:
     )
     n_specks = int(rng.choice([0, 1, 2, 3, 4, 5], p=[0.2, 0.2, 0.2, 0.15, 0.15, 0.1]))
     return Scene(**{**draft.to_dict(), "offset": offset, "specks": _speck_positions(rng, draft, n_specks)})
-
-
-def scene_for_seed(seed: int) -> Scene:
-    """The world's scene for ``seed``: the first draw from that seed whose render the oracle reads exactly.
-
-    About one draw in a hundred is redrawn (three small shapes under heavy haze read as two, or a triangle's
-    anti-aliased corners as a circle); keeping the world legible makes the faithfulness oracle exact on every render.
-    """
-    from world.oracle import check
-
-    rng = np.random.default_rng(seed)
-    while True:
-        scene = sample_scene(rng)
-        if all(check(render(scene), scene.caption()).values()):
-            return scene

@@ -22,8 +22,8 @@ from core.clip_text import clip_tokenizer
 from world import models
 from world.appeal import appeal_score
 from world.corpus import CORPUS_SEED_BASE, EVAL_SEED_BASE
-from world.oracle import check
-from world.scenes import COLOURS, COUNTS, SHAPES, render, scene_for_seed
+from world.oracle import check, scene_for_seed
+from world.scenes import COLOURS, COUNTS, SHAPES, render
 
 
 def render_corpus(n: int, seed_base: int = CORPUS_SEED_BASE) -> tuple[np.ndarray, list[str]]:

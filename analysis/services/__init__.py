@@ -1,10 +1,12 @@
-"""Analysis reads annotation's votes and renders numbers; besides its own records, it changes only a "stop when
-decided" campaign's status, through annotation's service. One module per part:
+"""Analysis reads annotation's votes and renders numbers; besides its own records (decisions, judge scores), what it
+writes back goes through annotation's services: an adaptive campaign's pair priorities, and closing a "stop when
+decided" campaign. One module per part:
 
 - ``values``: the report as frozen plain values, with display strings;
 - ``reports``: ``build_report`` (the numbers of ``analysis.stats`` over a campaign's votes);
 - ``win_rates``: the campaign page's live win rates (cached per vote snapshot);
-- ``decisions``: the anytime-valid confidence sequences and "stop when decided" (the one part that writes);
+- ``adaptive_pairs``: an adaptive campaign's model pairs ranked from its votes, written as the engine's priorities;
+- ``decisions``: the anytime-valid confidence sequences and "stop when decided";
 - ``judges``: storing an automatic judge's scores of pairs (the judge itself is the training app's);
 - ``prediction_powered``: AI-assisted (PPI++) win rates from an automatic judge's scores and the human votes;
 - ``exports``: the CSV exports and the JSON, HTML and PDF renderings.
@@ -12,13 +14,19 @@ decided" campaign's status, through annotation's service. One module per part:
 This package re-exports their public names: ``from analysis import services``, ``services.build_report(...)``.
 """
 
+from .adaptive_pairs import (  # noqa: F401
+    live_adaptive_campaigns,
+    pair_ranking,
+    primary_criterion,
+    refresh_pair_priorities,
+    win_matrix,
+)
 from .decisions import (  # noqa: F401
     SEQUENCE_LEVEL,
     campaigns_to_decide,
     check_decision,
     decision_level,
     decision_summaries,
-    primary_criterion,
     prompt_sequence,
     sequence_summaries,
     stop_rule,
@@ -62,39 +70,7 @@ from .reports import (  # noqa: F401
     exclusion_rule,
     votes_snapshot_sha256,
 )
-from .values import (  # noqa: F401
-    DEFAULT_ROUNDS,
-    DEFAULT_SEED,
-    INTERVAL_METHOD_LABELS,
-    MAX_ROUNDS,
-    MAX_SEED,
-    MIN_ROUNDS,
-    PLANNER_HALF_WIDTHS,
-    POSITION_BIAS_ALPHA,
-    PPI_EXPLANATION,
-    SEQUENCE_EXPLANATION,
-    AgreementSummary,
-    Bounds,
-    CampaignReport,
-    Comparison,
-    DecisionSummary,
-    ExcludedRater,
-    Exclusions,
-    FlaggedSpeeder,
-    GroupWinRate,
-    Outcomes,
-    PlannerTarget,
-    PredictionPoweredSummary,
-    RankedModel,
-    Ranking,
-    RaterSideBias,
-    Reproducibility,
-    SequenceSummary,
-    p_value_text,
-    percent,
-    plain,
-    verdict,
-)
+from .values import *  # noqa: F403 (its __all__)
 from .win_rates import (  # noqa: F401
     campaign_win_rates,
 )

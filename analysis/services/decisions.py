@@ -33,16 +33,12 @@ from annotation.models import Campaign, CampaignCriterion
 from .. import stats
 from ..models import CampaignDecision
 from ..selectors import item_completions
+from .adaptive_pairs import primary_criterion  # the campaign's first criterion (visual appeal in Emu campaigns)
 from .values import DecisionSummary, SequenceSummary
 
 logger = logging.getLogger(__name__)
 
 SEQUENCE_LEVEL = 0.95
-
-
-def primary_criterion(campaign: Campaign) -> CampaignCriterion | None:
-    """The criterion "stop when decided" watches: the campaign's first (visual appeal in Emu campaigns)."""
-    return campaign.criteria.order_by("id").first()
 
 
 def decision_level(campaign: Campaign, level: float = SEQUENCE_LEVEL) -> float:

@@ -34,15 +34,7 @@ def votes_csv(campaign: Campaign) -> Iterator[str]:
 
 
 ITEMS_CSV_COLUMNS = [
-    "item_id",
-    "criterion",
-    "prompt_id",
-    "prompt",
-    "category",
-    "challenge",
-    "seed",
-    "model_a",
-    "model_b",
+    *annotation_selectors.ITEM_EXPORT_FIELDS,
     "votes_per_item",
     "votes_a",
     "votes_b",
@@ -66,18 +58,7 @@ def items_csv(campaign: Campaign) -> Iterator[str]:
         ComparisonItem.objects.regular()
         .filter(campaign=campaign)
         .order_by("id")
-        .values(
-            "id",
-            "criterion__criterion",
-            "image_a__prompt_id",
-            "image_a__prompt__text",
-            "image_a__prompt__category",
-            "image_a__prompt__challenge",
-            "image_a__seed",
-            "image_a__model__name",
-            "image_b__model__name",
-            "criterion__votes_per_item",
-        )
+        .values(*annotation_selectors.ITEM_EXPORT_FIELDS.values(), "criterion__votes_per_item")
         .annotate(
             **{
                 f"votes_{winner}": Count("assignments__vote", filter=counting & Q(assignments__vote__winner=winner))
@@ -93,15 +74,7 @@ def items_csv(campaign: Campaign) -> Iterator[str]:
             majority = stats.WINNERS[stats.majority_outcomes(np.array([counts]))[0]] if total else ""
             model = {"a": item["image_a__model__name"], "b": item["image_b__model__name"]}.get(majority, "")
             yield [
-                item["id"],
-                item["criterion__criterion"],
-                item["image_a__prompt_id"],
-                item["image_a__prompt__text"],
-                item["image_a__prompt__category"],
-                item["image_a__prompt__challenge"],
-                item["image_a__seed"],
-                item["image_a__model__name"],
-                item["image_b__model__name"],
+                *(item[field] for field in annotation_selectors.ITEM_EXPORT_FIELDS.values()),
                 item["criterion__votes_per_item"],
                 *counts,
                 total,

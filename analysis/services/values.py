@@ -9,6 +9,40 @@ import numpy as np
 
 from .. import stats
 
+__all__ = [  # noqa: RUF022 (constants, classes, functions)
+    "DEFAULT_ROUNDS",
+    "DEFAULT_SEED",
+    "INTERVAL_METHOD_LABELS",
+    "MAX_ROUNDS",
+    "MAX_SEED",
+    "MIN_ROUNDS",
+    "PLANNER_HALF_WIDTHS",
+    "POSITION_BIAS_ALPHA",
+    "PPI_EXPLANATION",
+    "SEQUENCE_EXPLANATION",
+    "AgreementSummary",
+    "Bounds",
+    "CampaignReport",
+    "Comparison",
+    "DecisionSummary",
+    "ExcludedRater",
+    "Exclusions",
+    "FlaggedSpeeder",
+    "GroupWinRate",
+    "Outcomes",
+    "PlannerTarget",
+    "PredictionPoweredSummary",
+    "RankedModel",
+    "Ranking",
+    "RaterSideBias",
+    "Reproducibility",
+    "SequenceSummary",
+    "p_value_text",
+    "percent",
+    "plain",
+    "verdict",
+]
+
 DEFAULT_SEED = 0
 # Bootstrap rounds for the Bradley–Terry intervals (the win-rate intervals have no Monte Carlo part). Their
 # endpoints' Monte Carlo error is printed beside them (about 0.01 of a score point at 2,000 rounds).

@@ -21,28 +21,11 @@ def run(*args) -> str:
 
 def test_create_makes_a_draft_campaign(two_models, prompt_set):
     out = run(
-        "create",
-        "--name",
-        "emu",
-        "--models",
-        "tuned",
-        "base",
-        "--pairing",
-        "vs_baseline",
-        "--baseline",
-        "base",
-        "--prompt-set",
-        "four",
-        "--seeds",
-        "0-3",
-        "--criteria",
-        "visual_appeal",
-        "--gold-share",
-        "0.2",
-        "--quota",
-        "50",
-        "--completion-url",
-        "https://app.prolific.com/submissions/complete?cc=X",
+        *(
+            "create --name emu --models tuned base --pairing vs_baseline --baseline base --prompt-set four --seeds 0-3 "
+            "--criteria visual_appeal --gold-share 0.2 --quota 50 --completion-url "
+            "https://app.prolific.com/submissions/complete?cc=X"
+        ).split(),
     )
     campaign = Campaign.objects.get()
     assert "Created draft campaign 'emu'" in out and "base vs tuned" in out and "16 comparisons" in out

@@ -2,7 +2,6 @@
 
 import csv
 import io
-import shutil
 from collections import Counter
 
 import pytest
@@ -122,34 +121,14 @@ def test_votes_csv_has_one_tidy_row_per_vote_with_the_winning_model(staff_client
     response = staff_client.get(reverse("campaigns:votes_csv", args=[campaign.pk]))
     assert response.streaming and response["Content-Type"].startswith("text/csv")
     assert 'filename="c-votes.csv"' in response["Content-Disposition"]
-    rows = list(csv.DictReader(io.StringIO(b"".join(response.streaming_content).decode())))
+    body = b"".join(response.streaming_content).decode()
+    assert body.splitlines()[0] == (
+        "vote_id,item_id,criterion,prompt_id,prompt,category,challenge,seed,model_a,model_b,rater_id,external_id,"
+        "choice,a_on_left,winner,winner_model,seconds_on_task,gold,gold_correct,excluded,simulated,created_at,counted"
+    )
+    rows = list(csv.DictReader(io.StringIO(body)))
     assert len(rows) == Vote.objects.count() == 120
     assert len({r["vote_id"] for r in rows}) == 120
-    assert list(rows[0]) == [
-        "vote_id",
-        "item_id",
-        "criterion",
-        "prompt_id",
-        "prompt",
-        "category",
-        "challenge",
-        "seed",
-        "model_a",
-        "model_b",
-        "rater_id",
-        "external_id",
-        "choice",
-        "a_on_left",
-        "winner",
-        "winner_model",
-        "seconds_on_task",
-        "gold",
-        "gold_correct",
-        "excluded",
-        "simulated",
-        "created_at",
-        "counted",
-    ]
     assert {row["simulated"] for row in rows} == {"false"}
     by_rater = {p.rater_id: name for p, name in ((first, "base"), (second, "base"), (third, "tuned"))}
     for row in rows:
@@ -178,45 +157,36 @@ def test_the_campaign_page_says_how_many_raters_the_campaign_needs(staff_client,
     assert 'data-raters-needed="16"' in staff_client.get(detail).content.decode()
 
 
-def test_the_campaign_page_follows_votes_as_they_arrive(live_server, live_campaign, make_rater, monkeypatch):
+def test_the_campaign_page_follows_votes_as_they_arrive(live_server, live_campaign, make_rater, browser):
     """In Debian's Chromium: the page polls progress.json and updates its figures and tally without a reload."""
-    chromium = "/usr/bin/chromium"
-    if not shutil.which(chromium):
-        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's sync API runs an event loop in this thread
     get_user_model().objects.create_user("researcher", password="a-long-test-password", is_staff=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium, args=["--headless", "--no-sandbox", "--disable-gpu"])
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        errors = []
-        page.on("pageerror", lambda exc: errors.append(str(exc)))
-        page.goto(f"{live_server.url}{reverse('campaigns:detail', args=[live_campaign.pk])}")
-        page.fill("#id_username", "researcher")
-        page.fill("#id_password", "a-long-test-password")
-        page.click("input[type=submit]")
-        assert page.locator('[data-p="votes"]').inner_text() == "0"
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{live_server.url}{reverse('campaigns:detail', args=[live_campaign.pk])}")
+    page.fill("#id_username", "researcher")
+    page.fill("#id_password", "a-long-test-password")
+    page.click("input[type=submit]")
+    assert page.locator('[data-p="votes"]').inner_text() == "0"
 
-        rater = make_rater()
-        tasks = services.open_tasks(live_campaign, rater)
-        for task in tasks:
-            a_side = "left" if task.a_on_left else "right"
-            services.submit_vote(rater, task.token, a_side)  # two votes for model A
-        page.locator('[data-p="votes"]', has_text="2").wait_for(timeout=20_000)
-        assert page.locator('[data-p="active_raters"]').inner_text() == "1"
-        # Both tasks are of the criterion the rater's schedule starts with: two votes make two incomplete
-        # comparisons there, said in words.
-        (criterion,) = {task.item.criterion.criterion for task in tasks}
-        page.locator(
-            f'[data-win-rate="{criterion}:base:tuned"] [data-f="win_rate_text"]',
-            has_text="no complete comparisons yet (2 incomplete)",
-        ).wait_for(timeout=20_000)
-        assert errors == []
-        shots = settings.VAR_DIR / "screenshots"
-        shots.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(shots / "campaign-dashboard.png"), full_page=True)
-        browser.close()
+    rater = make_rater()
+    tasks = services.open_tasks(live_campaign, rater)
+    for task in tasks:
+        a_side = "left" if task.a_on_left else "right"
+        services.submit_vote(rater, task.token, a_side)  # two votes for model A
+    page.locator('[data-p="votes"]', has_text="2").wait_for(timeout=20_000)
+    assert page.locator('[data-p="active_raters"]').inner_text() == "1"
+    # Both tasks are of the criterion the rater's schedule starts with: two votes make two incomplete
+    # comparisons there, said in words.
+    (criterion,) = {task.item.criterion.criterion for task in tasks}
+    page.locator(
+        f'[data-win-rate="{criterion}:base:tuned"] [data-f="win_rate_text"]',
+        has_text="no complete comparisons yet (2 incomplete)",
+    ).wait_for(timeout=20_000)
+    assert errors == []
+    shots = settings.VAR_DIR / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shots / "campaign-dashboard.png"), full_page=True)
 
 
 # Cells a spreadsheet would run as formulas, as a stranger could write a prompt, a category or a crowd id.

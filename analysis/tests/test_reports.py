@@ -36,6 +36,7 @@ from statsmodels.stats.inter_rater import fleiss_kappa
 from analysis import services, stats
 from annotation import services as annotation_services
 from annotation.models import Campaign, ComparisonItem, Participation, Rater, Vote
+from annotation.tests.campaign_fixtures import built
 from core.api_tokens import issue_api_token
 from generation import services as generation_services
 
@@ -118,14 +119,6 @@ def by_pair(task):
     return THREE_MODEL_PREFERENCE[task.item.image_a.model.name, task.item.image_b.model.name]
 
 
-def live(campaign):
-    batch = annotation_services.generation_batch_for(campaign)
-    generation_services.generate_batch_in_process(batch)
-    annotation_services.build_items(campaign, batch)
-    annotation_services.set_status(campaign, "live")
-    return campaign
-
-
 @dataclass
 class World:
     campaign: Campaign  # 10 prompts x 2 seeds: 20 appeal items (k=5), 20 faithfulness items (k=3)
@@ -164,7 +157,7 @@ def build_world(tiny_pipeline_dir) -> World:
     )
     prompt_set, _ = generation_services.import_prompt_set(name="ten", data=TEN_PROMPTS_TSV.encode(), filename="ten.tsv")
 
-    campaign = live(
+    campaign = built(
         annotation_services.create_campaign(
             name="c", models=[base, tuned], prompt_set=prompt_set, seeds=SEEDS, gold_share=0
         )
@@ -180,7 +173,7 @@ def build_world(tiny_pipeline_dir) -> World:
     # comparisons (the engine advances them together, depth-first within each), over at least six prompts.
     cast_votes(campaign, raters, rng, by_criterion, budget=137)
 
-    three = live(
+    three = built(
         annotation_services.create_campaign(
             name="three",
             models=[base, tuned, third],

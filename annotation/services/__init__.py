@@ -5,6 +5,7 @@
 - ``served_images``: the images raters receive (one byte length per campaign);
 - ``enrolment``: invite links, crowd ids, joining, consent;
 - ``assignment``: the assignment engine (the next tasks under the k cap, no repeats, balance);
+- ``pair_priorities``: the order an adaptive campaign's model pairs get votes in;
 - ``votes``: recording a vote;
 - ``quality_control``: gold, speeders, exclusions, how a rater's study ends;
 - ``errors``: ``AnnotationError`` and its kin.
@@ -72,6 +73,11 @@ from .items import (  # noqa: F401
     degrade,
     gold_items_needed,
     human_prompts,
+)
+from .pair_priorities import (  # noqa: F401
+    adaptive_pairs_possible,
+    reset_pair_priorities,
+    set_pair_priorities,
 )
 from .quality_control import (  # noqa: F401
     EXCLUSION_ATTEMPTS,

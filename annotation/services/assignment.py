@@ -2,9 +2,11 @@
 
 Three rules must hold with hundreds of raters at once: a rater never sees an item twice, an item never collects
 more than k counting votes (votes + open leases <= k), and items fill depth-first so a campaign stopped early still
-has complete majorities. On PostgreSQL the next item is claimed with ``FOR UPDATE SKIP LOCKED`` along the partial
-indexes ``item_open_depth_first(_crit)``, in one statement with the lease it creates (``_CLAIM_SQL``); on SQLite
-(the demo) the ORM does the same steps and the database serialises writers.
+has complete majorities. An adaptive campaign's model pairs come in the order of their items' ``pair_priority``
+(0 in a uniform campaign), depth-first within a pair. On PostgreSQL the next item is claimed with
+``FOR UPDATE SKIP LOCKED`` along the partial indexes ``item_open_depth_first(_crit)``, in one statement with the
+lease it creates (``_CLAIM_SQL``); on SQLite (the demo) the ORM does the same steps and the database serialises
+writers.
 """
 
 from __future__ import annotations
@@ -274,7 +276,8 @@ def _lease_one(campaign, rater, participation, taken: int, fresh: dict, criteria
 
 
 # The claim is the statement every rater request runs. On PostgreSQL it is one
-# statement: pick the open item depth-first, skipping rows other raters hold,
+# statement: pick the open item depth-first (after the pair's priority: always 0 in a uniform campaign, set per
+# model pair in an adaptive one), skipping rows other raters hold,
 # take a slot from it and insert the lease, in a data-modifying CTE; the ORM
 # version (in _claim, for other databases) needs three round trips and most of
 # the request's Python time. Both take the same row lock, in the same order, and say the same thing.
@@ -310,7 +313,7 @@ _PICK_SQL = """(
         SELECT 1 FROM {item} same JOIN {assignment} seen ON seen.item_id = same.id AND seen.rater_id = %(rater)s
         WHERE same.image_a_id = i.image_a_id AND same.image_b_id = i.image_b_id
       ) {prompt_filter}
-    ORDER BY i.remaining, i.id
+    ORDER BY i.pair_priority, i.remaining, i.id
     LIMIT 1
     FOR UPDATE OF i SKIP LOCKED
 )"""
@@ -346,7 +349,8 @@ def _unseen_pairs(campaign, rater):
 def _claim(
     campaign, rater, criterion_id: int | None, a_on_left: bool, expires_at: datetime, prompts: int = 1
 ) -> Assignment | None:
-    """Lease the open item closest to its k votes (in ``criterion_id``, or any) whose pair ``rater`` has not met,
+    """Lease the open item closest to its k votes (in ``criterion_id``, or any; of the most wanted model pair first,
+    by ``pair_priority``) whose pair ``rater`` has not met,
     from a prompt they did not meet in their last few tasks if there is one; or None.
 
     ``prompts`` is how many prompts the campaign has (the spread never asks for more).
@@ -411,7 +415,9 @@ def _claim(
         choice = (
             candidates.exclude(image_a__in=GeneratedImage.objects.filter(prompt_id__in=recent[:n])) if n else candidates
         )
-        item = choice.order_by("remaining", "id").select_for_update(skip_locked=True).only("id").first()
+        item = (
+            choice.order_by("pair_priority", "remaining", "id").select_for_update(skip_locked=True).only("id").first()
+        )
         if item is not None:
             break
     else:

@@ -26,6 +26,7 @@ from ..models import (
 )
 from .errors import AnnotationError
 from .items import build_items
+from .pair_priorities import adaptive_pairs_possible, reset_pair_priorities
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ OPERATIONAL_FIELDS = {
     "consent_text",
     "speeder_seconds",
     "exclude_speeders",
+    "pair_selection",
 }
 # Always editable (a contact address may move mid-study). The stop rule too: the anytime-valid interval it watches
 # holds at every look at once, so turning "stop when decided" on or changing its width mid-campaign, even after
@@ -74,6 +76,16 @@ MIN_HUMAN_SHARE = 0.01
 
 def is_whole(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_limit(value, maximum: int, *, field: str, what: str, unit: str = "") -> None:
+    """A limit where 0 means none: a whole number from 0 to ``maximum`` (``unit`` follows it in the refusal)."""
+    if not is_whole(value):
+        raise AnnotationError(f"{what} must be a whole number (0 means no limit), not {value!r}.", field=field)
+    if value < 0:
+        raise AnnotationError(f"{what} cannot be negative; 0 means no limit.", field=field)
+    if value > maximum:
+        raise AnnotationError(f"{what} must be at most {maximum:,}{unit} (0 means no limit).", field=field)
 
 
 def _number(value) -> bool:
@@ -115,16 +127,7 @@ def _check_settings(
 ) -> None:
     if not is_whole(lease_seconds) or not 30 <= lease_seconds <= 86_400:
         raise AnnotationError("The lease must be between 30 seconds and one day.", field="lease_seconds")
-    if not is_whole(quota_per_rater):
-        raise AnnotationError(
-            f"The quota must be a whole number of tasks, not {quota_per_rater!r}.", field="quota_per_rater"
-        )
-    if quota_per_rater < 0:
-        raise AnnotationError("The quota cannot be negative; 0 means no limit.", field="quota_per_rater")
-    if quota_per_rater > MAX_QUOTA:
-        raise AnnotationError(
-            f"The quota must be at most {MAX_QUOTA:,} tasks per rater (0 means no limit).", field="quota_per_rater"
-        )
+    check_limit(quota_per_rater, MAX_QUOTA, field="quota_per_rater", what="The quota", unit=" tasks per rater")
     if not _number(gold_share) or not 0 <= gold_share <= 0.5:
         raise AnnotationError("The gold share must be between 0 and 0.5.", field="gold_share")
     if not _number(gold_min_accuracy) or not 0 <= gold_min_accuracy <= 1:
@@ -180,6 +183,21 @@ def _check_decision_settings(*, stop_when_decided, decision_width) -> None:
             f"from {MIN_DECISION_WIDTH:g} to 1 (e.g. 0.1 for 10 points), or empty to stop only when the interval "
             f"excludes 50%; not {decision_width!r}.",
             field="decision_width",
+        )
+
+
+def _check_pair_selection(pair_selection, *, n_models: int, pairing: str) -> None:
+    if pair_selection not in Campaign.PairSelection.values:
+        raise AnnotationError(
+            f"Pair selection must be one of: {', '.join(Campaign.PairSelection.values)}.", field="pair_selection"
+        )
+    if pair_selection == Campaign.PairSelection.ADAPTIVE and not adaptive_pairs_possible(n_models, pairing):
+        raise AnnotationError(
+            "Adaptive pair selection needs three or more models compared as all pairs: it chooses which pair of a "
+            f"ranking to show next, and this campaign compares {n_models} models"
+            + (" each against the baseline." if pairing == Campaign.Pairing.VS_BASELINE else ".")
+            + " Use uniform.",
+            field="pair_selection",
         )
 
 
@@ -280,6 +298,7 @@ def create_campaign(
     stop_when_decided: bool = False,
     decision_width: float | None = None,
     human_share: float = 1.0,
+    pair_selection: str = Campaign.PairSelection.UNIFORM,
     created_by=None,
 ) -> Campaign:
     """A draft campaign comparing ``models`` (two, or N paired as ``pairing`` says).
@@ -307,6 +326,7 @@ def create_campaign(
             )
     else:
         baseline = None
+    _check_pair_selection(pair_selection, n_models=len(models), pairing=pairing)
     if Campaign.objects.filter(name=name).exists():
         raise AnnotationError(f"A campaign named {name!r} already exists.", field="name", code=DUPLICATE)
     seeds = generation_services.check_seeds(seeds, AnnotationError)
@@ -360,6 +380,7 @@ def create_campaign(
             stop_when_decided=stop_when_decided,
             decision_width=decision_width,
             human_share=human_share,
+            pair_selection=pair_selection,
             created_by=created_by,
         )
         CampaignModel.objects.bulk_create(
@@ -440,12 +461,16 @@ def update_campaign(campaign: Campaign, **changes) -> Campaign:
         decision_width=campaign.decision_width,
         human_share=campaign.human_share,
     )
+    _check_pair_selection(campaign.pair_selection, n_models=campaign.campaign_models.count(), pairing=campaign.pairing)
     if set(changed) & GOLD_RULE_FIELDS:  # only then: a campaign made before this rule can still be renamed
         _check_gold_can_fire(**{f: getattr(campaign, f) for f in GOLD_RULE_FIELDS})
     if "name" in changed and Campaign.objects.filter(name=campaign.name).exclude(pk=campaign.pk).exists():
         raise AnnotationError(f"A campaign named {campaign.name!r} already exists.", field="name", code=DUPLICATE)
     if changed:
-        campaign.save(update_fields=list(changed))
+        with transaction.atomic():
+            campaign.save(update_fields=list(changed))
+            if changed.get("pair_selection") == Campaign.PairSelection.UNIFORM:
+                reset_pair_priorities(campaign)
     return campaign
 
 

@@ -15,7 +15,7 @@ from ..models import (
     Participation,
     Rater,
 )
-from .campaigns import MAX_RATERS_PER_LINK, check_text, is_whole
+from .campaigns import MAX_RATERS_PER_LINK, check_limit, check_text
 from .errors import AnnotationError
 
 logger = logging.getLogger(__name__)
@@ -133,16 +133,7 @@ def create_invite_link(
     campaign: Campaign, *, label: str = "", max_raters: int = 0, simulated: bool = False
 ) -> InviteLink:
     """``simulated``: a link for programs (the mini-Emu world's raters); everyone joining through it is labelled so."""
-    if not is_whole(max_raters):
-        raise AnnotationError(
-            f"The rater limit must be a whole number (0 means no limit), not {max_raters!r}.", field="max_raters"
-        )
-    if max_raters < 0:
-        raise AnnotationError("The rater limit cannot be negative; 0 means no limit.", field="max_raters")
-    if max_raters > MAX_RATERS_PER_LINK:
-        raise AnnotationError(
-            f"The rater limit must be at most {MAX_RATERS_PER_LINK:,} (0 means no limit).", field="max_raters"
-        )
+    check_limit(max_raters, MAX_RATERS_PER_LINK, field="max_raters", what="The rater limit")
     check_text(label, field="label", what="The label", blank_ok=True)
     return InviteLink.objects.create(campaign=campaign, label=label, max_raters=max_raters, simulated=bool(simulated))
 

@@ -1,4 +1,5 @@
 import pytest
+from django.core.cache import cache
 from django.db import connection
 
 from annotation.services import assignment
@@ -13,3 +14,11 @@ def both_write_paths(request, monkeypatch):
     elif connection.vendor != "postgresql":
         pytest.skip("the single-statement writes are PostgreSQL's")
     return request.param
+
+
+@pytest.fixture
+def fresh_rate_limits():
+    """Rate limits counted from zero, and forgotten after (they live in the cache)."""
+    cache.clear()
+    yield
+    cache.clear()

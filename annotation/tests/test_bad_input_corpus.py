@@ -17,7 +17,6 @@ from django.urls import reverse
 
 from annotation import services
 from annotation.models import Campaign, CampaignCriterion, CampaignModel, InviteLink, Participation, PlacementCounter
-from core.api_tokens import issue_api_token
 from evalsite.bad_input import Answer, check, from_call, from_command, from_form_page, from_json_request, snapshot
 
 pytestmark = pytest.mark.django_db
@@ -28,16 +27,6 @@ GOOD = {"name": "new campaign", "models": ["base", "tuned"], "prompt_set": "four
 
 def state():
     return snapshot(Campaign, CampaignModel, CampaignCriterion, InviteLink, Participation, PlacementCounter)
-
-
-@pytest.fixture
-def researcher():
-    return get_user_model().objects.create_user("researcher", password="pw-long-enough-1", is_staff=True)
-
-
-@pytest.fixture
-def api(researcher):
-    return Client(headers={"Authorization": f"Bearer {issue_api_token(researcher)}"})
 
 
 @pytest.fixture
@@ -142,6 +131,9 @@ CREATE_CASES = [
     ("vs baseline without a baseline", {"pairing": "vs_baseline"}, ["choose the baseline"]),
     ("baseline unknown", {"pairing": "vs_baseline", "baseline": "nope"}, ["baseline", "no registered model"]),
     ("baseline a list", {"pairing": "vs_baseline", "baseline": ["base"]}, ["baseline", "name"]),
+    ("adaptive pairs with two models", {"pair_selection": "adaptive"}, ["adaptive", "three or more models"]),
+    ("pair selection unknown", {"pair_selection": "ucb"}, ["pair", "uniform", "adaptive"]),
+    ("pair selection a list", {"pair_selection": ["adaptive"]}, ["pair_selection", "text"]),
     ("an unknown setting", {"colour": "red"}, ["unknown settings", "colour"]),
     ("a body that is not JSON", "{not json", ["not valid JSON"]),
     ("a body that is a list", "[1, 2]", ["JSON object"]),
@@ -239,6 +231,8 @@ COMMAND_CASES = [
     ("decision width NaN", ["--decision-width", "nan"], ["decision_width", "number"]),
     ("human share 2", ["--human-share", "2"], ["human share", "1"]),
     ("human share a word", ["--human-share", "half"], ["human-share", "invalid float"]),
+    ("adaptive pairs with two models", ["--pair-selection", "adaptive"], ["three or more models"]),
+    ("an unknown pair selection", ["--pair-selection", "ucb"], ["pair-selection", "invalid choice"]),
 ]
 
 
@@ -279,6 +273,7 @@ FORM_CASES = [
     ("decision width 0", {"decision_width": "0"}, "decision_width", ["decision width", "0.01"]),
     ("decision width a word", {"decision_width": "narrow"}, "decision_width", ["number"]),
     ("human share 0", {"human_share": "0"}, "human_share", ["human share", "0.01"]),
+    ("adaptive pairs with two models", {"pair_selection": "adaptive"}, "pair_selection", ["three or more models"]),
 ]
 
 
@@ -350,6 +345,16 @@ def test_services_refuse_values_of_the_wrong_type(two_models, prompt_set, draft)
             "create_campaign: human share 0",
             lambda: services.create_campaign(**good, human_share=0.0),
             ["human share", "fraction of prompts"],
+        ),
+        (
+            "create_campaign: adaptive pairs with two models",
+            lambda: services.create_campaign(**good, pair_selection="adaptive"),
+            ["three or more models"],
+        ),
+        (
+            "update_campaign: adaptive pairs on a two-model draft",
+            lambda: services.update_campaign(draft, pair_selection="adaptive"),
+            ["three or more models"],
         ),
         (
             "update_campaign: decision width 5",

@@ -20,11 +20,6 @@ CAMPAIGNS = "/annotation/api/campaigns/"
 
 
 @pytest.fixture
-def researcher():
-    return get_user_model().objects.create_user("researcher", password="pw-long-enough-1", is_staff=True)
-
-
-@pytest.fixture
 def api(researcher):
     """A client that authenticates with a bearer token and, like a script, never has a CSRF token."""
     return Client(enforce_csrf_checks=True, headers={"Authorization": f"Bearer {issue_api_token(researcher)}"})

@@ -1,14 +1,14 @@
 """Fifty raters at once against PostgreSQL: the assignment engine's invariants under real contention."""
 
 import random
-import threading
 from collections import Counter
 
 import pytest
-from django.db import connection, connections
+from django.db import connection
 
 from annotation import services
 from annotation.models import Assignment, ComparisonItem, Rater, Vote
+from conftest import all_at_once
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("both_write_paths")]
 
@@ -20,30 +20,17 @@ def test_fifty_concurrent_raters_never_overfill_never_repeat_never_lose_a_vote(l
         pytest.skip("row locks with SKIP LOCKED are a PostgreSQL feature; SQLite serialises writers instead")
     raters = [Rater.objects.create() for _ in range(N_RATERS)]
     accepted: dict[int, list[str]] = {r.pk: [] for r in raters}
-    errors: list[BaseException] = []
-    start = threading.Barrier(N_RATERS)
 
     def rate(rater):
         rng = random.Random(rater.pk)
-        try:
-            start.wait()
-            while (a := services.next_assignment(live_campaign, rater)) is not None:
-                if rng.random() < 0.1:  # a double submit, as from a double click
-                    services.submit_vote(rater, a.token, "left")
-                result = services.submit_vote(rater, a.token, "left")
-                accepted[rater.pk].append(a.token)
-                assert result.vote.assignment_id == a.pk
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        while (a := services.next_assignment(live_campaign, rater)) is not None:
+            if rng.random() < 0.1:  # a double submit, as from a double click
+                services.submit_vote(rater, a.token, "left")
+            result = services.submit_vote(rater, a.token, "left")
+            accepted[rater.pk].append(a.token)
+            assert result.vote.assignment_id == a.pk
 
-    threads = [threading.Thread(target=rate, args=(r,)) for r in raters]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert not errors, errors[:3]
+    all_at_once(rate, raters, timeout=300)
 
     k = {i.pk: i.criterion.votes_per_item for i in ComparisonItem.objects.select_related("criterion")}
     votes_per_item = Counter(Vote.objects.values_list("assignment__item_id", flat=True))

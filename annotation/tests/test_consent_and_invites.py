@@ -6,16 +6,14 @@ from io import StringIO
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.core.cache import cache
 from django.core.management import CommandError, call_command
 from django.test import Client
 from django.urls import reverse
 
 from annotation import selectors, services
 from annotation.models import DEFAULT_CONSENT_TEXT, Campaign, Participation
-from core.api_tokens import issue_api_token
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_rate_limits")]
 
 HOSTILE = '<script>alert("x")</script>'
 CONSENT = (
@@ -24,13 +22,6 @@ CONSENT = (
     "A second line of the same paragraph.\n\n"
     "A third paragraph."
 )
-
-
-@pytest.fixture(autouse=True)
-def _fresh_rate_limits():
-    cache.clear()
-    yield
-    cache.clear()
 
 
 def open_campaign(campaign: Campaign) -> Campaign:
@@ -125,9 +116,7 @@ def test_consent_text_and_contact_can_be_changed_before_any_vote(campaign):
     assert "consent_text" in services.OPERATIONAL_FIELDS and "contact" in services.FREE_FIELDS
 
 
-def test_the_api_takes_and_returns_the_consent_text_and_contact(two_models, prompt_set):
-    researcher = get_user_model().objects.create_user("researcher", password="pw-long-enough-1", is_staff=True)
-    api = Client(headers={"Authorization": f"Bearer {issue_api_token(researcher)}"})
+def test_the_api_takes_and_returns_the_consent_text_and_contact(two_models, prompt_set, api):
     body = {
         "name": "api",
         "models": ["base", "tuned"],
@@ -157,17 +146,7 @@ def test_the_command_takes_the_consent_text_from_a_file_and_a_contact(two_models
     consent_file = tmp_path / "consent.txt"
     consent_file.write_text(CONSENT + "\n", encoding="utf-8")
     run_command(
-        "create",
-        "--name",
-        "cmd",
-        "--models",
-        "base",
-        "tuned",
-        "--prompt-set",
-        "four",
-        "--seeds",
-        "0",
-        "--consent-file",
+        *"create --name cmd --models base tuned --prompt-set four --seeds 0 --consent-file".split(),
         str(consent_file),
         "--contact",
         "lab@uni.example",
@@ -176,17 +155,7 @@ def test_the_command_takes_the_consent_text_from_a_file_and_a_contact(two_models
     assert (campaign.consent_text, campaign.contact) == (CONSENT, "lab@uni.example")
     with pytest.raises(CommandError, match="not both"):
         run_command(
-            "create",
-            "--name",
-            "cmd-2",
-            "--models",
-            "base",
-            "tuned",
-            "--prompt-set",
-            "four",
-            "--seeds",
-            "0",
-            "--consent-file",
+            *"create --name cmd-2 --models base tuned --prompt-set four --seeds 0 --consent-file".split(),
             str(consent_file),
             "--consent-text",
             "x",

@@ -8,6 +8,7 @@ from PIL import Image
 
 from annotation import services
 from annotation.models import Assignment, Campaign, ComparisonItem, GoldImage, Participation, Vote
+from annotation.tests.campaign_fixtures import CAMPAIGN_FORM, built
 from generation import services as generation_services
 from generation.models import GeneratedImage
 
@@ -15,23 +16,16 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def gold_campaign(two_models, prompt_set):
+def gold_campaign(make_campaign):
     """Live, appeal only, 4 prompts x 5 seeds = 20 regular items, 20% gold."""
-    campaign = services.create_campaign(
+    return make_campaign(
         name="gold",
-        models=two_models,
-        prompt_set=prompt_set,
         seeds=[0, 1, 2, 3, 4],
         criteria={"visual_appeal": {}},
         gold_share=0.2,
         gold_min_answers=3,
         gold_min_accuracy=0.7,
     )
-    batch = services.generation_batch_for(campaign)
-    generation_services.generate_batch_in_process(batch)
-    services.build_items(campaign, batch)
-    services.set_status(campaign, "live")
-    return campaign
 
 
 def answer(campaign, rater, pick):
@@ -70,19 +64,9 @@ def test_gold_items_are_degraded_copies_of_campaign_images(gold_campaign):
 
 
 @pytest.fixture
-def two_criteria_gold_campaign(two_models, prompt_set):
+def two_criteria_gold_campaign(make_campaign):
     """Both criteria, 4 prompts x 2 seeds = 8 items each, 20% gold (3 gold items each); built, not live."""
-    campaign = services.create_campaign(
-        name="gold both",
-        models=two_models,
-        prompt_set=prompt_set,
-        seeds=[0, 1],
-        gold_share=0.2,
-    )
-    batch = services.generation_batch_for(campaign)
-    generation_services.generate_batch_in_process(batch)
-    services.build_items(campaign, batch)
-    return campaign
+    return make_campaign(name="gold both", seeds=[0, 1], gold_share=0.2, live=False)
 
 
 def test_text_faithfulness_gold_pairs_the_prompts_image_with_another_prompts_image(two_criteria_gold_campaign):
@@ -113,12 +97,10 @@ def test_text_faithfulness_gold_pairs_the_prompts_image_with_another_prompts_ima
 
 def test_a_one_prompt_campaign_has_no_faithfulness_gold_rather_than_a_wrong_one(two_models):
     one, _ = generation_services.import_prompt_set(name="one", data=b"Prompt\na red apple\n", filename="one.tsv")
-    campaign = services.create_campaign(
-        name="one prompt", models=two_models, prompt_set=one, seeds=[0, 1, 2], gold_share=0.2
+    campaign = built(
+        services.create_campaign(name="one prompt", models=two_models, prompt_set=one, seeds=[0, 1, 2], gold_share=0.2),
+        live=False,
     )
-    batch = services.generation_batch_for(campaign)
-    generation_services.generate_batch_in_process(batch)
-    services.build_items(campaign, batch)
     gold = ComparisonItem.objects.filter(campaign=campaign, gold_image__isnull=False).select_related("criterion")
     assert {g.criterion.criterion for g in gold} == {"visual_appeal"}
 
@@ -335,44 +317,11 @@ def test_the_command_the_api_the_form_and_the_admin_all_refuse_it_with_the_messa
     from core.api_tokens import issue_api_token
 
     why = "Gold could never exclude anyone"
+    create = "campaign create --name cli --models base tuned --prompt-set four --seeds 0 --quota 20 --gold-share 0.1"
     with pytest.raises(CommandError, match=why):
-        call_command(
-            "campaign",
-            "create",
-            "--name",
-            "cli",
-            "--models",
-            "base",
-            "tuned",
-            "--prompt-set",
-            "four",
-            "--seeds",
-            "0",
-            "--quota",
-            "20",
-            "--gold-share",
-            "0.1",
-        )
-    call_command(  # and the command can now say how many gold answers are needed
-        "campaign",
-        "create",
-        "--name",
-        "cli",
-        "--models",
-        "base",
-        "tuned",
-        "--prompt-set",
-        "four",
-        "--seeds",
-        "0",
-        "--quota",
-        "20",
-        "--gold-share",
-        "0.1",
-        "--gold-min-answers",
-        "2",
-        stdout=io.StringIO(),
-    )
+        call_command(*create.split())
+    # and the command can now say how many gold answers are needed
+    call_command(*create.split(), "--gold-min-answers", "2", stdout=io.StringIO())
     assert Campaign.objects.get(name="cli").gold_min_answers == 2
 
     researcher = get_user_model().objects.create_user(
@@ -395,22 +344,7 @@ def test_the_command_the_api_the_form_and_the_admin_all_refuse_it_with_the_messa
     assert response.status_code == 400 and why in response.json()["error"]
 
     client.force_login(researcher)
-    form = {
-        "name": "page",
-        "models": ["base", "tuned"],
-        "pairing": "all_pairs",
-        "prompt_set": "four",
-        "seeds": "0",
-        "visual_appeal_enabled": "on",
-        "visual_appeal_votes_per_item": "5",
-        "visual_appeal_choices": ["left", "right", "tie"],
-        "gold_share": "0.1",
-        "gold_min_accuracy": "0.7",
-        "gold_min_answers": "4",
-        "quota_per_rater": "20",
-        "lease_seconds": "600",
-        "rater_title": "Compare",
-    }
+    form = {**CAMPAIGN_FORM, "name": "page", "seeds": "0", "quota_per_rater": "20"}
     response = client.post(reverse("annotation:campaign_new"), form)
     assert response.status_code == 200 and why in response.content.decode()
     assert not Campaign.objects.filter(name="page").exists()

@@ -4,21 +4,16 @@ Once at a laptop size, by keyboard alone, and once at a phone size, by tapping; 
 screens (1366x768, 1280x720) and on a touch screen. Screenshots go to VAR_DIR/screenshots.
 """
 
-import shutil
 from urllib.parse import urlencode
 
 import pytest
 from django.conf import settings
-from django.core.cache import cache
 
 from annotation import services
 from annotation.models import Participation, Vote
-from generation import services as generation_services
 
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("fresh_rate_limits")]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 # Every pair of the campaign: a rater's blocks of five start with two of appeal for a quarter of raters, so ten
 # pairs could miss the faithfulness question; twelve never do.
 PAIRS = 12
@@ -27,37 +22,11 @@ KEYS = {"left": ["1", "ArrowLeft"], "right": ["2", "ArrowRight"], "tie": ["3", "
 
 
 @pytest.fixture
-def browser(monkeypatch):
-    if not shutil.which(CHROMIUM):
-        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API runs an event loop in this thread; the ORM calls the test makes are still synchronous.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    cache.clear()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def campaign(two_models, prompt_set):
+def campaign(make_campaign):
     """Both criteria over 4 prompts x 3 seeds (12 pairs, 24 items); a rater meets each pair once, so 12 tasks each."""
-    campaign = services.create_campaign(
-        name="browser",
-        models=two_models,
-        prompt_set=prompt_set,
-        seeds=[0, 1, 2],
-        gold_share=0,
-        quota_per_rater=PAIRS,
-        rater_title="Which picture is better?",
+    return make_campaign(
+        name="browser", seeds=[0, 1, 2], gold_share=0, quota_per_rater=PAIRS, rater_title="Which picture is better?"
     )
-    batch = services.generation_batch_for(campaign)
-    generation_services.generate_batch_in_process(batch)
-    services.build_items(campaign, batch)
-    services.set_status(campaign, "live")
-    return campaign
 
 
 def new_context(browser, **options):

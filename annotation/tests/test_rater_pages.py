@@ -8,7 +8,6 @@ from datetime import timedelta
 import numpy as np
 import pytest
 from django.contrib.auth import get_user_model
-from django.core.cache import cache
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -16,21 +15,13 @@ from PIL import Image
 
 from annotation import rater_access, services
 from annotation.models import Assignment, Participation, Vote
-from generation import services as generation_services
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_rate_limits")]
 
 PROLIFIC = {"PROLIFIC_PID": "5f1d0c0ffee0000000000001", "STUDY_ID": "study-42", "SESSION_ID": "session-7"}
 TOKEN = r"[A-Za-z0-9_-]{43,}"
 # A sealed image link: the same length for every image, gold and both models alike (rater_access).
 IMAGE_LINK = r"/i/[A-Za-z0-9_-]{347}"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_rate_limits():
-    cache.clear()
-    yield
-    cache.clear()
 
 
 def join(client, campaign, params=None, link=None) -> Participation:
@@ -243,21 +234,9 @@ def test_images_show_each_side_as_the_assignment_places_it_padded_to_the_campaig
 
 
 @pytest.fixture
-def gold_campaign(two_models, prompt_set):
+def gold_campaign(make_campaign):
     """Appeal only, one seed, half the tasks gold: 4 regular items and 4 gold items."""
-    campaign = services.create_campaign(
-        name="gold",
-        models=two_models,
-        prompt_set=prompt_set,
-        seeds=[0],
-        gold_share=0.5,
-        criteria={"visual_appeal": {}},
-    )
-    batch = services.generation_batch_for(campaign)
-    generation_services.generate_batch_in_process(batch)
-    services.build_items(campaign, batch)
-    services.set_status(campaign, "live")
-    return campaign
+    return make_campaign(name="gold", seeds=[0], gold_share=0.5, criteria={"visual_appeal": {}})
 
 
 def test_a_gold_item_shows_the_degraded_copy_as_its_b_side(client, gold_campaign):
@@ -275,21 +254,9 @@ def test_a_gold_item_shows_the_degraded_copy_as_its_b_side(client, gold_campaign
 
 
 @pytest.fixture
-def faithfulness_gold_campaign(two_models, prompt_set):
+def faithfulness_gold_campaign(make_campaign):
     """Text faithfulness only, one seed, half the tasks gold: 4 regular items and 4 gold items."""
-    campaign = services.create_campaign(
-        name="faithful gold",
-        models=two_models,
-        prompt_set=prompt_set,
-        seeds=[0],
-        gold_share=0.5,
-        criteria={"text_faithfulness": {}},
-    )
-    batch = services.generation_batch_for(campaign)
-    generation_services.generate_batch_in_process(batch)
-    services.build_items(campaign, batch)
-    services.set_status(campaign, "live")
-    return campaign
+    return make_campaign(name="faithful gold", seeds=[0], gold_share=0.5, criteria={"text_faithfulness": {}})
 
 
 def test_a_faithfulness_gold_item_shows_the_prompt_with_its_image_against_another_prompts_image(

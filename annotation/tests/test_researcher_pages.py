@@ -10,6 +10,7 @@ from django.urls import reverse
 
 from annotation import services
 from annotation.models import Campaign, CampaignCriterion, Participation, Vote
+from annotation.tests.campaign_fixtures import CAMPAIGN_FORM
 
 pytestmark = pytest.mark.django_db
 
@@ -68,23 +69,7 @@ def test_staff_create_a_campaign_through_the_form(staff_client, two_models, prom
     ],
 )
 def test_the_form_shows_each_error_next_to_its_field(staff_client, two_models, prompt_set, change, field, message):
-    form = {
-        "name": "x",
-        "models": ["base", "tuned"],
-        "pairing": "all_pairs",
-        "prompt_set": "four",
-        "seeds": "0-1",
-        "visual_appeal_enabled": "on",
-        "visual_appeal_votes_per_item": "5",
-        "visual_appeal_choices": ["left", "right", "tie"],
-        "gold_share": "0.1",
-        "gold_min_accuracy": "0.7",
-        "gold_min_answers": "4",
-        "quota_per_rater": "0",
-        "lease_seconds": "600",
-        "rater_title": "Compare",
-    }
-    response = staff_client.post(reverse("annotation:campaign_new"), {**form, **change})
+    response = staff_client.post(reverse("annotation:campaign_new"), {**CAMPAIGN_FORM, **change})
     assert response.status_code == 200 and not Campaign.objects.exists()
     errors = response.context["form"].errors
     assert list(errors) == [field] and message in errors[field][0]

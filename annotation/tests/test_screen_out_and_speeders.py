@@ -4,7 +4,6 @@ import re
 import time
 
 import pytest
-from django.core.cache import cache
 from django.urls import reverse
 
 from analysis import services as analysis_services
@@ -12,43 +11,22 @@ from annotation import services
 from annotation.models import Campaign, Participation, Vote
 from annotation.services import quality_control
 from annotation.tests.test_rater_pages import get_tasks, join, post_vote
-from generation import services as generation_services
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def _fresh_rate_limits():
-    cache.clear()
-    yield
-    cache.clear()
-
-
-def _live(campaign: Campaign) -> Campaign:
-    batch = services.generation_batch_for(campaign)
-    generation_services.generate_batch_in_process(batch)
-    services.build_items(campaign, batch)
-    services.set_status(campaign, "live")
-    campaign.refresh_from_db()
-    return campaign
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_rate_limits")]
 
 
 @pytest.fixture
-def gold_campaign(two_models, prompt_set):
+def gold_campaign(make_campaign):
     """Appeal only, 4 prompts x 5 seeds, a quota of 20 with 20% gold: a rater meets 4 gold pairs, 3 can exclude."""
-    return _live(
-        services.create_campaign(
-            name="screened",
-            models=two_models,
-            prompt_set=prompt_set,
-            seeds=[0, 1, 2, 3, 4],
-            criteria={"visual_appeal": {}},
-            gold_share=0.2,
-            gold_min_answers=3,
-            gold_min_accuracy=0.7,
-            quota_per_rater=20,
-            speeder_seconds=0,
-        )
+    return make_campaign(
+        name="screened",
+        seeds=[0, 1, 2, 3, 4],
+        criteria={"visual_appeal": {}},
+        gold_share=0.2,
+        gold_min_answers=3,
+        gold_min_accuracy=0.7,
+        quota_per_rater=20,
+        speeder_seconds=0,
     )
 
 
@@ -131,18 +109,14 @@ def test_a_finished_rater_still_gets_the_completion_code(client, gold_campaign):
 
 
 @pytest.fixture
-def speed_campaign(two_models, prompt_set):
-    return _live(
-        services.create_campaign(
-            name="speed",
-            models=two_models,
-            prompt_set=prompt_set,
-            seeds=[0, 1, 2, 3, 4],
-            criteria={"visual_appeal": {}},
-            gold_share=0,
-            quota_per_rater=12,
-            speeder_seconds=1.0,
-        )
+def speed_campaign(make_campaign):
+    return make_campaign(
+        name="speed",
+        seeds=[0, 1, 2, 3, 4],
+        criteria={"visual_appeal": {}},
+        gold_share=0,
+        quota_per_rater=12,
+        speeder_seconds=1.0,
     )
 
 
@@ -240,20 +214,9 @@ def test_the_api_and_the_command_take_the_screen_out_and_speeder_settings(two_mo
     from django.core.management import call_command
 
     call_command(
-        "campaign",
-        "create",
-        "--name",
-        "cli",
-        "--models",
-        "base",
-        "tuned",
-        "--prompt-set",
-        "four",
-        "--seeds",
-        "0",
-        "--gold-share",
-        "0",
-        "--screen-out-url",
+        *(
+            "campaign create --name cli --models base tuned --prompt-set four --seeds 0 --gold-share 0 --screen-out-url"
+        ).split(),
         "https://example.org/out?cc={code}",
         "--speeder-seconds",
         "2.5",

@@ -12,7 +12,6 @@ import zlib
 
 import numpy as np
 import pytest
-from django.core.cache import cache
 from django.test import Client
 from django.urls import reverse
 from PIL import Image
@@ -24,38 +23,19 @@ from sklearn.tree import DecisionTreeClassifier
 
 from annotation import services
 from annotation.models import Assignment, Participation
-from generation import services as generation_services
 from generation.pipelines import png_chunk_types
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_rate_limits")]
 
 # Balanced accuracy a classifier may reach on features that carry nothing: chance is 0.5; with ~150 samples per
 # task and the best of two cross-validated classifiers, noise stays well below this (a real leak scores ~1.0).
 CHANCE_BOUND = 0.65
 
 
-@pytest.fixture(autouse=True)
-def _fresh_rate_limits():
-    cache.clear()
-    yield
-    cache.clear()
-
-
 @pytest.fixture
-def leak_campaign(two_models, prompt_set):
+def leak_campaign(make_campaign):
     """Two different models, both criteria, 4 prompts x 5 seeds (40 regular items), 20% gold; live."""
-    campaign = services.create_campaign(
-        name="leak",
-        models=two_models,
-        prompt_set=prompt_set,
-        seeds=[0, 1, 2, 3, 4],
-        gold_share=0.2,
-    )
-    batch = services.generation_batch_for(campaign)
-    generation_services.generate_batch_in_process(batch)
-    services.build_items(campaign, batch)
-    services.set_status(campaign, "live")
-    return campaign
+    return make_campaign(name="leak", seeds=[0, 1, 2, 3, 4], gold_share=0.2)
 
 
 def _join(client, campaign) -> Participation:

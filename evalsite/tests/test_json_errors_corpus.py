@@ -11,11 +11,9 @@ import json
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.test import Client
 
 from annotation import services
 from annotation.models import Campaign, InviteLink, Vote
-from core.api_tokens import issue_api_token
 from evalsite.bad_input import check, from_json_request, snapshot
 
 pytestmark = pytest.mark.django_db
@@ -29,18 +27,8 @@ def state():
 
 
 @pytest.fixture
-def staff():
-    return get_user_model().objects.create_user("researcher", password="pw-long-enough-1", is_staff=True)
-
-
-@pytest.fixture
-def api(staff):
-    return Client(headers={"Authorization": f"Bearer {issue_api_token(staff)}"})
-
-
-@pytest.fixture
-def browser(staff, client):
-    client.force_login(staff)
+def browser(researcher, client):
+    client.force_login(researcher)
     return client
 
 

@@ -4,6 +4,7 @@ import secrets
 import subprocess
 import sys
 
+import pytest
 from django.conf import settings
 
 from evalsite.celery import app
@@ -70,3 +71,30 @@ def test_the_readme_lists_every_environment_variable_the_code_reads():
     assert {"DATABASE_URL", "DB_CONN_MAX_AGE", "SECRET_KEY"} <= read  # the pattern finds what it must
     readme = (BASE_DIR / "README.md").read_text()
     assert sorted(name for name in read if f"`{name}`" not in readme) == []
+
+
+def _test_database_url() -> str:
+    from django.db import connection
+
+    d = connection.settings_dict
+    return f"postgres://{d['USER']}:{d['PASSWORD']}@{d['HOST'] or '127.0.0.1'}:{d['PORT'] or 5432}/{d['NAME']}"
+
+
+@pytest.mark.django_db
+def test_database_connections_are_kept_and_checked_by_default_and_pooled_on_request():
+    """Kept connections (DB_CONN_MAX_AGE 60, health-checked) by default; DB_POOL=1 swaps them for psycopg's pool,
+    which then really serves queries; DB_PGBOUNCER=1 turns server-side cursors off."""
+    show = (
+        "from django.conf import settings; from django.db import connection; d = settings.DATABASES['default']; "
+        "print(d['CONN_MAX_AGE'], d['CONN_HEALTH_CHECKS'], d.get('OPTIONS', {}).get('pool'), "
+        "d['DISABLE_SERVER_SIDE_CURSORS']); "
+        "c = connection.cursor(); c.execute('select 41 + 1'); print(c.fetchone()[0], type(connection.pool).__name__)"
+    )
+    url = _test_database_url()
+    kept = manage("shell", "-c", show, DATABASE_URL=url)
+    assert kept.returncode == 0, kept.stderr
+    assert kept.stdout.split() == ["60", "True", "None", "False", "42", "NoneType"]
+    pooled = manage("shell", "-c", show, DATABASE_URL=url, DB_POOL="1", DB_POOL_MAX_SIZE="3", DB_PGBOUNCER="1")
+    assert pooled.returncode == 0, pooled.stderr
+    assert pooled.stdout.split()[:2] == ["0", "True"] and "'max_size': 3" in pooled.stdout
+    assert pooled.stdout.split()[-3:] == ["True", "42", "ConnectionPool"]

@@ -199,14 +199,8 @@ def test_register_command_refuses_paths_that_are_not_pipelines(tmp_path):
     ]
     for case, path, says in cases:
         before = state()
-        check(
-            f"register_model: {case}",
-            "command",
-            from_command("register_model", "new-model", path),
-            says=says,
-            before=before,
-            after=state(),
-        )
+        answer = from_command("register_model", "new-model", path)
+        check(f"register_model: {case}", "command", answer, says=says, before=before, after=state())
 
 
 ADMIN_REGISTER_FIELDS = [
@@ -307,14 +301,8 @@ def test_generate_command_refuses_missing_or_unknown_batches():
         ("resume an unknown batch", ["--resume", "999"], ["no batch 999"]),
     ]:
         before = state()
-        check(
-            f"generate: {case}",
-            "command",
-            from_command("generate", *argv, "--no-wait"),
-            says=says,
-            before=before,
-            after=state(),
-        )
+        answer = from_command("generate", *argv, "--no-wait")
+        check(f"generate: {case}", "command", answer, says=says, before=before, after=state())
 
 
 BATCH_FORM_CASES = [
@@ -432,14 +420,8 @@ def test_import_prompts_command_refuses_bad_files(tmp_path, settings):
         ("an unknown format", [str(tmp_path / "long.tsv"), "--format", "xml"], ["format", "invalid choice"]),
     ]:
         before = state()
-        check(
-            f"import_prompts: {case}",
-            "command",
-            from_command("import_prompts", *argv),
-            says=says,
-            before=before,
-            after=state(),
-        )
+        answer = from_command("import_prompts", *argv)
+        check(f"import_prompts: {case}", "command", answer, says=says, before=before, after=state())
     settings.NEEDLE_PROMPT_MAX_CHARS = 300
     for case, path in [
         ("a prompt over the length cap (TSV)", "long.tsv"),

@@ -1,7 +1,5 @@
 """The researcher's dashboard in Debian's Chromium, driven by Playwright, with a real worker behind it."""
 
-import shutil
-
 import pytest
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -10,23 +8,10 @@ from generation import services
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-
 
 @pytest.fixture
-def browser_page(monkeypatch):
-    if not shutil.which(CHROMIUM):
-        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    # Playwright's sync API runs an event loop in this thread; the ORM calls the test makes are still synchronous.
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        yield page
-        browser.close()
+def browser_page(browser):
+    return browser.new_page(viewport={"width": 1280, "height": 900})
 
 
 def test_dashboard_shows_live_progress_and_the_pairs(live_server, celery_worker, browser_page, two_models, prompt_set):

@@ -263,13 +263,7 @@ def test_generate_with_reuse_finds_the_batch_of_that_name_instead_of_adding_anot
     # --no-wait: the chunks are only queued (on commit, which a test transaction never reaches); no worker needed.
     def generate(*extra, seeds="0-1"):
         call_command(
-            "generate",
-            "--models",
-            "base",
-            "tuned",
-            "--prompt-set",
-            "four",
-            "--seeds",
+            *"generate --models base tuned --prompt-set four --seeds".split(),
             seeds,
             "--name",
             "demo",

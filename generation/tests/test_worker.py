@@ -53,20 +53,10 @@ def stored_digests() -> dict:
 
 def test_generate_command_runs_a_batch_on_the_worker(celery_worker, two_models, prompt_set, capsys):
     call_command(
-        "generate",
-        "--models",
-        "base",
-        "tuned",
-        "--prompt-set",
-        "four",
-        "--seeds",
-        "0-2",
-        "--chunk-size",
-        "4",
-        "--inference-batch-size",
-        "2",
-        "--timeout",
-        "120",
+        *(
+            "generate --models base tuned --prompt-set four --seeds 0-2 "
+            "--chunk-size 4 --inference-batch-size 2 --timeout 120"
+        ).split(),
     )
     out = capsys.readouterr().out
     assert "queued 6 chunk task(s)" in out and "complete: 24 images" in out and "24/24" in out

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from django.conf import settings
 
-from conftest import TEST_VISIBILITY_TIMEOUT, _purge_queues
-from evalsite.workers import WorkerProcess, database_url_for
-from training.tests.curated_datasets import make_curated_dataset
+from conftest import worker_process
+from training.tests.curated_datasets import TINY_CONFIG, TINY_RUN, make_curated_dataset
 
 
 @pytest.fixture
@@ -28,45 +26,80 @@ def curated_dataset(tmp_path_factory):
 
 
 @pytest.fixture
+def base_model(tiny_pipeline_dir):
+    """The tiny SD pipeline registered as sd-base."""
+    from generation import services as generation_services
+
+    return generation_services.register_model(name="sd-base", pipeline_path=str(tiny_pipeline_dir("sd", 0)), steps=2)
+
+
+@pytest.fixture
+def dataset(curated_dataset):
+    """The tiny curated dataset, imported as shapes."""
+    from training import services
+
+    return services.import_curated_dataset("shapes", str(curated_dataset))
+
+
+@pytest.fixture
+def run(base_model, dataset):
+    """A few-second run of sd-base on shapes (TINY_RUN), not started."""
+    from training import services
+
+    return services.create_run(base_model, dataset, **TINY_RUN)
+
+
+@pytest.fixture
 def tiny_config():
     """Settings for a few-second run of the tiny SD pipeline at 32 px (4x4 latents)."""
-    from training.quality_tuning import QualityTuningConfig
+    return TINY_CONFIG
 
-    return QualityTuningConfig(
-        resolution=32,
-        batch_size=4,
-        max_steps=6,
-        checkpoint_every=3,
-        validation_every=3,
-        validation_prompts=("a red circle on a blue background",),
-        validation_seeds=(0,),
-        validation_inference_steps=2,
-        seed=0,
+
+@pytest.fixture
+def encoder_calls(monkeypatch):
+    """Counts VAE encoder and text encoder forward passes (SDXL's second one as text_encoder_2) made outside
+    validation rendering."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    from training.validation import ValidationRenderer
+
+    calls = {"vae": 0, "text_encoder": 0, "text_encoder_2": 0, "validating": False}
+
+    def counting(name, method):
+        def wrapper(self, *args, **kwargs):
+            if not calls["validating"]:
+                calls[name] += 1
+            return method(self, *args, **kwargs)
+
+        return wrapper
+
+    def validating(method):
+        def wrapper(self, *args, **kwargs):
+            calls["validating"] = True
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                calls["validating"] = False
+
+        return wrapper
+
+    monkeypatch.setattr(AutoencoderKL, "encode", counting("vae", AutoencoderKL.encode))
+    monkeypatch.setattr(CLIPTextModel, "forward", counting("text_encoder", CLIPTextModel.forward))
+    monkeypatch.setattr(
+        CLIPTextModelWithProjection, "forward", counting("text_encoder_2", CLIPTextModelWithProjection.forward)
     )
+    monkeypatch.setattr(ValidationRenderer, "render", validating(ValidationRenderer.render))
+    return calls
 
 
 @pytest.fixture(scope="module")
 def training_worker(django_db_setup, django_db_blocker):
     """A real worker consuming only the 'training' queue, against the test database (one per module: torch import)."""
-    from django.db import connection
-
-    with django_db_blocker.unblock():
-        url = database_url_for(connection.settings_dict)
-    try:
-        _purge_queues()
-    except Exception as exc:  # noqa: BLE001 - a missing queue is fine, a dead broker is not
-        if "NOT_FOUND" not in str(exc):
-            raise
-    worker = WorkerProcess(
-        queues="training",
-        database_url=url,
-        log_dir=settings.VAR_DIR / "logs",
-        env={
-            "CELERY_VISIBILITY_TIMEOUT": str(TEST_VISIBILITY_TIMEOUT),
-            "NEEDLE_TRAINING_POLL_SECONDS": "0.2",
-            "OMP_NUM_THREADS": "1",
-        },  # a shared 2-core machine
-    )
-    worker.start()
-    yield worker
-    worker.stop()
+    with worker_process(
+        django_db_blocker,
+        "training",
+        NEEDLE_TRAINING_POLL_SECONDS="0.2",
+        OMP_NUM_THREADS="1",  # a shared 2-core machine
+    ) as worker:
+        yield worker

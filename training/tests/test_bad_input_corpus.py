@@ -13,7 +13,6 @@ from django.contrib.auth import get_user_model
 from django.urls import reverse
 
 from evalsite.bad_input import check, from_call, from_command, from_form_page, snapshot
-from generation import services as generation_services
 from training import services
 from training.forms import QualityTuningRunForm
 from training.models import CuratedDataset, QualityTuningRun, RunCheckpoint
@@ -23,16 +22,6 @@ pytestmark = pytest.mark.django_db
 
 def state():
     return snapshot(QualityTuningRun, CuratedDataset, RunCheckpoint, dirs=[services.training_dir() / "runs"])
-
-
-@pytest.fixture
-def base_model(tiny_pipeline_dir):
-    return generation_services.register_model(name="sd-base", pipeline_path=str(tiny_pipeline_dir("sd", 0)), steps=2)
-
-
-@pytest.fixture
-def dataset(curated_dataset):
-    return services.import_curated_dataset("shapes", str(curated_dataset))
 
 
 START_CASES = [
@@ -109,14 +98,8 @@ def test_quality_tune_refuses_unknown_runs_and_steps():
         ("register a step of an unknown run", ["register", "999", "--step", "1", "--name", "x"], ["no run 999"]),
     ]:
         before = state()
-        check(
-            f"quality_tune: {case}",
-            "command",
-            from_command("quality_tune", *argv),
-            says=says,
-            before=before,
-            after=state(),
-        )
+        answer = from_command("quality_tune", *argv)
+        check(f"quality_tune: {case}", "command", answer, says=says, before=before, after=state())
 
 
 def form_data(**changes):

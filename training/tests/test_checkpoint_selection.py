@@ -7,6 +7,7 @@ records its checkpoints the way the task's follow loop does. No Celery worker:
 campaign images are generated in this process.
 """
 
+import dataclasses
 import shutil
 from collections import Counter
 
@@ -25,6 +26,7 @@ from training.aesthetic import AestheticHead, AestheticMLP
 from training.clip_scoring import load_clip, save_tiny_clip
 from training.models import QualityTuningRun, RunCheckpoint
 from training.services.trainer import Follower
+from training.tests.curated_datasets import TINY_CONFIG
 from training.validation import VALIDATION_DIR
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("one_torch_thread")]
@@ -35,19 +37,9 @@ STEPS = [3, 6]
 @pytest.fixture(scope="module")
 def trained_run_dir(tiny_pipeline_dir, curated_dataset, tmp_path_factory):
     """A finished 6-step run with checkpoints and validation images (2 seeds) at steps 3 and 6."""
-    from training.quality_tuning import QualityTuningConfig, train
+    from training.quality_tuning import train
 
-    config = QualityTuningConfig(
-        resolution=32,
-        batch_size=4,
-        max_steps=6,
-        checkpoint_every=3,
-        validation_every=3,
-        validation_prompts=("a red circle on a blue background",),
-        validation_seeds=(0, 1),
-        validation_inference_steps=2,
-        seed=0,
-    )
+    config = dataclasses.replace(TINY_CONFIG, validation_seeds=(0, 1))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

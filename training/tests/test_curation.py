@@ -30,17 +30,12 @@ from training.curation import (
     run_funnel,
     scan_candidates,
 )
+from training.tests.curated_datasets import picture
 
 
 def pattern(seed: int, size=(320, 240)) -> Image.Image:
-    """A distinct structured picture: smooth random colour field plus random ellipses."""
-    rng = np.random.default_rng(seed)
-    image = Image.fromarray((rng.random((6, 8, 3)) * 255).astype(np.uint8)).resize(size, Image.Resampling.BICUBIC)
-    draw = ImageDraw.Draw(image)
-    for _ in range(6):
-        x, y, w = int(rng.integers(0, size[0])), int(rng.integers(0, size[1])), int(rng.integers(20, 100))
-        draw.ellipse((x, y, x + w, y + w // 2), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
-    return image
+    """A distinct structured picture, larger and busier than the funnel runs' pictures."""
+    return picture(seed, size, ellipses=6, widths=(20, 100))
 
 
 def jpeg_recompressed(image: Image.Image, quality: int = 60) -> Image.Image:

@@ -18,45 +18,28 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.test import Client
 from django.urls import reverse
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from training import curation, services
 from training.aesthetic import AestheticHead, AestheticMLP
 from training.clip_scoring import save_tiny_clip
 from training.datasets import load_curated_dataset
 from training.models import CandidateCollection, CurationRun, FunnelOutcome
+from training.tests.curated_datasets import FUNNEL_STAGES, picture
 
-STAGES = [
-    {"kind": "ResolutionStage", "min_side": 64, "max_aspect_ratio": 2.0},
-    {"kind": "TextInImageStage", "max_words": 5},
-    {"kind": "NearDuplicateStage", "max_hamming": 6},
-    {"kind": "ClipScoreStage", "min_score": -100.0},
-    {"kind": "AestheticStage", "min_score": -1000.0},
-]
 CHEAP_STAGES = [{"kind": "ResolutionStage", "min_side": 64}, {"kind": "NearDuplicateStage"}]
-
-
-def pattern(seed: int, size=(120, 90)) -> Image.Image:
-    """A distinct structured picture (smooth colour field and ellipses): far apart in perceptual hash from the others."""
-    rng = np.random.default_rng(seed)
-    image = Image.fromarray((rng.random((6, 8, 3)) * 255).astype(np.uint8)).resize(size, Image.Resampling.BICUBIC)
-    draw = ImageDraw.Draw(image)
-    for _ in range(5):
-        x, y, w = int(rng.integers(0, size[0])), int(rng.integers(0, size[1])), int(rng.integers(10, 50))
-        draw.ellipse((x, y, x + w, y + w // 2), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
-    return image
 
 
 def make_candidates(folder):
     """Seven importable candidates (a near-duplicate pair, a too-small image, one in a subfolder) and two bad files."""
     (folder / "sub").mkdir(parents=True)
     for seed in range(1, 5):
-        pattern(seed).save(folder / f"p{seed}.png")
-    pattern(1).resize((160, 120), Image.Resampling.LANCZOS).save(folder / "p1-large.png")  # p1 bigger: a near duplicate
-    pattern(9, (40, 40)).save(folder / "small.png")
-    pattern(5).save(folder / "sub" / "p5.jpg", quality=90)
+        picture(seed).save(folder / f"p{seed}.png")
+    picture(1).resize((160, 120), Image.Resampling.LANCZOS).save(folder / "p1-large.png")  # p1 bigger: a near duplicate
+    picture(9, (40, 40)).save(folder / "small.png")
+    picture(5).save(folder / "sub" / "p5.jpg", quality=90)
     (folder / "notes.jpg").write_text("not an image")
-    pattern(6).save(folder / "uncaptioned.png")
+    picture(6).save(folder / "uncaptioned.png")
     rows = [{"file": f"p{s}.png", "caption": f"pattern number {s}"} for s in range(1, 5)]
     rows += [
         {"file": "p1-large.png", "caption": "pattern number 1, large"},
@@ -125,7 +108,7 @@ def test_import_refuses_what_cannot_become_a_collection(collection, candidate_fo
         services.import_candidate_collection("photos", str(candidate_folder))
     with pytest.raises(services.TrainingError, match="Candidate folder not found"):
         services.import_candidate_collection("elsewhere", str(tmp_path / "nowhere"))
-    pattern(1).save(tmp_path / "a.png")
+    picture(1).save(tmp_path / "a.png")
     with pytest.raises(services.TrainingError, match="No captions.csv"):
         services.import_candidate_collection("uncaptioned", str(tmp_path))
     (tmp_path / "captions.csv").write_text("file,caption\nmissing.png,gone\n")
@@ -135,7 +118,7 @@ def test_import_refuses_what_cannot_become_a_collection(collection, candidate_fo
 
 
 def test_stage_configuration_and_run_creation_refuse_with_the_fix(collection, models_dir):
-    assert [type(s).__name__ for s in services.stages_from_config(STAGES)] == [e["kind"] for e in STAGES]
+    assert [type(s).__name__ for s in services.stages_from_config(FUNNEL_STAGES)] == [e["kind"] for e in FUNNEL_STAGES]
     for config, message in [
         ([{"kind": "BlurStage"}], "unknown kind 'BlurStage'; use one of ResolutionStage"),
         ([{"kind": "ResolutionStage", "min_height": 3}], "unknown field 'min_height'; it takes min_side"),
@@ -149,11 +132,11 @@ def test_stage_configuration_and_run_creation_refuse_with_the_fix(collection, mo
     with pytest.raises(services.TrainingError, match=r"clip_score, aesthetic need a CLIP model: give the path"):
         services.create_curation_run(collection)  # Emu's default stages
     with pytest.raises(services.TrainingError, match="aesthetic stage needs an aesthetic head"):
-        services.create_curation_run(collection, STAGES, clip_model_path=str(models_dir / "clip"))
+        services.create_curation_run(collection, FUNNEL_STAGES, clip_model_path=str(models_dir / "clip"))
     with pytest.raises(services.TrainingError, match="Aesthetic head not found"):
         services.create_curation_run(
             collection,
-            STAGES,
+            FUNNEL_STAGES,
             clip_model_path=str(models_dir / "clip"),
             aesthetic_head_path=str(models_dir / "nohead.pth"),
         )
@@ -175,7 +158,10 @@ def test_funnel_runs_on_the_worker_and_records_every_outcome_once(
     training_worker, collection, models_dir, staff_client
 ):
     run = services.create_curation_run(
-        collection, STAGES, clip_model_path=str(models_dir / "clip"), aesthetic_head_path=str(models_dir / "head.pth")
+        collection,
+        FUNNEL_STAGES,
+        clip_model_path=str(models_dir / "clip"),
+        aesthetic_head_path=str(models_dir / "head.pth"),
     )
     services.start_curation_run(run)
     from training.tasks import run_curation_funnel

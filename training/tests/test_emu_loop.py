@@ -15,12 +15,11 @@ import io
 import json
 import re
 
-import numpy as np
 import pytest
 import torch
 from django.contrib.auth.models import Permission, User
 from django.core.management import call_command
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from annotation import services as annotation_services
 from annotation.models import Campaign, Rater
@@ -32,40 +31,12 @@ from training.clip_scoring import save_tiny_clip
 from training.datasets import load_curated_dataset
 from training.models import CuratedDataset, CurationReview, CurationRun, FunnelOutcome, QualityTuningRun
 from training.services import reviews
+from training.tests.curated_datasets import FUNNEL_STAGES, TINY_VALIDATED_RUN, picture
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("one_torch_thread")]
 
-FUNNEL_STAGES = [
-    {"kind": "ResolutionStage", "min_side": 64, "max_aspect_ratio": 2.0},
-    {"kind": "TextInImageStage", "max_words": 5},
-    {"kind": "NearDuplicateStage", "max_hamming": 6},
-    {"kind": "ClipScoreStage", "min_score": -100.0},
-    {"kind": "AestheticStage", "min_score": -1000.0},
-]
-# A few-second run at 32 px (4x4 latents), checkpoints at steps 3 and 6 (as TINY in test_runs.py).
-TINY = {
-    "resolution": 32,
-    "batch_size": 4,
-    "max_steps": 6,
-    "checkpoint_every": 3,
-    "validation_every": 3,
-    "validation_prompts": ["a red circle on a blue background"],
-    "validation_seeds": [0],
-    "validation_inference_steps": 2,
-}
 TWO_PROMPTS = "prompt,category\na lighthouse at dusk,Outdoor Scenes\na bowl of lemons,Food\n"
 TARGET = 5
-
-
-def picture(seed: int, size=(120, 90)) -> Image.Image:
-    """A distinct smooth picture with a few ellipses: far from the others in perceptual hash."""
-    rng = np.random.default_rng(seed)
-    image = Image.fromarray((rng.random((6, 8, 3)) * 255).astype(np.uint8)).resize(size, Image.Resampling.BICUBIC)
-    draw = ImageDraw.Draw(image)
-    for _ in range(5):
-        x, y, w = int(rng.integers(0, size[0])), int(rng.integers(0, size[1])), int(rng.integers(10, 50))
-        draw.ellipse((x, y, x + w, y + w // 2), fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
-    return image
 
 
 def make_candidate_folder(folder):
@@ -206,7 +177,9 @@ def test_a_curated_selection_quality_tunes_a_model_whose_preferred_checkpoint_fa
     base = generation_services.register_model(
         name="sd-base", pipeline_path=str(tiny_pipeline_dir("sd", 0)), steps=2, guidance_scale=5.0, width=32, height=32
     )
-    run = services.create_run(base, dataset, aesthetic_head_path=str(head), clip_model_path=str(clip), **TINY)
+    run = services.create_run(
+        base, dataset, aesthetic_head_path=str(head), clip_model_path=str(clip), **TINY_VALIDATED_RUN
+    )
     assert (run.status, run.base_fingerprint, run.max_steps) == ("queued", base.weights_fingerprint, 6)
     outcome = services.execute_run(run.pk)
     run.refresh_from_db()

@@ -1,5 +1,6 @@
 """A quality-tuning run SIGKILLed at an arbitrary step resumes to the weights of an uninterrupted run."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -12,7 +13,8 @@ from safetensors.torch import load_file
 
 from training import checkpoints
 from training.metrics import read_metrics
-from training.quality_tuning import QualityTuningConfig, train
+from training.quality_tuning import train
+from training.tests.curated_datasets import TINY_CONFIG
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -20,18 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 # Observed on CPU in fp32 with one thread: the resumed weights equal the uninterrupted ones bit for bit.
 RESUME_TOLERANCE = 0.0
 
-CONFIG = QualityTuningConfig(
-    resolution=32,
-    batch_size=4,
-    max_steps=30,
-    checkpoint_every=5,
-    validation_every=5,
-    validation_prompts=("a red circle on a blue background",),
-    validation_seeds=(0,),
-    validation_inference_steps=2,
-    learning_rate=1e-4,
-    random_flip=True,
-    seed=3,
+CONFIG = dataclasses.replace(
+    TINY_CONFIG, max_steps=30, checkpoint_every=5, validation_every=5, learning_rate=1e-4, random_flip=True, seed=3
 )
 CLI_FLAGS = [
     "--resolution",

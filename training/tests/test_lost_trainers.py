@@ -9,21 +9,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from generation import services as generation_services
 from training import selectors, services
 from training.models import QualityTuningRun
 from training.trainer_process import TRAINER_LOG, trainer_error
 
 pytestmark = pytest.mark.django_db
-
-TINY = {"resolution": 32, "batch_size": 4, "max_steps": 6, "checkpoint_every": 3, "validation_every": 3}
-
-
-@pytest.fixture
-def run(tiny_pipeline_dir, curated_dataset):
-    base = generation_services.register_model(name="sd-base", pipeline_path=str(tiny_pipeline_dir("sd", 0)), steps=2)
-    dataset = services.import_curated_dataset("shapes", str(curated_dataset))
-    return services.create_run(base, dataset, **TINY)
 
 
 @pytest.fixture

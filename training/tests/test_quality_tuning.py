@@ -20,7 +20,6 @@ from training.quality_tuning import (
     check_base_pipeline,
     train,
 )
-from training.validation import ValidationRenderer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -44,38 +43,6 @@ def test_loss_goes_down_on_a_learnable_setting(tiny_pipeline_dir, curated_datase
     assert len(losses) == 30
     first, last = np.mean(losses[:5]), np.mean(losses[-5:])
     assert last < 0.75 * first, (first, last)
-
-
-@pytest.fixture
-def encoder_calls(monkeypatch):
-    """Counts VAE encoder and text encoder forward passes made outside validation rendering."""
-    from diffusers import AutoencoderKL
-    from transformers import CLIPTextModel
-
-    calls = {"vae": 0, "text_encoder": 0, "validating": False}
-
-    def counting(name, method):
-        def wrapper(self, *args, **kwargs):
-            if not calls["validating"]:
-                calls[name] += 1
-            return method(self, *args, **kwargs)
-
-        return wrapper
-
-    def validating(method):
-        def wrapper(self, *args, **kwargs):
-            calls["validating"] = True
-            try:
-                return method(self, *args, **kwargs)
-            finally:
-                calls["validating"] = False
-
-        return wrapper
-
-    monkeypatch.setattr(AutoencoderKL, "encode", counting("vae", AutoencoderKL.encode))
-    monkeypatch.setattr(CLIPTextModel, "forward", counting("text_encoder", CLIPTextModel.forward))
-    monkeypatch.setattr(ValidationRenderer, "render", validating(ValidationRenderer.render))
-    return calls
 
 
 def test_the_dataset_is_encoded_once_and_the_cache_is_keyed_by_what_changes_it(

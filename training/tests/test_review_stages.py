@@ -5,19 +5,18 @@ written directly (the funnel itself is tested in training/).
 """
 
 import hashlib
-import shutil
-import threading
 from datetime import timedelta
 
 import pytest
 from django.conf import settings
 from django.contrib.auth.models import Permission, User
-from django.db import connection, connections
+from django.db import connection
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 from PIL import Image
 
+from conftest import all_at_once
 from training import selectors
 from training.datasets import load_curated_dataset
 from training.models import (
@@ -33,8 +32,6 @@ from training.services import reviews as services
 
 pytestmark = pytest.mark.django_db
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 CAPTIONS = [
     "a red barn in snow",
     "a lighthouse at dusk",
@@ -518,28 +515,15 @@ def test_concurrent_reviewers_never_get_the_same_candidate(tmp_path):
     review = services.open_generalist_review(run, "crowd")
     reviewers = [make_user(f"r{i}", reviewer=True) for i in range(6)]
     claimed: dict[int, list[int]] = {u.pk: [] for u in reviewers}
-    errors = []
-    start = threading.Barrier(len(reviewers))
 
     def work(user):
-        try:
-            start.wait()
-            while (d := services.next_decision(review, user)) is not None:
-                claimed[user.pk].append(d.pk)
-                services.decide(review, d.pk, user, keep=d.pk % 2 == 0)
-                if d.pk % 5 == 0:  # a double submit
-                    assert services.decide(review, d.pk, user, keep=d.pk % 2 == 0).duplicate
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        finally:
-            connections.close_all()
+        while (d := services.next_decision(review, user)) is not None:
+            claimed[user.pk].append(d.pk)
+            services.decide(review, d.pk, user, keep=d.pk % 2 == 0)
+            if d.pk % 5 == 0:  # a double submit
+                assert services.decide(review, d.pk, user, keep=d.pk % 2 == 0).duplicate
 
-    threads = [threading.Thread(target=work, args=(u,)) for u in reviewers]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not errors, errors[:3]
+    all_at_once(work, reviewers, timeout=120)
     everything = [pk for pks in claimed.values() for pk in pks]
     assert len(everything) == len(set(everything)) == 40, "a candidate was handed to two reviewers"
     decided = CurationDecision.objects.filter(review=review)
@@ -554,19 +538,6 @@ def screenshots_dir():
     path = settings.VAR_DIR / "test" / "screenshots"
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-@pytest.fixture
-def browser(monkeypatch):
-    if not shutil.which(CHROMIUM):
-        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
 
 
 def signed_in(browser, live_server, user, **context_options):

@@ -15,20 +15,9 @@ from training import services
 from training.config import QualityTuningConfig
 from training.forms import QualityTuningRunForm
 from training.models import CuratedDataset, QualityTuningRun
+from training.tests.curated_datasets import TINY_RUN
 
 pytestmark = pytest.mark.django_db
-
-TINY = {"resolution": 32, "batch_size": 4, "max_steps": 6, "checkpoint_every": 3, "validation_every": 3}
-
-
-@pytest.fixture
-def base_model(tiny_pipeline_dir):
-    return generation_services.register_model(name="sd-base", pipeline_path=str(tiny_pipeline_dir("sd", 0)), steps=2)
-
-
-@pytest.fixture
-def dataset(curated_dataset):
-    return services.import_curated_dataset("shapes", str(curated_dataset))
 
 
 @pytest.fixture
@@ -69,14 +58,14 @@ def test_importing_freezes_the_hash_and_a_changed_folder_is_refused(curated_data
     )
     with pytest.raises(services.TrainingError, match="already exists"):
         services.import_curated_dataset("mine", str(folder))
-    run = services.create_run(base_model, dataset, **TINY)
+    run = services.create_run(base_model, dataset, **TINY_RUN)
 
     captions = (folder / "captions.jsonl").read_text().replace("a red circle", "a crimson circle")
     (folder / "captions.jsonl").write_text(captions)
     with pytest.raises(
         services.TrainingError, match="changed since it was frozen .* import the new contents as a new dataset"
     ):
-        services.create_run(base_model, dataset, **TINY)
+        services.create_run(base_model, dataset, **TINY_RUN)
     # A run created before the change refuses it when its task starts, before any trainer runs.
     assert "failed" in services.execute_run(run.pk)
     run.refresh_from_db()
@@ -88,7 +77,7 @@ def test_importing_freezes_the_hash_and_a_changed_folder_is_refused(curated_data
 
 def test_an_sdxl_base_makes_a_run_and_other_sdxl_pipelines_are_not_supported_yet(tiny_pipeline_dir, dataset, tmp_path):
     sdxl = generation_services.register_model(name="sdxl", pipeline_path=str(tiny_pipeline_dir("sdxl", 0)))
-    run = services.create_run(sdxl, dataset, **TINY)
+    run = services.create_run(sdxl, dataset, **TINY_RUN)
     assert run.base_model == sdxl
     path = shutil.copytree(tiny_pipeline_dir("sdxl", 0), tmp_path / "sdxl-img2img")
     index = json.loads((path / "model_index.json").read_text())
@@ -100,7 +89,7 @@ def test_an_sdxl_base_makes_a_run_and_other_sdxl_pipelines_are_not_supported_yet
         weights_fingerprint=fingerprint_directory(path)[0],
     )
     with pytest.raises(services.TrainingError, match="Base model sdxl-img2img: .* SDXL pipeline .* not supported yet"):
-        services.create_run(TextToImageModel.objects.get(name="sdxl-img2img"), dataset, **TINY)
+        services.create_run(TextToImageModel.objects.get(name="sdxl-img2img"), dataset, **TINY_RUN)
     with pytest.raises(CommandError, match="not supported yet"):
         call_command("quality_tune", "start", "--base", "sdxl-img2img", "--dataset", "shapes", "--max-steps", "6")
     assert list(QualityTuningRun.objects.all()) == [run]
@@ -119,11 +108,11 @@ def test_a_base_that_is_not_a_stable_diffusion_pipeline_is_refused(tiny_pipeline
     with pytest.raises(
         services.TrainingError, match="holds a PixArtAlphaPipeline; quality-tuning trains a StableDiffusionPipeline"
     ):
-        services.create_run(other, dataset, **TINY)
+        services.create_run(other, dataset, **TINY_RUN)
 
 
 def test_a_base_whose_directory_was_deleted_or_changed_is_refused(own_copy, dataset):
-    run = services.create_run(own_copy, dataset, **TINY)
+    run = services.create_run(own_copy, dataset, **TINY_RUN)
     scheduler = own_copy.pipeline_path + "/scheduler/scheduler_config.json"
     config = json.loads(open(scheduler).read())
     with open(scheduler, "w") as fh:
@@ -131,11 +120,11 @@ def test_a_base_whose_directory_was_deleted_or_changed_is_refused(own_copy, data
     with pytest.raises(
         services.TrainingError, match="changed since it was registered .* register the new weights as a new model"
     ):
-        services.create_run(own_copy, dataset, **TINY)
+        services.create_run(own_copy, dataset, **TINY_RUN)
 
     shutil.rmtree(own_copy.pipeline_path)
     with pytest.raises(services.TrainingError, match=r"Base model own-sd: .*own-sd does not exist"):
-        services.create_run(own_copy, dataset, **TINY)
+        services.create_run(own_copy, dataset, **TINY_RUN)
     # The task of a run created before the deletion fails with the reason, without starting a trainer.
     services.execute_run(run.pk)
     run.refresh_from_db()
@@ -176,7 +165,7 @@ def test_an_invalid_config_is_refused_by_the_form_next_to_its_field(staff_client
     assert not QualityTuningRun.objects.exists()
 
     response = staff_client.post(
-        url, form_data(**{k: str(v) for k, v in TINY.items()}, crop="random", random_flip="on")
+        url, form_data(**{k: str(v) for k, v in TINY_RUN.items()}, crop="random", random_flip="on")
     )
     run = QualityTuningRun.objects.get()
     assert response.status_code == 302 and response["Location"] == reverse("training:run_detail", args=[run.pk])

@@ -16,7 +16,6 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 from django.utils import timezone
 
-from generation import services as generation_services
 from generation.models import TextToImageModel
 from training import selectors, services
 from training.models import CandidateCollection, CurationRun, QualityTuningRun, RunCheckpoint
@@ -25,14 +24,6 @@ from training.trainer_process import MetricsTail
 pytestmark = pytest.mark.django_db
 
 REPO = Path(__file__).resolve().parents[2]
-TINY = {"resolution": 32, "batch_size": 4, "max_steps": 6, "checkpoint_every": 3, "validation_every": 3}
-
-
-@pytest.fixture
-def run(tiny_pipeline_dir, curated_dataset):
-    base = generation_services.register_model(name="sd-base", pipeline_path=str(tiny_pipeline_dir("sd", 0)), steps=2)
-    dataset = services.import_curated_dataset("shapes", str(curated_dataset))
-    return services.create_run(base, dataset, **TINY)
 
 
 def training_urls(run, step):

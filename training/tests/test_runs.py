@@ -19,21 +19,10 @@ from generation.models import GeneratedImage, TextToImageModel
 from training import checkpoints, services
 from training.metrics import read_metrics
 from training.models import QualityTuningRun
+from training.tests.curated_datasets import TINY_VALIDATED_RUN
 from training.trainer_process import TRAINER_LOG, trainer_is_running
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
-
-# A few-second run of the tiny SD pipeline at 32 px (4x4 latents).
-TINY = {
-    "resolution": 32,
-    "batch_size": 4,
-    "max_steps": 6,
-    "checkpoint_every": 3,
-    "validation_every": 3,
-    "validation_prompts": ["a red circle on a blue background"],
-    "validation_seeds": [0],
-    "validation_inference_steps": 2,
-}
 
 
 @pytest.fixture
@@ -41,11 +30,6 @@ def base_model(tiny_pipeline_dir):
     return generation_services.register_model(
         name="sd-base", pipeline_path=str(tiny_pipeline_dir("sd", 0)), steps=2, guidance_scale=5.0, width=32, height=32
     )
-
-
-@pytest.fixture
-def dataset(curated_dataset):
-    return services.import_curated_dataset("shapes", str(curated_dataset))
 
 
 def wait_for(run, condition, what: str, worker, timeout: float = 120, interval: float = 0.05):
@@ -81,7 +65,7 @@ def assert_loadable(checkpoint_dir: Path, step: int):
 def test_a_run_trains_on_the_worker_and_a_checkpoint_becomes_a_model_compared_with_its_base(
     training_worker, staff_client, base_model, dataset, prompt_set
 ):
-    run = services.create_run(base_model, dataset, **TINY)
+    run = services.create_run(base_model, dataset, **TINY_VALIDATED_RUN)
     services.start_run(run)
     wait_for(run, ended, "ended", training_worker)
     assert run.status == "finished", f"{run.error}\n{training_worker.log()}"
@@ -150,7 +134,7 @@ def test_a_run_trains_on_the_worker_and_a_checkpoint_becomes_a_model_compared_wi
 def test_a_killed_worker_s_run_resumes_on_a_new_worker_and_leaves_no_orphan_trainer(
     training_worker, base_model, dataset
 ):
-    config = {**TINY, "max_steps": 120, "checkpoint_every": 20, "validation_every": 1000}
+    config = {**TINY_VALIDATED_RUN, "max_steps": 120, "checkpoint_every": 20, "validation_every": 1000}
     run = services.create_run(base_model, dataset, **config)
     services.start_run(run)
     wait_for(run, lambda r: r.checkpoints.exists() or ended(r), "recorded a checkpoint", training_worker, interval=0.02)
@@ -188,7 +172,7 @@ def test_a_killed_worker_s_run_resumes_on_a_new_worker_and_leaves_no_orphan_trai
 def test_a_duplicate_delivery_leaves_a_preempted_trainer_resumes_and_a_cancel_stops_it_with_a_checkpoint(
     training_worker, staff_client, base_model, dataset
 ):
-    config = {**TINY, "max_steps": 100_000, "checkpoint_every": 100_000, "validation_every": 100_000}
+    config = {**TINY_VALIDATED_RUN, "max_steps": 100_000, "checkpoint_every": 100_000, "validation_every": 100_000}
     run = services.create_run(base_model, dataset, **config)
     services.start_run(run)
     wait_for(run, lambda r: r.step >= 3 or ended(r), "reached step 3", training_worker, interval=0.1)

@@ -14,8 +14,8 @@ from generation.pipelines import fingerprint_directory, load_pipeline, render
 from training import checkpoints
 from training.datasets import crop_box, crop_mode
 from training.metrics import read_metrics
-from training.quality_tuning import QualityTuningConfig, UnsupportedBasePipelineError, check_base_pipeline, train
-from training.validation import ValidationRenderer
+from training.quality_tuning import UnsupportedBasePipelineError, check_base_pipeline, train
+from training.tests.curated_datasets import TINY_CONFIG
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -24,18 +24,7 @@ CAPTION = "a red circle on a blue background"
 # The curated images are 48x40 (w x h): at 32 px the shortest side is resized to 32, so the resized image is 38x32.
 ORIGINAL_HEIGHT, ORIGINAL_WIDTH, RESIZED_WIDTH = 40, 48, 38
 
-# 32 px (4x4 latents) is the smallest the tiny SDXL UNet takes: it downsamples once.
-CONFIG = QualityTuningConfig(
-    resolution=32,
-    batch_size=4,
-    max_steps=6,
-    checkpoint_every=3,
-    validation_every=3,
-    validation_prompts=(CAPTION,),
-    validation_seeds=(0,),
-    validation_inference_steps=2,
-    seed=0,
-)
+CONFIG = TINY_CONFIG  # 32 px: the smallest the tiny SDXL UNet takes
 
 
 @pytest.fixture
@@ -109,41 +98,6 @@ def test_an_sdxl_run_cancelled_at_a_checkpoint_resumes_to_the_weights_of_an_unin
         "step-000003",
         "step-000006",
     ]
-
-
-@pytest.fixture
-def encoder_calls(monkeypatch):
-    """Counts VAE encoder and both text encoders' forward passes made outside validation rendering."""
-    from diffusers import AutoencoderKL
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
-    calls = {"vae": 0, "text_encoder": 0, "text_encoder_2": 0, "validating": False}
-
-    def counting(name, method):
-        def wrapper(self, *args, **kwargs):
-            if not calls["validating"]:
-                calls[name] += 1
-            return method(self, *args, **kwargs)
-
-        return wrapper
-
-    def validating(method):
-        def wrapper(self, *args, **kwargs):
-            calls["validating"] = True
-            try:
-                return method(self, *args, **kwargs)
-            finally:
-                calls["validating"] = False
-
-        return wrapper
-
-    monkeypatch.setattr(AutoencoderKL, "encode", counting("vae", AutoencoderKL.encode))
-    monkeypatch.setattr(CLIPTextModel, "forward", counting("text_encoder", CLIPTextModel.forward))
-    monkeypatch.setattr(
-        CLIPTextModelWithProjection, "forward", counting("text_encoder_2", CLIPTextModelWithProjection.forward)
-    )
-    monkeypatch.setattr(ValidationRenderer, "render", validating(ValidationRenderer.render))
-    return calls
 
 
 def counts(calls):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from world.appeal import appeal_score, appeal_terms
-from world.oracle import CaptionError, check, faithfulness, parse_caption
-from world.scenes import COLOURS, SHAPES, background_choices, render, scene_for_seed
+from world.oracle import CaptionError, check, faithfulness, parse_caption, scene_for_seed
+from world.scenes import COLOURS, SHAPES, background_choices, render
 
 
 def test_a_seed_always_renders_the_same_scene_and_pixels():

@@ -86,6 +86,12 @@ class Command(BaseCommand):
             metavar="F",
             help="fraction of the prompts humans vote on, drawn at random at launch (default 1: all)",
         )
+        create.add_argument(
+            "--pair-selection",
+            choices=Campaign.PairSelection.values,
+            help="adaptive: the pairs that most narrow the ranking get votes first (all pairs, 3+ models); "
+            "default uniform",
+        )
 
         launch = sub.add_parser("launch", help="generate the campaign's images and go live when they are ready")
         launch.add_argument("name")
@@ -165,6 +171,7 @@ class Command(BaseCommand):
             "stop_when_decided": o["stop_when_decided"] or None,
             "decision_width": o["decision_width"],
             "human_share": o["human_share"],
+            "pair_selection": o["pair_selection"],
         }
         form = CampaignForm.from_payload({k: v for k, v in payload.items() if v is not None})
         campaign = form.create() if form.is_valid() else None

@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('annotation', '0012_participation_answered'),
+        ('annotation', '0013_adaptive_pair_priority'),
     ]
 
     operations = [
