@@ -391,7 +391,6 @@ class CampaignForm(FieldGroups, forms.Form):
                 **{name: d[name] for name in self.PASSED_AS_GIVEN},
                 criteria=self.criteria(),
                 speeder_seconds=1.0 if d["speeder_seconds"] is None else d["speeder_seconds"],
-                exclude_speeders=d["exclude_speeders"],
                 stop_when_decided=d["stop_when_decided"],
                 decision_width=d["decision_width"],
                 human_share=1.0 if d["human_share"] is None else d["human_share"],
