@@ -69,12 +69,51 @@ class WinRateOut(Schema):
     interval_text: str
     half_ties_text: str
     half_ties_interval_text: str
+    sequence_prompts: int = Field(description="complete prompts the anytime-valid interval has seen")
+    sequence_low: float | None = Field(description="anytime-valid 95% interval of the ties-as-half rate (low)")
+    sequence_high: float | None
+    sequence_estimate: float | None
+    sequence_text: str
+    sequence_verdict: Literal["above", "below", "unclear"]
+    sequence_decision_text: str
+
+
+class StopRuleOut(Schema):
+    stop_when_decided: bool
+    decision_width: float | None
+    criterion: str | None = Field(description="the primary criterion the rule watches")
+    level: float = Field(description="each pair's sequence level (Bonferroni over pairs)")
+    description: str
+
+
+class DecisionOut(Schema):
+    """A recorded "stop when decided" decision: the look (complete prompts) and votes at which it happened."""
+
+    criterion: str
+    criterion_label: str
+    model_a: str
+    model_b: str
+    decision: Literal["B better", "A better", "width reached"]
+    look: int
+    votes_at_look: int
+    votes_at_check: int
+    low: float
+    high: float
+    estimate: float
+    level: float
+    target_width: float | None
+    decided_at: str
+    recorded_at: str
+    closed_campaign: bool
+    sentence: str | None = None
 
 
 class CampaignDetailOut(CampaignSettingsOut):
     progress: ProgressOut
     generation: LaunchImagesOut | None = Field(description="while launching: the campaign's images made so far")
     win_rates: list[WinRateOut]
+    stop_rule: StopRuleOut
+    decisions: list[DecisionOut]
     report: str = Field(description="the report's URL (JSON)")
     invite_links: list[InviteLinkOut]
 
@@ -91,6 +130,8 @@ def campaign_detail(request, pk: int):
         "progress": state["progress"],
         "generation": state["generation"],
         "win_rates": state["win_rates"],
+        "stop_rule": state["stop_rule"],
+        "decisions": state["decisions"],
         "report": request.build_absolute_uri(reverse("api:report", args=[campaign.pk])) + "?format=json",
         "invite_links": invite_links_json(campaign, request.build_absolute_uri("/")),
     }

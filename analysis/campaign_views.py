@@ -17,7 +17,14 @@ from annotation.forms import InviteAccountForm, InviteLinkForm
 from annotation.models import Campaign
 
 from .live import campaign_state
-from .services import campaign_win_rates
+from .services import (
+    PPI_EXPLANATION,
+    SEQUENCE_EXPLANATION,
+    campaign_win_rates,
+    decision_summaries,
+    prediction_powered_summaries,
+    stop_rule,
+)
 
 
 def _campaign(pk) -> Campaign:
@@ -39,6 +46,11 @@ def campaign_detail(request, pk):
         "progress": annotation_selectors.campaign_progress(campaign),
         "raters_needed": annotation_selectors.raters_needed(campaign),
         "win_rates": campaign_win_rates(campaign),
+        "sequence_explanation": SEQUENCE_EXPLANATION,
+        "stop_rule": stop_rule(campaign),
+        "decisions": decision_summaries(campaign),
+        "prediction_powered": prediction_powered_summaries(campaign),
+        "ppi_explanation": PPI_EXPLANATION,
         "raters": annotation_selectors.rater_quality(campaign),
         "invite_links": [(link, annotation_selectors.invite_url(base_url, link)) for link in links],
         "actions": [

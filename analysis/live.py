@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from annotation import selectors as annotation_selectors
 from annotation.models import Campaign
 
-from .services import campaign_win_rates
+from .services import campaign_win_rates, decision_summaries, plain, stop_rule
 
 
 def campaign_state(campaign: Campaign) -> dict:
@@ -19,4 +21,7 @@ def campaign_state(campaign: Campaign) -> dict:
         "generation": annotation_selectors.launch_images(campaign),
         # Item-level win rates with the report's headline interval (complete comparisons only).
         "win_rates": campaign_win_rates(campaign),
+        # "Stop when decided": the rule, and the decisions recorded (each with its sentence).
+        "stop_rule": stop_rule(campaign),
+        "decisions": [{**plain(asdict(d)), "sentence": d.sentence} for d in decision_summaries(campaign)],
     }

@@ -311,9 +311,35 @@ def ranking_page(report, ranking) -> Figure:
     return figure
 
 
+def watching_text(report) -> list[str]:
+    """The anytime-valid intervals, the stop rule and its decisions, and the AI-assisted win rates, as lines of text."""
+    lines = ["ANYTIME-VALID INTERVALS (B's win rate, ties as half; prompts whose comparisons are all complete)"]
+    for sequence, comparison in report.sequence_rows:
+        fixed = comparison.half_ties_interval_text if comparison else "—"
+        lines.append(
+            f"  {sequence.criterion_label}, {sequence.model_b} vs {sequence.model_a}: "
+            + (
+                f"{_percent(sequence.estimate)} over {sequence.prompts} of {sequence.total_prompts} prompts; "
+                f"anytime-valid {sequence.text}, fixed {fixed}; {sequence.decision_text}"
+                if sequence.low is not None
+                else sequence.message
+            )
+        )
+    lines.append(f"  {report.sequence_explanation}")
+    if report.stop_rule:
+        lines.append(f"  {report.stop_rule['description']}")
+    for decision in report.decisions:
+        lines.append(f"  DECISION: {decision.sentence}")
+    if report.prediction_powered:
+        lines += ["", "AI-ASSISTED (PREDICTION-POWERED) WIN RATES"]
+        lines += [f"  {p.sentence}" for p in report.prediction_powered]
+        lines.append(f"  {report.ppi_explanation}")
+    return lines
+
+
 def details_text(report) -> list[str]:
     """Agreement, position bias, exclusions, planner and reproducibility as lines of text (PDF pages)."""
-    lines = ["AGREEMENT (complete comparisons, all pairs of a criterion)"]
+    lines = [*watching_text(report), "", "AGREEMENT (complete comparisons, all pairs of a criterion)"]
     for a in report.agreement:
         if a.message:
             lines.append(f"  {a.criterion_label}: {a.message}")

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import pandas as pd
 
-from annotation.models import Campaign, Vote
+from annotation.models import Campaign, ComparisonItem, Vote
 
 from . import stats
+from .models import JudgeScore
 
 VOTE_COLUMNS = [*stats.VOTE_COLUMNS, *stats.OPTIONAL_COLUMNS]  # the schema of analysis.stats, answer included
 
@@ -47,3 +48,99 @@ def votes_frame(campaign: Campaign, *, include_excluded: bool = False) -> pd.Dat
         frame[column] = frame[column].fillna("").astype(str)
     frame["a_on_left"] = frame["a_on_left"].astype(bool)
     return frame
+
+
+ITEM_COLUMNS = [
+    "item_id",
+    "criterion",
+    "model_a",
+    "model_b",
+    "prompt_id",
+    "image_a_id",
+    "image_b_id",
+    "votes_per_item",
+    "a",
+    "b",
+    "tie",
+    "votes",
+    "completed_at",
+]
+
+
+def item_completions(campaign: Campaign) -> tuple[pd.DataFrame, pd.Series]:
+    """Every regular item with its counting votes per winner and when it completed; and the counting votes' times.
+
+    ``completed_at`` is the time of the item's k-th counting vote (NaT while it has fewer), so items, and the
+    prompts whose items are all complete, can be put in the order they completed: the order in which an
+    anytime-valid confidence sequence sees them. The second value is every counting vote's time, sorted, to count
+    the votes cast by a given moment.
+    """
+    items = pd.DataFrame.from_records(
+        list(
+            ComparisonItem.objects.regular()
+            .filter(campaign=campaign)
+            .order_by("id")
+            .values_list(
+                "id",
+                "criterion__criterion",
+                "image_a__model__name",
+                "image_b__model__name",
+                "image_a__prompt_id",
+                "image_a_id",
+                "image_b_id",
+                "criterion__votes_per_item",
+            )
+        ),
+        columns=ITEM_COLUMNS[:8],
+    )
+    votes = pd.DataFrame.from_records(
+        list(
+            Vote.objects.counting()
+            .filter(assignment__campaign=campaign)
+            .order_by("id")
+            .values_list("assignment__item_id", "winner", "created_at")
+        ),
+        columns=["item_id", "winner", "created_at"],
+    )
+    counts = (
+        votes.groupby(["item_id", "winner"]).size().unstack("winner", fill_value=0)
+        if len(votes)
+        else pd.DataFrame(columns=["a", "b", "tie"])
+    )
+    counts = counts.reindex(columns=["a", "b", "tie"], fill_value=0)
+    items = items.join(counts, on="item_id")
+    for column in ("a", "b", "tie"):
+        items[column] = items[column].fillna(0).astype(int)
+    items["votes"] = items[["a", "b", "tie"]].sum(axis=1)
+    items["completed_at"] = pd.Series(pd.NaT, index=items.index, dtype="datetime64[ns, UTC]")
+    if len(votes):
+        votes["nth"] = votes.groupby("item_id").cumcount() + 1
+        kth = votes.merge(items[["item_id", "votes_per_item"]], on="item_id")
+        kth = kth[kth["nth"] == kth["votes_per_item"]]
+        moments = dict(zip(kth["item_id"], pd.to_datetime(kth["created_at"], utc=True), strict=True))
+        complete = items["item_id"].isin(moments)
+        items.loc[complete, "completed_at"] = [moments[i] for i in items.loc[complete, "item_id"]]
+    times = pd.to_datetime(votes["created_at"], utc=True).sort_values(ignore_index=True)
+    return items[ITEM_COLUMNS], times
+
+
+JUDGE_COLUMNS = ["criterion", "image_a_id", "image_b_id", "prompt_id", "model_a", "model_b", "score", "judge"]
+
+
+def judge_scores(campaign: Campaign) -> pd.DataFrame:
+    """The automatic judge's scores of the campaign's pairs (``JudgeScore``), with each pair's prompt and models."""
+    rows = (
+        JudgeScore.objects.filter(campaign=campaign)
+        .order_by("id")
+        .values_list(
+            "criterion",
+            "image_a_id",
+            "image_b_id",
+            "image_a__prompt_id",
+            "image_a__model__name",
+            "image_b__model__name",
+            "score",
+            "judge",
+        )
+    )
+    return pd.DataFrame.from_records(list(rows), columns=JUDGE_COLUMNS)

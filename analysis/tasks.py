@@ -1,4 +1,4 @@
-"""Celery tasks of the analysis app: thin, idempotent, and they take ids."""
+"""Celery tasks of the analysis app (queue ``default``): thin, idempotent, and they take ids."""
 
 from celery import shared_task
 
@@ -18,3 +18,18 @@ def refresh_adaptive_pairs() -> int:
     for campaign_id in campaigns:
         services.refresh_pair_priorities(campaign_id)
     return len(campaigns)
+
+
+@shared_task(acks_late=True)
+def check_decision(campaign_id: int) -> str:
+    """ "Stop when decided": record any pair the anytime-valid interval has decided; close the campaign once all have."""
+    return services.check_decision(campaign_id)
+
+
+@shared_task(acks_late=True)
+def check_decisions() -> int:
+    """From Celery beat: queue ``check_decision`` for every live campaign that stops when decided."""
+    ids = services.campaigns_to_decide()
+    for campaign_id in ids:
+        check_decision.delay(campaign_id)
+    return len(ids)

@@ -74,6 +74,10 @@ class CampaignAdmin(admin.ModelAdmin):
         "screen_out_url",
         "speeder_seconds",
         "exclude_speeders",
+        "stop_when_decided",
+        "decision_width",
+        "human_share",
+        "human_prompt_ids",
         "pair_selection",
         "generation_batch",
         "launch_error",
@@ -81,7 +85,7 @@ class CampaignAdmin(admin.ModelAdmin):
         "created_at",
     ]
     # Never editable here: status moves through the buttons and actions, the rest is bookkeeping.
-    always_readonly = ["status", "generation_batch", "launch_error", "created_by", "created_at"]
+    always_readonly = ["status", "human_prompt_ids", "generation_batch", "launch_error", "created_by", "created_at"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).select_related("prompt_set").prefetch_related("campaign_models__model")
@@ -100,8 +104,8 @@ class CampaignAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request, obj=None):
         if obj is None:
             return self.fields
-        # Of the structural settings only the gold share is a plain number; prompts, seeds and pairing are checked
-        # together at creation (create a new draft campaign to change them).
+        # Of the structural settings only the gold share is a plain number; prompts, seeds, pairing and the human share
+        # are chosen at creation (create a new draft campaign to change them).
         editable = services.editable_settings(obj) - (services.STRUCTURAL_FIELDS - {"gold_share"})
         return [f for f in self.fields if f in self.always_readonly or f not in editable]
 

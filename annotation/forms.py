@@ -45,6 +45,9 @@ PAYLOAD_FIELDS = {
     "screen_out_url",
     "speeder_seconds",
     "exclude_speeders",
+    "stop_when_decided",
+    "decision_width",
+    "human_share",
     "pair_selection",
 }
 CRITERION_OVERRIDES = {"instructions", "votes_per_item", "choices"}
@@ -61,8 +64,8 @@ TEXT_IN_PAYLOAD = {
     "screen_out_url",
     "pair_selection",
 }
-NUMBERS_IN_PAYLOAD = {"gold_share", "gold_min_accuracy", "speeder_seconds"}
-BOOLEANS_IN_PAYLOAD = {"exclude_speeders"}
+NUMBERS_IN_PAYLOAD = {"gold_share", "gold_min_accuracy", "speeder_seconds", "decision_width", "human_share"}
+BOOLEANS_IN_PAYLOAD = {"exclude_speeders", "stop_when_decided"}
 WHOLE_NUMBERS_IN_PAYLOAD = {"gold_min_answers", "quota_per_rater", "lease_seconds"}
 
 
@@ -76,6 +79,7 @@ class CampaignForm(FieldGroups, forms.Form):
         "compared": "name models pairing baseline pair_selection prompt_set seeds",
         "raters": "gold_share gold_min_accuracy gold_min_answers quota_per_rater lease_seconds completion_url "
         "screen_out_url speeder_seconds exclude_speeders rater_title consent_text contact",
+        "votes": "stop_when_decided decision_width human_share",
     }
 
     name = forms.CharField(max_length=200, help_text="For researchers only; raters never see it.")
@@ -190,6 +194,38 @@ class CampaignForm(FieldGroups, forms.Form):
         required=False,
         label="Exclude speeders",
         help_text="Exclude flagged speeders automatically (votes kept, flagged; they get the screen-out code).",
+    )
+    stop_when_decided = forms.BooleanField(
+        required=False,
+        label="Stop when decided",
+        help_text="Close the campaign by itself once the anytime-valid interval of its first criterion excludes 50% "
+        "(or is as narrow as the decision width) for every model pair. That interval stays valid however often "
+        "anyone looks, so stopping early keeps its 95% promise.",
+    )
+    decision_width = forms.FloatField(
+        required=False,
+        min_value=services.MIN_DECISION_WIDTH,
+        max_value=1,
+        label="Decision width",
+        help_text="With 'stop when decided': also stop once the anytime-valid interval is at most this wide, as a "
+        "fraction (0.1 = 10 points). Empty: stop only when it excludes 50%.",
+        error_messages={
+            "min_value": f"The decision width must be a fraction from {services.MIN_DECISION_WIDTH:g} to 1 (e.g. 0.1), or empty.",
+            "max_value": f"The decision width must be a fraction from {services.MIN_DECISION_WIDTH:g} to 1 (e.g. 0.1), or empty.",
+        },
+    )
+    human_share = forms.FloatField(
+        required=False,
+        initial=1.0,
+        min_value=services.MIN_HUMAN_SHARE,
+        max_value=1,
+        label="Human share of prompts",
+        help_text="Fraction of the prompts whose comparisons raters vote on, drawn at random when the campaign "
+        "launches; an automatic judge can score every prompt's pairs (AI-assisted win rates). 1: every prompt.",
+        error_messages={
+            "min_value": f"The human share must be a fraction from {services.MIN_HUMAN_SHARE:g} to 1.",
+            "max_value": f"The human share must be a fraction from {services.MIN_HUMAN_SHARE:g} to 1.",
+        },
     )
     rater_title = forms.CharField(
         initial="Compare two images", max_length=200, help_text="The heading raters see. Never name the models here."
@@ -355,6 +391,9 @@ class CampaignForm(FieldGroups, forms.Form):
                 **{name: d[name] for name in self.PASSED_AS_GIVEN},
                 criteria=self.criteria(),
                 speeder_seconds=1.0 if d["speeder_seconds"] is None else d["speeder_seconds"],
+                stop_when_decided=d["stop_when_decided"],
+                decision_width=d["decision_width"],
+                human_share=1.0 if d["human_share"] is None else d["human_share"],
                 pair_selection=d["pair_selection"] or Campaign.PairSelection.UNIFORM,
                 created_by=user if user is not None and user.is_authenticated else None,
             )

@@ -199,6 +199,30 @@ class Campaign(models.Model):
         default=False,
         help_text="Exclude flagged speeders automatically (their votes are kept, flagged), not only flag them.",
     )
+    # Issue 13. "Stop when decided": analysis closes the campaign once the anytime-valid confidence sequence of its
+    # primary criterion (the first) excludes 50%, or is at most ``decision_width`` wide, for every model pair.
+    stop_when_decided = models.BooleanField(
+        default=False,
+        help_text="Close the campaign by itself once its anytime-valid interval (primary criterion, every pair) "
+        "excludes 50%, or is narrower than the decision width.",
+    )
+    decision_width = models.FloatField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(0.01), MaxValueValidator(1.0)],
+        help_text="With 'stop when decided': also stop once the anytime-valid interval is at most this wide "
+        "(e.g. 0.10 for 10 points). Empty: stop only when it excludes 50%.",
+    )
+    # Humans vote on this share of the prompts, drawn at random when the items are built (seeded by the campaign's
+    # id, recorded in human_prompt_ids); an automatic judge can score the pairs of every prompt (prediction-powered
+    # win rates). 1: every prompt.
+    human_share = models.FloatField(
+        default=1.0,
+        validators=[MinValueValidator(0.01), MaxValueValidator(1.0)],
+        help_text="Share of the prompts whose comparisons get human votes, drawn at random; an automatic judge can "
+        "score the rest. 1 means every prompt.",
+    )
+    human_prompt_ids = models.JSONField(null=True, blank=True, editable=False)
     generation_batch = models.ForeignKey(
         "generation.GenerationBatch", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )

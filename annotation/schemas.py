@@ -61,6 +61,15 @@ class CampaignIn(JsonObjectIn):
     screen_out_url: str | None = None
     speeder_seconds: float | None = None
     exclude_speeders: bool | None = None
+    stop_when_decided: bool | None = Field(
+        None, description="close by itself once the anytime-valid interval of the first criterion decides"
+    )
+    decision_width: float | None = Field(
+        None, description="with stop_when_decided: also stop at this anytime-valid interval width (0.01-1)"
+    )
+    human_share: float | None = Field(
+        None, description="fraction of the prompts humans vote on, drawn at random at launch (0.01-1; default 1)"
+    )
     pair_selection: Literal["uniform", "adaptive"] | None = Field(
         None, description="adaptive: all pairs of three or more models only (default uniform)"
     )
@@ -160,6 +169,10 @@ class CampaignSettingsOut(CampaignSummaryOut):
     screen_out_code: str
     speeder_seconds: float
     exclude_speeders: bool
+    stop_when_decided: bool
+    decision_width: float | None
+    human_share: float
+    human_prompt_ids: list[int] | None = Field(description="the prompts drawn for human votes (null until launch)")
     pair_selection: Literal["uniform", "adaptive"]
 
 

@@ -247,8 +247,10 @@ CELERY_TASK_ROUTES = {
 }
 # Optional (`celery -A evalsite beat`): the assignment engine sweeps stale leases
 # itself as raters come and go; this also sweeps campaigns nobody is visiting.
+# It also closes "stop when decided" campaigns once their anytime-valid interval decides (analysis, issue 13).
 CELERY_BEAT_SCHEDULE = {
     "sweep-expired-leases": {"task": "annotation.tasks.sweep_expired_leases", "schedule": 60.0},
+    "check-decisions": {"task": "analysis.tasks.check_decisions", "schedule": 30.0},
     # Adaptive campaigns' pair priorities from the votes so far (never in a rater's request).
     "refresh-adaptive-pairs": {"task": "analysis.tasks.refresh_adaptive_pairs", "schedule": 30.0},
 }
@@ -294,6 +296,10 @@ NEEDLE_BASE_URL = os.environ.get("NEEDLE_BASE_URL", "http://localhost:8000")
 # queue, and the web server that shows runs, must see the same folder (a shared
 # volume in production, like MEDIA_ROOT). Never served under a public URL.
 NEEDLE_TRAINING_DIR = Path(os.environ.get("NEEDLE_TRAINING_DIR", VAR_DIR / "training"))
+# The automatic judge of AI-assisted win rates (issue 13): an aesthetic head (LAION layout) and the open_clip model
+# it sits on, local files. Empty: no judge unless `manage.py judge_campaign` is given them.
+NEEDLE_JUDGE_HEAD_PATH = os.environ.get("NEEDLE_JUDGE_HEAD_PATH", "")
+NEEDLE_JUDGE_CLIP_PATH = os.environ.get("NEEDLE_JUDGE_CLIP_PATH", "")
 # The command that runs `-m training.quality_tuning ...` in the training task.
 # Empty: this worker's Python. On a multi-GPU machine, e.g.
 # NEEDLE_TRAINING_LAUNCHER="accelerate launch --num_processes 8 --mixed_precision bf16".

@@ -18,6 +18,8 @@ import logging
 
 from celery import shared_task
 
+from annotation.models import Campaign
+
 from . import services
 from .models import QualityTuningRun
 
@@ -41,3 +43,17 @@ def run_curation_funnel(self, curation_run_id: int) -> str:
     outcome = services.execute_curation_run(curation_run_id, task_id=self.request.id or "")
     logger.info("curation task: %s", outcome)
     return outcome
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def score_campaign_pairs(campaign_id: int) -> str:
+    """The site's automatic judge (NEEDLE_JUDGE_HEAD_PATH, NEEDLE_JUDGE_CLIP_PATH) scores the campaign's unscored pairs.
+
+    Idempotent: pairs scored before are skipped, so a redelivered task finishes the rest.
+    """
+    campaign = Campaign.objects.filter(pk=campaign_id).first()
+    if campaign is None:
+        return "campaign deleted"
+    scored = services.score_campaign_pairs(campaign)
+    logger.info("judge: campaign %s, %s pair(s) scored", campaign_id, scored)
+    return f"{scored} pair(s) scored"

@@ -40,7 +40,9 @@ from django.db.models import Count, Max, Q
 from annotation.models import Campaign, ComparisonItem, Participation, Vote
 
 from .. import stats
-from ..selectors import VOTE_COLUMNS, votes_frame
+from ..selectors import VOTE_COLUMNS, item_completions, votes_frame
+from .decisions import decision_summaries, sequence_summaries, stop_rule
+from .prediction_powered import prediction_powered_summaries
 from .values import (
     DEFAULT_ROUNDS,
     DEFAULT_SEED,
@@ -95,6 +97,7 @@ def build_report(
     models = [m.name for m in campaign.ordered_models()]
     exclusions = _exclusions(campaign)
     last_vote = counting_votes(campaign).aggregate(last=Max("created_at"))["last"]
+    items, _ = item_completions(campaign)
     return CampaignReport(
         campaign_id=campaign.pk,
         campaign_name=campaign.name,
@@ -132,6 +135,10 @@ def build_report(
             code_version=code_version(),
             software={"numpy": np.__version__, "pandas": pd.__version__, "scipy": scipy.__version__},
         ),
+        sequences=sequence_summaries(campaign, items=items, level=level),
+        stop_rule=stop_rule(campaign),
+        decisions=decision_summaries(campaign),
+        prediction_powered=prediction_powered_summaries(campaign, items=items, level=level),
     )
 
 

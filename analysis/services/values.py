@@ -18,20 +18,25 @@ __all__ = [  # noqa: RUF022 (constants, classes, functions)
     "MIN_ROUNDS",
     "PLANNER_HALF_WIDTHS",
     "POSITION_BIAS_ALPHA",
+    "PPI_EXPLANATION",
+    "SEQUENCE_EXPLANATION",
     "AgreementSummary",
     "Bounds",
     "CampaignReport",
     "Comparison",
+    "DecisionSummary",
     "ExcludedRater",
     "Exclusions",
     "FlaggedSpeeder",
     "GroupWinRate",
     "Outcomes",
     "PlannerTarget",
+    "PredictionPoweredSummary",
     "RankedModel",
     "Ranking",
     "RaterSideBias",
     "Reproducibility",
+    "SequenceSummary",
     "p_value_text",
     "percent",
     "plain",
@@ -56,6 +61,9 @@ INTERVAL_METHOD_LABELS = {
     "cluster_bootstrap_percentile": "prompt-clustered bootstrap, percentile",
     "wilson": "Wilson, items as independent",
     "wilson_votes_naive": "Wilson, votes as independent (too narrow; for comparison only)",
+    stats.PPI: "prediction-powered (PPI++), prompt-clustered",
+    stats.PPI + "_humans_only": "humans only, prompt-clustered (the same variance estimate, lambda 0)",
+    stats.HEDGED_CAPITAL: "anytime-valid confidence sequence (hedged capital, over prompts)",
 }
 
 
@@ -415,6 +423,186 @@ class Reproducibility:
     software: dict
 
 
+SEQUENCE_EXPLANATION = (
+    "The anytime-valid interval (a confidence sequence) stays valid however often you look and whenever you stop: "
+    "with 95% probability it holds the true win rate at every look at once. The fixed interval is valid only at a "
+    "sample size fixed in advance; watching it and stopping when it first excludes 50% finds a difference that is "
+    "not there far more often than 5% of the time. The price of looking is width: the anytime-valid interval is wider."
+)
+PPI_EXPLANATION = (
+    "An automatic judge scored every pair; humans voted on a random subset of the prompts. The AI-assisted "
+    "(prediction-powered) estimate starts from the judge's scores over all pairs and corrects them by how far the "
+    "judge's scores were from the humans' votes on the pairs humans voted on, so it stays unbiased however good or bad "
+    "the judge is. Lambda (0-1) is how much it leans on the judge, tuned from the data: 0 means humans alone (a useless "
+    "judge costs nothing), 1 means full weight. Its interval is never wider than the humans-only one from the same votes."
+)
+
+
+@dataclass(frozen=True)
+class SequenceSummary:
+    """One criterion and model pair's anytime-valid confidence sequence at its latest look (analysis.stats.sequential).
+
+    ``prompts``: complete prompts seen (the looks), in the order they completed; ``total_prompts``: the pair's
+    prompts with comparisons. ``decided_at``/``decision``: the first look at which the sequence excluded 50% (or,
+    with a target width, became that narrow), and what it said then; "" while undecided. ``message`` says why there
+    are no numbers yet.
+    """
+
+    criterion: str
+    criterion_label: str
+    model_a: str
+    model_b: str
+    prompts: int
+    total_prompts: int
+    low: float | None
+    high: float | None
+    estimate: float | None
+    level: float
+    target_width: float | None
+    decided_at: int | None
+    decision: str
+    decision_low: float | None
+    decision_high: float | None
+    method: str
+    message: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.criterion}:{self.model_a}:{self.model_b}"
+
+    @property
+    def text(self) -> str:
+        if self.low is None:
+            return "—"
+        return f"{percent(self.low)} – {percent(self.high)}"
+
+    @property
+    def verdict(self) -> str:
+        if self.low is None:
+            return "unclear"
+        return "above" if self.low > 0.5 else "below" if self.high < 0.5 else "unclear"
+
+    @property
+    def decision_text(self) -> str:
+        if not self.decision:
+            return "not decided yet" if self.low is not None else ""
+        words = {
+            "B better": f"{self.model_b} preferred (50% excluded)",
+            "A better": f"{self.model_a} preferred (50% excluded)",
+            "width reached": "target width reached",
+        }[self.decision]
+        return f"{words} at prompt {self.decided_at}: {percent(self.decision_low)} – {percent(self.decision_high)}"
+
+
+@dataclass(frozen=True)
+class DecisionSummary:
+    """A recorded "stop when decided" decision (analysis.models.CampaignDecision) as plain values."""
+
+    criterion: str
+    criterion_label: str
+    model_a: str
+    model_b: str
+    decision: str
+    look: int
+    votes_at_look: int
+    votes_at_check: int
+    low: float
+    high: float
+    estimate: float
+    level: float
+    target_width: float | None
+    decided_at: str
+    recorded_at: str
+    closed_campaign: bool
+
+    @property
+    def sentence(self) -> str:
+        what = {
+            "B better": f"{self.model_b} is preferred to {self.model_a}: the anytime-valid interval excluded 50%",
+            "A better": f"{self.model_a} is preferred to {self.model_b}: the anytime-valid interval excluded 50%",
+            "width reached": f"the anytime-valid interval narrowed to the target width of {percent(self.target_width)}",
+        }[self.decision]
+        closed = " The campaign was closed automatically." if self.closed_campaign else ""
+        return (
+            f"{self.criterion_label.capitalize()}, {self.model_b} vs {self.model_a}: decided after {self.look} complete "
+            f"prompts and {self.votes_at_look} counting votes ({self.decided_at}): {what}; B's win rate (ties as half) "
+            f"{percent(self.estimate)}, {self.level:.1%} anytime-valid interval {percent(self.low)} – {percent(self.high)}."
+            f"{closed}"
+        )
+
+
+@dataclass(frozen=True)
+class PredictionPoweredSummary:
+    """B's win rate (ties as half) from human votes and an automatic judge's scores, PPI++ (analysis.stats.ppi).
+
+    ``labelled_*``: the comparisons (and prompts) humans completed, which the judge also scored;
+    ``unlabelled_*``: the pairs only the judge scored. ``message`` says why there are no numbers (then they are None).
+    """
+
+    criterion: str
+    criterion_label: str
+    model_a: str
+    model_b: str
+    judge: str
+    labelled_items: int
+    labelled_prompts: int
+    unlabelled_items: int
+    unlabelled_prompts: int
+    message: str = ""
+    estimate: float | None = None
+    interval: Bounds | None = None
+    humans_only_estimate: float | None = None
+    humans_only: Bounds | None = None
+    lam: float | None = None
+    agreement: float | None = None
+    correlation: float | None = None
+    effective_labelled: float | None = None
+    interval_note: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.criterion}:{self.model_a}:{self.model_b}"
+
+    @property
+    def has_numbers(self) -> bool:
+        return self.estimate is not None
+
+    @property
+    def interval_text(self) -> str:
+        return self.interval.text if self.interval else "—"
+
+    @property
+    def humans_only_text(self) -> str:
+        return self.humans_only.text if self.humans_only else "—"
+
+    @property
+    def estimate_text(self) -> str:
+        return percent(self.estimate)
+
+    @property
+    def humans_only_estimate_text(self) -> str:
+        return percent(self.humans_only_estimate)
+
+    @property
+    def agreement_text(self) -> str:
+        return percent(self.agreement)
+
+    @property
+    def sentence(self) -> str:
+        if not self.has_numbers:
+            return f"{self.criterion_label.capitalize()}, {self.model_b} vs {self.model_a}: {self.message}."
+        interval = (
+            f"{self.interval.level:.0%} interval {self.interval_text} (humans alone: {self.humans_only_text})"
+            if self.interval
+            else self.interval_note
+        )
+        return (
+            f"{self.criterion_label.capitalize()}, {self.model_b} vs {self.model_a}: AI-assisted win rate (ties as half) "
+            f"{percent(self.estimate)}, {interval}; lambda {self.lam:.2f}; the judge ({self.judge}) agreed with the "
+            f"human majority on {percent(self.agreement)} of {self.labelled_items} comparisons humans completed."
+        )
+
+
 @dataclass(frozen=True)
 class CampaignReport:
     campaign_id: int
@@ -430,10 +618,24 @@ class CampaignReport:
     rankings: tuple[Ranking, ...]
     exclusions: Exclusions
     reproducibility: Reproducibility
+    # Issue 13: the anytime-valid confidence sequences, the campaign's stop rule and its recorded decisions, and the
+    # AI-assisted (prediction-powered) win rates where an automatic judge scored the pairs.
+    sequences: tuple[SequenceSummary, ...] = ()
+    stop_rule: dict | None = None
+    decisions: tuple[DecisionSummary, ...] = ()
+    prediction_powered: tuple[PredictionPoweredSummary, ...] = ()
+    sequence_explanation: str = SEQUENCE_EXPLANATION
+    ppi_explanation: str = PPI_EXPLANATION
 
     @property
     def level_text(self) -> str:
         return f"{self.reproducibility.level:.0%}"
+
+    @property
+    def sequence_rows(self) -> list[tuple[SequenceSummary, Comparison | None]]:
+        """Each anytime-valid interval with the comparison whose fixed interval it is shown beside."""
+        comparisons = {c.key: c for c in self.comparisons}
+        return [(s, comparisons.get(s.key)) for s in self.sequences]
 
     @property
     def flagged_raters(self) -> int:

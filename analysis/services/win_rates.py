@@ -7,6 +7,7 @@ from django.db.models import Count, Max
 
 from annotation.models import Campaign
 
+from .decisions import sequence_summaries
 from .reports import analysed_votes, campaign_comparisons, code_version, counting_votes
 from .values import DEFAULT_ROUNDS, DEFAULT_SEED, percent, plain
 
@@ -20,7 +21,10 @@ def campaign_win_rates(campaign: Campaign) -> list[dict]:
     few seconds.
     """
     state = counting_votes(campaign).aggregate(n=Count("id"), last=Max("id"))
-    key = f"analysis:win-rates:{code_version()}:{campaign.pk}:{campaign.status}:{state['n']}:{state['last']}"
+    key = (
+        f"analysis:win-rates:{code_version()}:{campaign.pk}:{campaign.status}:{state['n']}:{state['last']}:"
+        f"{campaign.decision_width}"
+    )
     rows = cache.get(key)
     if rows is None:
         rows = _campaign_win_rates(campaign)
@@ -31,9 +35,11 @@ def campaign_win_rates(campaign: Campaign) -> list[dict]:
 def _campaign_win_rates(campaign: Campaign) -> list[dict]:
     frame = analysed_votes(campaign)
     options = {"seed": DEFAULT_SEED, "rounds": DEFAULT_ROUNDS, "level": 0.95, "include_incomplete": False}
+    sequences = {s.key: s for s in sequence_summaries(campaign)}
     rows = []
     for c in campaign_comparisons(campaign, frame, breakdowns=False, **options):
         o = c.item_outcomes
+        cs = sequences.get(c.key)
         rows.append(
             {
                 "key": c.key,
@@ -64,6 +70,15 @@ def _campaign_win_rates(campaign: Campaign) -> list[dict]:
                 "interval_text": c.interval_text,
                 "half_ties_text": c.half_ties_text if c.has_numbers else "",
                 "half_ties_interval_text": c.half_ties_interval_text if c.has_numbers else "",
+                # The anytime-valid interval (confidence sequence) of the same rate, ties as half, over the prompts
+                # whose comparisons are all complete: valid however often the page is looked at.
+                "sequence_prompts": cs.prompts if cs else 0,
+                "sequence_low": cs.low if cs else None,
+                "sequence_high": cs.high if cs else None,
+                "sequence_estimate": cs.estimate if cs else None,
+                "sequence_text": cs.text if cs else "—",
+                "sequence_verdict": cs.verdict if cs else "unclear",
+                "sequence_decision_text": cs.decision_text if cs else "",
             }
         )
     return plain(rows)

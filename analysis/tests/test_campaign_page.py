@@ -28,7 +28,9 @@ def test_campaign_page_shows_progress_win_rates_and_rater_quality(staff_client, 
     assert page.count(">Exclude</button>") == 6 and ">Pause</button>" in page and ">Close</button>" in page
 
     state = staff_client.get(reverse("campaigns:progress", args=[campaign.pk])).json()
-    assert set(state) == {"id", "name", "status", "launch_error", "progress", "generation", "win_rates"}
+    assert set(state) == {
+        *("id", "name", "status", "launch_error", "progress", "generation", "win_rates", "stop_rule", "decisions")
+    }
     progress = state["progress"]
     assert set(progress) == {
         "votes",

@@ -35,6 +35,8 @@ from .campaigns import (  # noqa: F401
     MAX_RATERS_PER_LINK,
     MAX_SPEEDER_SECONDS,
     MAX_TEXT,
+    MIN_DECISION_WIDTH,
+    MIN_HUMAN_SHARE,
     OPERATIONAL_FIELDS,
     STRUCTURAL_FIELDS,
     apply_campaign_action,
@@ -70,6 +72,7 @@ from .items import (  # noqa: F401
     build_items,
     degrade,
     gold_items_needed,
+    human_prompts,
 )
 from .pair_priorities import (  # noqa: F401
     adaptive_pairs_possible,

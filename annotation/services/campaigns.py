@@ -33,7 +33,8 @@ logger = logging.getLogger(__name__)
 # --- Campaigns ---------------------------------------------------------------------------------
 
 # Settings that define what is being measured: frozen once the campaign has items.
-STRUCTURAL_FIELDS = {"prompt_set", "seeds", "pairing", "baseline", "gold_share"}
+# The human share too: which prompts humans vote on is drawn when the items are built.
+STRUCTURAL_FIELDS = {"prompt_set", "seeds", "pairing", "baseline", "gold_share", "human_share"}
 # Operational settings: editable until the campaign has votes.
 # The consent text is one of them: what the raters who voted agreed to must stay what the page says.
 OPERATIONAL_FIELDS = {
@@ -47,8 +48,19 @@ OPERATIONAL_FIELDS = {
     "exclude_speeders",
     "pair_selection",
 }
-# Always editable (a contact address may move mid-study).
-FREE_FIELDS = {"name", "completion_url", "completion_code", "contact", "screen_out_url", "screen_out_code"}
+# Always editable (a contact address may move mid-study). The stop rule too: the anytime-valid interval it watches
+# holds at every look at once, so turning "stop when decided" on or changing its width mid-campaign, even after
+# looking, keeps its guarantee (a fixed-sample interval's would not survive that).
+FREE_FIELDS = {
+    "name",
+    "completion_url",
+    "completion_code",
+    "contact",
+    "screen_out_url",
+    "screen_out_code",
+    "stop_when_decided",
+    "decision_width",
+}
 MAX_CONSENT_TEXT = 10_000
 MAX_CONTACT = 200
 
@@ -58,6 +70,8 @@ MAX_GOLD_MIN_ANSWERS = 1_000
 MAX_RATERS_PER_LINK = 1_000_000
 MAX_TEXT = 200  # campaign names, rater titles, invite labels, completion URLs
 MAX_SPEEDER_SECONDS = 60.0
+MIN_DECISION_WIDTH = 0.01
+MIN_HUMAN_SHARE = 0.01
 
 
 def is_whole(value) -> bool:
@@ -107,6 +121,9 @@ def _check_settings(
     screen_out_url="",
     screen_out_code=None,
     completion_code=None,
+    stop_when_decided=False,
+    decision_width=None,
+    human_share=1.0,
 ) -> None:
     if not is_whole(lease_seconds) or not 30 <= lease_seconds <= 86_400:
         raise AnnotationError("The lease must be between 30 seconds and one day.", field="lease_seconds")
@@ -141,11 +158,32 @@ def _check_settings(
         )
     if screen_out_url:
         check_text(screen_out_url, field="screen_out_url", what="The screen-out URL")
+    _check_decision_settings(stop_when_decided=stop_when_decided, decision_width=decision_width)
+    if not _number(human_share) or not MIN_HUMAN_SHARE <= human_share <= 1:
+        raise AnnotationError(
+            f"The human share is the fraction of prompts humans vote on: a number from {MIN_HUMAN_SHARE:g} to 1 "
+            f"(1: every prompt), not {human_share!r}.",
+            field="human_share",
+        )
     if screen_out_code is not None:
         check_text(screen_out_code, field="screen_out_code", what="The screen-out code")
         if screen_out_code.strip() == (completion_code or "").strip():
             # An excluded rater handed the completion code would be paid as if their work counted.
             raise AnnotationError("The screen-out code must differ from the completion code.", field="screen_out_code")
+
+
+def _check_decision_settings(*, stop_when_decided, decision_width) -> None:
+    if not isinstance(stop_when_decided, bool):
+        raise AnnotationError("Say yes or no (true or false) to stopping when decided.", field="stop_when_decided")
+    if decision_width is None:
+        return
+    if not _number(decision_width) or not MIN_DECISION_WIDTH <= decision_width <= 1:
+        raise AnnotationError(
+            f"The decision width is the anytime-valid interval's width at which to stop, as a fraction: a number "
+            f"from {MIN_DECISION_WIDTH:g} to 1 (e.g. 0.1 for 10 points), or empty to stop only when the interval "
+            f"excludes 50%; not {decision_width!r}.",
+            field="decision_width",
+        )
 
 
 def _check_pair_selection(pair_selection, *, n_models: int, pairing: str) -> None:
@@ -257,6 +295,9 @@ def create_campaign(
     screen_out_url: str = "",
     speeder_seconds: float = 1.0,
     exclude_speeders: bool = False,
+    stop_when_decided: bool = False,
+    decision_width: float | None = None,
+    human_share: float = 1.0,
     pair_selection: str = Campaign.PairSelection.UNIFORM,
     created_by=None,
 ) -> Campaign:
@@ -306,6 +347,9 @@ def create_campaign(
         speeder_seconds=speeder_seconds,
         exclude_speeders=exclude_speeders,
         screen_out_url=screen_out_url,
+        stop_when_decided=stop_when_decided,
+        decision_width=decision_width,
+        human_share=human_share,
     )
     _check_gold_can_fire(
         quota_per_rater=quota_per_rater,
@@ -333,6 +377,9 @@ def create_campaign(
             screen_out_url=screen_out_url,
             speeder_seconds=speeder_seconds,
             exclude_speeders=exclude_speeders,
+            stop_when_decided=stop_when_decided,
+            decision_width=decision_width,
+            human_share=human_share,
             pair_selection=pair_selection,
             created_by=created_by,
         )
@@ -410,6 +457,9 @@ def update_campaign(campaign: Campaign, **changes) -> Campaign:
         screen_out_url=campaign.screen_out_url,
         screen_out_code=campaign.screen_out_code,
         completion_code=campaign.completion_code,
+        stop_when_decided=campaign.stop_when_decided,
+        decision_width=campaign.decision_width,
+        human_share=campaign.human_share,
     )
     _check_pair_selection(campaign.pair_selection, n_models=campaign.campaign_models.count(), pairing=campaign.pairing)
     if set(changed) & GOLD_RULE_FIELDS:  # only then: a campaign made before this rule can still be renamed

@@ -44,7 +44,8 @@ def build_items(campaign: Campaign, batch) -> int:
             raise AnnotationError(f"The generation batch has no images of model {model.name!r}.")
         for image in generation_selectors.images_for(bms[model.pk], batch):
             images[model.pk, image.prompt_id, image.seed] = image
-    keys = generation_selectors.batch_keys(batch)
+    keys = _human_keys(campaign, generation_selectors.batch_keys(batch))
+    images = {key: image for key, image in images.items() if key[1] in {k.prompt_id for k in keys}}
     pairs = campaign.model_pairs()
     criteria = list(campaign.criteria.all())
     rows = [
@@ -65,6 +66,42 @@ def build_items(campaign: Campaign, batch) -> int:
     _build_gold_items(campaign, criteria, images, pairs)
     served_image_length(campaign, refresh=True)
     return created
+
+
+def human_prompts(campaign: Campaign, prompt_ids) -> list[int]:
+    """The prompts whose comparisons get human votes: ``human_share`` of them, drawn at random once and recorded.
+
+    Seeded by the campaign's id (``random.Random(f"human_share:{id}")``), drawn the first time the items are built
+    and kept in ``Campaign.human_prompt_ids`` (a rebuild reuses them), so the draw can be checked and does not depend
+    on any vote or judge score: prediction-powered inference needs humans on a random subset. At least one prompt.
+    """
+    prompt_ids = sorted(set(prompt_ids))
+    if campaign.human_prompt_ids is not None:
+        return [p for p in campaign.human_prompt_ids if p in set(prompt_ids)]
+    if campaign.human_share >= 1:
+        chosen = prompt_ids
+    else:
+        count = max(1, math.ceil(campaign.human_share * len(prompt_ids) - 1e-9))
+        chosen = sorted(random.Random(f"human_share:{campaign.pk}").sample(prompt_ids, count))
+    Campaign.objects.filter(pk=campaign.pk).update(human_prompt_ids=chosen)
+    campaign.human_prompt_ids = chosen
+    return chosen
+
+
+def _human_keys(campaign: Campaign, keys) -> list:
+    """The (prompt, seed) keys humans vote on, their prompts in a seeded random order.
+
+    Items are created in this order and the engine fills them depth-first by id, so prompts complete in random
+    order: what lets analysis watch the win rate prompt by prompt with an anytime-valid confidence sequence (a
+    prompt set sorted by category would otherwise arrive category by category).
+    """
+    chosen = set(human_prompts(campaign, [k.prompt_id for k in keys]))
+    order = sorted(chosen)
+    random.Random(f"prompt_order:{campaign.pk}").shuffle(order)
+    rank = {prompt_id: i for i, prompt_id in enumerate(order)}
+    return sorted(
+        (k for k in keys if k.prompt_id in chosen), key=lambda k: rank[k.prompt_id]
+    )  # stable: seeds keep their order
 
 
 def gold_items_needed(regular_items: int, gold_share: float) -> int:

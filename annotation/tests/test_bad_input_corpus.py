@@ -115,6 +115,19 @@ CREATE_CASES = [
         ["instructions", "NUL"],
     ),
     ("pairing unknown", {"pairing": "bogus"}, ["pairing", "all_pairs", "vs_baseline"]),
+    ("stop when decided a string", {"stop_when_decided": "yes"}, ["stop_when_decided", "true or false"]),
+    ("stop when decided a number", {"stop_when_decided": 1}, ["stop_when_decided", "true or false"]),
+    ("decision width 0", {"decision_width": 0}, ["decision width", "0.01", "1"]),
+    ("decision width 10 (points, not a fraction)", {"decision_width": 10}, ["decision width", "fraction"]),
+    ("decision width a word", {"decision_width": "narrow"}, ["decision_width", "number"]),
+    (
+        "decision width NaN",
+        '{"name": "x", "models": ["base", "tuned"], "prompt_set": "four", "seeds": "0", "decision_width": NaN}',
+        ["decision_width", "number"],
+    ),
+    ("human share 0", {"human_share": 0}, ["human share", "0.01", "1"]),
+    ("human share 1.5", {"human_share": 1.5}, ["human share", "1"]),
+    ("human share a list", {"human_share": [0.5]}, ["human_share", "number"]),
     ("vs baseline without a baseline", {"pairing": "vs_baseline"}, ["choose the baseline"]),
     ("baseline unknown", {"pairing": "vs_baseline", "baseline": "nope"}, ["baseline", "no registered model"]),
     ("baseline a list", {"pairing": "vs_baseline", "baseline": ["base"]}, ["baseline", "name"]),
@@ -214,6 +227,10 @@ COMMAND_CASES = [
     ("an unknown prompt set", ["--prompt-set", "nope"], ["no prompt set"]),
     ("a completion URL that is not one", ["--completion-url", "not a url"], ["completion_url", "URL"]),
     ("an unknown criterion", ["--criteria", "beauty"], ["criteria", "invalid choice"]),
+    ("decision width 0", ["--decision-width", "0"], ["decision width", "0.01"]),
+    ("decision width NaN", ["--decision-width", "nan"], ["decision_width", "number"]),
+    ("human share 2", ["--human-share", "2"], ["human share", "1"]),
+    ("human share a word", ["--human-share", "half"], ["human-share", "invalid float"]),
     ("adaptive pairs with two models", ["--pair-selection", "adaptive"], ["three or more models"]),
     ("an unknown pair selection", ["--pair-selection", "ucb"], ["pair-selection", "invalid choice"]),
 ]
@@ -253,6 +270,9 @@ FORM_CASES = [
     ("gold answers 10**30", {"gold_min_answers": str(10**30)}, "gold_min_answers", ["1,000"]),
     ("one model", {"models": ["base"]}, "models", ["at least two"]),
     ("gold share NaN", {"gold_share": "nan"}, "gold_share", ["number"]),
+    ("decision width 0", {"decision_width": "0"}, "decision_width", ["decision width", "0.01"]),
+    ("decision width a word", {"decision_width": "narrow"}, "decision_width", ["number"]),
+    ("human share 0", {"human_share": "0"}, "human_share", ["human share", "0.01"]),
     ("adaptive pairs with two models", {"pair_selection": "adaptive"}, "pair_selection", ["three or more models"]),
 ]
 
@@ -312,6 +332,21 @@ def test_services_refuse_values_of_the_wrong_type(two_models, prompt_set, draft)
             ["rater limit", "whole number"],
         ),
         (
+            "create_campaign: stop when decided a string",
+            lambda: services.create_campaign(**good, stop_when_decided="yes"),
+            ["stop", "true or false"],
+        ),
+        (
+            "create_campaign: decision width infinite",
+            lambda: services.create_campaign(**good, decision_width=float("inf")),
+            ["decision width", "fraction"],
+        ),
+        (
+            "create_campaign: human share 0",
+            lambda: services.create_campaign(**good, human_share=0.0),
+            ["human share", "fraction of prompts"],
+        ),
+        (
             "create_campaign: adaptive pairs with two models",
             lambda: services.create_campaign(**good, pair_selection="adaptive"),
             ["three or more models"],
@@ -320,6 +355,11 @@ def test_services_refuse_values_of_the_wrong_type(two_models, prompt_set, draft)
             "update_campaign: adaptive pairs on a two-model draft",
             lambda: services.update_campaign(draft, pair_selection="adaptive"),
             ["three or more models"],
+        ),
+        (
+            "update_campaign: decision width 5",
+            lambda: services.update_campaign(draft, decision_width=5),
+            ["decision width", "0.01"],
         ),
         # Text PostgreSQL cannot store, refused by the service itself (not only at the API's door).
         ("create_campaign: a NUL in the name", lambda: services.create_campaign(**{**good, "name": "a\x00b"}), ["NUL"]),

@@ -6,6 +6,7 @@ from unittest import mock
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
 from django.test import Client
 from django.urls import reverse
 
@@ -60,6 +61,25 @@ def test_create_with_a_bearer_token_and_read_it_back(api, researcher, two_models
         (w["criterion"], w["model_a"], w["model_b"], w["compared"], w["win_rate"]) for w in detail["win_rates"]
     ] == [("visual_appeal", "tuned", "base", 0, None)]
     assert detail["report"].endswith(f"/analysis/api/campaigns/{campaign.pk}/report?format=json")
+
+
+def test_stop_rule_and_human_share_through_the_api_and_the_command(api, two_models, prompt_set):
+    body = {"name": "watched", "models": ["base", "tuned"], "prompt_set": "four", "seeds": "0"}
+    body |= {"stop_when_decided": True, "decision_width": 0.1, "human_share": 0.5}
+    created = post(api, CAMPAIGNS, body).json()
+    assert (created["stop_when_decided"], created["decision_width"], created["human_share"]) == (True, 0.1, 0.5)
+    assert created["human_prompt_ids"] is None  # drawn when the items are built
+    default = post(api, CAMPAIGNS, {**body, "name": "plain"} | {"stop_when_decided": None, "decision_width": None})
+    assert default.json()["stop_when_decided"] is False and default.json()["decision_width"] is None
+    call_command(
+        "campaign", "create", "--name", "cli", "--models", "base", "tuned", "--prompt-set", "four", "--seeds", "0",
+        "--stop-when-decided", "--decision-width", "0.2", "--human-share", "0.25",
+    )  # fmt: skip
+    cli = Campaign.objects.get(name="cli")
+    assert (cli.stop_when_decided, cli.decision_width, cli.human_share) == (True, 0.2, 0.25)
+    # Always editable (the anytime-valid interval holds at every look); the human share freezes with the items.
+    services.update_campaign(cli, stop_when_decided=False, decision_width=None)
+    assert "human_share" in services.STRUCTURAL_FIELDS and "decision_width" in services.FREE_FIELDS
 
 
 def test_a_staff_session_must_send_the_csrf_token(researcher, two_models, prompt_set):

@@ -55,6 +55,22 @@ def api_cases(campaign_id):
             ["too large", "2,621,440"],
         ),
         ("a campaign body of 3 MB", "post", api, BIG_BODY, 413, ["too large"]),
+        (
+            "a campaign whose decision width is in points, not a fraction",
+            "post",
+            api,
+            '{"name": "w", "models": ["base", "tuned"], "prompt_set": "four", "seeds": "0", "decision_width": 10}',
+            400,
+            ["decision width", "fraction"],
+        ),
+        (
+            "a campaign whose human share is a word",
+            "post",
+            api,
+            '{"name": "h", "models": ["base", "tuned"], "prompt_set": "four", "seeds": "0", "human_share": "half"}',
+            400,
+            ["human_share", "number"],
+        ),
         ("a raters list of a campaign id past 2^63", "get", f"{api}{HUGE_ID}/raters/", None, 404, ["no campaign"]),
         (
             "a report of a campaign id that is not a number",

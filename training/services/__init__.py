@@ -11,6 +11,7 @@
 - ``checkpoint_campaigns``: the campaign that compares every checkpoint of a run with its base.
 - ``aesthetic_scoring``: CLIP and an aesthetic head score validation images (the automatic pick's writes); a head
   trained from people's ratings.
+- ``judge_scores``: the aesthetic head as an automatic judge of a campaign's pairs (AI-assisted win rates).
 - ``curation_runs``: candidate collections, the funnel's stage settings, curation runs.
 - ``reviews``: the human curation stages (imported as ``training.services.reviews``, not re-exported here).
 
@@ -45,6 +46,7 @@ from training.services.curation_runs import (
     start_curation_run,
 )
 from training.services.datasets import freeze_curated_dataset, import_curated_dataset, verify_dataset
+from training.services.judge_scores import JUDGE_SCALE, judge_probability, score_campaign_pairs
 from training.services.registration import create_tuned_vs_base_campaign, default_model_name, register_checkpoint
 from training.services.runs import build_config, cancel_run, check_base_model, create_run, start_run
 from training.services.trainer import (
@@ -58,6 +60,9 @@ from training.services.trainer import (
 )
 
 __all__ = [
+    "JUDGE_SCALE",
+    "judge_probability",
+    "score_campaign_pairs",
     "CHECKPOINT_CAMPAIGN_VOTES_PER_ITEM",
     "CLIP_STAGE_KINDS",
     "CURATION_LOCK_FILE",

@@ -12,6 +12,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
+from analysis import services as analysis_services
 from analysis.services import campaign_win_rates
 from annotation import selectors, services
 from annotation.forms import CampaignForm
@@ -69,6 +70,23 @@ class Command(BaseCommand):
         )
         create.add_argument("--exclude-speeders", action="store_true", help="exclude flagged speeders automatically")
         create.add_argument(
+            "--stop-when-decided",
+            action="store_true",
+            help="close by itself once the anytime-valid interval of the first criterion excludes 50%% for every pair",
+        )
+        create.add_argument(
+            "--decision-width",
+            type=float,
+            metavar="W",
+            help="with --stop-when-decided: also stop once that interval is at most W wide (e.g. 0.1)",
+        )
+        create.add_argument(
+            "--human-share",
+            type=float,
+            metavar="F",
+            help="fraction of the prompts humans vote on, drawn at random at launch (default 1: all)",
+        )
+        create.add_argument(
             "--pair-selection",
             choices=Campaign.PairSelection.values,
             help="adaptive: the pairs that most narrow the ranking get votes first (all pairs, 3+ models); "
@@ -112,6 +130,10 @@ class Command(BaseCommand):
         )
 
         sub.add_parser("status", help="progress, win rates and raters").add_argument("name")
+        sub.add_parser(
+            "decide",
+            help="stop when decided: record what the anytime-valid interval decided, close the campaign if all is",
+        ).add_argument("name")
 
         token = sub.add_parser("api-token", help="print a bearer token for the JSON API (staff accounts only)")
         token.add_argument("username")
@@ -146,6 +168,9 @@ class Command(BaseCommand):
             "screen_out_url": o["screen_out_url"],
             "speeder_seconds": o["speeder_seconds"],
             "exclude_speeders": o["exclude_speeders"] or None,
+            "stop_when_decided": o["stop_when_decided"] or None,
+            "decision_width": o["decision_width"],
+            "human_share": o["human_share"],
             "pair_selection": o["pair_selection"],
         }
         form = CampaignForm.from_payload({k: v for k, v in payload.items() if v is not None})
@@ -242,7 +267,23 @@ class Command(BaseCommand):
                     else ""
                 )
             )
+        out("Anytime-valid 95% intervals (ties as half; valid however often you look):")
+        for w in campaign_win_rates(campaign):
+            out(
+                f"  {w['criterion_label']:<18} {w['model_a']:<16} {w['model_b']:<16} {w['sequence_text']} over "
+                f"{w['sequence_prompts']} complete prompts"
+                + (f"; {w['sequence_decision_text']}" if w["sequence_decision_text"] else "")
+            )
+        for d in analysis_services.decision_summaries(campaign):
+            out(f"Decided: {d.sentence}")
         out(f"Full report: manage.py report {shlex.quote(campaign.name)} --format html --out report.html")
+
+    def handle_decide(self, name, **o):
+        campaign = self._campaign(name)
+        outcome = analysis_services.check_decision(campaign.pk)
+        self.stdout.write(f"{campaign.name}: {outcome}")
+        for d in analysis_services.decision_summaries(campaign):
+            self.stdout.write(f"  {d.sentence}")
 
     def handle_api_token(self, username, **o):
         user = get_user_model().objects.filter(**{get_user_model().USERNAME_FIELD: username}).first()
