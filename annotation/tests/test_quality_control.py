@@ -366,6 +366,7 @@ def test_the_command_the_api_the_form_and_the_admin_all_refuse_it_with_the_messa
         "screen_out_code": cli.screen_out_code,
         "screen_out_url": "",
         "speeder_seconds": "1.0",
+        "pair_selection": "uniform",
         **{
             f"{prefix}-{k}": v
             for prefix in ("campaign_models", "criteria")

@@ -94,7 +94,9 @@ def test_database_connections_are_kept_and_checked_by_default_and_pooled_on_requ
     kept = manage("shell", "--no-imports", "-c", show, DATABASE_URL=url)
     assert kept.returncode == 0, kept.stderr
     assert kept.stdout.split() == ["60", "True", "None", "False", "42", "NoneType"]
-    pooled = manage("shell", "--no-imports", "-c", show, DATABASE_URL=url, DB_POOL="1", DB_POOL_MAX_SIZE="3", DB_PGBOUNCER="1")
+    pooled = manage(
+        "shell", "--no-imports", "-c", show, DATABASE_URL=url, DB_POOL="1", DB_POOL_MAX_SIZE="3", DB_PGBOUNCER="1"
+    )
     assert pooled.returncode == 0, pooled.stderr
     assert pooled.stdout.split()[:2] == ["0", "True"] and "'max_size': 3" in pooled.stdout
     assert pooled.stdout.split()[-3:] == ["True", "42", "ConnectionPool"]
