@@ -18,7 +18,7 @@ from typing import Any, Literal
 from django.http import HttpResponse, StreamingHttpResponse
 from django.urls import reverse
 from ninja import Field, Query, Router, Schema
-from pydantic import field_validator
+from pydantic import create_model, field_validator
 
 from annotation.schemas import (
     CampaignSettingsOut,
@@ -86,26 +86,12 @@ class StopRuleOut(Schema):
     description: str
 
 
-class DecisionOut(Schema):
-    """A recorded "stop when decided" decision: the look (complete prompts) and votes at which it happened."""
-
-    criterion: str
-    criterion_label: str
-    model_a: str
-    model_b: str
-    decision: Literal["B better", "A better", "width reached"]
-    look: int
-    votes_at_look: int
-    votes_at_check: int
-    low: float
-    high: float
-    estimate: float
-    level: float
-    target_width: float | None
-    decided_at: str
-    recorded_at: str
-    closed_campaign: bool
-    sentence: str | None = None
+# A recorded decision as the report's dataclass has it, plus the sentence the page shows.
+DecisionOut = create_model(
+    "DecisionOut",
+    __base__=schema_of(services.DecisionSummary, name="DecisionFieldsOut"),
+    sentence=(str | None, None),
+)
 
 
 class CampaignDetailOut(CampaignSettingsOut):
