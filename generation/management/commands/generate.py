@@ -103,6 +103,8 @@ class Command(BaseCommand):
                 if batch.error:
                     raise CommandError(f"Batch {batch.pk} failed: {batch.error}")
                 if progress.complete:
+                    # Every image is stored; the last chunk's worker may not have recorded the batch complete yet.
+                    services.mark_complete_if_done(batch.pk)
                     return True
                 if selectors.is_stalled(batch, progress):
                     raise CommandError(selectors.stalled_message(batch, progress))
