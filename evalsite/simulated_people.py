@@ -159,7 +159,8 @@ class RaterBrowser(Browser):
             body = None
             if answer.status == 200:
                 session.votes += 1
-                body = answer.json() if "tasks" in answer.json() else None
+                reply = answer.json()
+                body = reply if "tasks" in reply else None
             elif answer.status == 429:  # told to slow down, a person waits, then answers the task again
                 time.sleep(min(60.0, float(answer.headers.get("Retry-After", 1))))
             else:
